@@ -1,0 +1,1 @@
+//! The ractor supervision tree: conversation supervisor, conversation actors, bus bridges.

@@ -1,0 +1,1 @@
+//! EventBus adapters: the embedded durable in-process log.

@@ -1,0 +1,391 @@
+//! Domain types shared by every crate: conversations, messages, turns, the
+//! checkpoint a turn leaves after every step, and the events a turn emits.
+//!
+//! These types are stored (MemoryStore) and sent to clients (SSE, JSON), so they
+//! are part of Cairn's wire format; fields are only ever added, with defaults.
+
+use crate::ids::{ConversationId, MessageId, TenantId, TurnId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Metadata of one conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationMeta {
+    /// The conversation id.
+    pub id: ConversationId,
+    /// The tenant that owns it; every read is checked against the caller's tenant.
+    pub tenant_id: TenantId,
+    /// The user (`sub`) who created it.
+    pub owner: UserId,
+    /// A human title; defaults to the start of the first message.
+    pub title: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a message was last added.
+    pub updated_at: DateTime<Utc>,
+    /// Number of messages in the transcript.
+    #[serde(default)]
+    pub message_count: u64,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Instructions from the operator.
+    System,
+    /// The end user.
+    User,
+    /// The agent.
+    Assistant,
+    /// A tool observation.
+    Tool,
+}
+
+/// A source an answer relied on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    /// Where the cited text comes from (a document id, or `conversation` for memory).
+    pub source: String,
+    /// Title of the source, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The cited passage.
+    pub snippet: String,
+}
+
+/// Token usage reported by a model provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub input_tokens: u64,
+    /// Tokens generated.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// Adds another report to this one.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}
+
+/// One message of a transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The message id (for a user message: the id returned by the API).
+    pub id: MessageId,
+    /// Position in the transcript, starting at 0; assigned by the store.
+    #[serde(default)]
+    pub seq: u64,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+    /// The turn it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<TurnId>,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Sources the answer relied on (assistant messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<Citation>,
+    /// The steps the agent took to produce this answer (assistant messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// Token usage of the turn (assistant messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Free-form metadata, e.g. `{"llm_configured": false}` from the offline planner.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub metadata: Value,
+}
+
+impl Message {
+    /// A plain message with no turn data.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            id: MessageId::generate(),
+            seq: 0,
+            role,
+            content: content.into(),
+            turn_id: None,
+            created_at: Utc::now(),
+            citations: Vec::new(),
+            steps: Vec::new(),
+            usage: None,
+            metadata: Value::Null,
+        }
+    }
+}
+
+/// A tool call requested by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id for the call, echoed back with the observation.
+    pub id: String,
+    /// Tool name, as offered in the catalog.
+    pub name: String,
+    /// Arguments (a JSON object).
+    pub arguments: Value,
+}
+
+/// What a tool call produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolOutcome {
+    /// True when the tool reported an error; the model sees it as an observation.
+    pub is_error: bool,
+    /// The observation text.
+    pub content: String,
+    /// How long the call took.
+    pub duration_ms: u64,
+}
+
+/// One step of a turn. Steps are numbered from 0 within the turn; a tool step's
+/// idempotency key is `turn_id:index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    /// The model answered with tool calls (and maybe a thought).
+    Model {
+        /// Step number.
+        index: u32,
+        /// Text the model produced alongside its tool calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thought: Option<String>,
+        /// The calls it asked for.
+        tool_calls: Vec<ToolCall>,
+        /// Usage of this model call.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// A tool call; `outcome` is empty until the call has completed.
+    Tool {
+        /// Step number.
+        index: u32,
+        /// The call.
+        call: ToolCall,
+        /// The result, once the call completed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<ToolOutcome>,
+    },
+}
+
+impl Step {
+    /// The step number.
+    pub fn index(&self) -> u32 {
+        match self {
+            Step::Model { index, .. } | Step::Tool { index, .. } => *index,
+        }
+    }
+}
+
+/// The idempotency key of a tool step: `turn_id:step`.
+pub fn idempotency_key(turn: &TurnId, step: u32) -> String {
+    format!("{turn}:{step}")
+}
+
+/// An accepted user message waiting for (or running) its turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnRequest {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The user who sent it.
+    pub user_id: UserId,
+    /// The message id returned by the API (dedup key).
+    pub message_id: MessageId,
+    /// The turn id returned by the API.
+    pub turn_id: TurnId,
+    /// The user's text.
+    pub content: String,
+    /// When the API accepted it.
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// The state of an in-flight turn, written after every step so that the turn can
+/// resume after a crash without repeating completed tool calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnCheckpoint {
+    /// The request being answered.
+    pub request: TurnRequest,
+    /// Steps completed so far (tool steps may lack an outcome if the crash hit mid-call).
+    pub steps: Vec<Step>,
+    /// Model calls made so far (bounded by `agent.max_steps`).
+    pub model_calls: u32,
+    /// How many times this turn has been started; a turn that keeps crashing is failed.
+    pub attempts: u32,
+    /// Token usage so far.
+    #[serde(default)]
+    pub usage: Usage,
+    /// When the turn first started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// The rolling summary of messages that fell out of the context window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The summary text.
+    pub text: String,
+    /// Messages with `seq < covers_until` are folded into it.
+    pub covers_until: u64,
+}
+
+/// What the agent remembers of a conversation when a turn starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryContext {
+    /// The rolling summary of older messages.
+    pub summary: Summary,
+    /// Messages not yet summarised, oldest first.
+    pub recent: Vec<Message>,
+}
+
+/// Events a turn emits to the conversation's event stream. Serialised as
+/// `{"type": "...", ...fields}`; every variant carries its `turn_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum TurnEvent {
+    /// The turn began (or resumed after a crash, with `resumed: true`).
+    #[serde(rename = "turn.started")]
+    TurnStarted {
+        /// The turn.
+        turn_id: TurnId,
+        /// The user message it answers.
+        message_id: MessageId,
+        /// True when the turn resumed from a checkpoint.
+        #[serde(default)]
+        resumed: bool,
+    },
+    /// The agent is calling a tool.
+    #[serde(rename = "tool.called")]
+    ToolCalled {
+        /// The turn.
+        turn_id: TurnId,
+        /// The step number.
+        step: u32,
+        /// The tool name.
+        tool: String,
+        /// The arguments.
+        arguments: Value,
+    },
+    /// A tool call finished.
+    #[serde(rename = "tool.completed")]
+    ToolCompleted {
+        /// The turn.
+        turn_id: TurnId,
+        /// The step number.
+        step: u32,
+        /// The tool name.
+        tool: String,
+        /// Whether the tool reported an error.
+        is_error: bool,
+        /// The observation.
+        output: String,
+        /// Duration of the call.
+        duration_ms: u64,
+    },
+    /// A fragment of the answer, when the model streams.
+    #[serde(rename = "answer.delta")]
+    AnswerDelta {
+        /// The turn.
+        turn_id: TurnId,
+        /// The text fragment.
+        delta: String,
+    },
+    /// The final answer.
+    #[serde(rename = "answer.completed")]
+    AnswerCompleted {
+        /// The turn.
+        turn_id: TurnId,
+        /// The assistant message id in the transcript.
+        message_id: MessageId,
+        /// The answer.
+        content: String,
+        /// Sources it relied on.
+        citations: Vec<Citation>,
+        /// Token usage of the turn, when reported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        /// Model metadata (e.g. `llm_configured: false`).
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        metadata: Value,
+    },
+    /// The turn ended without an answer.
+    #[serde(rename = "turn.failed")]
+    TurnFailed {
+        /// The turn.
+        turn_id: TurnId,
+        /// A stable snake_case reason code (`max_steps_exceeded`, `model_error`, …).
+        code: String,
+        /// A readable explanation.
+        reason: String,
+    },
+}
+
+impl TurnEvent {
+    /// The turn this event belongs to.
+    pub fn turn_id(&self) -> &TurnId {
+        match self {
+            TurnEvent::TurnStarted { turn_id, .. }
+            | TurnEvent::ToolCalled { turn_id, .. }
+            | TurnEvent::ToolCompleted { turn_id, .. }
+            | TurnEvent::AnswerDelta { turn_id, .. }
+            | TurnEvent::AnswerCompleted { turn_id, .. }
+            | TurnEvent::TurnFailed { turn_id, .. } => turn_id,
+        }
+    }
+
+    /// The wire name (`turn.started`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TurnEvent::TurnStarted { .. } => "turn.started",
+            TurnEvent::ToolCalled { .. } => "tool.called",
+            TurnEvent::ToolCompleted { .. } => "tool.completed",
+            TurnEvent::AnswerDelta { .. } => "answer.delta",
+            TurnEvent::AnswerCompleted { .. } => "answer.completed",
+            TurnEvent::TurnFailed { .. } => "turn.failed",
+        }
+    }
+
+    /// True for the events that end a turn.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            TurnEvent::AnswerCompleted { .. } | TurnEvent::TurnFailed { .. }
+        )
+    }
+}
+
+/// An event as stored in a conversation's event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Monotonically increasing per conversation, starting at 1; the SSE `id`.
+    pub id: u64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// The event.
+    pub event: TurnEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_with_their_wire_names() {
+        let e = TurnEvent::TurnFailed {
+            turn_id: TurnId::parse("t1").unwrap(),
+            code: "max_steps_exceeded".into(),
+            reason: "x".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "turn.failed");
+        assert_eq!(v["turn_id"], "t1");
+        assert_eq!(e.kind(), "turn.failed");
+        let back: TurnEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

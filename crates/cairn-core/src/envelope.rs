@@ -1,0 +1,50 @@
+//! The versioned JSON envelope every bus event travels in (DESIGN.md, "Event flow").
+//! Its JSON Schema is `schemas/envelope.v1.json` at the repository root.
+
+use crate::ids::TenantId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The current envelope schema version. Breaking the envelope or any `data` shape
+/// bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Event type of an accepted user message (topic `user_events`, then `reasoning_tasks`).
+pub const USER_MESSAGE: &str = "user.message";
+
+/// A bus event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope schema version.
+    pub schema_version: u32,
+    /// Unique id (UUIDv7); consumers deduplicate on it.
+    pub event_id: String,
+    /// Event type, e.g. `user.message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The tenant the event belongs to.
+    pub tenant_id: TenantId,
+    /// When the event happened.
+    pub occurred_at: DateTime<Utc>,
+    /// W3C trace context of the request that caused it, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The payload; its shape depends on `type`.
+    pub data: Value,
+}
+
+impl Envelope {
+    /// A new envelope with a fresh event id.
+    pub fn new(kind: &str, tenant_id: TenantId, data: Value) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.to_owned(),
+            tenant_id,
+            occurred_at: Utc::now(),
+            traceparent: None,
+            data,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The heart of Cairn: domain types, the ports (traits) every adapter implements,
+//! and the configuration types. It depends on no adapter.
+//!
+//! Module map:
+//! - [`ids`]: typed identifiers (tenant, user, conversation, turn, message).
+//! - [`domain`]: conversations, messages, turns, checkpoints and the events a turn emits.
+//! - [`envelope`]: the versioned JSON envelope every bus event travels in.
+//! - [`ports`]: the traits adapters implement — [`ports::MemoryStore`],
+//!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`].
+//! - [`config`]: the one configuration struct, loaded from TOML plus `CAIRN_…`
+//!   environment overrides, validated with errors that name the offending key.
+
+pub mod config;
+pub mod domain;
+pub mod envelope;
+pub mod ids;
+pub mod ports;
+
+pub use domain::*;
+pub use ids::*;

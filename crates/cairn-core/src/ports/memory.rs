@@ -1,0 +1,174 @@
+//! MemoryStore (conversations, transcripts, summaries, pending turns, checkpoints)
+//! and EventStream (the per-conversation stream of turn events).
+
+use crate::domain::*;
+use crate::ids::*;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+/// A storage failure. Callers treat every variant as retryable except `Corrupt`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service cannot be reached or refused the operation.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The conversation does not exist (for this tenant).
+    #[error("conversation not found")]
+    NotFound,
+    /// The conversation already exists.
+    #[error("conversation already exists")]
+    AlreadyExists,
+}
+
+/// Result of enqueuing a turn request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The request is new and now waits in the conversation's queue.
+    New,
+    /// A request with this message id was seen before; nothing changed.
+    Duplicate,
+}
+
+/// Durable conversation memory. Every method is scoped by tenant: an id that
+/// exists under another tenant behaves exactly like an id that does not exist.
+#[async_trait]
+pub trait MemoryStore: Send + Sync + 'static {
+    /// A short name for `/health` (`embedded`, `redis`).
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the backing service answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a conversation; fails with `AlreadyExists` if the id is taken.
+    async fn create_conversation(&self, meta: &ConversationMeta) -> Result<(), StoreError>;
+
+    /// Reads a conversation's metadata.
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationMeta>, StoreError>;
+
+    /// Lists a user's conversations, oldest id first, strictly after `after`.
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<Vec<ConversationMeta>, StoreError>;
+
+    /// Deletes a conversation with its transcript, summary, queue, checkpoint and
+    /// events. Returns false when it did not exist.
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<bool, StoreError>;
+
+    /// Appends to the transcript, assigning `seq`; updates `updated_at` and the count.
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message: &Message,
+    ) -> Result<u64, StoreError>;
+
+    /// Reads the transcript from `from_seq`, at most `limit` messages.
+    async fn messages(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Reads the rolling summary (empty when none was written).
+    async fn summary(&self, tenant: &TenantId, id: &ConversationId)
+    -> Result<Summary, StoreError>;
+
+    /// Replaces the rolling summary.
+    async fn save_summary(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        summary: &Summary,
+    ) -> Result<(), StoreError>;
+
+    /// Adds a turn request to the conversation's queue, unless its message id was
+    /// seen before (at-least-once delivery makes duplicates normal).
+    async fn enqueue_turn(&self, request: &TurnRequest) -> Result<Enqueued, StoreError>;
+
+    /// The queued requests, oldest first (the head may be in flight).
+    async fn pending_turns(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Vec<TurnRequest>, StoreError>;
+
+    /// Writes the in-flight turn's checkpoint.
+    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError>;
+
+    /// Reads the in-flight turn's checkpoint, if any.
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<TurnCheckpoint>, StoreError>;
+
+    /// Ends a turn atomically: appends the answer (if any) to the transcript, drops
+    /// the checkpoint and removes the request from the queue.
+    async fn finish_turn(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+        answer: Option<&Message>,
+    ) -> Result<(), StoreError>;
+
+    /// Conversations with queued requests or a checkpoint: the work to resume at
+    /// start-up.
+    async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError>;
+
+    /// Deletes conversations not updated since `before`; returns how many.
+    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// The per-conversation stream of turn events, read by SSE clients. Event ids
+/// increase by one per conversation and survive restarts.
+#[async_trait]
+pub trait EventStream: Send + Sync + 'static {
+    /// Appends an event, returning its id.
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError>;
+
+    /// Events with id greater than `after`, oldest first, at most `limit`.
+    async fn read_after(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The id of the newest event (0 when there is none).
+    async fn last_event_id(&self, tenant: &TenantId, id: &ConversationId)
+    -> Result<u64, StoreError>;
+
+    /// Events after `after`, then every new one as it is written. The stream
+    /// ends only when the consumer drops it (or on a store error).
+    fn subscribe(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+        after: u64,
+    ) -> BoxStream<'static, Result<StoredEvent, StoreError>>;
+}

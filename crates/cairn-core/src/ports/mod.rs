@@ -1,0 +1,13 @@
+//! The ports: traits that adapters implement and the actors and API depend on.
+//! Each port has an embedded adapter (no external service) and a production one,
+//! and both pass the same conformance suite.
+
+mod bus;
+mod chat;
+mod memory;
+mod tool;
+
+pub use bus::*;
+pub use chat::*;
+pub use memory::*;
+pub use tool::*;

@@ -1,0 +1,1 @@
+//! ChatModel adapters: offline planner, OpenAI-compatible, Anthropic, Gemini.

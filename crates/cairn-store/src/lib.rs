@@ -1,0 +1,1 @@
+//! MemoryStore and EventStream adapters: embedded (redb) and Redis.

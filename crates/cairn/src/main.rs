@@ -1,0 +1,2 @@
+//! The cairn binary: CLI and composition root.
+fn main() {}
