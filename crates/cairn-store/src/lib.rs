@@ -1,1 +1,20 @@
-//! MemoryStore and EventStream adapters: embedded (redb) and Redis.
+//! Conversation memory and event streams: the [`MemoryStore`] and [`EventStream`]
+//! ports of `cairn-core`, each with two adapters that pass one conformance suite.
+//!
+//! - [`embedded::EmbeddedStore`]: a redb file in the data dir (no service needed;
+//!   survives restarts). Writes go through a group-commit writer.
+//! - [`redis_store::RedisStore`]: Redis, for production and for several replicas.
+//!   Conversation keys share one hash tag so each multi-key update is one Lua script.
+//! - [`follow`]: the read-then-wait loop both adapters use to tail an event stream.
+//! - [`conformance`]: the shared suite; each adapter's tests run every case of it.
+//!
+//! [`MemoryStore`]: cairn_core::ports::MemoryStore
+//! [`EventStream`]: cairn_core::ports::EventStream
+
+pub mod conformance;
+pub mod embedded;
+pub mod follow;
+pub mod redis_store;
+
+pub use embedded::EmbeddedStore;
+pub use redis_store::RedisStore;

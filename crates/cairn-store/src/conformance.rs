@@ -1,0 +1,378 @@
+//! The conformance suite every MemoryStore + EventStream adapter must pass.
+//!
+//! Each case is a public async function taking a fresh store; an adapter's test
+//! file calls [`conformance_tests!`](crate::conformance_tests) to turn every case
+//! into a named test. The cases panic with a message when the adapter misbehaves.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use cairn_core::ids::*;
+use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::*;
+use chrono::{Duration as ChronoDuration, Utc};
+use futures::StreamExt;
+use std::time::Duration;
+
+/// What the suite needs of an adapter.
+pub trait Store: MemoryStore + EventStream + Clone {}
+impl<T: MemoryStore + EventStream + Clone> Store for T {}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).unwrap()
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn meta(t: &TenantId, owner: &UserId) -> ConversationMeta {
+    let now = Utc::now();
+    ConversationMeta {
+        id: ConversationId::generate(),
+        tenant_id: t.clone(),
+        owner: owner.clone(),
+        title: Some("t".into()),
+        created_at: now,
+        updated_at: now,
+        message_count: 0,
+    }
+}
+
+fn request(m: &ConversationMeta, text: &str) -> TurnRequest {
+    TurnRequest {
+        tenant_id: m.tenant_id.clone(),
+        conversation_id: m.id.clone(),
+        user_id: m.owner.clone(),
+        message_id: MessageId::generate(),
+        turn_id: TurnId::generate(),
+        content: text.into(),
+        accepted_at: Utc::now(),
+    }
+}
+
+fn started(turn: &TurnId) -> TurnEvent {
+    TurnEvent::TurnStarted {
+        turn_id: turn.clone(),
+        message_id: MessageId::generate(),
+        resumed: false,
+    }
+}
+
+pub async fn conversation_lifecycle<S: Store>(s: S) {
+    let t = tenant("acme");
+    let u = user("ana");
+    let m = meta(&t, &u);
+    s.create_conversation(&m).await.unwrap();
+    assert!(matches!(
+        s.create_conversation(&m).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let got = s.get_conversation(&t, &m.id).await.unwrap().unwrap();
+    assert_eq!(got.id, m.id);
+    assert_eq!(got.owner, u);
+    assert_eq!(got.message_count, 0);
+    assert!(s.delete_conversation(&t, &m.id).await.unwrap());
+    assert!(s.get_conversation(&t, &m.id).await.unwrap().is_none());
+    assert!(!s.delete_conversation(&t, &m.id).await.unwrap());
+}
+
+pub async fn listing_is_paginated_per_owner<S: Store>(s: S) {
+    let t = tenant("acme");
+    let ana = user("ana");
+    let bob = user("bob");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let m = meta(&t, &ana);
+        s.create_conversation(&m).await.unwrap();
+        ids.push(m.id);
+    }
+    s.create_conversation(&meta(&t, &bob)).await.unwrap();
+    let page1 = s.list_conversations(&t, &ana, None, 2).await.unwrap();
+    assert_eq!(page1.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&ids[0], &ids[1]]);
+    let page2 = s
+        .list_conversations(&t, &ana, Some(&page1[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(page2.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&ids[2], &ids[3]]);
+    let page3 = s
+        .list_conversations(&t, &ana, Some(&page2[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(page3.len(), 1);
+    assert_eq!(page3[0].id, ids[4]);
+    assert_eq!(s.list_conversations(&t, &bob, None, 10).await.unwrap().len(), 1);
+}
+
+pub async fn tenants_are_isolated<S: Store>(s: S) {
+    let acme = tenant("acme");
+    let evil = tenant("evil");
+    let u = user("ana");
+    let m = meta(&acme, &u);
+    s.create_conversation(&m).await.unwrap();
+    s.append_message(&acme, &m.id, &Message::new(Role::User, "secret"))
+        .await
+        .unwrap();
+    s.append(&acme, &m.id, &started(&TurnId::generate())).await.unwrap();
+
+    assert!(s.get_conversation(&evil, &m.id).await.unwrap().is_none());
+    assert!(s.list_conversations(&evil, &u, None, 10).await.unwrap().is_empty());
+    assert!(s.messages(&evil, &m.id, 0, 10).await.unwrap().is_empty());
+    assert!(s.read_after(&evil, &m.id, 0, 10).await.unwrap().is_empty());
+    assert!(!s.delete_conversation(&evil, &m.id).await.unwrap());
+    assert!(matches!(
+        s.append_message(&evil, &m.id, &Message::new(Role::User, "x")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.append(&evil, &m.id, &started(&TurnId::generate())).await,
+        Err(StoreError::NotFound)
+    ));
+    let mut r = request(&m, "x");
+    r.tenant_id = evil.clone();
+    assert!(matches!(s.enqueue_turn(&r).await, Err(StoreError::NotFound)));
+    // The owner still sees everything.
+    assert_eq!(s.messages(&acme, &m.id, 0, 10).await.unwrap().len(), 1);
+}
+
+pub async fn transcript_assigns_sequence_numbers<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    for i in 0..5 {
+        let seq = s
+            .append_message(&t, &m.id, &Message::new(Role::User, format!("m{i}")))
+            .await
+            .unwrap();
+        assert_eq!(seq, i);
+    }
+    let all = s.messages(&t, &m.id, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[3].seq, 3);
+    assert_eq!(all[3].content, "m3");
+    let tail = s.messages(&t, &m.id, 3, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let page = s.messages(&t, &m.id, 1, 2).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let meta = s.get_conversation(&t, &m.id).await.unwrap().unwrap();
+    assert_eq!(meta.message_count, 5);
+    assert!(meta.updated_at >= m.updated_at);
+}
+
+pub async fn summary_round_trips<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    assert_eq!(s.summary(&t, &m.id).await.unwrap(), Summary::default());
+    let sum = Summary {
+        text: "the user is Ana".into(),
+        covers_until: 4,
+    };
+    s.save_summary(&t, &m.id, &sum).await.unwrap();
+    assert_eq!(s.summary(&t, &m.id).await.unwrap(), sum);
+    let missing = ConversationId::generate();
+    assert!(matches!(
+        s.save_summary(&t, &missing, &sum).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let r1 = request(&m, "one");
+    let r2 = request(&m, "two");
+    assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::New);
+    assert_eq!(s.enqueue_turn(&r2).await.unwrap(), Enqueued::New);
+    assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
+    let pending = s.pending_turns(&t, &m.id).await.unwrap();
+    assert_eq!(pending, vec![r1.clone(), r2.clone()]);
+    assert!(s.active_conversations().await.unwrap().contains(&(t.clone(), m.id.clone())));
+
+    let cp = TurnCheckpoint {
+        request: r1.clone(),
+        steps: vec![Step::Tool {
+            index: 1,
+            call: ToolCall {
+                id: "c1".into(),
+                name: "echo".into(),
+                arguments: serde_json::json!({"x": 1}),
+            },
+            outcome: None,
+        }],
+        model_calls: 1,
+        attempts: 1,
+        usage: Usage::default(),
+        started_at: Utc::now(),
+    };
+    s.save_checkpoint(&cp).await.unwrap();
+    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp));
+
+    let mut answer = Message::new(Role::Assistant, "done");
+    answer.turn_id = Some(r1.turn_id.clone());
+    s.finish_turn(&t, &m.id, &r1.turn_id, Some(&answer)).await.unwrap();
+    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), None);
+    assert_eq!(s.pending_turns(&t, &m.id).await.unwrap(), vec![r2.clone()]);
+    let msgs = s.messages(&t, &m.id, 0, 10).await.unwrap();
+    assert_eq!(msgs.last().unwrap().content, "done");
+    // A duplicate of a finished message is still recognised.
+    assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
+
+    s.finish_turn(&t, &m.id, &r2.turn_id, None).await.unwrap();
+    assert!(s.pending_turns(&t, &m.id).await.unwrap().is_empty());
+    assert!(!s.active_conversations().await.unwrap().contains(&(t.clone(), m.id.clone())));
+}
+
+pub async fn events_are_numbered_and_trimmed<S: Store>(s: S, retention: u64) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let turn = TurnId::generate();
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 0);
+    let total = retention * 3;
+    for i in 1..=total {
+        assert_eq!(s.append(&t, &m.id, &started(&turn)).await.unwrap(), i);
+    }
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), total);
+    let tail = s.read_after(&t, &m.id, total - 2, 10).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.id).collect::<Vec<_>>(), vec![total - 1, total]);
+    assert_eq!(tail[0].event, started(&turn).clone_with_turn(&tail[0].event));
+    let kept = s.read_after(&t, &m.id, 0, 10_000).await.unwrap();
+    assert!(
+        (kept.len() as u64) < total,
+        "old events must be trimmed ({} kept of {total})",
+        kept.len()
+    );
+    assert!(kept.len() as u64 >= retention);
+    // Ids keep increasing after trimming.
+    assert_eq!(s.append(&t, &m.id, &started(&turn)).await.unwrap(), total + 1);
+}
+
+/// Compares events ignoring the random message id inside `turn.started`.
+trait SameTurn {
+    fn clone_with_turn(&self, other: &TurnEvent) -> TurnEvent;
+}
+impl SameTurn for TurnEvent {
+    fn clone_with_turn(&self, other: &TurnEvent) -> TurnEvent {
+        match (self, other) {
+            (
+                TurnEvent::TurnStarted { turn_id, resumed, .. },
+                TurnEvent::TurnStarted { message_id, .. },
+            ) => TurnEvent::TurnStarted {
+                turn_id: turn_id.clone(),
+                message_id: message_id.clone(),
+                resumed: *resumed,
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
+async fn next(sub: &mut futures::stream::BoxStream<'static, Result<StoredEvent, StoreError>>) -> StoredEvent {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("event arrives")
+        .expect("stream open")
+        .expect("no store error")
+}
+
+pub async fn subscribe_replays_then_follows<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let turn = TurnId::generate();
+    for _ in 0..3 {
+        s.append(&t, &m.id, &started(&turn)).await.unwrap();
+    }
+    let mut sub = s.subscribe(t.clone(), m.id.clone(), 1);
+    assert_eq!(next(&mut sub).await.id, 2);
+    assert_eq!(next(&mut sub).await.id, 3);
+    let writer = s.clone();
+    let (t2, id2) = (t.clone(), m.id.clone());
+    let handle = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..2 {
+            writer.append(&t2, &id2, &started(&TurnId::generate())).await.unwrap();
+        }
+    });
+    assert_eq!(next(&mut sub).await.id, 4);
+    assert_eq!(next(&mut sub).await.id, 5);
+    handle.await.unwrap();
+    // A subscriber of another tenant sees nothing.
+    let mut other = s.subscribe(tenant("evil"), m.id.clone(), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.next())
+            .await
+            .is_err()
+    );
+}
+
+pub async fn delete_removes_everything<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let r = request(&m, "x");
+    s.enqueue_turn(&r).await.unwrap();
+    s.append_message(&t, &m.id, &Message::new(Role::User, "x")).await.unwrap();
+    s.append(&t, &m.id, &started(&r.turn_id)).await.unwrap();
+    s.save_summary(&t, &m.id, &Summary { text: "s".into(), covers_until: 1 })
+        .await
+        .unwrap();
+    assert!(s.delete_conversation(&t, &m.id).await.unwrap());
+    // Recreating the same id starts from nothing.
+    s.create_conversation(&m).await.unwrap();
+    assert!(s.messages(&t, &m.id, 0, 10).await.unwrap().is_empty());
+    assert!(s.read_after(&t, &m.id, 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 0);
+    assert!(s.pending_turns(&t, &m.id).await.unwrap().is_empty());
+    assert_eq!(s.summary(&t, &m.id).await.unwrap(), Summary::default());
+    assert_eq!(s.enqueue_turn(&r).await.unwrap(), Enqueued::New);
+}
+
+pub async fn retention_purges_idle_conversations<S: Store>(s: S) {
+    let t = tenant("acme");
+    let u = user("ana");
+    let mut old = meta(&t, &u);
+    old.created_at = Utc::now() - ChronoDuration::days(40);
+    old.updated_at = old.created_at;
+    s.create_conversation(&old).await.unwrap();
+    let fresh = meta(&t, &u);
+    s.create_conversation(&fresh).await.unwrap();
+    let purged = s
+        .purge_inactive(Utc::now() - ChronoDuration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(s.get_conversation(&t, &old.id).await.unwrap().is_none());
+    assert!(s.get_conversation(&t, &fresh.id).await.unwrap().is_some());
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
+/// expression that yields a fresh store; `$retention` is the event retention it
+/// was opened with.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr, $retention:expr) => {
+        $crate::conformance_tests!(@case $make; conversation_lifecycle);
+        $crate::conformance_tests!(@case $make; listing_is_paginated_per_owner);
+        $crate::conformance_tests!(@case $make; tenants_are_isolated);
+        $crate::conformance_tests!(@case $make; transcript_assigns_sequence_numbers);
+        $crate::conformance_tests!(@case $make; summary_round_trips);
+        $crate::conformance_tests!(@case $make; turn_queue_dedups_and_finishes);
+        $crate::conformance_tests!(@case $make; subscribe_replays_then_follows);
+        $crate::conformance_tests!(@case $make; delete_removes_everything);
+        $crate::conformance_tests!(@case $make; retention_purges_idle_conversations);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn events_are_numbered_and_trimmed() {
+            let s = $make;
+            $crate::conformance::events_are_numbered_and_trimmed(s, $retention).await;
+        }
+    };
+    (@case $make:expr; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let s = $make;
+            $crate::conformance::$name(s).await;
+        }
+    };
+}

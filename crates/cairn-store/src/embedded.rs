@@ -1,0 +1,694 @@
+//! The embedded MemoryStore and EventStream: one redb file in the data dir.
+//!
+//! Keys are prefixed by `tenant \0 conversation`, so no read can cross tenants:
+//! an id that exists under another tenant simply is not found. Every write is one
+//! redb transaction (batched with others by the group-commit writer), so a crash
+//! leaves either all of a change or none of it.
+
+use crate::follow::{EventWaiter, follow};
+use async_trait::async_trait;
+use cairn_core::ids::*;
+use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::*;
+use cairn_redb::{Db, DbError};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("conversation_meta");
+/// `tenant \0 owner \0 conversation` → (): lists a user's conversations in id order.
+const OWNER_INDEX: TableDefinition<&str, ()> = TableDefinition::new("owner_index");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("summary");
+/// Queued turn requests, in acceptance order.
+const PENDING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("pending_turns");
+/// `conv \0 message_id` → (): message ids already accepted (dedup).
+const SEEN: TableDefinition<&str, ()> = TableDefinition::new("seen_messages");
+const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("turn_checkpoint");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Last event id per conversation; kept apart so trimming never resets ids.
+const EVENT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("event_seq");
+
+/// The embedded store. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Db,
+    event_retention: u64,
+    /// Per-conversation "newest event id" signals for live subscribers.
+    watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+}
+
+fn key(tenant: &TenantId, id: &ConversationId) -> String {
+    format!("{tenant}\0{id}")
+}
+
+fn owner_key(tenant: &TenantId, owner: &UserId, id: &str) -> String {
+    format!("{tenant}\0{owner}\0{id}")
+}
+
+fn unavailable(e: DbError) -> StoreError {
+    StoreError::Unavailable(e.0)
+}
+
+fn r<E: Into<redb::Error>>(e: E) -> DbError {
+    DbError::from_redb(e)
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
+    serde_json::to_vec(v).map_err(|e| DbError(format!("encode: {e}")))
+}
+
+fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbError> {
+    serde_json::from_slice(bytes).map_err(|e| DbError(format!("corrupt record: {e}")))
+}
+
+/// Flattens a write's storage and logical outcomes.
+fn flat<T>(r: Result<Result<T, StoreError>, DbError>) -> Result<T, StoreError> {
+    r.map_err(unavailable)?
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path`. `event_retention` bounds the events
+    /// kept per conversation.
+    pub fn open(path: &Path, event_retention: u64) -> Result<Self, StoreError> {
+        let db = Db::open(path).map_err(unavailable)?;
+        Ok(Self {
+            db,
+            event_retention: event_retention.max(1),
+            watchers: Arc::default(),
+        })
+    }
+
+    /// Creates every table so that read transactions never meet a missing one.
+    pub async fn init(&self) -> Result<(), StoreError> {
+        self.db
+            .write(|txn| {
+                txn.open_table(META).map_err(r)?;
+                txn.open_table(OWNER_INDEX).map_err(r)?;
+                txn.open_table(MESSAGES).map_err(r)?;
+                txn.open_table(SUMMARY).map_err(r)?;
+                txn.open_table(PENDING).map_err(r)?;
+                txn.open_table(SEEN).map_err(r)?;
+                txn.open_table(CHECKPOINT).map_err(r)?;
+                txn.open_table(EVENTS).map_err(r)?;
+                txn.open_table(EVENT_SEQ).map_err(r)?;
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Opens the store and creates its tables.
+    pub async fn open_and_init(path: &Path, event_retention: u64) -> Result<Self, StoreError> {
+        let s = Self::open(path, event_retention)?;
+        s.init().await?;
+        Ok(s)
+    }
+
+    fn notify(&self, k: &str, id: u64) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = w.get(k) {
+            if tx.receiver_count() == 0 {
+                w.remove(k);
+            } else {
+                tx.send_replace(id);
+            }
+        }
+    }
+
+    fn watch(&self, k: &str) -> watch::Receiver<u64> {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(k.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+fn read_meta(txn: &ReadTransaction, k: &str) -> Result<Option<ConversationMeta>, DbError> {
+    let t = txn.open_table(META).map_err(r)?;
+    match t.get(k).map_err(r)? {
+        Some(v) => Ok(Some(dec(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn write_meta_get(txn: &WriteTransaction, k: &str) -> Result<Option<ConversationMeta>, DbError> {
+    let t = txn.open_table(META).map_err(r)?;
+    let v = t.get(k).map_err(r)?;
+    match v {
+        Some(v) => Ok(Some(dec(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Appends a message inside a write transaction, updating the metadata.
+fn append_in(
+    txn: &WriteTransaction,
+    k: &str,
+    message: &Message,
+) -> Result<Result<u64, StoreError>, DbError> {
+    let Some(mut meta) = write_meta_get(txn, k)? else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let seq = meta.message_count;
+    let mut m = message.clone();
+    m.seq = seq;
+    txn.open_table(MESSAGES)
+        .map_err(r)?
+        .insert((k, seq), enc(&m)?.as_slice())
+        .map_err(r)?;
+    meta.message_count += 1;
+    meta.updated_at = Utc::now();
+    txn.open_table(META)
+        .map_err(r)?
+        .insert(k, enc(&meta)?.as_slice())
+        .map_err(r)?;
+    Ok(Ok(seq))
+}
+
+/// Removes every record of a conversation inside a write transaction.
+fn delete_in(txn: &WriteTransaction, k: &str) -> Result<bool, DbError> {
+    let Some(meta) = write_meta_get(txn, k)? else {
+        return Ok(false);
+    };
+    txn.open_table(META).map_err(r)?.remove(k).map_err(r)?;
+    txn.open_table(OWNER_INDEX)
+        .map_err(r)?
+        .remove(owner_key(&meta.tenant_id, &meta.owner, meta.id.as_str()).as_str())
+        .map_err(r)?;
+    for def in [MESSAGES, PENDING, EVENTS] {
+        txn.open_table(def)
+            .map_err(r)?
+            .retain_in((k, 0)..=(k, u64::MAX), |_, _| false)
+            .map_err(r)?;
+    }
+    for def in [SUMMARY, CHECKPOINT] {
+        txn.open_table(def).map_err(r)?.remove(k).map_err(r)?;
+    }
+    txn.open_table(EVENT_SEQ).map_err(r)?.remove(k).map_err(r)?;
+    let lo = format!("{k}\0");
+    let hi = format!("{k}\u{1}");
+    txn.open_table(SEEN)
+        .map_err(r)?
+        .retain_in(lo.as_str()..hi.as_str(), |_, _| false)
+        .map_err(r)?;
+    Ok(true)
+}
+
+#[async_trait]
+impl MemoryStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .read(|txn| txn.open_table(META).map(|_| ()).map_err(r))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn create_conversation(&self, meta: &ConversationMeta) -> Result<(), StoreError> {
+        let meta = meta.clone();
+        flat(
+            self.db
+                .write(move |txn| {
+                    let k = key(&meta.tenant_id, &meta.id);
+                    if write_meta_get(txn, &k)?.is_some() {
+                        return Ok(Err(StoreError::AlreadyExists));
+                    }
+                    txn.open_table(META)
+                        .map_err(r)?
+                        .insert(k.as_str(), enc(&meta)?.as_slice())
+                        .map_err(r)?;
+                    txn.open_table(OWNER_INDEX)
+                        .map_err(r)?
+                        .insert(
+                            owner_key(&meta.tenant_id, &meta.owner, meta.id.as_str()).as_str(),
+                            (),
+                        )
+                        .map_err(r)?;
+                    Ok(Ok(()))
+                })
+                .await,
+        )
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationMeta>, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| read_meta(txn, &k))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<Vec<ConversationMeta>, StoreError> {
+        let lo = match after {
+            Some(a) => Bound::Excluded(owner_key(tenant, owner, a.as_str())),
+            None => Bound::Included(owner_key(tenant, owner, "")),
+        };
+        let hi = format!("{tenant}\0{owner}\u{1}");
+        let tenant = tenant.clone();
+        self.db
+            .read(move |txn| {
+                let idx = txn.open_table(OWNER_INDEX).map_err(r)?;
+                let lo_ref = match &lo {
+                    Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+                    Bound::Included(s) => Bound::Included(s.as_str()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                let mut out = Vec::new();
+                for item in idx
+                    .range::<&str>((lo_ref, Bound::Excluded(hi.as_str())))
+                    .map_err(r)?
+                {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = item.map_err(r)?;
+                    let Some(conv) = k.value().rsplit('\0').next().map(str::to_owned) else {
+                        continue;
+                    };
+                    let conv = ConversationId::parse(conv)
+                        .map_err(|e| DbError(format!("corrupt index: {e}")))?;
+                    if let Some(m) = read_meta(txn, &key(&tenant, &conv))? {
+                        out.push(m);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<bool, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .write(move |txn| delete_in(txn, &k))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message: &Message,
+    ) -> Result<u64, StoreError> {
+        let k = key(tenant, id);
+        let message = message.clone();
+        flat(self.db.write(move |txn| append_in(txn, &k, &message)).await)
+    }
+
+    async fn messages(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(MESSAGES).map_err(r)?;
+                let mut out = Vec::new();
+                for item in t
+                    .range((k.as_str(), from_seq)..=(k.as_str(), u64::MAX))
+                    .map_err(r)?
+                    .take(limit)
+                {
+                    let (_, v) = item.map_err(r)?;
+                    out.push(dec(v.value())?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn summary(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Summary, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(SUMMARY).map_err(r)?;
+                match t.get(k.as_str()).map_err(r)? {
+                    Some(v) => dec(v.value()),
+                    None => Ok(Summary::default()),
+                }
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save_summary(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        summary: &Summary,
+    ) -> Result<(), StoreError> {
+        let k = key(tenant, id);
+        let summary = summary.clone();
+        flat(
+            self.db
+                .write(move |txn| {
+                    if write_meta_get(txn, &k)?.is_none() {
+                        return Ok(Err(StoreError::NotFound));
+                    }
+                    txn.open_table(SUMMARY)
+                        .map_err(r)?
+                        .insert(k.as_str(), enc(&summary)?.as_slice())
+                        .map_err(r)?;
+                    Ok(Ok(()))
+                })
+                .await,
+        )
+    }
+
+    async fn enqueue_turn(&self, request: &TurnRequest) -> Result<Enqueued, StoreError> {
+        let k = key(&request.tenant_id, &request.conversation_id);
+        let request = request.clone();
+        flat(
+            self.db
+                .write(move |txn| {
+                    if write_meta_get(txn, &k)?.is_none() {
+                        return Ok(Err(StoreError::NotFound));
+                    }
+                    let seen_key = format!("{k}\0{}", request.message_id);
+                    let mut seen = txn.open_table(SEEN).map_err(r)?;
+                    if seen.get(seen_key.as_str()).map_err(r)?.is_some() {
+                        return Ok(Ok(Enqueued::Duplicate));
+                    }
+                    seen.insert(seen_key.as_str(), ()).map_err(r)?;
+                    let mut pending = txn.open_table(PENDING).map_err(r)?;
+                    let next = match pending
+                        .range((k.as_str(), 0)..=(k.as_str(), u64::MAX))
+                        .map_err(r)?
+                        .next_back()
+                    {
+                        Some(item) => item.map_err(r)?.0.value().1 + 1,
+                        None => 0,
+                    };
+                    pending
+                        .insert((k.as_str(), next), enc(&request)?.as_slice())
+                        .map_err(r)?;
+                    Ok(Ok(Enqueued::New))
+                })
+                .await,
+        )
+    }
+
+    async fn pending_turns(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Vec<TurnRequest>, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(PENDING).map_err(r)?;
+                let mut out = Vec::new();
+                for item in t
+                    .range((k.as_str(), 0)..=(k.as_str(), u64::MAX))
+                    .map_err(r)?
+                {
+                    out.push(dec(item.map_err(r)?.1.value())?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
+        let k = key(
+            &checkpoint.request.tenant_id,
+            &checkpoint.request.conversation_id,
+        );
+        let bytes = enc(checkpoint).map_err(unavailable)?;
+        flat(
+            self.db
+                .write(move |txn| {
+                    if write_meta_get(txn, &k)?.is_none() {
+                        return Ok(Err(StoreError::NotFound));
+                    }
+                    txn.open_table(CHECKPOINT)
+                        .map_err(r)?
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(r)?;
+                    Ok(Ok(()))
+                })
+                .await,
+        )
+    }
+
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<TurnCheckpoint>, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(CHECKPOINT).map_err(r)?;
+                match t.get(k.as_str()).map_err(r)? {
+                    Some(v) => Ok(Some(dec(v.value())?)),
+                    None => Ok(None),
+                }
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn finish_turn(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+        answer: Option<&Message>,
+    ) -> Result<(), StoreError> {
+        let k = key(tenant, id);
+        let turn = turn.clone();
+        let answer = answer.cloned();
+        flat(
+            self.db
+                .write(move |txn| {
+                    if write_meta_get(txn, &k)?.is_none() {
+                        return Ok(Err(StoreError::NotFound));
+                    }
+                    if let Some(m) = &answer
+                        && let Err(e) = append_in(txn, &k, m)?
+                    {
+                        return Ok(Err(e));
+                    }
+                    txn.open_table(CHECKPOINT)
+                        .map_err(r)?
+                        .remove(k.as_str())
+                        .map_err(r)?;
+                    let mut pending = txn.open_table(PENDING).map_err(r)?;
+                    pending
+                        .retain_in((k.as_str(), 0)..=(k.as_str(), u64::MAX), |_, v| {
+                            serde_json::from_slice::<TurnRequest>(v)
+                                .map(|req| req.turn_id != turn)
+                                .unwrap_or(true)
+                        })
+                        .map_err(r)?;
+                    Ok(Ok(()))
+                })
+                .await,
+        )
+    }
+
+    async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
+        self.db
+            .read(|txn| {
+                let mut keys = std::collections::BTreeSet::new();
+                for item in txn.open_table(PENDING).map_err(r)?.iter().map_err(r)? {
+                    keys.insert(item.map_err(r)?.0.value().0.to_owned());
+                }
+                for item in txn.open_table(CHECKPOINT).map_err(r)?.iter().map_err(r)? {
+                    keys.insert(item.map_err(r)?.0.value().to_owned());
+                }
+                let mut out = Vec::new();
+                for k in keys {
+                    if let Some((t, c)) = k.split_once('\0')
+                        && let (Ok(t), Ok(c)) = (TenantId::parse(t), ConversationId::parse(c))
+                    {
+                        out.push((t, c));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let stale: Vec<String> = self
+            .db
+            .read(move |txn| {
+                let mut out = Vec::new();
+                for item in txn.open_table(META).map_err(r)?.iter().map_err(r)? {
+                    let (k, v) = item.map_err(r)?;
+                    let meta: ConversationMeta = dec(v.value())?;
+                    if meta.updated_at < before {
+                        out.push(k.value().to_owned());
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut n = 0;
+        for k in stale {
+            // Re-check inside the write: the conversation may have been touched since.
+            let deleted = self
+                .db
+                .write(move |txn| match write_meta_get(txn, &k)? {
+                    Some(m) if m.updated_at < before => delete_in(txn, &k),
+                    _ => Ok(false),
+                })
+                .await
+                .map_err(unavailable)?;
+            n += u64::from(deleted);
+        }
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl EventStream for EmbeddedStore {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError> {
+        let k = key(tenant, id);
+        let event = event.clone();
+        let retention = self.event_retention;
+        let k2 = k.clone();
+        let new_id = flat(
+            self.db
+                .write(move |txn| {
+                    if write_meta_get(txn, &k)?.is_none() {
+                        return Ok(Err(StoreError::NotFound));
+                    }
+                    let mut seq = txn.open_table(EVENT_SEQ).map_err(r)?;
+                    let id = seq.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()) + 1;
+                    seq.insert(k.as_str(), id).map_err(r)?;
+                    let stored = StoredEvent {
+                        id,
+                        at: Utc::now(),
+                        event,
+                    };
+                    let mut events = txn.open_table(EVENTS).map_err(r)?;
+                    events
+                        .insert((k.as_str(), id), enc(&stored)?.as_slice())
+                        .map_err(r)?;
+                    if id > retention {
+                        events.remove((k.as_str(), id - retention)).map_err(r)?;
+                    }
+                    Ok(Ok(id))
+                })
+                .await,
+        )?;
+        self.notify(&k2, new_id);
+        Ok(new_id)
+    }
+
+    async fn read_after(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(EVENTS).map_err(r)?;
+                let mut out = Vec::new();
+                if after == u64::MAX {
+                    return Ok(out);
+                }
+                for item in t
+                    .range((k.as_str(), after + 1)..=(k.as_str(), u64::MAX))
+                    .map_err(r)?
+                    .take(limit)
+                {
+                    out.push(dec(item.map_err(r)?.1.value())?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn last_event_id(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(EVENT_SEQ).map_err(r)?;
+                Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    fn subscribe(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+        after: u64,
+    ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
+        let rx = self.watch(&key(&tenant, &id));
+        follow(self.clone(), tenant, id, after, WatchWaiter(rx))
+    }
+}
+
+/// Waits on the in-process "newest event id" signal.
+struct WatchWaiter(watch::Receiver<u64>);
+
+#[async_trait]
+impl EventWaiter for WatchWaiter {
+    async fn wait(&mut self, after: u64) -> Result<(), StoreError> {
+        loop {
+            if *self.0.borrow_and_update() > after {
+                return Ok(());
+            }
+            self.0
+                .changed()
+                .await
+                .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        }
+    }
+}

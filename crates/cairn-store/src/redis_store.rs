@@ -1,0 +1,669 @@
+//! The Redis MemoryStore and EventStream.
+//!
+//! Key layout (`P` is `redis.key_prefix`, `C` is `{tenant/conversation}`, a hash tag):
+//!
+//! | key                 | type   | holds                                              |
+//! |---------------------|--------|----------------------------------------------------|
+//! | `P:C:meta`          | hash   | `json` (static metadata), `updated_at`, `message_count` |
+//! | `P:C:msgs`          | list   | transcript messages (JSON); the list index is `seq` |
+//! | `P:C:summary`       | string | rolling summary (JSON)                             |
+//! | `P:C:pending`       | list   | queued turn requests (JSON)                        |
+//! | `P:C:seen`          | set    | accepted message ids (dedup)                       |
+//! | `P:C:checkpoint`    | string | the in-flight turn's checkpoint (JSON)             |
+//! | `P:C:evseq`         | string | last event id                                      |
+//! | `P:C:events`        | stream | events; entry id `N-1` for event id `N`            |
+//! | `P:owner:T:U`       | zset   | a user's conversation ids (lexicographic, score 0) |
+//! | `P:updated`         | zset   | `tenant/conversation` by last update (retention)   |
+//! | `P:active`          | set    | `tenant/conversation` with queued work or a checkpoint |
+//!
+//! Every change that spans keys runs as one Lua script, so it is atomic. The global
+//! sets are touched by the same scripts; that needs a non-cluster Redis (or a
+//! cluster proxy) for now.
+
+use crate::follow::{EventWaiter, follow};
+use async_trait::async_trait;
+use cairn_core::ids::*;
+use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::*;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// The Redis store. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    event_retention: u64,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'json', ARGV[1], 'updated_at', ARGV[2], 'message_count', 0)
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return 1",
+    )
+});
+
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return n - 1",
+    )
+});
+
+static SET_IF_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[2]) end
+return 1",
+    )
+});
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[3])
+return 1",
+    )
+});
+
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] ~= '' then
+  local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
+end
+redis.call('DEL', KEYS[3])
+for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  if string.find(item, ARGV[3], 1, true) then redis.call('LREM', KEYS[4], 1, item) end
+end
+if redis.call('LLEN', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
+return 1",
+    )
+});
+
+static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local id = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], id .. '-1', 'e', ARGV[1])
+return id",
+    )
+});
+
+impl RedisStore {
+    /// Connects to `url`. Keys start with `prefix`; `event_retention` bounds the
+    /// events kept per conversation (approximately, as Redis trims in blocks).
+    pub async fn connect(url: &str, prefix: &str, event_retention: u64) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.into(),
+            event_retention: event_retention.max(1),
+        })
+    }
+
+    fn k(&self, tenant: &TenantId, id: &ConversationId, suffix: &str) -> String {
+        format!("{}:{{{tenant}/{id}}}:{suffix}", self.prefix)
+    }
+
+    fn owner_key(&self, tenant: &TenantId, owner: &UserId) -> String {
+        format!("{}:owner:{tenant}:{owner}", self.prefix)
+    }
+
+    fn global(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    async fn load_meta(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationMeta>, StoreError> {
+        let mut c = self.conn.clone();
+        let h: HashMap<String, String> = c
+            .hgetall(self.k(tenant, id, "meta"))
+            .await
+            .map_err(unavailable)?;
+        meta_from_hash(h)
+    }
+
+    async fn delete_keys(&self, meta: &ConversationMeta) -> Result<(), StoreError> {
+        let (t, id) = (&meta.tenant_id, &meta.id);
+        let member = format!("{t}/{id}");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(
+                ["meta", "msgs", "summary", "pending", "seen", "checkpoint", "evseq", "events"]
+                    .map(|s| self.k(t, id, s))
+                    .to_vec(),
+            )
+            .zrem(self.owner_key(t, &meta.owner), id.as_str())
+            .zrem(self.global("updated"), &member)
+            .srem(self.global("active"), &member);
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+}
+
+fn meta_from_hash(h: HashMap<String, String>) -> Result<Option<ConversationMeta>, StoreError> {
+    let Some(json) = h.get("json") else {
+        return Ok(None);
+    };
+    let mut meta: ConversationMeta = serde_json::from_str(json).map_err(corrupt)?;
+    if let Some(u) = h.get("updated_at") {
+        meta.updated_at = DateTime::parse_from_rfc3339(u)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .with_timezone(&Utc);
+    }
+    if let Some(n) = h.get("message_count") {
+        meta.message_count = n.parse().map_err(|_| StoreError::Corrupt("message_count".into()))?;
+    }
+    Ok(Some(meta))
+}
+
+fn not_found_if_negative(n: i64) -> Result<i64, StoreError> {
+    if n < 0 { Err(StoreError::NotFound) } else { Ok(n) }
+}
+
+fn split_member(m: &str) -> Option<(TenantId, ConversationId)> {
+    let (t, c) = m.split_once('/')?;
+    Some((TenantId::parse(t).ok()?, ConversationId::parse(c).ok()?))
+}
+
+#[async_trait]
+impl MemoryStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn create_conversation(&self, meta: &ConversationMeta) -> Result<(), StoreError> {
+        let (t, id) = (&meta.tenant_id, &meta.id);
+        let json = serde_json::to_string(meta).map_err(corrupt)?;
+        let mut c = self.conn.clone();
+        let created: i64 = CREATE
+            .key(self.k(t, id, "meta"))
+            .key(self.owner_key(t, &meta.owner))
+            .key(self.global("updated"))
+            .arg(json)
+            .arg(meta.updated_at.to_rfc3339())
+            .arg(id.as_str())
+            .arg(meta.updated_at.timestamp_millis())
+            .arg(format!("{t}/{id}"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if created == 1 { Ok(()) } else { Err(StoreError::AlreadyExists) }
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationMeta>, StoreError> {
+        self.load_meta(tenant, id).await
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<Vec<ConversationMeta>, StoreError> {
+        let start = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_owned(),
+        };
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.owner_key(tenant, owner))
+            .arg(start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(id) = ConversationId::parse(id) else {
+                continue;
+            };
+            if let Some(m) = self.load_meta(tenant, &id).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<bool, StoreError> {
+        match self.load_meta(tenant, id).await? {
+            Some(meta) => {
+                self.delete_keys(&meta).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message: &Message,
+    ) -> Result<u64, StoreError> {
+        let now = Utc::now();
+        let mut c = self.conn.clone();
+        let seq: i64 = APPEND
+            .key(self.k(tenant, id, "meta"))
+            .key(self.k(tenant, id, "msgs"))
+            .key(self.global("updated"))
+            .arg(serde_json::to_string(message).map_err(corrupt)?)
+            .arg(now.to_rfc3339())
+            .arg(now.timestamp_millis())
+            .arg(format!("{tenant}/{id}"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(not_found_if_negative(seq)? as u64)
+    }
+
+    async fn messages(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let end = from_seq.saturating_add(limit as u64 - 1).min(i64::MAX as u64);
+        let raw: Vec<String> = c
+            .lrange(self.k(tenant, id, "msgs"), from_seq as isize, end as isize)
+            .await
+            .map_err(unavailable)?;
+        raw.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut m: Message = serde_json::from_str(s).map_err(corrupt)?;
+                m.seq = from_seq + i as u64;
+                Ok(m)
+            })
+            .collect()
+    }
+
+    async fn summary(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Summary, StoreError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c
+            .get(self.k(tenant, id, "summary"))
+            .await
+            .map_err(unavailable)?;
+        match raw {
+            Some(s) => serde_json::from_str(&s).map_err(corrupt),
+            None => Ok(Summary::default()),
+        }
+    }
+
+    async fn save_summary(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        summary: &Summary,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let ok: i64 = SET_IF_CONVERSATION
+            .key(self.k(tenant, id, "meta"))
+            .key(self.k(tenant, id, "summary"))
+            .arg(serde_json::to_string(summary).map_err(corrupt)?)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ok == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    async fn enqueue_turn(&self, request: &TurnRequest) -> Result<Enqueued, StoreError> {
+        let (t, id) = (&request.tenant_id, &request.conversation_id);
+        let mut c = self.conn.clone();
+        let r: i64 = ENQUEUE
+            .key(self.k(t, id, "meta"))
+            .key(self.k(t, id, "seen"))
+            .key(self.k(t, id, "pending"))
+            .key(self.global("active"))
+            .arg(request.message_id.as_str())
+            .arg(serde_json::to_string(request).map_err(corrupt)?)
+            .arg(format!("{t}/{id}"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        match not_found_if_negative(r)? {
+            1 => Ok(Enqueued::New),
+            _ => Ok(Enqueued::Duplicate),
+        }
+    }
+
+    async fn pending_turns(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Vec<TurnRequest>, StoreError> {
+        let mut c = self.conn.clone();
+        let raw: Vec<String> = c
+            .lrange(self.k(tenant, id, "pending"), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        raw.iter()
+            .map(|s| serde_json::from_str(s).map_err(corrupt))
+            .collect()
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
+        let (t, id) = (
+            &checkpoint.request.tenant_id,
+            &checkpoint.request.conversation_id,
+        );
+        let mut c = self.conn.clone();
+        let ok: i64 = SET_IF_CONVERSATION
+            .key(self.k(t, id, "meta"))
+            .key(self.k(t, id, "checkpoint"))
+            .key(self.global("active"))
+            .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
+            .arg(format!("{t}/{id}"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ok == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    async fn load_checkpoint(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<TurnCheckpoint>, StoreError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c
+            .get(self.k(tenant, id, "checkpoint"))
+            .await
+            .map_err(unavailable)?;
+        raw.map(|s| serde_json::from_str(&s).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn finish_turn(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+        answer: Option<&Message>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let answer = match answer {
+            Some(m) => serde_json::to_string(m).map_err(corrupt)?,
+            None => String::new(),
+        };
+        let mut c = self.conn.clone();
+        let r: i64 = FINISH
+            .key(self.k(tenant, id, "meta"))
+            .key(self.k(tenant, id, "msgs"))
+            .key(self.k(tenant, id, "checkpoint"))
+            .key(self.k(tenant, id, "pending"))
+            .key(self.global("active"))
+            .key(self.global("updated"))
+            .arg(answer)
+            .arg(now.to_rfc3339())
+            .arg(format!("\"turn_id\":\"{turn}\""))
+            .arg(format!("{tenant}/{id}"))
+            .arg(now.timestamp_millis())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        not_found_if_negative(r).map(|_| ())
+    }
+
+    async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
+        let mut c = self.conn.clone();
+        let members: Vec<String> = c
+            .smembers(self.global("active"))
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for m in members {
+            let Some((t, id)) = split_member(&m) else {
+                continue;
+            };
+            let (pending, checkpoint): (i64, bool) = redis::pipe()
+                .llen(self.k(&t, &id, "pending"))
+                .exists(self.k(&t, &id, "checkpoint"))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if pending > 0 || checkpoint {
+                out.push((t, id));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let members: Vec<String> = c
+            .zrangebyscore(self.global("updated"), "-inf", format!("({}", before.timestamp_millis()))
+            .await
+            .map_err(unavailable)?;
+        let mut n = 0;
+        for m in members {
+            let Some((t, id)) = split_member(&m) else {
+                continue;
+            };
+            match self.load_meta(&t, &id).await? {
+                Some(meta) if meta.updated_at < before => {
+                    self.delete_keys(&meta).await?;
+                    n += 1;
+                }
+                Some(_) => {}
+                None => {
+                    let _: () = c
+                        .zrem(self.global("updated"), &m)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl EventStream for RedisStore {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError> {
+        let stored = StoredEvent {
+            id: 0,
+            at: Utc::now(),
+            event: event.clone(),
+        };
+        let mut c = self.conn.clone();
+        let r: i64 = APPEND_EVENT
+            .key(self.k(tenant, id, "meta"))
+            .key(self.k(tenant, id, "evseq"))
+            .key(self.k(tenant, id, "events"))
+            .arg(serde_json::to_string(&stored).map_err(corrupt)?)
+            .arg(self.event_retention)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(not_found_if_negative(r)? as u64)
+    }
+
+    async fn read_after(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut c = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.k(tenant, id, "events"))
+            .arg(format!("({after}-1"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let event_id = entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(n, _)| n.parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("stream id {}", entry.id)))?;
+                let json: String = entry
+                    .get("e")
+                    .ok_or_else(|| StoreError::Corrupt("stream entry without `e`".into()))?;
+                let mut e: StoredEvent = serde_json::from_str(&json).map_err(corrupt)?;
+                e.id = event_id;
+                Ok(e)
+            })
+            .collect()
+    }
+
+    async fn last_event_id(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let n: Option<u64> = c
+            .get(self.k(tenant, id, "evseq"))
+            .await
+            .map_err(unavailable)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn subscribe(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+        after: u64,
+    ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
+        let waiter = XreadWaiter {
+            client: self.client.clone(),
+            key: self.k(&tenant, &id, "events"),
+            conn: None,
+        };
+        follow(self.clone(), tenant, id, after, waiter)
+    }
+}
+
+/// Waits with `XREAD BLOCK` on a connection of its own (a blocking read would
+/// stall every other command on the shared connection).
+struct XreadWaiter {
+    client: redis::Client,
+    key: String,
+    conn: Option<MultiplexedConnection>,
+}
+
+/// Longest single block; the loop simply blocks again.
+const BLOCK_MS: u64 = 5_000;
+
+#[async_trait]
+impl EventWaiter for XreadWaiter {
+    async fn wait(&mut self, after: u64) -> Result<(), StoreError> {
+        if self.conn.is_none() {
+            let cfg = AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
+            self.conn = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Unavailable("no connection".into()));
+        };
+        let r: Result<redis::Value, _> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(format!("{after}-1"))
+            .query_async(conn)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.conn = None; // reconnect on the next wait
+                Err(unavailable(e))
+            }
+        }
+    }
+}

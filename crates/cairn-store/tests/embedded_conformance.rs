@@ -1,0 +1,79 @@
+//! The embedded (redb) store against the shared conformance suite, plus the
+//! property only a file-backed store has: it survives a restart.
+
+use cairn_core::ports::{EventStream, MemoryStore};
+use cairn_core::*;
+use cairn_store::{EmbeddedStore, conformance_tests};
+
+const RETENTION: u64 = 50;
+
+async fn fresh() -> (EmbeddedStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open_and_init(&dir.path().join("memory.redb"), RETENTION)
+        .await
+        .unwrap();
+    (s, dir)
+}
+
+mod conformance {
+    use super::*;
+    // The TempDir is leaked into the test's lifetime by keeping it in a static-free
+    // tuple; dropping it at the end of each test removes the files.
+    conformance_tests!(
+        {
+            let (s, dir) = fresh().await;
+            std::mem::forget(dir);
+            s
+        },
+        RETENTION
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.redb");
+    let t = TenantId::parse("acme").unwrap();
+    let m = ConversationMeta {
+        id: ConversationId::generate(),
+        tenant_id: t.clone(),
+        owner: UserId::parse("ana").unwrap(),
+        title: None,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+        message_count: 0,
+    };
+    {
+        let s = EmbeddedStore::open_and_init(&path, RETENTION).await.unwrap();
+        s.create_conversation(&m).await.unwrap();
+        s.append_message(&t, &m.id, &Message::new(Role::User, "remember me"))
+            .await
+            .unwrap();
+        s.append(
+            &t,
+            &m.id,
+            &TurnEvent::TurnFailed {
+                turn_id: TurnId::generate(),
+                code: "x".into(),
+                reason: "y".into(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // The writer thread releases the file once every handle is gone.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match EmbeddedStore::open_and_init(&path, RETENTION).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let s = reopened.expect("store reopens");
+    let msgs = s.messages(&t, &m.id, 0, 10).await.unwrap();
+    assert_eq!(msgs[0].content, "remember me");
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 1);
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one test command: installs what the build and the tests need, starts a
+# private redis-server on a free loopback port, and runs the whole suite.
+# Usage: scripts/test.sh [extra cargo nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "==> installing ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# A private Redis on a free port, removed when this script exits.
+REDIS_DIR="$(mktemp -d)"
+REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" \
+  --appendonly no --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+cleanup() {
+  if [ -f "$REDIS_DIR/redis.pid" ]; then kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true; fi
+  rm -rf "$REDIS_DIR"
+}
+trap cleanup EXIT
+for _ in $(seq 1 50); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null
+export CAIRN_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+echo "==> redis-server on $CAIRN_TEST_REDIS_URL"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  # Doc tests first, so that the closing line is nextest's summary with the counts.
+  cargo test --workspace --doc --quiet >/dev/null
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
