@@ -1,1 +1,30 @@
-//! The ractor supervision tree: conversation supervisor, conversation actors, bus bridges.
+//! Cairn's supervision tree (ractor) and the bus bridges that feed it.
+//!
+//! Module map:
+//! - [`settings`]: the agent settings and the dependencies every actor shares
+//!   ([`AgentDeps`]: memory, event stream, model, tool catalog).
+//! - [`catalog`]: the tools offered to agents ([`ToolCatalog`]).
+//! - [`memory`]: the context a turn starts from — rolling summary plus a bounded
+//!   window of recent messages — and the incremental summariser.
+//! - [`turn`]: one turn of the ReAct loop, checkpointed after every step.
+//! - [`conversation`]: `ConversationActor`, one per live conversation; it
+//!   serialises turns and runs each in a task so its mailbox stays responsive.
+//! - [`supervisor`]: `ConversationSupervisor`: registry, spawn on demand,
+//!   passivation of idle actors, respawn after a crash.
+//! - [`bridge`]: the bus consumers: the router (`user_events` → `reasoning_tasks`)
+//!   and the conversation bridge (`reasoning_tasks` → actors), at-least-once with
+//!   ordered offset commits and a DLQ.
+//! - [`runtime`]: starts and stops all of the above; the API's entry point.
+
+pub mod bridge;
+pub mod catalog;
+pub mod conversation;
+pub mod memory;
+pub mod runtime;
+pub mod settings;
+pub mod supervisor;
+pub mod turn;
+
+pub use catalog::ToolCatalog;
+pub use runtime::Runtime;
+pub use settings::{AgentDeps, AgentSettings};

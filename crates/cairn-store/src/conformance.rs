@@ -205,20 +205,40 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
         usage: Usage::default(),
         started_at: Utc::now(),
     };
-    s.save_checkpoint(&cp).await.unwrap();
-    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp));
+    let mut user_msg = Message::new(Role::User, "one");
+    user_msg.id = r1.message_id.clone();
+    let seq = s.begin_turn(&cp, &user_msg).await.unwrap();
+    assert_eq!(seq, 0);
+    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp.clone()));
+    let mut cp2 = cp.clone();
+    cp2.model_calls = 2;
+    s.save_checkpoint(&cp2).await.unwrap();
+    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp2));
 
     let mut answer = Message::new(Role::Assistant, "done");
     answer.turn_id = Some(r1.turn_id.clone());
-    s.finish_turn(&t, &m.id, &r1.turn_id, Some(&answer)).await.unwrap();
+    let before = s.last_event_id(&t, &m.id).await.unwrap();
+    let done = TurnEvent::TurnFailed {
+        turn_id: r1.turn_id.clone(),
+        code: "x".into(),
+        reason: "y".into(),
+    };
+    let event_id = s
+        .finish_turn(&t, &m.id, &r1.turn_id, Some(&answer), &done)
+        .await
+        .unwrap();
+    assert_eq!(event_id, before + 1);
+    assert_eq!(s.read_after(&t, &m.id, before, 10).await.unwrap()[0].event, done);
     assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), None);
     assert_eq!(s.pending_turns(&t, &m.id).await.unwrap(), vec![r2.clone()]);
     let msgs = s.messages(&t, &m.id, 0, 10).await.unwrap();
-    assert_eq!(msgs.last().unwrap().content, "done");
+    assert_eq!(msgs.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), vec!["one", "done"]);
     // A duplicate of a finished message is still recognised.
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
 
-    s.finish_turn(&t, &m.id, &r2.turn_id, None).await.unwrap();
+    s.finish_turn(&t, &m.id, &r2.turn_id, None, &started(&r2.turn_id))
+        .await
+        .unwrap();
     assert!(s.pending_turns(&t, &m.id).await.unwrap().is_empty());
     assert!(!s.active_conversations().await.unwrap().contains(&(t.clone(), m.id.clone())));
 }

@@ -173,6 +173,31 @@ fn append_in(
     Ok(Ok(seq))
 }
 
+/// Appends an event inside a write transaction, trimming past the retention.
+fn append_event_in(
+    txn: &WriteTransaction,
+    k: &str,
+    event: TurnEvent,
+    retention: u64,
+) -> Result<u64, DbError> {
+    let mut seq = txn.open_table(EVENT_SEQ).map_err(r)?;
+    let id = seq.get(k).map_err(r)?.map_or(0, |v| v.value()) + 1;
+    seq.insert(k, id).map_err(r)?;
+    let stored = StoredEvent {
+        id,
+        at: Utc::now(),
+        event,
+    };
+    let mut events = txn.open_table(EVENTS).map_err(r)?;
+    events
+        .insert((k, id), enc(&stored)?.as_slice())
+        .map_err(r)?;
+    if id > retention {
+        events.remove((k, id - retention)).map_err(r)?;
+    }
+    Ok(id)
+}
+
 /// Removes every record of a conversation inside a write transaction.
 fn delete_in(txn: &WriteTransaction, k: &str) -> Result<bool, DbError> {
     let Some(meta) = write_meta_get(txn, k)? else {
@@ -444,6 +469,34 @@ impl MemoryStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
+    async fn begin_turn(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        user_message: &Message,
+    ) -> Result<u64, StoreError> {
+        let k = key(
+            &checkpoint.request.tenant_id,
+            &checkpoint.request.conversation_id,
+        );
+        let bytes = enc(checkpoint).map_err(unavailable)?;
+        let message = user_message.clone();
+        flat(
+            self.db
+                .write(move |txn| {
+                    let seq = match append_in(txn, &k, &message)? {
+                        Ok(seq) => seq,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    txn.open_table(CHECKPOINT)
+                        .map_err(r)?
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(r)?;
+                    Ok(Ok(seq))
+                })
+                .await,
+        )
+    }
+
     async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
         let k = key(
             &checkpoint.request.tenant_id,
@@ -490,11 +543,15 @@ impl MemoryStore for EmbeddedStore {
         id: &ConversationId,
         turn: &TurnId,
         answer: Option<&Message>,
-    ) -> Result<(), StoreError> {
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError> {
         let k = key(tenant, id);
         let turn = turn.clone();
         let answer = answer.cloned();
-        flat(
+        let event = event.clone();
+        let retention = self.event_retention;
+        let k2 = k.clone();
+        let event_id = flat(
             self.db
                 .write(move |txn| {
                     if write_meta_get(txn, &k)?.is_none() {
@@ -517,10 +574,13 @@ impl MemoryStore for EmbeddedStore {
                                 .unwrap_or(true)
                         })
                         .map_err(r)?;
-                    Ok(Ok(()))
+                    drop(pending);
+                    Ok(Ok(append_event_in(txn, &k, event, retention)?))
                 })
                 .await,
-        )
+        )?;
+        self.notify(&k2, event_id);
+        Ok(event_id)
     }
 
     async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
@@ -598,22 +658,7 @@ impl EventStream for EmbeddedStore {
                     if write_meta_get(txn, &k)?.is_none() {
                         return Ok(Err(StoreError::NotFound));
                     }
-                    let mut seq = txn.open_table(EVENT_SEQ).map_err(r)?;
-                    let id = seq.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()) + 1;
-                    seq.insert(k.as_str(), id).map_err(r)?;
-                    let stored = StoredEvent {
-                        id,
-                        at: Utc::now(),
-                        event,
-                    };
-                    let mut events = txn.open_table(EVENTS).map_err(r)?;
-                    events
-                        .insert((k.as_str(), id), enc(&stored)?.as_slice())
-                        .map_err(r)?;
-                    if id > retention {
-                        events.remove((k.as_str(), id - retention)).map_err(r)?;
-                    }
-                    Ok(Ok(id))
+                    Ok(Ok(append_event_in(txn, &k, event, retention)?))
                 })
                 .await,
         )?;

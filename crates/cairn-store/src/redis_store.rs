@@ -72,6 +72,19 @@ return n - 1",
     )
 });
 
+static BEGIN_TURN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('SET', KEYS[4], ARGV[5])
+redis.call('SADD', KEYS[5], ARGV[4])
+return n - 1",
+    )
+});
+
 static SET_IF_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -107,7 +120,9 @@ for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
   if string.find(item, ARGV[3], 1, true) then redis.call('LREM', KEYS[4], 1, item) end
 end
 if redis.call('LLEN', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
-return 1",
+local id = redis.call('INCR', KEYS[7])
+redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], id .. '-1', 'e', ARGV[6])
+return id",
     )
 });
 
@@ -415,6 +430,34 @@ impl MemoryStore for RedisStore {
             .collect()
     }
 
+    async fn begin_turn(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        user_message: &Message,
+    ) -> Result<u64, StoreError> {
+        let (t, id) = (
+            &checkpoint.request.tenant_id,
+            &checkpoint.request.conversation_id,
+        );
+        let now = Utc::now();
+        let mut c = self.conn.clone();
+        let seq: i64 = BEGIN_TURN
+            .key(self.k(t, id, "meta"))
+            .key(self.k(t, id, "msgs"))
+            .key(self.global("updated"))
+            .key(self.k(t, id, "checkpoint"))
+            .key(self.global("active"))
+            .arg(serde_json::to_string(user_message).map_err(corrupt)?)
+            .arg(now.to_rfc3339())
+            .arg(now.timestamp_millis())
+            .arg(format!("{t}/{id}"))
+            .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(not_found_if_negative(seq)? as u64)
+    }
+
     async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
         let (t, id) = (
             &checkpoint.request.tenant_id,
@@ -453,11 +496,17 @@ impl MemoryStore for RedisStore {
         id: &ConversationId,
         turn: &TurnId,
         answer: Option<&Message>,
-    ) -> Result<(), StoreError> {
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError> {
         let now = Utc::now();
         let answer = match answer {
             Some(m) => serde_json::to_string(m).map_err(corrupt)?,
             None => String::new(),
+        };
+        let stored = StoredEvent {
+            id: 0,
+            at: now,
+            event: event.clone(),
         };
         let mut c = self.conn.clone();
         let r: i64 = FINISH
@@ -467,15 +516,19 @@ impl MemoryStore for RedisStore {
             .key(self.k(tenant, id, "pending"))
             .key(self.global("active"))
             .key(self.global("updated"))
+            .key(self.k(tenant, id, "evseq"))
+            .key(self.k(tenant, id, "events"))
             .arg(answer)
             .arg(now.to_rfc3339())
             .arg(format!("\"turn_id\":\"{turn}\""))
             .arg(format!("{tenant}/{id}"))
             .arg(now.timestamp_millis())
+            .arg(serde_json::to_string(&stored).map_err(corrupt)?)
+            .arg(self.event_retention)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        not_found_if_negative(r).map(|_| ())
+        Ok(not_found_if_negative(r)? as u64)
     }
 
     async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {

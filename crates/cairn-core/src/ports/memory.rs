@@ -110,6 +110,14 @@ pub trait MemoryStore: Send + Sync + 'static {
         id: &ConversationId,
     ) -> Result<Vec<TurnRequest>, StoreError>;
 
+    /// Starts a turn atomically: appends the user message to the transcript and
+    /// writes the turn's first checkpoint. Returns the message's `seq`.
+    async fn begin_turn(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        user_message: &Message,
+    ) -> Result<u64, StoreError>;
+
     /// Writes the in-flight turn's checkpoint.
     async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError>;
 
@@ -120,15 +128,19 @@ pub trait MemoryStore: Send + Sync + 'static {
         id: &ConversationId,
     ) -> Result<Option<TurnCheckpoint>, StoreError>;
 
-    /// Ends a turn atomically: appends the answer (if any) to the transcript, drops
-    /// the checkpoint and removes the request from the queue.
+    /// Ends a turn atomically: appends `answer` (if any) to the transcript, drops
+    /// the checkpoint, removes the request from the queue, and appends the turn's
+    /// terminal `event` to the conversation's event stream. Returns the event id.
+    /// Doing all of it in one write means a crash can never leave an answered
+    /// turn without its `answer.completed` event, or the reverse.
     async fn finish_turn(
         &self,
         tenant: &TenantId,
         id: &ConversationId,
         turn: &TurnId,
         answer: Option<&Message>,
-    ) -> Result<(), StoreError>;
+        event: &TurnEvent,
+    ) -> Result<u64, StoreError>;
 
     /// Conversations with queued requests or a checkpoint: the work to resume at
     /// start-up.

@@ -1,0 +1,65 @@
+//! Settings and shared dependencies of the agents.
+
+use crate::catalog::ToolCatalog;
+use cairn_core::config::Config;
+use cairn_core::ports::{ChatModel, EventStream, MemoryStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What shapes a turn (from `[agent]`, `[memory]` and `[llm]`).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Model calls allowed per turn.
+    pub max_steps: u32,
+    /// Deadline of one tool call.
+    pub tool_timeout: Duration,
+    /// Starts allowed for one turn before it is failed as crashing.
+    pub max_turn_attempts: u32,
+    /// Idle time after which a conversation actor is stopped.
+    pub idle_passivation: Duration,
+    /// System prompt.
+    pub system_prompt: String,
+    /// Messages kept verbatim in the context window.
+    pub window_messages: usize,
+    /// Bound of the rolling summary, in characters.
+    pub summary_max_chars: usize,
+    /// Ask the model to stream (emits `answer.delta`).
+    pub stream: bool,
+}
+
+impl AgentSettings {
+    /// The settings of a loaded configuration.
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            max_steps: c.agent.max_steps,
+            tool_timeout: c.agent.tool_timeout,
+            max_turn_attempts: c.agent.max_turn_attempts,
+            idle_passivation: c.agent.idle_passivation,
+            system_prompt: c.agent.system_prompt.clone(),
+            window_messages: c.memory.window_messages,
+            summary_max_chars: c.memory.summary_max_chars,
+            stream: c.llm.stream,
+        }
+    }
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+/// Everything a conversation actor needs; cheap to clone.
+#[derive(Clone)]
+pub struct AgentDeps {
+    /// Conversation memory.
+    pub memory: Arc<dyn MemoryStore>,
+    /// Per-conversation event streams.
+    pub events: Arc<dyn EventStream>,
+    /// The chat model.
+    pub model: Arc<dyn ChatModel>,
+    /// Tools offered to agents.
+    pub tools: Arc<ToolCatalog>,
+    /// Turn settings.
+    pub settings: Arc<AgentSettings>,
+}

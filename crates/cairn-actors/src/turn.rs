@@ -1,0 +1,348 @@
+//! One turn of the ReAct loop: think (ask the model), act (run the tools it asks
+//! for), observe (feed the results back), until a final answer or `max_steps`.
+//!
+//! The checkpoint is written after every step, before the next one starts. A turn
+//! resumed from a checkpoint replays the recorded steps into the model's context,
+//! runs only the tool calls that had not completed (with the same idempotency key
+//! `turn_id:step`), and continues. A turn started more than `max_turn_attempts`
+//! times fails with `turn_crashed` instead of looping forever.
+
+use crate::memory;
+use crate::settings::AgentDeps;
+use cairn_core::ports::{
+    ChatMessage, ChatRequest, ChatResponse, ModelError, StoreError, ToolContext,
+};
+use cairn_core::*;
+use chrono::Utc;
+use serde_json::json;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Runs (or resumes) a turn to its end. Errors are store failures only; every
+/// other problem ends the turn with a `turn.failed` event and a transcript record.
+pub async fn run_turn(
+    deps: &AgentDeps,
+    request: TurnRequest,
+    existing: Option<TurnCheckpoint>,
+) -> Result<(), StoreError> {
+    let settings = &deps.settings;
+    let mut cp = match existing {
+        Some(mut cp) => {
+            cp.attempts += 1;
+            if cp.attempts > settings.max_turn_attempts {
+                let reason = format!(
+                    "the turn crashed {} times and was abandoned (agent.max_turn_attempts = {})",
+                    cp.attempts - 1,
+                    settings.max_turn_attempts
+                );
+                return fail(deps, &cp, "turn_crashed", reason).await;
+            }
+            deps.memory.save_checkpoint(&cp).await?;
+            emit(deps, &cp, started(&cp, true)).await?;
+            tracing::info!(turn = %cp.request.turn_id, attempt = cp.attempts, steps = cp.steps.len(), "turn resumed");
+            cp
+        }
+        None => {
+            let cp = TurnCheckpoint {
+                request: request.clone(),
+                steps: Vec::new(),
+                model_calls: 0,
+                attempts: 1,
+                usage: Usage::default(),
+                started_at: Utc::now(),
+            };
+            let mut user = Message::new(Role::User, request.content.clone());
+            user.id = request.message_id.clone();
+            user.turn_id = Some(request.turn_id.clone());
+            user.created_at = request.accepted_at;
+            deps.memory.begin_turn(&cp, &user).await?;
+            emit(deps, &cp, started(&cp, false)).await?;
+            cp
+        }
+    };
+
+    let (summary, recent) =
+        memory::load_context(deps, &cp.request.tenant_id, &cp.request.conversation_id).await?;
+    let context = memory::context_messages(&summary, &recent);
+    let tools = deps.tools.specs();
+
+    loop {
+        // Act: run tool calls recorded but not completed (after a step, or a crash).
+        let unfinished: Vec<usize> = cp
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Step::Tool { outcome: None, .. }))
+            .map(|(i, _)| i)
+            .collect();
+        for i in unfinished {
+            run_tool_step(deps, &mut cp, i).await?;
+        }
+
+        if cp.model_calls >= settings.max_steps {
+            let reason = format!(
+                "the agent used all {} model calls without reaching an answer (agent.max_steps)",
+                settings.max_steps
+            );
+            return fail(deps, &cp, "max_steps_exceeded", reason).await;
+        }
+
+        // Think.
+        let mut messages = context.clone();
+        messages.extend(step_messages(&cp.steps));
+        let request = ChatRequest {
+            system: settings.system_prompt.clone(),
+            messages,
+            tools: tools.clone(),
+        };
+        let response = match call_model(deps, &cp, &request).await? {
+            Ok(r) => r,
+            Err(e) => return fail(deps, &cp, "model_error", e.to_string()).await,
+        };
+        cp.model_calls += 1;
+        if let Some(u) = response.usage {
+            cp.usage.add(u);
+        }
+        if response.tool_calls.is_empty() {
+            return complete(deps, cp, response).await;
+        }
+        let base = cp.steps.len() as u32;
+        let thought = (!response.content.is_empty()).then(|| response.content.clone());
+        cp.steps.push(Step::Model {
+            index: base,
+            thought,
+            tool_calls: response.tool_calls.clone(),
+            usage: response.usage,
+        });
+        for (j, call) in response.tool_calls.into_iter().enumerate() {
+            cp.steps.push(Step::Tool {
+                index: base + 1 + j as u32,
+                call,
+                outcome: None,
+            });
+        }
+        deps.memory.save_checkpoint(&cp).await?;
+    }
+}
+
+fn started(cp: &TurnCheckpoint, resumed: bool) -> TurnEvent {
+    TurnEvent::TurnStarted {
+        turn_id: cp.request.turn_id.clone(),
+        message_id: cp.request.message_id.clone(),
+        resumed,
+    }
+}
+
+async fn emit(deps: &AgentDeps, cp: &TurnCheckpoint, event: TurnEvent) -> Result<u64, StoreError> {
+    deps.events
+        .append(&cp.request.tenant_id, &cp.request.conversation_id, &event)
+        .await
+}
+
+/// The recorded steps as model messages: each model step is an assistant message
+/// with its tool calls, each completed tool step an observation.
+pub fn step_messages(steps: &[Step]) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    for s in steps {
+        match s {
+            Step::Model {
+                thought, tool_calls, ..
+            } => out.push(ChatMessage {
+                role: Role::Assistant,
+                content: thought.clone().unwrap_or_default(),
+                tool_calls: tool_calls.clone(),
+                tool_call_id: None,
+                tool_name: None,
+                is_error: false,
+            }),
+            Step::Tool {
+                call,
+                outcome: Some(o),
+                ..
+            } => out.push(ChatMessage {
+                role: Role::Tool,
+                content: o.content.clone(),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+                tool_name: Some(call.name.clone()),
+                is_error: o.is_error,
+            }),
+            Step::Tool { outcome: None, .. } => {}
+        }
+    }
+    out
+}
+
+/// Calls the model, forwarding streamed text as `answer.delta` events. The outer
+/// error is a store failure; the inner one a model failure.
+async fn call_model(
+    deps: &AgentDeps,
+    cp: &TurnCheckpoint,
+    request: &ChatRequest,
+) -> Result<Result<ChatResponse, ModelError>, StoreError> {
+    if !deps.settings.stream {
+        return Ok(deps.model.complete(request, None).await);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let forwarder = {
+        let events = deps.events.clone();
+        let (tenant, conv, turn) = (
+            cp.request.tenant_id.clone(),
+            cp.request.conversation_id.clone(),
+            cp.request.turn_id.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(delta) = rx.recv().await {
+                let e = TurnEvent::AnswerDelta {
+                    turn_id: turn.clone(),
+                    delta,
+                };
+                events.append(&tenant, &conv, &e).await?;
+            }
+            Ok::<(), StoreError>(())
+        })
+    };
+    let result = deps.model.complete(request, Some(&tx)).await;
+    drop(tx);
+    // Every delta is written before the answer that follows it.
+    match forwarder.await {
+        Ok(r) => r?,
+        Err(e) => return Err(StoreError::Unavailable(format!("delta writer failed: {e}"))),
+    }
+    Ok(result)
+}
+
+async fn run_tool_step(
+    deps: &AgentDeps,
+    cp: &mut TurnCheckpoint,
+    i: usize,
+) -> Result<(), StoreError> {
+    let Step::Tool { index, call, .. } = cp.steps[i].clone() else {
+        return Ok(());
+    };
+    let turn = cp.request.turn_id.clone();
+    emit(
+        deps,
+        cp,
+        TurnEvent::ToolCalled {
+            turn_id: turn.clone(),
+            step: index,
+            tool: call.name.clone(),
+            arguments: call.arguments.clone(),
+        },
+    )
+    .await?;
+    let deadline = deps.settings.tool_timeout;
+    let started = Instant::now();
+    let (is_error, content) = match deps.tools.get(&call.name) {
+        None => (true, format!("There is no tool named {}.", call.name)),
+        Some(tool) => {
+            let ctx = ToolContext {
+                tenant_id: cp.request.tenant_id.clone(),
+                conversation_id: cp.request.conversation_id.clone(),
+                idempotency_key: idempotency_key(&turn, index),
+                deadline,
+            };
+            match tokio::time::timeout(deadline, tool.call(call.arguments.clone(), &ctx)).await {
+                Ok(Ok(out)) => (out.is_error, out.content),
+                Ok(Err(e)) => (true, e.to_string()),
+                Err(_) => (
+                    true,
+                    format!("The tool {} did not answer within {deadline:?}.", call.name),
+                ),
+            }
+        }
+    };
+    let outcome = ToolOutcome {
+        is_error,
+        content,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    cp.steps[i] = Step::Tool {
+        index,
+        call: call.clone(),
+        outcome: Some(outcome.clone()),
+    };
+    deps.memory.save_checkpoint(cp).await?;
+    emit(
+        deps,
+        cp,
+        TurnEvent::ToolCompleted {
+            turn_id: turn,
+            step: index,
+            tool: call.name,
+            is_error: outcome.is_error,
+            output: outcome.content,
+            duration_ms: outcome.duration_ms,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn complete(
+    deps: &AgentDeps,
+    cp: TurnCheckpoint,
+    response: ChatResponse,
+) -> Result<(), StoreError> {
+    let usage = (cp.usage != Usage::default()).then_some(cp.usage);
+    let mut answer = Message::new(Role::Assistant, response.content.clone());
+    answer.turn_id = Some(cp.request.turn_id.clone());
+    answer.citations = response.citations.clone();
+    answer.steps = cp.steps.clone();
+    answer.usage = usage;
+    answer.metadata = response.metadata.clone();
+    let event = TurnEvent::AnswerCompleted {
+        turn_id: cp.request.turn_id.clone(),
+        message_id: answer.id.clone(),
+        content: response.content,
+        citations: response.citations,
+        usage,
+        metadata: response.metadata,
+    };
+    deps.memory
+        .finish_turn(
+            &cp.request.tenant_id,
+            &cp.request.conversation_id,
+            &cp.request.turn_id,
+            Some(&answer),
+            &event,
+        )
+        .await?;
+    tracing::info!(
+        turn = %cp.request.turn_id,
+        model_calls = cp.model_calls,
+        input_tokens = cp.usage.input_tokens,
+        output_tokens = cp.usage.output_tokens,
+        "turn answered"
+    );
+    Ok(())
+}
+
+async fn fail(
+    deps: &AgentDeps,
+    cp: &TurnCheckpoint,
+    code: &str,
+    reason: String,
+) -> Result<(), StoreError> {
+    tracing::warn!(turn = %cp.request.turn_id, code, reason = %reason, "turn failed");
+    let event = TurnEvent::TurnFailed {
+        turn_id: cp.request.turn_id.clone(),
+        code: code.to_owned(),
+        reason: reason.clone(),
+    };
+    let mut record = Message::new(Role::Assistant, format!("The turn failed: {reason}"));
+    record.turn_id = Some(cp.request.turn_id.clone());
+    record.steps = cp.steps.clone();
+    record.metadata = json!({ "turn_failed": { "code": code, "reason": reason } });
+    deps.memory
+        .finish_turn(
+            &cp.request.tenant_id,
+            &cp.request.conversation_id,
+            &cp.request.turn_id,
+            Some(&record),
+            &event,
+        )
+        .await
+        .map(|_| ())
+}
