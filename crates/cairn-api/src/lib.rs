@@ -1,1 +1,27 @@
-//! The HTTP API (axum): routes, auth, error contract, streaming.
+//! Cairn's HTTP API (axum).
+//!
+//! Module map:
+//! - [`error`]: the error contract — one table of stable codes and statuses;
+//!   every non-2xx body is `{"error":{"code","message","details","request_id"}}`.
+//! - [`request_id`]: `X-Request-Id` on every response (echoed or generated), and
+//!   the id made available to error bodies.
+//! - [`auth`]: HS256 JWT validation (tenant from a configurable claim, user from
+//!   `sub`, `exp` required) and token minting for `cairn token`.
+//! - [`extract`]: JSON bodies and ids parsed into the error contract.
+//! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`health`]: `/health`, `/ready`, `/live`.
+//! - [`router`]: assembles everything into one `axum::Router`.
+
+pub mod auth;
+pub mod conversations;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod messages;
+pub mod request_id;
+pub mod router;
+pub mod state;
+
+pub use router::router;
+pub use state::{ApiSettings, AppState};

@@ -1,0 +1,146 @@
+//! `/v1/conversations`: create, list (the caller's own, paginated), get, delete.
+
+use crate::auth::{ADMIN_SCOPE, Caller};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::extract::{JsonBody, conversation_id, query_u64};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use cairn_core::{ConversationId, ConversationMeta};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// Default and largest page size.
+const DEFAULT_LIMIT: u64 = 20;
+const MAX_LIMIT: u64 = 100;
+/// Longest title.
+const MAX_TITLE: usize = 200;
+
+/// Body of `POST /v1/conversations` (every field optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    /// A title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// A client-chosen id (letters, digits, `-_.@`); generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// The JSON form of a conversation.
+pub fn conversation_json(m: &ConversationMeta) -> Value {
+    json!({
+        "id": m.id,
+        "title": m.title,
+        "owner": m.owner,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+        "message_count": m.message_count,
+        "events_url": format!("/v1/conversations/{}/events", m.id),
+    })
+}
+
+/// Loads a conversation the caller may see: same tenant (always), and its own
+/// unless the caller has the admin scope. Anything else is "not found".
+pub async fn load_owned(
+    state: &AppState,
+    caller: &Caller,
+    id: &ConversationId,
+) -> ApiResult<ConversationMeta> {
+    let meta = state
+        .memory
+        .get_conversation(&caller.tenant, id)
+        .await?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    if meta.owner != caller.user && !caller.has_scope(ADMIN_SCOPE) {
+        return Err(ApiError::conversation_not_found());
+    }
+    Ok(meta)
+}
+
+/// `POST /v1/conversations` → 201.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateConversation>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let title = body.title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE) {
+        return Err(ApiError::new(ErrorCode::InvalidField, "`title` is longer than 200 characters")
+            .with_details(json!({"field": "title"})));
+    }
+    let id = match body.id {
+        Some(raw) => ConversationId::parse(raw).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidField, e.to_string()).with_details(json!({"field": "id"}))
+        })?,
+        None => ConversationId::generate(),
+    };
+    let now = chrono::Utc::now();
+    let meta = ConversationMeta {
+        id,
+        tenant_id: caller.tenant.clone(),
+        owner: caller.user.clone(),
+        title,
+        created_at: now,
+        updated_at: now,
+        message_count: 0,
+    };
+    state.memory.create_conversation(&meta).await?;
+    Ok((StatusCode::CREATED, Json(conversation_json(&meta))))
+}
+
+/// `GET /v1/conversations?limit=&cursor=`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::new(ErrorCode::InvalidField, "`limit` must be between 1 and 100")
+            .with_details(json!({"field": "limit"})));
+    }
+    let cursor = match q.get("cursor").filter(|c| !c.is_empty()) {
+        Some(c) => Some(ConversationId::parse(c.as_str()).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidField, "`cursor` is not a cursor from this API")
+                .with_details(json!({"field": "cursor"}))
+        })?),
+        None => None,
+    };
+    let items = state
+        .memory
+        .list_conversations(&caller.tenant, &caller.user, cursor.as_ref(), limit as usize)
+        .await?;
+    let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|m| m.id.clone())).flatten();
+    Ok(Json(json!({
+        "items": items.iter().map(conversation_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// `GET /v1/conversations/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let meta = load_owned(&state, &caller, &conversation_id(&id)?).await?;
+    Ok(Json(conversation_json(&meta)))
+}
+
+/// `DELETE /v1/conversations/{id}` → 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = conversation_id(&id)?;
+    load_owned(&state, &caller, &id).await?;
+    if !state.memory.delete_conversation(&caller.tenant, &id).await? {
+        return Err(ApiError::conversation_not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,155 @@
+//! The error contract. Every error has a stable snake_case code, and the code
+//! alone decides the HTTP status (one table: [`ErrorCode::status`]).
+
+use crate::request_id;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Every error code the API returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body is not valid JSON.
+    MalformedJson,
+    /// A required field is missing from the body.
+    MissingField,
+    /// A field (or query parameter) has a bad value.
+    InvalidField,
+    /// The body is not declared as `application/json`.
+    UnsupportedMediaType,
+    /// The body is larger than `server.max_body_bytes`.
+    PayloadTooLarge,
+    /// No bearer token was sent.
+    MissingToken,
+    /// The token is malformed, badly signed, or fails a claim check.
+    InvalidToken,
+    /// The token's `exp` has passed.
+    TokenExpired,
+    /// The token is valid but lacks a required scope.
+    Forbidden,
+    /// The conversation does not exist for this caller.
+    ConversationNotFound,
+    /// No such route.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// A conversation with this id already exists.
+    Conflict,
+    /// `?wait=true` gave up before the turn ended (the turn goes on).
+    TurnTimeout,
+    /// A dependency (store, bus) is unavailable; retry later.
+    Unavailable,
+    /// A bug; the request id helps find it in the logs.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status of the code.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            MalformedJson | InvalidField => StatusCode::BAD_REQUEST,
+            MissingField => StatusCode::UNPROCESSABLE_ENTITY,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            ConversationNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict => StatusCode::CONFLICT,
+            TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => "malformed_json",
+            MissingField => "missing_field",
+            InvalidField => "invalid_field",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge => "payload_too_large",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            Forbidden => "forbidden",
+            ConversationNotFound => "conversation_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Conflict => "conflict",
+            TurnTimeout => "turn_timeout",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+/// An API error; renders as the error contract.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The code (decides the status).
+    pub code: ErrorCode,
+    /// A readable explanation.
+    pub message: String,
+    /// Structured details (the field, the limit, …).
+    pub details: Value,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    /// Adds details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The conversation was not found (also used for other tenants' and users' ids).
+    pub fn conversation_not_found() -> Self {
+        Self::new(ErrorCode::ConversationNotFound, "conversation not found")
+    }
+
+    /// A dependency failed; logged with its cause, reported without it.
+    pub fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{what} unavailable");
+        Self::new(ErrorCode::Unavailable, format!("{what} is unavailable; retry later"))
+    }
+}
+
+impl From<cairn_core::ports::StoreError> for ApiError {
+    fn from(e: cairn_core::ports::StoreError) -> Self {
+        use cairn_core::ports::StoreError::*;
+        match e {
+            NotFound => ApiError::conversation_not_found(),
+            AlreadyExists => ApiError::new(ErrorCode::Conflict, "conversation already exists"),
+            other => ApiError::unavailable("the memory store", &other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "details": self.details,
+                "request_id": request_id::current(),
+            }
+        });
+        (self.code.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;

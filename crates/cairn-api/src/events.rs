@@ -1,0 +1,73 @@
+//! Server-Sent Events. `GET /v1/conversations/{id}/events` streams the
+//! conversation's events; every event's `id` is its position in the stream, so a
+//! client that reconnects with `Last-Event-ID` (or `?after=`) gets every later
+//! event exactly once, also across server restarts (events are stored).
+
+use crate::auth::Caller;
+use crate::conversations::load_owned;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::extract::{conversation_id, query_u64};
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use cairn_core::StoredEvent;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+/// One stored event as an SSE event: `id`, `event` (the type) and JSON `data`.
+pub fn sse_event(e: &StoredEvent) -> Event {
+    let data = serde_json::to_string(&e.event).unwrap_or_else(|_| "{}".into());
+    Event::default().id(e.id.to_string()).event(e.event.kind()).data(data)
+}
+
+/// An SSE error event, sent when the store fails mid-stream; the client
+/// reconnects with its last id.
+pub fn sse_error(message: &str) -> Event {
+    Event::default()
+        .event("error")
+        .data(json!({"code": "unavailable", "message": message}).to_string())
+}
+
+/// `GET /v1/conversations/{id}/events`.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id = conversation_id(&id)?;
+    load_owned(&state, &caller, &id).await?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidField, "`Last-Event-ID` must be an event id from this stream")
+                    .with_details(json!({"field": "Last-Event-ID"}))
+            })?,
+        None => query_u64(&q, "after")?.unwrap_or(0),
+    };
+    let events = state
+        .events
+        .subscribe(caller.tenant.clone(), id, after)
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let ev = match item {
+                Ok(e) => sse_event(&e),
+                Err(e) => {
+                    tracing::error!(error = %e, "event stream failed");
+                    *failed = true;
+                    sse_error("the event store is unavailable; reconnect with Last-Event-ID")
+                }
+            };
+            futures::future::ready(Some(Ok::<_, Infallible>(ev)))
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive)))
+}

@@ -1,0 +1,61 @@
+//! `/health` (every component's status), `/ready` (can take traffic), `/live`
+//! (the process runs). None of them needs a token.
+
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+async fn components(state: &AppState) -> (bool, Value) {
+    let memory_ok = state.memory.ping().await;
+    let runtime = &state.runtime;
+    let actors_ok = runtime.is_running();
+    let model = &runtime.deps().model;
+    let ok = memory_ok.is_ok() && actors_ok;
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": {
+            "memory": {
+                "status": if memory_ok.is_ok() { "ok" } else { "down" },
+                "backend": state.memory.backend(),
+                "error": memory_ok.err().map(|e| e.to_string()),
+            },
+            "bus": { "status": "ok", "backend": runtime.bus().backend() },
+            "model": {
+                "status": "ok",
+                "provider": model.provider(),
+                "llm_configured": model.is_llm(),
+            },
+            "actors": {
+                "status": if actors_ok { "ok" } else { "down" },
+                "live_conversations": runtime.live_conversations().await,
+            },
+            "tools": { "status": "ok", "count": runtime.deps().tools.len() },
+        }
+    });
+    (ok, body)
+}
+
+/// `GET /health`: 200 when every component is up, 503 otherwise; the body says which.
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let (ok, body) = components(&state).await;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+/// `GET /ready`: 200 when the store answers and the actors run.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let ok = state.memory.ping().await.is_ok() && state.runtime.is_running();
+    if ok {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"})))
+    }
+}
+
+/// `GET /live`: always 200 while the process serves requests.
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}

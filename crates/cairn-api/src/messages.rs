@@ -1,0 +1,232 @@
+//! Messages: `POST /v1/conversations/{id}/messages` (202 with a turn handle;
+//! `?wait=true` for the answer; `Accept: text/event-stream` to stream the turn)
+//! and `GET /v1/conversations/{id}/messages` (the transcript).
+
+use crate::auth::Caller;
+use crate::conversations::load_owned;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::{sse_error, sse_event};
+use crate::extract::{JsonBody, conversation_id, query_u64};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cairn_core::{MessageId, StoredEvent, TurnEvent, TurnId, TurnRequest};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+/// Longest message, in characters.
+pub const MAX_CONTENT_CHARS: usize = 32_000;
+const DEFAULT_PAGE: u64 = 100;
+const MAX_PAGE: u64 = 1000;
+
+/// Body of `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    /// The user's text.
+    pub content: String,
+}
+
+fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// `POST /v1/conversations/{id}/messages`.
+pub async fn post(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PostMessage>,
+) -> ApiResult<Response> {
+    let id = conversation_id(&id)?;
+    load_owned(&state, &caller, &id).await?;
+    if body.content.trim().is_empty() {
+        return Err(ApiError::new(ErrorCode::InvalidField, "`content` must not be empty")
+            .with_details(json!({"field": "content"})));
+    }
+    if body.content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`content` is longer than {MAX_CONTENT_CHARS} characters"),
+        )
+        .with_details(json!({"field": "content", "max": MAX_CONTENT_CHARS})));
+    }
+    let after = state.events.last_event_id(&caller.tenant, &id).await?;
+    let request = TurnRequest {
+        tenant_id: caller.tenant.clone(),
+        conversation_id: id.clone(),
+        user_id: caller.user.clone(),
+        message_id: MessageId::generate(),
+        turn_id: TurnId::generate(),
+        content: body.content,
+        accepted_at: chrono::Utc::now(),
+    };
+    state
+        .runtime
+        .submit(&request)
+        .await
+        .map_err(|e| ApiError::unavailable("the event bus", &e))?;
+    let events_url = format!("/v1/conversations/{id}/events?after={after}");
+    tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
+
+    let turn = request.turn_id.clone();
+    let turn_events = {
+        let turn = turn.clone();
+        state
+            .events
+            .subscribe(caller.tenant.clone(), id.clone(), after)
+            .filter(move |e| {
+                futures::future::ready(match e {
+                    Ok(e) => e.event.turn_id() == &turn,
+                    Err(_) => true,
+                })
+            })
+    };
+
+    if wants_sse(&headers) {
+        // Stream the turn's events; end after its terminal event.
+        let stream = turn_events
+            .scan(false, |done, item| {
+                if *done {
+                    return futures::future::ready(None);
+                }
+                let ev = match item {
+                    Ok(e) => {
+                        *done = e.event.is_terminal();
+                        sse_event(&e)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "event stream failed");
+                        *done = true;
+                        sse_error("the event store is unavailable; follow the conversation's events_url")
+                    }
+                };
+                futures::future::ready(Some(Ok::<_, Infallible>(ev)))
+            });
+        let mut resp = Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
+            .into_response();
+        if let Ok(v) = request.message_id.as_str().parse() {
+            resp.headers_mut().insert("x-message-id", v);
+        }
+        if let Ok(v) = turn.as_str().parse() {
+            resp.headers_mut().insert("x-turn-id", v);
+        }
+        return Ok(resp);
+    }
+
+    if flag(&q, "wait") {
+        let collected = tokio::time::timeout(state.settings.wait_timeout, async move {
+            let mut events: Vec<StoredEvent> = Vec::new();
+            let mut s = Box::pin(turn_events);
+            while let Some(item) = s.next().await {
+                let e = item?;
+                let terminal = e.event.is_terminal();
+                events.push(e);
+                if terminal {
+                    break;
+                }
+            }
+            Ok::<_, cairn_core::ports::StoreError>(events)
+        })
+        .await;
+        let events = match collected {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::TurnTimeout,
+                    "the turn did not end within server.wait_timeout; it goes on — follow events_url",
+                )
+                .with_details(json!({
+                    "message_id": request.message_id,
+                    "turn_id": turn,
+                    "events_url": events_url,
+                })));
+            }
+        };
+        return Ok(Json(wait_body(&request, &events)).into_response());
+    }
+
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "message_id": request.message_id,
+            "turn_id": turn,
+            "events_url": events_url,
+        })),
+    )
+        .into_response())
+}
+
+/// The `?wait=true` body: the outcome and the steps that led to it.
+fn wait_body(request: &TurnRequest, events: &[StoredEvent]) -> Value {
+    let steps: Vec<&TurnEvent> = events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|e| matches!(e, TurnEvent::ToolCalled { .. } | TurnEvent::ToolCompleted { .. }))
+        .collect();
+    let (status, answer, error) = match events.last().map(|e| &e.event) {
+        Some(TurnEvent::AnswerCompleted {
+            message_id,
+            content,
+            citations,
+            usage,
+            metadata,
+            ..
+        }) => (
+            "completed",
+            json!({"message_id": message_id, "content": content, "citations": citations, "usage": usage, "metadata": metadata}),
+            Value::Null,
+        ),
+        Some(TurnEvent::TurnFailed { code, reason, .. }) => {
+            ("failed", Value::Null, json!({"code": code, "reason": reason}))
+        }
+        _ => ("unknown", Value::Null, Value::Null),
+    };
+    json!({
+        "message_id": request.message_id,
+        "turn_id": request.turn_id,
+        "status": status,
+        "answer": answer,
+        "error": error,
+        "steps": steps,
+    })
+}
+
+/// `GET /v1/conversations/{id}/messages?from=&limit=`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let id = conversation_id(&id)?;
+    load_owned(&state, &caller, &id).await?;
+    let from = query_u64(&q, "from")?.unwrap_or(0);
+    let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(ErrorCode::InvalidField, "`limit` must be between 1 and 1000")
+            .with_details(json!({"field": "limit"})));
+    }
+    let items = state
+        .memory
+        .messages(&caller.tenant, &id, from, limit as usize)
+        .await?;
+    let next_from = (items.len() as u64 == limit).then(|| items.last().map(|m| m.seq + 1)).flatten();
+    Ok(Json(json!({ "items": items, "next_from": next_from })))
+}

@@ -1,0 +1,43 @@
+//! The router: every route, the body limit, the error contract for unknown
+//! routes and methods, and `X-Request-Id`.
+
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use crate::{conversations, events, health, messages, request_id};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+}
+
+/// Builds the API router.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    let v1 = Router::new()
+        .route("/conversations", get(conversations::list).post(conversations::create))
+        .route(
+            "/conversations/{id}",
+            get(conversations::get).delete(conversations::delete),
+        )
+        .route(
+            "/conversations/{id}/messages",
+            get(messages::list).post(messages::post),
+        )
+        .route("/conversations/{id}/events", get(events::stream));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/live", get(health::live))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}

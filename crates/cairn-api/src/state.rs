@@ -1,0 +1,33 @@
+//! Shared state of the handlers.
+
+use crate::auth::Authenticator;
+use cairn_actors::Runtime;
+use cairn_core::ports::{EventStream, MemoryStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// API settings (from `[server]`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// How long `?wait=true` waits.
+    pub wait_timeout: Duration,
+    /// SSE keep-alive interval.
+    pub sse_keepalive: Duration,
+}
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The agent runtime (supervisor, bridges, bus).
+    pub runtime: Arc<Runtime>,
+    /// Conversation memory.
+    pub memory: Arc<dyn MemoryStore>,
+    /// Event streams.
+    pub events: Arc<dyn EventStream>,
+    /// Token validation.
+    pub auth: Arc<Authenticator>,
+    /// Settings.
+    pub settings: Arc<ApiSettings>,
+}
