@@ -13,9 +13,9 @@
 
 use crate::conversation::DeliveryError;
 use crate::supervisor::SupervisorMsg;
+use cairn_core::TurnRequest;
 use cairn_core::envelope::{Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusConsumer, BusError, BusRecord, Enqueued, EventBus, Topics};
-use cairn_core::TurnRequest;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -43,7 +43,8 @@ pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, reason
         .as_ref()
         .map(|e| e.tenant_id.clone())
         .unwrap_or_else(|| {
-            cairn_core::TenantId::parse("unknown").unwrap_or_else(|_| cairn_core::TenantId::generate())
+            cairn_core::TenantId::parse("unknown")
+                .unwrap_or_else(|_| cairn_core::TenantId::generate())
         });
     let envelope = Envelope::new(
         DLQ_RECORD,
@@ -192,7 +193,10 @@ pub async fn run_conversation_bridge(
     max_in_flight: usize,
 ) {
     let consumer = loop {
-        match bus.subscribe(&topics.reasoning_tasks, CONVERSATION_GROUP).await {
+        match bus
+            .subscribe(&topics.reasoning_tasks, CONVERSATION_GROUP)
+            .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!(error = %e, "conversation bridge cannot subscribe; retrying");

@@ -160,12 +160,18 @@ mod tests {
             Message::new(Role::Assistant, "Sorry to hear that! Let me check."),
         ];
         let s1 = extractive_summary("", &msgs, 1000);
-        assert_eq!(s1, "User: My order 4417 is late.\nAssistant: Sorry to hear that!");
+        assert_eq!(
+            s1,
+            "User: My order 4417 is late.\nAssistant: Sorry to hear that!"
+        );
         let s2 = extractive_summary(&s1, &[Message::new(Role::User, "Refund please.")], 1000);
         assert!(s2.starts_with(&s1));
         assert!(s2.ends_with("User: Refund please."));
         let s3 = extractive_summary(&s2, &[], 40);
         assert!(s3.chars().count() <= 40);
-        assert!(s3.ends_with("User: Refund please."), "the newest lines survive");
+        assert!(
+            s3.ends_with("User: Refund please."),
+            "the newest lines survive"
+        );
     }
 }

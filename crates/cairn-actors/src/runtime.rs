@@ -4,9 +4,9 @@
 use crate::bridge::{run_conversation_bridge, run_router};
 use crate::settings::AgentDeps;
 use crate::supervisor::{ConversationSupervisor, SupervisorMsg};
+use cairn_core::TurnRequest;
 use cairn_core::envelope::{Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusError, EventBus, Topics};
-use cairn_core::TurnRequest;
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 /// The running agent side of Cairn.
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
-    supervisor_task: JoinHandle<()>,
+    supervisor_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     bridges: Vec<JoinHandle<()>>,
     bus: Arc<dyn EventBus>,
     topics: Topics,
@@ -34,9 +34,10 @@ impl Runtime {
         topics: Topics,
         max_in_flight: usize,
     ) -> Result<Runtime, StartError> {
-        let (supervisor, supervisor_task) = Actor::spawn(None, ConversationSupervisor, deps.clone())
-            .await
-            .map_err(|e| StartError(e.to_string()))?;
+        let (supervisor, supervisor_task) =
+            Actor::spawn(None, ConversationSupervisor, deps.clone())
+                .await
+                .map_err(|e| StartError(e.to_string()))?;
         let max_in_flight = max_in_flight.max(1);
         let bridges = vec![
             tokio::spawn(run_router(bus.clone(), topics.clone(), max_in_flight)),
@@ -49,7 +50,7 @@ impl Runtime {
         ];
         Ok(Runtime {
             supervisor,
-            supervisor_task,
+            supervisor_task: std::sync::Mutex::new(Some(supervisor_task)),
             bridges,
             bus,
             topics,
@@ -92,7 +93,11 @@ impl Runtime {
 
     /// True while the supervisor runs.
     pub fn is_running(&self) -> bool {
-        !self.supervisor_task.is_finished()
+        self.supervisor_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     /// The shared dependencies.
@@ -112,11 +117,18 @@ impl Runtime {
 
     /// Stops the bridges, then the supervision tree. Unfinished turns stay
     /// checkpointed and resume at the next start.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         for b in &self.bridges {
             b.abort();
         }
         self.supervisor.stop(Some("shutdown".into()));
-        let _ = self.supervisor_task.await;
+        let task = self
+            .supervisor_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 }

@@ -93,7 +93,11 @@ impl ConversationSupervisor {
 
     fn forget(state: &mut SupervisorState, id: ActorId) -> Option<ConvKey> {
         let key = state.by_actor.remove(&id)?;
-        if state.children.get(&key).is_some_and(|c| c.actor.get_id() == id) {
+        if state
+            .children
+            .get(&key)
+            .is_some_and(|c| c.actor.get_id() == id)
+        {
             state.children.remove(&key);
         }
         Some(key)
@@ -129,7 +133,10 @@ impl Actor for ConversationSupervisor {
         match state.deps.memory.active_conversations().await {
             Ok(active) => {
                 if !active.is_empty() {
-                    tracing::info!(count = active.len(), "resuming conversations with unfinished work");
+                    tracing::info!(
+                        count = active.len(),
+                        "resuming conversations with unfinished work"
+                    );
                 }
                 for key in active {
                     let _ = myself.send_message(SupervisorMsg::Touch(key));

@@ -146,7 +146,9 @@ pub fn step_messages(steps: &[Step]) -> Vec<ChatMessage> {
     for s in steps {
         match s {
             Step::Model {
-                thought, tool_calls, ..
+                thought,
+                tool_calls,
+                ..
             } => out.push(ChatMessage {
                 role: Role::Assistant,
                 content: thought.clone().unwrap_or_default(),

@@ -2,6 +2,8 @@
 //! loop, memory across turns, summary roll-over, queuing, max_steps, crash
 //! recovery, supervision and passivation.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use cairn_actors::{AgentSettings, ToolCatalog};
@@ -25,17 +27,33 @@ async fn react_loop_calls_a_tool_and_answers_with_its_observation() {
     let dir = tempfile::tempdir().unwrap();
     let model = ScriptedModel::tool_then_answer("echo", json!({"text": "pong"}));
     let echo = FnTool::echo("echo");
-    let mut h = Harness::start(dir.path(), model.clone(), ToolCatalog::new().with(echo.clone()), settings()).await;
+    let mut h = Harness::start(
+        dir.path(),
+        model.clone(),
+        ToolCatalog::new().with(echo.clone()),
+        settings(),
+    )
+    .await;
     let conv = h.conversation().await;
     let r = h.send(&conv, "ping?").await;
     let events = h.wait_turn(&conv, &r.turn_id).await;
     assert_eq!(
         kinds(&events),
-        vec!["turn.started", "tool.called", "tool.completed", "answer.completed"]
+        vec![
+            "turn.started",
+            "tool.called",
+            "tool.completed",
+            "answer.completed"
+        ]
     );
     assert_eq!(final_answer(&events), r#"answer: {"text":"pong"}"#);
     match &events[1] {
-        TurnEvent::ToolCalled { tool, step, arguments, .. } => {
+        TurnEvent::ToolCalled {
+            tool,
+            step,
+            arguments,
+            ..
+        } => {
             assert_eq!(tool, "echo");
             assert_eq!(*step, 1);
             assert_eq!(arguments["text"], "pong");
@@ -48,7 +66,10 @@ async fn react_loop_calls_a_tool_and_answers_with_its_observation() {
     let reqs = model.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].tools[0].name, "echo");
-    assert_eq!(last_observation(&reqs[1]).as_deref(), Some(r#"{"text":"pong"}"#));
+    assert_eq!(
+        last_observation(&reqs[1]).as_deref(),
+        Some(r#"{"text":"pong"}"#)
+    );
     // Transcript: the user message and the answer with its steps.
     let msgs = h.store.messages(&h.tenant, &conv, 0, 10).await.unwrap();
     assert_eq!(msgs.len(), 2);
@@ -68,11 +89,21 @@ async fn second_turn_request_carries_the_first_turn() {
     let mut h = Harness::start(dir.path(), model.clone(), ToolCatalog::new(), settings()).await;
     let conv = h.conversation().await;
     let r1 = h.send(&conv, "my name is Ana").await;
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r1.turn_id).await), "seen 1 user messages");
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r1.turn_id).await),
+        "seen 1 user messages"
+    );
     let r2 = h.send(&conv, "what is my name?").await;
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r2.turn_id).await), "seen 2 user messages");
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r2.turn_id).await),
+        "seen 2 user messages"
+    );
     let second = &model.requests()[1];
-    let texts: Vec<(Role, &str)> = second.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+    let texts: Vec<(Role, &str)> = second
+        .messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
     assert_eq!(
         texts,
         vec![
@@ -89,11 +120,20 @@ async fn messages_leaving_the_window_roll_into_the_summary() {
     let dir = tempfile::tempdir().unwrap();
     // An LLM-like summariser: merges the new lines into the current summary.
     let model = ScriptedModel::new(|req| {
-        let q = req.messages.iter().rev().find(|m| m.role == Role::User).unwrap();
+        let q = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .unwrap();
         if req.system.starts_with("You maintain the running summary") {
             let (old, new) = q.content.split_once("\n\nNew messages:\n").unwrap();
             let old = old.trim_start_matches("Current summary:\n");
-            return answer(&if old == "(none)" { new.to_owned() } else { format!("{old}\n{new}") });
+            return answer(&if old == "(none)" {
+                new.to_owned()
+            } else {
+                format!("{old}\n{new}")
+            });
         }
         answer(&format!("ack {}", q.content))
     });
@@ -108,7 +148,10 @@ async fn messages_leaving_the_window_roll_into_the_summary() {
     // Turn 4 started with 7 messages (3 turns + its own); 3 left the window.
     let summary = h.store.summary(&h.tenant, &conv).await.unwrap();
     assert_eq!(summary.covers_until, 3);
-    assert_eq!(summary.text, "User: fact 0.\nAssistant: ack fact 0.\nUser: fact 1.");
+    assert_eq!(
+        summary.text,
+        "User: fact 0.\nAssistant: ack fact 0.\nUser: fact 1."
+    );
     let last = model.requests().pop().unwrap();
     assert_eq!(last.messages[0].role, Role::System);
     assert!(last.messages[0].content.contains("User: fact 0."));
@@ -120,7 +163,11 @@ async fn messages_leaving_the_window_roll_into_the_summary() {
     let s2 = h.store.summary(&h.tenant, &conv).await.unwrap();
     assert_eq!(s2.covers_until, 5);
     assert!(s2.text.starts_with(&summary.text));
-    assert!(s2.text.ends_with("Assistant: ack fact 1.\nUser: fact 2."), "{}", s2.text);
+    assert!(
+        s2.text.ends_with("Assistant: ack fact 1.\nUser: fact 2."),
+        "{}",
+        s2.text
+    );
     h.stop().await;
 }
 
@@ -130,17 +177,33 @@ async fn messages_arriving_during_a_turn_are_queued_and_run_in_order() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let slow = {
         let gate = gate.clone();
-        Arc::new(GatedTool { gate, spec: spec("slow") })
+        Arc::new(GatedTool {
+            gate,
+            spec: spec("slow"),
+        })
     };
     let model = ScriptedModel::new(|req| {
-        let q = req.messages.iter().rev().find(|m| m.role == Role::User).unwrap().content.clone();
+        let q = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .unwrap()
+            .content
+            .clone();
         if q == "first" && observations(req) == 0 {
             calls("slow", json!({}))
         } else {
             answer(&format!("done {q}"))
         }
     });
-    let mut h = Harness::start(dir.path(), model.clone(), ToolCatalog::new().with(slow), settings()).await;
+    let mut h = Harness::start(
+        dir.path(),
+        model.clone(),
+        ToolCatalog::new().with(slow),
+        settings(),
+    )
+    .await;
     let conv = h.conversation().await;
     let r1 = h.send(&conv, "first").await;
     // While the first turn waits in its tool, two more messages arrive.
@@ -149,14 +212,37 @@ async fn messages_arriving_during_a_turn_are_queued_and_run_in_order() {
     let r3 = h.send(&conv, "third").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pending = h.store.pending_turns(&h.tenant, &conv).await.unwrap();
-    assert_eq!(pending.len(), 3, "both new messages were accepted while the turn ran");
+    assert_eq!(
+        pending.len(),
+        3,
+        "both new messages were accepted while the turn ran"
+    );
     gate.notify_one();
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r1.turn_id).await), "done first");
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r2.turn_id).await), "done second");
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r3.turn_id).await), "done third");
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r1.turn_id).await),
+        "done first"
+    );
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r2.turn_id).await),
+        "done second"
+    );
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r3.turn_id).await),
+        "done third"
+    );
     let msgs = h.store.messages(&h.tenant, &conv, 0, 10).await.unwrap();
     let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-    assert_eq!(texts, vec!["first", "done first", "second", "done second", "third", "done third"]);
+    assert_eq!(
+        texts,
+        vec![
+            "first",
+            "done first",
+            "second",
+            "done second",
+            "third",
+            "done third"
+        ]
+    );
     h.stop().await;
 }
 
@@ -184,7 +270,10 @@ impl cairn_core::ports::Tool for GatedTool {
         _: &cairn_core::ports::ToolContext,
     ) -> Result<cairn_core::ports::ToolOutput, cairn_core::ports::ToolError> {
         self.gate.notified().await;
-        Ok(cairn_core::ports::ToolOutput { content: "opened".into(), is_error: false })
+        Ok(cairn_core::ports::ToolOutput {
+            content: "opened".into(),
+            is_error: false,
+        })
     }
 }
 
@@ -194,7 +283,13 @@ async fn max_steps_ends_the_turn_with_turn_failed() {
     let model = ScriptedModel::new(|_| calls("echo", json!({})));
     let mut s = settings();
     s.max_steps = 3;
-    let mut h = Harness::start(dir.path(), model.clone(), ToolCatalog::new().with(FnTool::echo("echo")), s).await;
+    let mut h = Harness::start(
+        dir.path(),
+        model.clone(),
+        ToolCatalog::new().with(FnTool::echo("echo")),
+        s,
+    )
+    .await;
     let conv = h.conversation().await;
     let r = h.send(&conv, "loop forever").await;
     let events = h.wait_turn(&conv, &r.turn_id).await;
@@ -209,7 +304,13 @@ async fn max_steps_ends_the_turn_with_turn_failed() {
     // Recorded in the transcript, and the conversation takes the next message.
     let msgs = h.store.messages(&h.tenant, &conv, 0, 10).await.unwrap();
     assert!(msgs[1].metadata["turn_failed"]["code"] == "max_steps_exceeded");
-    assert!(h.store.pending_turns(&h.tenant, &conv).await.unwrap().is_empty());
+    assert!(
+        h.store
+            .pending_turns(&h.tenant, &conv)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     h.stop().await;
 }
 
@@ -221,7 +322,10 @@ async fn a_turn_resumes_after_a_restart_without_rerunning_completed_tools() {
         ScriptedModel::new(|req| match observations(req) {
             0 => calls("charge", json!({"amount": 10})),
             1 => calls("lookup", json!({})),
-            _ => answer(&format!("charged and found {}", last_observation(req).unwrap())),
+            _ => answer(&format!(
+                "charged and found {}",
+                last_observation(req).unwrap()
+            )),
         })
     };
     let charge = FnTool::new("charge", |_, _| ToolBehaviour::Reply("charged".into()));
@@ -229,7 +333,9 @@ async fn a_turn_resumes_after_a_restart_without_rerunning_completed_tools() {
     let mut h = Harness::start(
         dir.path(),
         script(),
-        ToolCatalog::new().with(charge.clone()).with(hanging.clone()),
+        ToolCatalog::new()
+            .with(charge.clone())
+            .with(hanging.clone()),
         settings(),
     )
     .await;
@@ -256,7 +362,11 @@ async fn a_turn_resumes_after_a_restart_without_rerunning_completed_tools() {
     .await;
     let events = h.wait_turn(&conv, &r.turn_id).await;
     assert_eq!(final_answer(&events), "charged and found order 4417");
-    assert!(events.iter().any(|e| matches!(e, TurnEvent::TurnStarted { resumed: true, .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TurnEvent::TurnStarted { resumed: true, .. }))
+    );
     assert_eq!(charge.keys().len(), 1, "the completed side effect ran once");
     // The interrupted call ran again with the same idempotency key.
     assert_eq!(lookup.keys(), hanging.keys());
@@ -281,27 +391,50 @@ async fn a_panicking_tool_is_survived_and_other_conversations_are_unaffected() {
         })
     };
     let model = ScriptedModel::new(|req| {
-        let q = req.messages.iter().rev().find(|m| m.role == Role::User).unwrap().content.clone();
+        let q = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .unwrap()
+            .content
+            .clone();
         match (q.as_str(), last_observation(req)) {
             ("use flaky", None) => calls("flaky", json!({})),
             (_, Some(o)) => answer(&o),
             (q, None) => answer(&format!("plain {q}")),
         }
     });
-    let mut h = Harness::start(dir.path(), model, ToolCatalog::new().with(flaky.clone()), settings()).await;
+    let mut h = Harness::start(
+        dir.path(),
+        model,
+        ToolCatalog::new().with(flaky.clone()),
+        settings(),
+    )
+    .await;
     let a = h.conversation().await;
     let b = h.conversation().await;
     let ra = h.send(&a, "use flaky").await;
     let rb = h.send(&b, "hello").await;
     let ea = h.wait_turn(&a, &ra.turn_id).await;
     assert_eq!(final_answer(&ea), "fine now");
-    assert!(ea.iter().any(|e| matches!(e, TurnEvent::TurnStarted { resumed: true, .. })), "respawned actor resumed: {ea:?}");
+    assert!(
+        ea.iter()
+            .any(|e| matches!(e, TurnEvent::TurnStarted { resumed: true, .. })),
+        "respawned actor resumed: {ea:?}"
+    );
     assert_eq!(flaky.keys().len(), 2);
     assert_eq!(flaky.keys()[0], flaky.keys()[1]);
-    assert_eq!(final_answer(&h.wait_turn(&b, &rb.turn_id).await), "plain hello");
+    assert_eq!(
+        final_answer(&h.wait_turn(&b, &rb.turn_id).await),
+        "plain hello"
+    );
     // The respawned actor keeps serving its conversation.
     let ra2 = h.send(&a, "again").await;
-    assert_eq!(final_answer(&h.wait_turn(&a, &ra2.turn_id).await), "plain again");
+    assert_eq!(
+        final_answer(&h.wait_turn(&a, &ra2.turn_id).await),
+        "plain again"
+    );
     h.stop().await;
 }
 
@@ -330,9 +463,7 @@ async fn a_turn_that_keeps_crashing_fails_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_actors_are_passivated_and_come_back_with_their_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let model = ScriptedModel::new(|req| {
-        answer(&format!("{} messages", req.messages.len()))
-    });
+    let model = ScriptedModel::new(|req| answer(&format!("{} messages", req.messages.len())));
     let mut s = settings();
     s.idle_passivation = Duration::from_millis(100);
     let mut h = Harness::start(dir.path(), model, ToolCatalog::new(), s).await;
@@ -350,7 +481,10 @@ async fn idle_actors_are_passivated_and_come_back_with_their_memory() {
     }
     assert!(passivated, "the idle actor was stopped");
     let r = h.send(&conv, "two").await;
-    assert_eq!(final_answer(&h.wait_turn(&conv, &r.turn_id).await), "3 messages");
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &r.turn_id).await),
+        "3 messages"
+    );
     h.stop().await;
 }
 
@@ -399,25 +533,55 @@ async fn an_accepted_message_survives_a_crash_before_its_turn_starts() {
     drop((store, bus));
 
     let model = ScriptedModel::new(|_| answer("yes"));
-    let mut h = Harness::start(dir.path(), model.clone() as Arc<dyn ChatModel>, ToolCatalog::new(), settings()).await;
-    assert_eq!(final_answer(&h.wait_turn(&conv, &request.turn_id).await), "yes");
+    let mut h = Harness::start(
+        dir.path(),
+        model.clone() as Arc<dyn ChatModel>,
+        ToolCatalog::new(),
+        settings(),
+    )
+    .await;
+    assert_eq!(
+        final_answer(&h.wait_turn(&conv, &request.turn_id).await),
+        "yes"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(model.requests().len(), 1, "the duplicate delivery did not run again");
-    assert_eq!(h.store.messages(&tenant, &conv, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        model.requests().len(),
+        1,
+        "the duplicate delivery did not run again"
+    );
+    assert_eq!(
+        h.store.messages(&tenant, &conv, 0, 10).await.unwrap().len(),
+        2
+    );
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_for_a_missing_conversation_goes_to_the_dlq() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::start(dir.path(), ScriptedModel::new(|_| answer("x")), ToolCatalog::new(), settings()).await;
+    let mut h = Harness::start(
+        dir.path(),
+        ScriptedModel::new(|_| answer("x")),
+        ToolCatalog::new(),
+        settings(),
+    )
+    .await;
     let ghost = ConversationId::generate();
     h.send(&ghost, "hello?").await;
     let mut dlq = h.bus.subscribe("dlq", "test").await.unwrap();
-    let rec = tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.unwrap().unwrap();
+    let rec = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.envelope.kind, "dlq.record");
     assert_eq!(rec.envelope.data["topic"], "reasoning_tasks");
-    assert!(rec.envelope.data["reason"].as_str().unwrap().contains("not found"));
+    assert!(
+        rec.envelope.data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not found")
+    );
     assert!(h.store.last_event_id(&h.tenant, &ghost).await.unwrap() == 0);
     h.stop().await;
 }

@@ -73,30 +73,34 @@ impl Authenticator {
 
     /// Validates a bearer token.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    ApiError::new(ErrorCode::TokenExpired, "the token has expired")
-                }
-                ErrorKind::InvalidSignature => {
-                    ApiError::new(ErrorCode::InvalidToken, "the token signature is invalid")
-                }
-                ErrorKind::InvalidAlgorithm => {
-                    ApiError::new(ErrorCode::InvalidToken, "the token must be signed with HS256")
-                }
-                ErrorKind::MissingRequiredClaim(c) => ApiError::new(
-                    ErrorCode::InvalidToken,
-                    format!("the token lacks the `{c}` claim"),
-                ),
-                ErrorKind::ImmatureSignature => {
-                    ApiError::new(ErrorCode::InvalidToken, "the token is not valid yet (nbf)")
-                }
-                ErrorKind::InvalidIssuer => ApiError::new(ErrorCode::InvalidToken, "wrong token issuer"),
-                ErrorKind::InvalidAudience => {
-                    ApiError::new(ErrorCode::InvalidToken, "wrong token audience")
-                }
-                _ => ApiError::new(ErrorCode::InvalidToken, "the token is malformed"),
-            })?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        ApiError::new(ErrorCode::TokenExpired, "the token has expired")
+                    }
+                    ErrorKind::InvalidSignature => {
+                        ApiError::new(ErrorCode::InvalidToken, "the token signature is invalid")
+                    }
+                    ErrorKind::InvalidAlgorithm => ApiError::new(
+                        ErrorCode::InvalidToken,
+                        "the token must be signed with HS256",
+                    ),
+                    ErrorKind::MissingRequiredClaim(c) => ApiError::new(
+                        ErrorCode::InvalidToken,
+                        format!("the token lacks the `{c}` claim"),
+                    ),
+                    ErrorKind::ImmatureSignature => {
+                        ApiError::new(ErrorCode::InvalidToken, "the token is not valid yet (nbf)")
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        ApiError::new(ErrorCode::InvalidToken, "wrong token issuer")
+                    }
+                    ErrorKind::InvalidAudience => {
+                        ApiError::new(ErrorCode::InvalidToken, "wrong token audience")
+                    }
+                    _ => ApiError::new(ErrorCode::InvalidToken, "the token is malformed"),
+                })?;
         let claims = data.claims;
         let tenant = claims
             .get(&self.tenant_claim)
@@ -108,12 +112,15 @@ impl Authenticator {
                 )
             })
             .and_then(|t| {
-                TenantId::parse(t).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
+                TenantId::parse(t)
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
             })?;
         let user = claims
             .get("sub")
             .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "the token lacks the `sub` claim"))
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidToken, "the token lacks the `sub` claim")
+            })
             .and_then(|s| {
                 UserId::parse(s).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
             })?;
@@ -168,18 +175,27 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| {
-                ApiError::new(ErrorCode::MissingToken, "send `Authorization: Bearer <token>`")
+                ApiError::new(
+                    ErrorCode::MissingToken,
+                    "send `Authorization: Bearer <token>`",
+                )
             })?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::new(ErrorCode::InvalidToken, "the Authorization header is not text"))?;
+        let value = header.to_str().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidToken,
+                "the Authorization header is not text",
+            )
+        })?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                ApiError::new(ErrorCode::MissingToken, "send `Authorization: Bearer <token>`")
+                ApiError::new(
+                    ErrorCode::MissingToken,
+                    "send `Authorization: Bearer <token>`",
+                )
             })?;
         state.auth.verify(token)
     }
@@ -214,9 +230,17 @@ mod tests {
     fn alg_none_and_other_algorithms_are_refused() {
         use base64::Engine;
         let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        let claims = json!({"sub": "ana", "tenant": "acme", "exp": chrono::Utc::now().timestamp() + 60});
-        let none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims.clone()));
-        assert_eq!(auth().verify(&none).unwrap_err().code, ErrorCode::InvalidToken);
+        let claims =
+            json!({"sub": "ana", "tenant": "acme", "exp": chrono::Utc::now().timestamp() + 60});
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims.clone())
+        );
+        assert_eq!(
+            auth().verify(&none).unwrap_err().code,
+            ErrorCode::InvalidToken
+        );
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &claims,
@@ -231,10 +255,23 @@ mod tests {
     #[test]
     fn missing_exp_and_tenant_are_refused() {
         let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
-        let no_exp = jsonwebtoken::encode(&Header::default(), &json!({"sub": "a", "tenant": "t"}), &key).unwrap();
+        let no_exp = jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": "a", "tenant": "t"}),
+            &key,
+        )
+        .unwrap();
         assert!(auth().verify(&no_exp).unwrap_err().message.contains("exp"));
         let exp = chrono::Utc::now().timestamp() + 60;
-        let no_tenant = jsonwebtoken::encode(&Header::default(), &json!({"sub": "a", "exp": exp}), &key).unwrap();
-        assert!(auth().verify(&no_tenant).unwrap_err().message.contains("tenant"));
+        let no_tenant =
+            jsonwebtoken::encode(&Header::default(), &json!({"sub": "a", "exp": exp}), &key)
+                .unwrap();
+        assert!(
+            auth()
+                .verify(&no_tenant)
+                .unwrap_err()
+                .message
+                .contains("tenant")
+        );
     }
 }

@@ -67,14 +67,24 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let title = body.title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-    if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE) {
-        return Err(ApiError::new(ErrorCode::InvalidField, "`title` is longer than 200 characters")
-            .with_details(json!({"field": "title"})));
+    let title = body
+        .title
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if title
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "`title` is longer than 200 characters",
+        )
+        .with_details(json!({"field": "title"})));
     }
     let id = match body.id {
         Some(raw) => ConversationId::parse(raw).map_err(|e| {
-            ApiError::new(ErrorCode::InvalidField, e.to_string()).with_details(json!({"field": "id"}))
+            ApiError::new(ErrorCode::InvalidField, e.to_string())
+                .with_details(json!({"field": "id"}))
         })?,
         None => ConversationId::generate(),
     };
@@ -100,21 +110,33 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::new(ErrorCode::InvalidField, "`limit` must be between 1 and 100")
-            .with_details(json!({"field": "limit"})));
+        return Err(
+            ApiError::new(ErrorCode::InvalidField, "`limit` must be between 1 and 100")
+                .with_details(json!({"field": "limit"})),
+        );
     }
     let cursor = match q.get("cursor").filter(|c| !c.is_empty()) {
         Some(c) => Some(ConversationId::parse(c.as_str()).map_err(|_| {
-            ApiError::new(ErrorCode::InvalidField, "`cursor` is not a cursor from this API")
-                .with_details(json!({"field": "cursor"}))
+            ApiError::new(
+                ErrorCode::InvalidField,
+                "`cursor` is not a cursor from this API",
+            )
+            .with_details(json!({"field": "cursor"}))
         })?),
         None => None,
     };
     let items = state
         .memory
-        .list_conversations(&caller.tenant, &caller.user, cursor.as_ref(), limit as usize)
+        .list_conversations(
+            &caller.tenant,
+            &caller.user,
+            cursor.as_ref(),
+            limit as usize,
+        )
         .await?;
-    let next_cursor = (items.len() as u64 == limit).then(|| items.last().map(|m| m.id.clone())).flatten();
+    let next_cursor = (items.len() as u64 == limit)
+        .then(|| items.last().map(|m| m.id.clone()))
+        .flatten();
     Ok(Json(json!({
         "items": items.iter().map(conversation_json).collect::<Vec<_>>(),
         "next_cursor": next_cursor,
@@ -139,7 +161,11 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let id = conversation_id(&id)?;
     load_owned(&state, &caller, &id).await?;
-    if !state.memory.delete_conversation(&caller.tenant, &id).await? {
+    if !state
+        .memory
+        .delete_conversation(&caller.tenant, &id)
+        .await?
+    {
         return Err(ApiError::conversation_not_found());
     }
     Ok(StatusCode::NO_CONTENT)

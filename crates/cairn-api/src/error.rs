@@ -122,7 +122,10 @@ impl ApiError {
     /// A dependency failed; logged with its cause, reported without it.
     pub fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "{what} unavailable");
-        Self::new(ErrorCode::Unavailable, format!("{what} is unavailable; retry later"))
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{what} is unavailable; retry later"),
+        )
     }
 }
 

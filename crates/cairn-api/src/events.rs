@@ -20,7 +20,10 @@ use std::convert::Infallible;
 /// One stored event as an SSE event: `id`, `event` (the type) and JSON `data`.
 pub fn sse_event(e: &StoredEvent) -> Event {
     let data = serde_json::to_string(&e.event).unwrap_or_else(|_| "{}".into());
-    Event::default().id(e.id.to_string()).event(e.event.kind()).data(data)
+    Event::default()
+        .id(e.id.to_string())
+        .event(e.event.kind())
+        .data(data)
 }
 
 /// An SSE error event, sent when the store fails mid-stream; the client
@@ -47,8 +50,11 @@ pub async fn stream(
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidField, "`Last-Event-ID` must be an event id from this stream")
-                    .with_details(json!({"field": "Last-Event-ID"}))
+                ApiError::new(
+                    ErrorCode::InvalidField,
+                    "`Last-Event-ID` must be an event id from this stream",
+                )
+                .with_details(json!({"field": "Last-Event-ID"}))
             })?,
         None => query_u64(&q, "after")?.unwrap_or(0),
     };
@@ -68,6 +74,7 @@ pub async fn stream(
                 }
             };
             futures::future::ready(Some(Ok::<_, Infallible>(ev)))
-        });
+        })
+        .take_until(state.closed());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive)))
 }

@@ -21,14 +21,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
-                let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let mime = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             });
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
             } else {
-                ApiError::new(ErrorCode::MalformedJson, format!("cannot read the body: {rej}"))
+                ApiError::new(
+                    ErrorCode::MalformedJson,
+                    format!("cannot read the body: {rej}"),
+                )
             }
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -49,17 +57,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// Parses JSON into `T`, telling syntax errors from missing or bad fields.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(ErrorCode::MalformedJson, format!("the body is not valid JSON: {e}"))
-            .with_details(json!({"line": e.line(), "column": e.column()}))
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+        .with_details(json!({"line": e.line(), "column": e.column()}))
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if let Some(rest) = inner.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or_default();
-            let full = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
-            ApiError::new(ErrorCode::MissingField, format!("the field `{full}` is required"))
-                .with_details(json!({ "field": full }))
+            let full = if path == "." {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            ApiError::new(
+                ErrorCode::MissingField,
+                format!("the field `{full}` is required"),
+            )
+            .with_details(json!({ "field": full }))
         } else {
             ApiError::new(ErrorCode::InvalidField, format!("`{path}`: {inner}"))
                 .with_details(json!({ "field": path }))
@@ -81,8 +99,11 @@ pub fn query_u64(
     q.get(name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                ApiError::new(ErrorCode::InvalidField, format!("`{name}` must be a non-negative integer"))
-                    .with_details(json!({ "field": name }))
+                ApiError::new(
+                    ErrorCode::InvalidField,
+                    format!("`{name}` must be a non-negative integer"),
+                )
+                .with_details(json!({ "field": name }))
             })
         })
         .transpose()

@@ -41,7 +41,11 @@ async fn components(state: &AppState) -> (bool, Value) {
 /// `GET /health`: 200 when every component is up, 503 otherwise; the body says which.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (ok, body) = components(&state).await;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 
@@ -51,7 +55,10 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if ok {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready"})),
+        )
     }
 }
 

@@ -56,8 +56,10 @@ pub async fn post(
     let id = conversation_id(&id)?;
     load_owned(&state, &caller, &id).await?;
     if body.content.trim().is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidField, "`content` must not be empty")
-            .with_details(json!({"field": "content"})));
+        return Err(
+            ApiError::new(ErrorCode::InvalidField, "`content` must not be empty")
+                .with_details(json!({"field": "content"})),
+        );
     }
     if body.content.chars().count() > MAX_CONTENT_CHARS {
         return Err(ApiError::new(
@@ -100,24 +102,31 @@ pub async fn post(
 
     if wants_sse(&headers) {
         // Stream the turn's events; end after its terminal event.
-        let stream = turn_events
-            .scan(false, |done, item| {
-                if *done {
-                    return futures::future::ready(None);
+        // Ends right after the terminal event (checked before pulling again, so
+        // the response closes without waiting for another event).
+        let stream = futures::stream::unfold(
+            (Box::pin(turn_events), false),
+            |(mut inner, done)| async move {
+                if done {
+                    return None;
                 }
-                let ev = match item {
+                let (ev, done) = match inner.next().await? {
                     Ok(e) => {
-                        *done = e.event.is_terminal();
-                        sse_event(&e)
+                        let terminal = e.event.is_terminal();
+                        (sse_event(&e), terminal)
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "event stream failed");
-                        *done = true;
-                        sse_error("the event store is unavailable; follow the conversation's events_url")
+                        (
+                            sse_error("the event store is unavailable; follow the conversation's events_url"),
+                            true,
+                        )
                     }
                 };
-                futures::future::ready(Some(Ok::<_, Infallible>(ev)))
-            });
+                Some((Ok::<_, Infallible>(ev), (inner, done)))
+            },
+        )
+            .take_until(state.closed());
         let mut resp = Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
             .into_response();
@@ -178,7 +187,12 @@ fn wait_body(request: &TurnRequest, events: &[StoredEvent]) -> Value {
     let steps: Vec<&TurnEvent> = events
         .iter()
         .map(|e| &e.event)
-        .filter(|e| matches!(e, TurnEvent::ToolCalled { .. } | TurnEvent::ToolCompleted { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                TurnEvent::ToolCalled { .. } | TurnEvent::ToolCompleted { .. }
+            )
+        })
         .collect();
     let (status, answer, error) = match events.last().map(|e| &e.event) {
         Some(TurnEvent::AnswerCompleted {
@@ -193,9 +207,11 @@ fn wait_body(request: &TurnRequest, events: &[StoredEvent]) -> Value {
             json!({"message_id": message_id, "content": content, "citations": citations, "usage": usage, "metadata": metadata}),
             Value::Null,
         ),
-        Some(TurnEvent::TurnFailed { code, reason, .. }) => {
-            ("failed", Value::Null, json!({"code": code, "reason": reason}))
-        }
+        Some(TurnEvent::TurnFailed { code, reason, .. }) => (
+            "failed",
+            Value::Null,
+            json!({"code": code, "reason": reason}),
+        ),
         _ => ("unknown", Value::Null, Value::Null),
     };
     json!({
@@ -220,13 +236,18 @@ pub async fn list(
     let from = query_u64(&q, "from")?.unwrap_or(0);
     let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::new(ErrorCode::InvalidField, "`limit` must be between 1 and 1000")
-            .with_details(json!({"field": "limit"})));
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "`limit` must be between 1 and 1000",
+        )
+        .with_details(json!({"field": "limit"})));
     }
     let items = state
         .memory
         .messages(&caller.tenant, &id, from, limit as usize)
         .await?;
-    let next_from = (items.len() as u64 == limit).then(|| items.last().map(|m| m.seq + 1)).flatten();
+    let next_from = (items.len() as u64 == limit)
+        .then(|| items.last().map(|m| m.seq + 1))
+        .flatten();
     Ok(Json(json!({ "items": items, "next_from": next_from })))
 }

@@ -21,8 +21,7 @@ pub fn current() -> String {
 fn acceptable(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 

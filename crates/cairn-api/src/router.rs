@@ -13,14 +13,20 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+    )
 }
 
 /// Builds the API router.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let v1 = Router::new()
-        .route("/conversations", get(conversations::list).post(conversations::create))
+        .route(
+            "/conversations",
+            get(conversations::list).post(conversations::create),
+        )
         .route(
             "/conversations/{id}",
             get(conversations::get).delete(conversations::delete),

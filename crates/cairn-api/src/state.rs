@@ -30,4 +30,17 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
+    /// Flips to true when the server shuts down; open streams end then, so a
+    /// graceful shutdown does not wait on them forever.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Resolves when the server starts shutting down.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.closing.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
 }

@@ -124,11 +124,7 @@ impl EventBus for EmbeddedBus {
         Ok(())
     }
 
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-    ) -> Result<Box<dyn BusConsumer>, BusError> {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn BusConsumer>, BusError> {
         let head = self.head(topic);
         let ck = format!("{topic}\0{group}");
         // Registering the group (offset 0 when new) keeps records it has not read
@@ -214,8 +210,8 @@ impl BusConsumer for EmbeddedConsumer {
                 };
                 let rec: StoredRecord =
                     serde_json::from_slice(&bytes).map_err(|e| undecodable(e.to_string()))?;
-                let envelope: Envelope = serde_json::from_value(rec.envelope)
-                    .map_err(|e| undecodable(e.to_string()))?;
+                let envelope: Envelope =
+                    serde_json::from_value(rec.envelope).map_err(|e| undecodable(e.to_string()))?;
                 return Ok(BusRecord {
                     topic: self.topic.clone(),
                     partition: 0,
@@ -246,8 +242,11 @@ impl BusConsumer for EmbeddedConsumer {
             .db
             .write(move |txn| {
                 let mut committed = txn.open_table(COMMITTED).map_err(r)?;
-                let current = committed.get(ck.as_str()).map_err(r)?.map_or(0, |v| v.value());
-                if offset + 1 <= current {
+                let current = committed
+                    .get(ck.as_str())
+                    .map_err(r)?
+                    .map_or(0, |v| v.value());
+                if offset < current {
                     return Ok(());
                 }
                 committed.insert(ck.as_str(), offset + 1).map_err(r)?;
@@ -329,7 +328,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_consumer_wakes_on_publish_and_groups_are_independent() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(&dir.path().join("bus.redb")).await.unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("bus.redb"))
+            .await
+            .unwrap();
         let mut a = bus.subscribe("t", "a").await.unwrap();
         let mut b = bus.subscribe("t", "b").await.unwrap();
         let publisher = bus.clone();

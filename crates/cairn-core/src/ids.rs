@@ -20,10 +20,16 @@ pub const MAX_ID_LEN: usize = 128;
 
 fn validate(kind: &'static str, s: &str) -> Result<(), InvalidId> {
     if s.is_empty() {
-        return Err(InvalidId { kind, reason: "must not be empty" });
+        return Err(InvalidId {
+            kind,
+            reason: "must not be empty",
+        });
     }
     if s.len() > MAX_ID_LEN {
-        return Err(InvalidId { kind, reason: "longer than 128 characters" });
+        return Err(InvalidId {
+            kind,
+            reason: "longer than 128 characters",
+        });
     }
     if !s
         .bytes()

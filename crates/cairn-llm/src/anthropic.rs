@@ -28,13 +28,18 @@ pub struct AnthropicModel {
 
 impl AnthropicModel {
     /// A model at `config.base_url` (default Anthropic), authenticated with `api_key`.
-    pub fn new(config: &LlmConfig, model: String, api_key: Option<String>) -> Result<Self, ModelError> {
+    pub fn new(
+        config: &LlmConfig,
+        model: String,
+        api_key: Option<String>,
+    ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let mut headers = HeaderMap::new();
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&key)
-                .map_err(|_| ModelError::Config("the API key is not a valid header value".into()))?;
+            let mut v = HeaderValue::from_str(&key).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
             v.set_sensitive(true);
             headers.insert("x-api-key", v);
         }
@@ -112,7 +117,11 @@ impl AnthropicModel {
 /// A content block being assembled from stream events.
 enum Block {
     Text,
-    ToolUse { id: String, name: String, json: String },
+    ToolUse {
+        id: String,
+        name: String,
+        json: String,
+    },
 }
 
 #[async_trait]

@@ -26,7 +26,8 @@ pub struct GeminiModel {
 }
 
 /// JSON Schema keywords Gemini's OpenAPI-subset schema rejects.
-const UNSUPPORTED_SCHEMA_KEYS: &[&str] = &["$schema", "$id", "$defs", "additionalProperties", "$ref"];
+const UNSUPPORTED_SCHEMA_KEYS: &[&str] =
+    &["$schema", "$id", "$defs", "additionalProperties", "$ref"];
 
 fn gemini_schema(v: &Value) -> Value {
     match v {
@@ -44,12 +45,17 @@ fn gemini_schema(v: &Value) -> Value {
 impl GeminiModel {
     /// A model at `config.base_url` (default Google), authenticated with `api_key`
     /// (sent as `x-goog-api-key`).
-    pub fn new(config: &LlmConfig, model: String, api_key: Option<String>) -> Result<Self, ModelError> {
+    pub fn new(
+        config: &LlmConfig,
+        model: String,
+        api_key: Option<String>,
+    ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let mut headers = HeaderMap::new();
         if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&key)
-                .map_err(|_| ModelError::Config("the API key is not a valid header value".into()))?;
+            let mut v = HeaderValue::from_str(&key).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
             v.set_sensitive(true);
             headers.insert("x-goog-api-key", v);
         }
@@ -83,7 +89,10 @@ impl GeminiModel {
                         push("model", json!({"text": m.content}));
                     }
                     for c in &m.tool_calls {
-                        push("model", json!({"functionCall": {"name": names.wire(&c.name), "args": c.arguments}}));
+                        push(
+                            "model",
+                            json!({"functionCall": {"name": names.wire(&c.name), "args": c.arguments}}),
+                        );
                     }
                 }
                 Role::Tool => {
@@ -141,9 +150,15 @@ fn absorb(
         if let Some(fc) = p.get("functionCall") {
             let n = out.tool_calls.len();
             out.tool_calls.push(ToolCall {
-                id: fc["id"].as_str().map_or_else(|| format!("call_{n}"), str::to_owned),
+                id: fc["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{n}"), str::to_owned),
                 name: names.catalog(fc["name"].as_str().unwrap_or_default()),
-                arguments: if fc["args"].is_null() { json!({}) } else { fc["args"].clone() },
+                arguments: if fc["args"].is_null() {
+                    json!({})
+                } else {
+                    fc["args"].clone()
+                },
             });
         }
     }
@@ -170,11 +185,17 @@ impl ChatModel for GeminiModel {
         let names = ToolNames::new(&req.tools);
         let stream = self.stream && deltas.is_some();
         let url = if stream {
-            format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base, self.model)
+            format!(
+                "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
+                self.base, self.model
+            )
         } else {
             format!("{}/v1beta/models/{}:generateContent", self.base, self.model)
         };
-        let resp = self.http.post_json(&url, &self.headers, &self.body(req, &names)).await?;
+        let resp = self
+            .http
+            .post_json(&url, &self.headers, &self.body(req, &names))
+            .await?;
         let mut out = ChatResponse {
             metadata: json!({"provider": "gemini", "model": self.model}),
             ..Default::default()

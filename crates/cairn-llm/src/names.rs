@@ -15,7 +15,13 @@ pub struct ToolNames {
 fn sanitize(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         s.push('_');
@@ -33,7 +39,10 @@ impl ToolNames {
             let mut n = 2;
             while names.from_wire.contains_key(&wire) {
                 let suffix = format!("_{n}");
-                wire = format!("{}{suffix}", &sanitize(&t.name)[..(64 - suffix.len()).min(sanitize(&t.name).len())]);
+                wire = format!(
+                    "{}{suffix}",
+                    &sanitize(&t.name)[..(64 - suffix.len()).min(sanitize(&t.name).len())]
+                );
                 n += 1;
             }
             names.to_wire.insert(t.name.clone(), wire.clone());
@@ -49,7 +58,10 @@ impl ToolNames {
 
     /// The catalog name for a name the provider returned.
     pub fn catalog(&self, wire: &str) -> String {
-        self.from_wire.get(wire).cloned().unwrap_or_else(|| wire.to_owned())
+        self.from_wire
+            .get(wire)
+            .cloned()
+            .unwrap_or_else(|| wire.to_owned())
     }
 }
 

@@ -84,8 +84,12 @@ fn parse_tool_command(text: &str) -> Option<Result<(String, Value), String>> {
     } else {
         match serde_json::from_str::<Value>(args) {
             Ok(v @ Value::Object(_)) => Ok(v),
-            Ok(_) => Err(format!("the arguments of /tool {name} must be a JSON object")),
-            Err(e) => Err(format!("the arguments of /tool {name} are not valid JSON: {e}")),
+            Ok(_) => Err(format!(
+                "the arguments of /tool {name} must be a JSON object"
+            )),
+            Err(e) => Err(format!(
+                "the arguments of /tool {name} are not valid JSON: {e}"
+            )),
         }
     };
     Some(args.map(|a| (name.to_owned(), a)))
@@ -154,7 +158,11 @@ impl ChatModel for OfflinePlanner {
                     ChatResponse {
                         content: format!(
                             "There is no tool named {name}. Available tools: {}.",
-                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                         metadata: metadata("unknown_tool"),
                         ..Default::default()
@@ -334,6 +342,9 @@ mod tests {
         };
         let r = p.complete(&req, None).await.unwrap();
         assert_eq!(r.tool_calls[0].name, SEARCH_TOOL);
-        assert_eq!(r.tool_calls[0].arguments["query"], "how do I reset my password?");
+        assert_eq!(
+            r.tool_calls[0].arguments["query"],
+            "how do I reset my password?"
+        );
     }
 }

@@ -28,12 +28,17 @@ pub struct OpenAiModel {
 impl OpenAiModel {
     /// A model at `config.base_url` (default OpenAI). `api_key` is sent as a
     /// bearer token when present (local servers usually need none).
-    pub fn new(config: &LlmConfig, model: String, api_key: Option<String>) -> Result<Self, ModelError> {
+    pub fn new(
+        config: &LlmConfig,
+        model: String,
+        api_key: Option<String>,
+    ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let mut headers = HeaderMap::new();
         if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| ModelError::Config("the API key is not a valid header value".into()))?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
@@ -144,7 +149,9 @@ impl ChatModel for OpenAiModel {
             let v = json_body(resp).await?;
             let msg = &v["choices"][0]["message"];
             if msg.is_null() {
-                return Err(ModelError::Protocol("no choices[0].message in response".into()));
+                return Err(ModelError::Protocol(
+                    "no choices[0].message in response".into(),
+                ));
             }
             out.content = msg["content"].as_str().unwrap_or_default().to_owned();
             for c in msg["tool_calls"].as_array().into_iter().flatten() {
@@ -166,7 +173,9 @@ impl ChatModel for OpenAiModel {
             }
             let v = event_json(&e)?;
             if let Some(err) = v.get("error") {
-                return Err(ModelError::Protocol(format!("provider error in stream: {err}")));
+                return Err(ModelError::Protocol(format!(
+                    "provider error in stream: {err}"
+                )));
             }
             if let Some(u) = usage_of(&v) {
                 out.usage = Some(u);
@@ -202,7 +211,11 @@ impl ChatModel for OpenAiModel {
         }
         for (i, p) in calls.into_iter().enumerate() {
             out.tool_calls.push(ToolCall {
-                id: if p.id.is_empty() { format!("call_{i}") } else { p.id },
+                id: if p.id.is_empty() {
+                    format!("call_{i}")
+                } else {
+                    p.id
+                },
                 name: names.catalog(&p.name),
                 arguments: parse_arguments(&p.arguments)?,
             });

@@ -2,6 +2,8 @@
 //! format: a streamed answer, a tool call, retries on 429/5xx, and the shape of
 //! the request the real client sends.
 
+#![allow(clippy::unwrap_used)]
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -31,12 +33,11 @@ async fn handle(
 ) -> Response {
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     m.seen.lock().unwrap().push((headers, uri.to_string(), v));
-    let (status, ctype, body) = m
-        .replies
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or((500, "text/plain", "no scripted reply".into()));
+    let (status, ctype, body) = m.replies.lock().unwrap().pop_front().unwrap_or((
+        500,
+        "text/plain",
+        "no scripted reply".into(),
+    ));
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap())
         .header("content-type", ctype)
@@ -83,7 +84,10 @@ fn config(provider: Provider, base: &str, stream: bool) -> LlmConfig {
 }
 
 fn model(cfg: &LlmConfig) -> Arc<dyn ChatModel> {
-    cairn_llm::from_config(cfg, &|name| (name == "TEST_KEY").then(|| "sk-test".to_owned())).unwrap()
+    cairn_llm::from_config(cfg, &|name| {
+        (name == "TEST_KEY").then(|| "sk-test".to_owned())
+    })
+    .unwrap()
 }
 
 /// A request with history: a user question, an earlier tool call and its result.
@@ -157,13 +161,22 @@ async fn openai_streams_an_answer_and_sends_tool_history() {
     assert_eq!(headers["authorization"], "Bearer sk-test");
     assert_eq!(body["model"], "test-model");
     assert_eq!(body["stream"], true);
-    assert_eq!(body["messages"][0], json!({"role": "system", "content": "be brief"}));
-    assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["name"], "calc_add");
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(
+        body["messages"][2]["tool_calls"][0]["function"]["name"],
+        "calc_add"
+    );
     assert_eq!(
         body["messages"][2]["tool_calls"][0]["function"]["arguments"],
         json!({"a": 2, "b": 3}).to_string()
     );
-    assert_eq!(body["messages"][3], json!({"role": "tool", "tool_call_id": "call_a", "content": "5"}));
+    assert_eq!(
+        body["messages"][3],
+        json!({"role": "tool", "tool_call_id": "call_a", "content": "5"})
+    );
     assert_eq!(body["tools"][0]["function"]["name"], "calc_add");
 }
 
@@ -189,7 +202,11 @@ async fn openai_retries_429_and_5xx_then_succeeds() {
         {"id": "c9", "type": "function", "function": {"name": "calc_add", "arguments": "{\"a\":4,\"b\":5}"}}
     ]}}], "usage": {"prompt_tokens": 10, "completion_tokens": 7}});
     let (mock, base) = Mock::start(vec![
-        (429, "application/json", json!({"error": {"message": "slow down"}}).to_string()),
+        (
+            429,
+            "application/json",
+            json!({"error": {"message": "slow down"}}).to_string(),
+        ),
         (503, "text/plain", "overloaded".into()),
         (200, "application/json", ok.to_string()),
     ])
@@ -204,10 +221,18 @@ async fn openai_retries_429_and_5xx_then_succeeds() {
 
 #[tokio::test]
 async fn openai_client_errors_are_not_retried() {
-    let (mock, base) = Mock::start(vec![(400, "application/json", r#"{"error":{"message":"bad"}}"#.into())]).await;
+    let (mock, base) = Mock::start(vec![(
+        400,
+        "application/json",
+        r#"{"error":{"message":"bad"}}"#.into(),
+    )])
+    .await;
     let m = model(&config(Provider::Openai, &base, false));
     let e = m.complete(&request(), None).await.unwrap_err();
-    assert!(matches!(e, cairn_core::ports::ModelError::Http { status: 400, .. }), "{e}");
+    assert!(
+        matches!(e, cairn_core::ports::ModelError::Http { status: 400, .. }),
+        "{e}"
+    );
     assert_eq!(mock.requests().len(), 1);
 }
 
@@ -223,17 +248,47 @@ fn missing_api_key_variable_is_a_config_error() {
 #[tokio::test]
 async fn anthropic_streams_text_and_a_tool_call() {
     let events = named_sse(&[
-        ("message_start", json!({"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [], "usage": {"input_tokens": 25, "output_tokens": 1}}})),
-        ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "m1", "role": "assistant", "content": [], "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         ("ping", json!({"type": "ping"})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me "}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "add."}})),
-        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-        ("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "calc_add", "input": {}}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\": 7"}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ", \"b\": 8}"}})),
-        ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
-        ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 40}})),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me "}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "add."}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "calc_add", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\": 7"}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ", \"b\": 8}"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 40}}),
+        ),
         ("message_stop", json!({"type": "message_stop"})),
     ]);
     let (mock, base) = Mock::start(vec![(200, "text/event-stream", events)]).await;
@@ -264,7 +319,11 @@ async fn anthropic_streams_text_and_a_tool_call() {
 async fn anthropic_non_streamed_answer() {
     let body = json!({"id": "m", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "It is 5."}], "stop_reason": "end_turn", "usage": {"input_tokens": 12, "output_tokens": 3}});
     let (_mock, base) = Mock::start(vec![
-        (529, "application/json", r#"{"type":"error","error":{"type":"overloaded_error"}}"#.into()),
+        (
+            529,
+            "application/json",
+            r#"{"type":"error","error":{"type":"overloaded_error"}}"#.into(),
+        ),
         (200, "application/json", body.to_string()),
     ])
     .await;
@@ -291,15 +350,30 @@ async fn gemini_streams_an_answer() {
     assert_eq!(r.usage.unwrap().input_tokens, 20);
 
     let (headers, path, body) = mock.requests().remove(0);
-    assert_eq!(path, "/v1beta/models/test-model:streamGenerateContent?alt=sse");
+    assert_eq!(
+        path,
+        "/v1beta/models/test-model:streamGenerateContent?alt=sse"
+    );
     assert_eq!(headers["x-goog-api-key"], "sk-test");
     assert_eq!(body["systemInstruction"]["parts"][0]["text"], "be brief");
     assert_eq!(body["contents"][1]["role"], "model");
-    assert_eq!(body["contents"][1]["parts"][0]["functionCall"]["name"], "calc_add");
-    assert_eq!(body["contents"][2]["parts"][0]["functionResponse"]["name"], "calc_add");
-    assert_eq!(body["contents"][2]["parts"][0]["functionResponse"]["response"]["content"], "5");
+    assert_eq!(
+        body["contents"][1]["parts"][0]["functionCall"]["name"],
+        "calc_add"
+    );
+    assert_eq!(
+        body["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "calc_add"
+    );
+    assert_eq!(
+        body["contents"][2]["parts"][0]["functionResponse"]["response"]["content"],
+        "5"
+    );
     let params = &body["tools"][0]["functionDeclarations"][0]["parameters"];
-    assert!(params.get("additionalProperties").is_none(), "unsupported keywords are stripped");
+    assert!(
+        params.get("additionalProperties").is_none(),
+        "unsupported keywords are stripped"
+    );
 }
 
 #[tokio::test]

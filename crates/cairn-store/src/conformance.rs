@@ -88,19 +88,31 @@ pub async fn listing_is_paginated_per_owner<S: Store>(s: S) {
     }
     s.create_conversation(&meta(&t, &bob)).await.unwrap();
     let page1 = s.list_conversations(&t, &ana, None, 2).await.unwrap();
-    assert_eq!(page1.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&ids[0], &ids[1]]);
+    assert_eq!(
+        page1.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        vec![&ids[0], &ids[1]]
+    );
     let page2 = s
         .list_conversations(&t, &ana, Some(&page1[1].id), 2)
         .await
         .unwrap();
-    assert_eq!(page2.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&ids[2], &ids[3]]);
+    assert_eq!(
+        page2.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        vec![&ids[2], &ids[3]]
+    );
     let page3 = s
         .list_conversations(&t, &ana, Some(&page2[1].id), 2)
         .await
         .unwrap();
     assert_eq!(page3.len(), 1);
     assert_eq!(page3[0].id, ids[4]);
-    assert_eq!(s.list_conversations(&t, &bob, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_conversations(&t, &bob, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 pub async fn tenants_are_isolated<S: Store>(s: S) {
@@ -112,15 +124,23 @@ pub async fn tenants_are_isolated<S: Store>(s: S) {
     s.append_message(&acme, &m.id, &Message::new(Role::User, "secret"))
         .await
         .unwrap();
-    s.append(&acme, &m.id, &started(&TurnId::generate())).await.unwrap();
+    s.append(&acme, &m.id, &started(&TurnId::generate()))
+        .await
+        .unwrap();
 
     assert!(s.get_conversation(&evil, &m.id).await.unwrap().is_none());
-    assert!(s.list_conversations(&evil, &u, None, 10).await.unwrap().is_empty());
+    assert!(
+        s.list_conversations(&evil, &u, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.messages(&evil, &m.id, 0, 10).await.unwrap().is_empty());
     assert!(s.read_after(&evil, &m.id, 0, 10).await.unwrap().is_empty());
     assert!(!s.delete_conversation(&evil, &m.id).await.unwrap());
     assert!(matches!(
-        s.append_message(&evil, &m.id, &Message::new(Role::User, "x")).await,
+        s.append_message(&evil, &m.id, &Message::new(Role::User, "x"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -129,7 +149,10 @@ pub async fn tenants_are_isolated<S: Store>(s: S) {
     ));
     let mut r = request(&m, "x");
     r.tenant_id = evil.clone();
-    assert!(matches!(s.enqueue_turn(&r).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.enqueue_turn(&r).await,
+        Err(StoreError::NotFound)
+    ));
     // The owner still sees everything.
     assert_eq!(s.messages(&acme, &m.id, 0, 10).await.unwrap().len(), 1);
 }
@@ -187,7 +210,12 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
     let pending = s.pending_turns(&t, &m.id).await.unwrap();
     assert_eq!(pending, vec![r1.clone(), r2.clone()]);
-    assert!(s.active_conversations().await.unwrap().contains(&(t.clone(), m.id.clone())));
+    assert!(
+        s.active_conversations()
+            .await
+            .unwrap()
+            .contains(&(t.clone(), m.id.clone()))
+    );
 
     let cp = TurnCheckpoint {
         request: r1.clone(),
@@ -209,7 +237,10 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     user_msg.id = r1.message_id.clone();
     let seq = s.begin_turn(&cp, &user_msg).await.unwrap();
     assert_eq!(seq, 0);
-    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp.clone()));
+    assert_eq!(
+        s.load_checkpoint(&t, &m.id).await.unwrap(),
+        Some(cp.clone())
+    );
     let mut cp2 = cp.clone();
     cp2.model_calls = 2;
     s.save_checkpoint(&cp2).await.unwrap();
@@ -228,11 +259,17 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
         .await
         .unwrap();
     assert_eq!(event_id, before + 1);
-    assert_eq!(s.read_after(&t, &m.id, before, 10).await.unwrap()[0].event, done);
+    assert_eq!(
+        s.read_after(&t, &m.id, before, 10).await.unwrap()[0].event,
+        done
+    );
     assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), None);
     assert_eq!(s.pending_turns(&t, &m.id).await.unwrap(), vec![r2.clone()]);
     let msgs = s.messages(&t, &m.id, 0, 10).await.unwrap();
-    assert_eq!(msgs.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), vec!["one", "done"]);
+    assert_eq!(
+        msgs.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        vec!["one", "done"]
+    );
     // A duplicate of a finished message is still recognised.
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
 
@@ -240,7 +277,12 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
         .await
         .unwrap();
     assert!(s.pending_turns(&t, &m.id).await.unwrap().is_empty());
-    assert!(!s.active_conversations().await.unwrap().contains(&(t.clone(), m.id.clone())));
+    assert!(
+        !s.active_conversations()
+            .await
+            .unwrap()
+            .contains(&(t.clone(), m.id.clone()))
+    );
 }
 
 pub async fn events_are_numbered_and_trimmed<S: Store>(s: S, retention: u64) {
@@ -255,8 +297,14 @@ pub async fn events_are_numbered_and_trimmed<S: Store>(s: S, retention: u64) {
     }
     assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), total);
     let tail = s.read_after(&t, &m.id, total - 2, 10).await.unwrap();
-    assert_eq!(tail.iter().map(|e| e.id).collect::<Vec<_>>(), vec![total - 1, total]);
-    assert_eq!(tail[0].event, started(&turn).clone_with_turn(&tail[0].event));
+    assert_eq!(
+        tail.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![total - 1, total]
+    );
+    assert_eq!(
+        tail[0].event,
+        started(&turn).clone_with_turn(&tail[0].event)
+    );
     let kept = s.read_after(&t, &m.id, 0, 10_000).await.unwrap();
     assert!(
         (kept.len() as u64) < total,
@@ -265,7 +313,10 @@ pub async fn events_are_numbered_and_trimmed<S: Store>(s: S, retention: u64) {
     );
     assert!(kept.len() as u64 >= retention);
     // Ids keep increasing after trimming.
-    assert_eq!(s.append(&t, &m.id, &started(&turn)).await.unwrap(), total + 1);
+    assert_eq!(
+        s.append(&t, &m.id, &started(&turn)).await.unwrap(),
+        total + 1
+    );
 }
 
 /// Compares events ignoring the random message id inside `turn.started`.
@@ -276,7 +327,9 @@ impl SameTurn for TurnEvent {
     fn clone_with_turn(&self, other: &TurnEvent) -> TurnEvent {
         match (self, other) {
             (
-                TurnEvent::TurnStarted { turn_id, resumed, .. },
+                TurnEvent::TurnStarted {
+                    turn_id, resumed, ..
+                },
                 TurnEvent::TurnStarted { message_id, .. },
             ) => TurnEvent::TurnStarted {
                 turn_id: turn_id.clone(),
@@ -288,7 +341,9 @@ impl SameTurn for TurnEvent {
     }
 }
 
-async fn next(sub: &mut futures::stream::BoxStream<'static, Result<StoredEvent, StoreError>>) -> StoredEvent {
+async fn next(
+    sub: &mut futures::stream::BoxStream<'static, Result<StoredEvent, StoreError>>,
+) -> StoredEvent {
     tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .expect("event arrives")
@@ -312,7 +367,10 @@ pub async fn subscribe_replays_then_follows<S: Store>(s: S) {
     let handle = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..2 {
-            writer.append(&t2, &id2, &started(&TurnId::generate())).await.unwrap();
+            writer
+                .append(&t2, &id2, &started(&TurnId::generate()))
+                .await
+                .unwrap();
         }
     });
     assert_eq!(next(&mut sub).await.id, 4);
@@ -333,11 +391,20 @@ pub async fn delete_removes_everything<S: Store>(s: S) {
     s.create_conversation(&m).await.unwrap();
     let r = request(&m, "x");
     s.enqueue_turn(&r).await.unwrap();
-    s.append_message(&t, &m.id, &Message::new(Role::User, "x")).await.unwrap();
-    s.append(&t, &m.id, &started(&r.turn_id)).await.unwrap();
-    s.save_summary(&t, &m.id, &Summary { text: "s".into(), covers_until: 1 })
+    s.append_message(&t, &m.id, &Message::new(Role::User, "x"))
         .await
         .unwrap();
+    s.append(&t, &m.id, &started(&r.turn_id)).await.unwrap();
+    s.save_summary(
+        &t,
+        &m.id,
+        &Summary {
+            text: "s".into(),
+            covers_until: 1,
+        },
+    )
+    .await
+    .unwrap();
     assert!(s.delete_conversation(&t, &m.id).await.unwrap());
     // Recreating the same id starts from nothing.
     s.create_conversation(&m).await.unwrap();

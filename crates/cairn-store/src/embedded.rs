@@ -372,11 +372,7 @@ impl MemoryStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
-    async fn summary(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-    ) -> Result<Summary, StoreError> {
+    async fn summary(&self, tenant: &TenantId, id: &ConversationId) -> Result<Summary, StoreError> {
         let k = key(tenant, id);
         self.db
             .read(move |txn| {

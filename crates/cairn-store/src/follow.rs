@@ -2,9 +2,9 @@
 //! or duplicates. Each adapter supplies only its way of waiting.
 
 use async_trait::async_trait;
+use cairn_core::StoredEvent;
 use cairn_core::ids::{ConversationId, TenantId};
 use cairn_core::ports::{EventStream, StoreError};
-use cairn_core::StoredEvent;
 use futures::stream::{self, BoxStream, StreamExt};
 use std::collections::VecDeque;
 
@@ -57,7 +57,11 @@ where
                 st.after = e.id;
                 return Some((Ok(e), st));
             }
-            match st.store.read_after(&st.tenant, &st.id, st.after, PAGE).await {
+            match st
+                .store
+                .read_after(&st.tenant, &st.id, st.after, PAGE)
+                .await
+            {
                 Ok(events) if !events.is_empty() => st.buffer.extend(events),
                 Ok(_) => {
                     if let Err(e) = st.waiter.wait(st.after).await {

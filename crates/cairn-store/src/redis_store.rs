@@ -139,7 +139,11 @@ return id",
 impl RedisStore {
     /// Connects to `url`. Keys start with `prefix`; `event_retention` bounds the
     /// events kept per conversation (approximately, as Redis trims in blocks).
-    pub async fn connect(url: &str, prefix: &str, event_retention: u64) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        event_retention: u64,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -187,9 +191,18 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(
-                ["meta", "msgs", "summary", "pending", "seen", "checkpoint", "evseq", "events"]
-                    .map(|s| self.k(t, id, s))
-                    .to_vec(),
+                [
+                    "meta",
+                    "msgs",
+                    "summary",
+                    "pending",
+                    "seen",
+                    "checkpoint",
+                    "evseq",
+                    "events",
+                ]
+                .map(|s| self.k(t, id, s))
+                .to_vec(),
             )
             .zrem(self.owner_key(t, &meta.owner), id.as_str())
             .zrem(self.global("updated"), &member)
@@ -210,13 +223,19 @@ fn meta_from_hash(h: HashMap<String, String>) -> Result<Option<ConversationMeta>
             .with_timezone(&Utc);
     }
     if let Some(n) = h.get("message_count") {
-        meta.message_count = n.parse().map_err(|_| StoreError::Corrupt("message_count".into()))?;
+        meta.message_count = n
+            .parse()
+            .map_err(|_| StoreError::Corrupt("message_count".into()))?;
     }
     Ok(Some(meta))
 }
 
 fn not_found_if_negative(n: i64) -> Result<i64, StoreError> {
-    if n < 0 { Err(StoreError::NotFound) } else { Ok(n) }
+    if n < 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(n)
+    }
 }
 
 fn split_member(m: &str) -> Option<(TenantId, ConversationId)> {
@@ -255,7 +274,11 @@ impl MemoryStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if created == 1 { Ok(()) } else { Err(StoreError::AlreadyExists) }
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists)
+        }
     }
 
     async fn get_conversation(
@@ -347,7 +370,9 @@ impl MemoryStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = self.conn.clone();
-        let end = from_seq.saturating_add(limit as u64 - 1).min(i64::MAX as u64);
+        let end = from_seq
+            .saturating_add(limit as u64 - 1)
+            .min(i64::MAX as u64);
         let raw: Vec<String> = c
             .lrange(self.k(tenant, id, "msgs"), from_seq as isize, end as isize)
             .await
@@ -362,11 +387,7 @@ impl MemoryStore for RedisStore {
             .collect()
     }
 
-    async fn summary(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-    ) -> Result<Summary, StoreError> {
+    async fn summary(&self, tenant: &TenantId, id: &ConversationId) -> Result<Summary, StoreError> {
         let mut c = self.conn.clone();
         let raw: Option<String> = c
             .get(self.k(tenant, id, "summary"))
@@ -392,7 +413,11 @@ impl MemoryStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ok == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
     }
 
     async fn enqueue_turn(&self, request: &TurnRequest) -> Result<Enqueued, StoreError> {
@@ -473,7 +498,11 @@ impl MemoryStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ok == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
     }
 
     async fn load_checkpoint(
@@ -558,7 +587,11 @@ impl MemoryStore for RedisStore {
     async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut c = self.conn.clone();
         let members: Vec<String> = c
-            .zrangebyscore(self.global("updated"), "-inf", format!("({}", before.timestamp_millis()))
+            .zrangebyscore(
+                self.global("updated"),
+                "-inf",
+                format!("({}", before.timestamp_millis()),
+            )
             .await
             .map_err(unavailable)?;
         let mut n = 0;

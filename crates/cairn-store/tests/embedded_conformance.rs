@@ -1,6 +1,8 @@
 //! The embedded (redb) store against the shared conformance suite, plus the
 //! property only a file-backed store has: it survives a restart.
 
+#![allow(clippy::unwrap_used)]
+
 use cairn_core::ports::{EventStream, MemoryStore};
 use cairn_core::*;
 use cairn_store::{EmbeddedStore, conformance_tests};
@@ -44,7 +46,9 @@ async fn survives_a_restart() {
         message_count: 0,
     };
     {
-        let s = EmbeddedStore::open_and_init(&path, RETENTION).await.unwrap();
+        let s = EmbeddedStore::open_and_init(&path, RETENTION)
+            .await
+            .unwrap();
         s.create_conversation(&m).await.unwrap();
         s.append_message(&t, &m.id, &Message::new(Role::User, "remember me"))
             .await

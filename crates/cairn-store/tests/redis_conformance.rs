@@ -2,6 +2,8 @@
 //! `CAIRN_TEST_REDIS_URL` (set by `scripts/test.sh`, which starts one). Without
 //! it these tests fail with a message saying so.
 
+#![allow(clippy::unwrap_used)]
+
 use cairn_store::{RedisStore, conformance_tests};
 
 const RETENTION: u64 = 50;

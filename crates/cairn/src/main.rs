@@ -1,2 +1,423 @@
-//! The cairn binary: CLI and composition root.
-fn main() {}
+//! `cairn`: the command line. `serve` runs the service, `token` mints a JWT,
+//! `ask` runs one turn (in-process in embedded mode, or against `--server`).
+
+use anyhow::{Context, bail};
+use cairn::app;
+use cairn_actors::ToolCatalog;
+use cairn_core::config::Config;
+use cairn_core::*;
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: agents that answer, with memory, tools and streaming"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Config file (TOML); see config/cairn.example.toml. CAIRN_SECTION__KEY
+    /// environment variables override it.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for embedded state (default ./.cairn).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print a JWT signed with the configured (or generated) secret.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Validity, e.g. 1h, 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Scopes to grant (repeatable), e.g. --scope admin.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Ask one question and print the answer (exits non-zero if the turn fails).
+    Ask {
+        #[command(flatten)]
+        common: Common,
+        /// The question.
+        question: String,
+        /// Continue this conversation (created when it does not exist).
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Ask a running server instead of running in-process.
+        #[arg(long)]
+        server: Option<String>,
+        /// Token for --server (default: $CAIRN_TOKEN, else one minted with the
+        /// configured secret).
+        #[arg(long, env = "CAIRN_TOKEN")]
+        token: Option<String>,
+        /// The tenant to ask as (in-process, or when minting a token).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The user to ask as.
+        #[arg(long, default_value = "cli")]
+        user: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load_config(common: &Common, listen: Option<&String>) -> anyhow::Result<Config> {
+    let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &common.data_dir {
+        config.server.data_dir = d.clone();
+    }
+    if let Some(l) = listen {
+        config.server.listen = l.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Serve { common, listen } => serve(&common, listen.as_ref()).await,
+        Command::Token {
+            common,
+            sub,
+            tenant,
+            ttl,
+            scopes,
+        } => token(&common, &sub, &tenant, ttl, &scopes),
+        Command::Ask {
+            common,
+            question,
+            conversation,
+            server,
+            token,
+            tenant,
+            user,
+            timeout,
+        } => {
+            let who = (tenant.as_str(), user.as_str());
+            match server {
+                Some(url) => {
+                    ask_remote(&common, &url, token, who, conversation, &question, timeout).await
+                }
+                None => ask_local(&common, who, conversation, &question, timeout).await,
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitCode> {
+    let config = load_config(common, listen)?;
+    let app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.server.data_dir.display(), "cairn is listening");
+    if app.dev_secret {
+        let token = app.state.auth.mint(
+            &UserId::parse("dev")?,
+            &TenantId::parse("default")?,
+            Duration::from_secs(24 * 3600),
+            &["admin".to_owned()],
+        )?;
+        println!(
+            "\nDevelopment mode: no [auth] configured, so a secret was generated in {}.\n\
+             A token for tenant \"default\", user \"dev\", valid 24 hours:\n\n  export CAIRN_TOKEN={token}\n\n\
+             Try: curl -s -X POST http://{addr}/v1/conversations -H \"Authorization: Bearer $CAIRN_TOKEN\"\n",
+            config
+                .server
+                .data_dir
+                .join(cairn::secret::SECRET_FILE)
+                .display()
+        );
+    }
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(
+    common: &Common,
+    sub: &str,
+    tenant: &str,
+    ttl: Duration,
+    scopes: &[String],
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(common, None)?;
+    let (auth, _) = app::authenticator(&config, &env_lookup)?;
+    let t = auth.mint(&UserId::parse(sub)?, &TenantId::parse(tenant)?, ttl, scopes)?;
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the outcome of a turn; the exit code says whether it answered.
+fn report(status: &str, answer: &Value, error: &Value) -> ExitCode {
+    if status == "completed" {
+        println!("{}", answer["content"].as_str().unwrap_or_default());
+        if let Some(cites) = answer["citations"].as_array().filter(|c| !c.is_empty()) {
+            println!();
+            for c in cites {
+                println!(
+                    "  [{}] {}",
+                    c["source"].as_str().unwrap_or("?"),
+                    c["snippet"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "the turn failed ({}): {}",
+            error["code"].as_str().unwrap_or("unknown"),
+            error["reason"].as_str().unwrap_or("no reason given")
+        );
+        ExitCode::from(1)
+    }
+}
+
+async fn ask_local(
+    common: &Common,
+    (tenant, user): (&str, &str),
+    conversation: Option<String>,
+    question: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(common, None)?;
+    let app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
+    let result = ask_in(
+        &app,
+        TenantId::parse(tenant)?,
+        UserId::parse(user)?,
+        conversation,
+        question,
+        timeout,
+    )
+    .await;
+    app.stop().await;
+    result
+}
+
+async fn ask_in(
+    app: &app::App,
+    tenant: TenantId,
+    user: UserId,
+    conversation: Option<String>,
+    question: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let state = &app.state;
+    let id = match conversation {
+        Some(c) => ConversationId::parse(c)?,
+        None => ConversationId::generate(),
+    };
+    if state.memory.get_conversation(&tenant, &id).await?.is_none() {
+        let now = chrono::Utc::now();
+        state
+            .memory
+            .create_conversation(&ConversationMeta {
+                id: id.clone(),
+                tenant_id: tenant.clone(),
+                owner: user.clone(),
+                title: Some(question.chars().take(80).collect()),
+                created_at: now,
+                updated_at: now,
+                message_count: 0,
+            })
+            .await?;
+    }
+    let after = state.events.last_event_id(&tenant, &id).await?;
+    let request = TurnRequest {
+        tenant_id: tenant.clone(),
+        conversation_id: id.clone(),
+        user_id: user,
+        message_id: MessageId::generate(),
+        turn_id: TurnId::generate(),
+        content: question.to_owned(),
+        accepted_at: chrono::Utc::now(),
+    };
+    state.runtime.submit(&request).await?;
+    eprintln!("conversation {id}");
+    let mut events = state.events.subscribe(tenant, id, after);
+    let outcome = tokio::time::timeout(timeout, async {
+        while let Some(e) = events.next().await {
+            let e = e?;
+            if e.event.turn_id() != &request.turn_id {
+                continue;
+            }
+            match e.event {
+                TurnEvent::ToolCalled { tool, .. } => eprintln!("  calling {tool}…"),
+                TurnEvent::AnswerCompleted {
+                    content, citations, ..
+                } => {
+                    return Ok::<_, anyhow::Error>((
+                        "completed",
+                        json!({"content": content, "citations": citations}),
+                        Value::Null,
+                    ));
+                }
+                TurnEvent::TurnFailed { code, reason, .. } => {
+                    return Ok((
+                        "failed",
+                        Value::Null,
+                        json!({"code": code, "reason": reason}),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        bail!("the event stream ended before the turn did")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
+    Ok(report(outcome.0, &outcome.1, &outcome.2))
+}
+
+async fn ask_remote(
+    common: &Common,
+    server: &str,
+    token: Option<String>,
+    (tenant, user): (&str, &str),
+    conversation: Option<String>,
+    question: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    cairn_llm::http::install_crypto_provider();
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let config = load_config(common, None)?;
+            let (auth, _) = app::authenticator(&config, &env_lookup)?;
+            auth.mint(
+                &UserId::parse(user)?,
+                &TenantId::parse(tenant)?,
+                Duration::from_secs(3600),
+                &[],
+            )?
+        }
+    };
+    let base = server.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .timeout(timeout + Duration::from_secs(5))
+        .build()?;
+    let id = match conversation {
+        Some(c) => c,
+        None => {
+            let r = http
+                .post(format!("{base}/v1/conversations"))
+                .bearer_auth(&token)
+                .json(&json!({"title": question.chars().take(80).collect::<String>()}))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {base}"))?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                bail!(
+                    "creating a conversation failed: HTTP {status}: {}",
+                    body["error"]["message"]
+                );
+            }
+            body["id"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    eprintln!("conversation {id}");
+    let r = http
+        .post(format!("{base}/v1/conversations/{id}/messages?wait=true"))
+        .bearer_auth(&token)
+        .json(&json!({ "content": question }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "HTTP {status} {}: {}",
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(report(
+        body["status"].as_str().unwrap_or("unknown"),
+        &body["answer"],
+        &body["error"],
+    ))
+}

@@ -1,7 +1,7 @@
 //! Helpers shared by the actor tests: a scripted model, test tools, and a harness
 //! that runs the real runtime over the embedded store and bus in a temp dir.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use async_trait::async_trait;
 use cairn_actors::{AgentDeps, AgentSettings, Runtime, ToolCatalog};
@@ -72,8 +72,15 @@ pub fn last_observation(req: &ChatRequest) -> Option<String> {
 }
 
 pub fn observations(req: &ChatRequest) -> usize {
-    let user_at = req.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
-    req.messages[user_at..].iter().filter(|m| m.role == Role::Tool).count()
+    let user_at = req
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .unwrap_or(0);
+    req.messages[user_at..]
+        .iter()
+        .filter(|m| m.role == Role::Tool)
+        .count()
 }
 
 pub fn answer(text: &str) -> ChatResponse {
@@ -98,9 +105,11 @@ pub fn calls(tool: &str, args: Value) -> ChatResponse {
 pub struct FnTool {
     spec: ToolSpec,
     pub calls: Mutex<Vec<(Value, String)>>,
-    f: Box<dyn Fn(&Value, usize) -> ToolBehaviour + Send + Sync>,
+    f: Box<Behaviour>,
     count: AtomicUsize,
 }
+
+type Behaviour = dyn Fn(&Value, usize) -> ToolBehaviour + Send + Sync;
 
 pub enum ToolBehaviour {
     Reply(String),
@@ -130,7 +139,12 @@ impl FnTool {
     }
 
     pub fn keys(&self) -> Vec<String> {
-        self.calls.lock().unwrap().iter().map(|c| c.1.clone()).collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1.clone())
+            .collect()
     }
 }
 

@@ -52,8 +52,7 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Joins consumer group `group` on `topic`. Reading starts after the group's
     /// last committed offset.
-    async fn subscribe(&self, topic: &str, group: &str)
-    -> Result<Box<dyn BusConsumer>, BusError>;
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn BusConsumer>, BusError>;
 }
 
 /// A consumer of one topic within a group.

@@ -88,8 +88,7 @@ pub trait MemoryStore: Send + Sync + 'static {
     ) -> Result<Vec<Message>, StoreError>;
 
     /// Reads the rolling summary (empty when none was written).
-    async fn summary(&self, tenant: &TenantId, id: &ConversationId)
-    -> Result<Summary, StoreError>;
+    async fn summary(&self, tenant: &TenantId, id: &ConversationId) -> Result<Summary, StoreError>;
 
     /// Replaces the rolling summary.
     async fn save_summary(
@@ -172,8 +171,11 @@ pub trait EventStream: Send + Sync + 'static {
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The id of the newest event (0 when there is none).
-    async fn last_event_id(&self, tenant: &TenantId, id: &ConversationId)
-    -> Result<u64, StoreError>;
+    async fn last_event_id(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError>;
 
     /// Events after `after`, then every new one as it is written. The stream
     /// ends only when the consumer drops it (or on a store error).

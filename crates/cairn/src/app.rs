@@ -1,0 +1,177 @@
+//! The composition root: one adapter per port, chosen by config.
+
+use crate::builtin_tools::CurrentTime;
+use crate::secret;
+use anyhow::Context;
+use cairn_actors::{AgentDeps, AgentSettings, Runtime, ToolCatalog};
+use cairn_api::auth::Authenticator;
+use cairn_api::{ApiSettings, AppState};
+use cairn_bus::EmbeddedBus;
+use cairn_core::config::Config;
+use cairn_core::ports::{EventStream, MemoryStore, Topics};
+use cairn_store::{EmbeddedStore, RedisStore};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A built service: the state the router serves, plus what start-up learned.
+pub struct App {
+    /// Handler state (owns the runtime).
+    pub state: AppState,
+    /// True when the JWT secret was generated (development mode).
+    pub dev_secret: bool,
+    /// The retention sweeper, stopped at shutdown.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// Tells open streams that the server is closing.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// File names in the data dir.
+pub const MEMORY_FILE: &str = "memory.redb";
+/// The embedded bus log.
+pub const BUS_FILE: &str = "bus.redb";
+
+/// How often the retention sweeper runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// The authenticator for `config` (used by `serve` and `token`).
+pub fn authenticator(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<(Authenticator, bool)> {
+    let s = secret::resolve(&config.auth, &config.server.data_dir, env)?;
+    Ok((Authenticator::new(&s.bytes, &config.auth), s.generated))
+}
+
+/// Opens the stores, the bus and the model, and starts the runtime. `extra_tools`
+/// join the built-in ones (tests use it).
+pub async fn build(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    extra_tools: ToolCatalog,
+    model_override: Option<Arc<dyn cairn_core::ports::ChatModel>>,
+) -> anyhow::Result<App> {
+    cairn_llm::http::install_crypto_provider();
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let (memory, events): (Arc<dyn MemoryStore>, Arc<dyn EventStream>) = match &config.redis.url {
+        Some(url) => {
+            let s =
+                RedisStore::connect(url, &config.redis.key_prefix, config.memory.event_retention)
+                    .await
+                    .with_context(|| "cannot connect to redis.url")?;
+            (Arc::new(s.clone()), Arc::new(s))
+        }
+        None => {
+            let s =
+                EmbeddedStore::open_and_init(&dir.join(MEMORY_FILE), config.memory.event_retention)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open {} (is another cairn process using this data dir?)",
+                            dir.join(MEMORY_FILE).display()
+                        )
+                    })?;
+            (Arc::new(s.clone()), Arc::new(s))
+        }
+    };
+    let bus = EmbeddedBus::open(&dir.join(BUS_FILE))
+        .await
+        .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?;
+    let model = match model_override {
+        Some(m) => m,
+        None => cairn_llm::from_config(&config.llm, env)?,
+    };
+    if !model.is_llm() {
+        tracing::info!("no LLM configured: answers come from the offline planner");
+    }
+    let mut tools = extra_tools;
+    tools = tools.with(Arc::new(CurrentTime::default()));
+    let deps = AgentDeps {
+        memory: memory.clone(),
+        events: events.clone(),
+        model,
+        tools: Arc::new(tools),
+        settings: Arc::new(AgentSettings::from_config(config)),
+    };
+    let runtime = Runtime::start(
+        deps,
+        Arc::new(bus),
+        Topics::with_prefix(&config.bus.topic_prefix),
+        config.bus.max_in_flight,
+    )
+    .await?;
+    let (auth, dev_secret) = authenticator(config, env)?;
+    let sweeper = (!config.memory.retention.is_zero()).then(|| {
+        let memory = memory.clone();
+        let retention = config.memory.retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Ok(age) = chrono::Duration::from_std(retention) else {
+                    return;
+                };
+                match memory.purge_inactive(chrono::Utc::now() - age).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(purged = n, "deleted conversations past memory.retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+                }
+            }
+        })
+    });
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        closing: closing_rx,
+        runtime: Arc::new(runtime),
+        memory,
+        events,
+        auth: Arc::new(auth),
+        settings: Arc::new(ApiSettings {
+            max_body_bytes: config.server.max_body_bytes,
+            wait_timeout: config.server.wait_timeout,
+            sse_keepalive: config.server.sse_keepalive,
+        }),
+    };
+    Ok(App {
+        state,
+        dev_secret,
+        sweeper,
+        closing,
+    })
+}
+
+impl App {
+    /// Serves the API on `listener` until `shutdown` resolves, then stops the
+    /// runtime (unfinished turns stay checkpointed).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = cairn_api::router(self.state.clone());
+        let closing = self.closing.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = closing.send(true);
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops the runtime and background tasks.
+    pub async fn stop(&self) {
+        let _ = self.closing.send(true);
+        if let Some(s) = &self.sweeper {
+            s.abort();
+        }
+        self.state.runtime.shutdown().await;
+    }
+}

@@ -1,0 +1,13 @@
+//! The `cairn` binary's library half: the composition root that turns a
+//! [`Config`](cairn_core::config::Config) into a running service, shared by the
+//! CLI (`main.rs`), the load generator (`bin/loadgen.rs`) and the end-to-end tests.
+//!
+//! - [`app`]: picks an adapter for each port (embedded by default; Redis when
+//!   `redis.url` is set; the configured LLM), starts the runtime, builds the router.
+//! - [`secret`]: the JWT secret — configured, from an environment variable, or
+//!   generated once in the data dir for development.
+//! - [`builtin_tools`]: tools every conversation gets.
+
+pub mod app;
+pub mod builtin_tools;
+pub mod secret;

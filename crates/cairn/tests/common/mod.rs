@@ -1,0 +1,238 @@
+//! A real Cairn server on a loopback port, built by the same composition root as
+//! `cairn serve`, plus an HTTP/SSE client for the tests.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use cairn::app;
+use cairn_actors::ToolCatalog;
+use cairn_core::config::Config;
+use cairn_core::ports::ChatModel;
+use cairn_core::{TenantId, UserId};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Server {
+    pub base: String,
+    pub data_dir: std::path::PathBuf,
+    /// Only the authenticator: holding the whole state would keep the store open.
+    pub auth: Arc<cairn_api::auth::Authenticator>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn config(dir: &Path, redis: Option<String>) -> Config {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cairn.example.toml");
+    let mut env: Vec<(String, String)> = vec![
+        ("CAIRN_SERVER__DATA_DIR".into(), dir.display().to_string()),
+        ("CAIRN_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        ("CAIRN_SERVER__WAIT_TIMEOUT".into(), "\"20s\"".into()),
+    ];
+    if let Some(url) = redis {
+        env.push(("CAIRN_REDIS__URL".into(), format!("\"{url}\"")));
+        env.push((
+            "CAIRN_REDIS__KEY_PREFIX".into(),
+            format!("\"t{}\"", uuid::Uuid::new_v4()),
+        ));
+    }
+    Config::load(Some(&example), env).expect("example config loads")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CAIRN_TEST_REDIS_URL").expect(
+        "CAIRN_TEST_REDIS_URL is not set: run the tests with scripts/test.sh, which starts redis-server",
+    )
+}
+
+impl Server {
+    pub async fn start(config: &Config) -> Server {
+        Self::start_with(config, ToolCatalog::new(), None).await
+    }
+
+    pub async fn start_with(
+        config: &Config,
+        tools: ToolCatalog,
+        model: Option<Arc<dyn ChatModel>>,
+    ) -> Server {
+        // A previous server on the same data dir may still be releasing its files.
+        let mut built = None;
+        for _ in 0..200 {
+            match app::build(config, &|_| None, tools.clone(), model.clone()).await {
+                Ok(a) => {
+                    built = Some(a);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let app = built.expect("server builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let auth = app.state.auth.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            base,
+            data_dir: config.server.data_dir.clone(),
+            auth,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("server stops in time")
+                .unwrap();
+        }
+    }
+
+    pub fn token(&self, tenant: &str, user: &str) -> String {
+        self.auth
+            .mint(
+                &UserId::parse(user).unwrap(),
+                &TenantId::parse(tenant).unwrap(),
+                Duration::from_secs(600),
+                &[],
+            )
+            .unwrap()
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: Some(token.to_owned()),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Reply {
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(self.req(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
+    pub async fn new_conversation(&self) -> String {
+        let r = self.post("/v1/conversations", json!({})).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn ask(&self, conv: &str, text: &str) -> Value {
+        let r = self
+            .post(
+                &format!("/v1/conversations/{conv}/messages?wait=true"),
+                json!({"content": text}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    /// Reads SSE events from `path` (with optional Last-Event-ID) until `stop`
+    /// says so or `timeout` passes; returns (id, event, data) triples.
+    pub async fn sse(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+        timeout: Duration,
+        stop: impl Fn(&[(String, String, Value)]) -> bool,
+    ) -> Vec<(String, String, Value)> {
+        let mut rb = self
+            .req(reqwest::Method::GET, path)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            rb = rb.header("last-event-id", id);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        collect_sse(resp, timeout, stop).await
+    }
+}
+
+pub async fn collect_sse(
+    resp: reqwest::Response,
+    timeout: Duration,
+    stop: impl Fn(&[(String, String, Value)]) -> bool,
+) -> Vec<(String, String, Value)> {
+    let mut events = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(e))) => {
+                let data = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                out.push((e.id, e.event, data));
+                if stop(&out) {
+                    return out;
+                }
+            }
+            Ok(Some(Err(e))) => panic!("SSE error: {e}"),
+            Ok(None) | Err(_) => return out,
+        }
+    }
+}
+
+pub fn is_terminal(kind: &str) -> bool {
+    kind == "answer.completed" || kind == "turn.failed"
+}
