@@ -18,11 +18,16 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Status, content type and body of a scripted reply.
+type ScriptedReply = (u16, &'static str, String);
+/// Headers, path and JSON body of a received request.
+type SeenRequest = (HeaderMap, String, Value);
+
 /// A scripted provider: answers requests in order and records what it received.
 #[derive(Clone, Default)]
 struct Mock {
-    replies: Arc<Mutex<VecDeque<(u16, &'static str, String)>>>,
-    seen: Arc<Mutex<Vec<(HeaderMap, String, Value)>>>,
+    replies: Arc<Mutex<VecDeque<ScriptedReply>>>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
 }
 
 async fn handle(
