@@ -16,9 +16,9 @@ use crate::supervisor::SupervisorMsg;
 use cairn_core::TurnRequest;
 use cairn_core::envelope::{Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusConsumer, BusError, BusRecord, Enqueued, EventBus, Topics};
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use ractor::{ActorRef, RpcReplyPort};
 use serde_json::json;
 use std::sync::Arc;
@@ -130,13 +130,27 @@ async fn pump<F>(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            Some((partition, offset)) = in_flight.next() => {
-                while let Err(e) = consumer.commit(partition, offset).await {
-                    tracing::error!(error = %e, "offset commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((mut partition, mut offset)) = in_flight.next() => {
+                // Under load many records finish together: commit once for all
+                // that are done (the commit is a low-water mark).
+                while let Some(Some((p, o))) = in_flight.next().now_or_never() {
+                    if p == partition {
+                        offset = o;
+                    } else {
+                        commit_with_retry(consumer.as_mut(), partition, offset).await;
+                        (partition, offset) = (p, o);
+                    }
                 }
+                commit_with_retry(consumer.as_mut(), partition, offset).await;
             }
         }
+    }
+}
+
+async fn commit_with_retry(consumer: &mut dyn BusConsumer, partition: u32, offset: u64) {
+    while let Err(e) = consumer.commit(partition, offset).await {
+        tracing::error!(error = %e, "offset commit failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

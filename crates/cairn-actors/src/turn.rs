@@ -37,8 +37,17 @@ pub async fn run_turn(
                 );
                 return fail(deps, &cp, "turn_crashed", reason).await;
             }
-            deps.memory.save_checkpoint(&cp).await?;
-            emit(deps, &cp, started(&cp, true)).await?;
+            // Announce the resumption and, again, the calls that did not complete.
+            let mut events = vec![started(&cp, true)];
+            events.extend(cp.steps.iter().filter_map(|s| match s {
+                Step::Tool {
+                    index,
+                    call,
+                    outcome: None,
+                } => Some(tool_called(&cp, *index, call)),
+                _ => None,
+            }));
+            deps.memory.save_checkpoint(&cp, &events).await?;
             tracing::info!(turn = %cp.request.turn_id, attempt = cp.attempts, steps = cp.steps.len(), "turn resumed");
             cp
         }
@@ -55,8 +64,9 @@ pub async fn run_turn(
             user.id = request.message_id.clone();
             user.turn_id = Some(request.turn_id.clone());
             user.created_at = request.accepted_at;
-            deps.memory.begin_turn(&cp, &user).await?;
-            emit(deps, &cp, started(&cp, false)).await?;
+            deps.memory
+                .begin_turn(&cp, &user, &[started(&cp, false)])
+                .await?;
             cp
         }
     };
@@ -114,14 +124,27 @@ pub async fn run_turn(
             tool_calls: response.tool_calls.clone(),
             usage: response.usage,
         });
+        let mut called = Vec::with_capacity(response.tool_calls.len());
         for (j, call) in response.tool_calls.into_iter().enumerate() {
+            let index = base + 1 + j as u32;
+            called.push(tool_called(&cp, index, &call));
             cp.steps.push(Step::Tool {
-                index: base + 1 + j as u32,
+                index,
                 call,
                 outcome: None,
             });
         }
-        deps.memory.save_checkpoint(&cp).await?;
+        // The step and its `tool.called` events are written together.
+        deps.memory.save_checkpoint(&cp, &called).await?;
+    }
+}
+
+fn tool_called(cp: &TurnCheckpoint, step: u32, call: &ToolCall) -> TurnEvent {
+    TurnEvent::ToolCalled {
+        turn_id: cp.request.turn_id.clone(),
+        step,
+        tool: call.name.clone(),
+        arguments: call.arguments.clone(),
     }
 }
 
@@ -131,12 +154,6 @@ fn started(cp: &TurnCheckpoint, resumed: bool) -> TurnEvent {
         message_id: cp.request.message_id.clone(),
         resumed,
     }
-}
-
-async fn emit(deps: &AgentDeps, cp: &TurnCheckpoint, event: TurnEvent) -> Result<u64, StoreError> {
-    deps.events
-        .append(&cp.request.tenant_id, &cp.request.conversation_id, &event)
-        .await
 }
 
 /// The recorded steps as model messages: each model step is an assistant message
@@ -223,17 +240,6 @@ async fn run_tool_step(
         return Ok(());
     };
     let turn = cp.request.turn_id.clone();
-    emit(
-        deps,
-        cp,
-        TurnEvent::ToolCalled {
-            turn_id: turn.clone(),
-            step: index,
-            tool: call.name.clone(),
-            arguments: call.arguments.clone(),
-        },
-    )
-    .await?;
     let deadline = deps.settings.tool_timeout;
     let started = Instant::now();
     let (is_error, content) = match deps.tools.get(&call.name) {
@@ -265,21 +271,16 @@ async fn run_tool_step(
         call: call.clone(),
         outcome: Some(outcome.clone()),
     };
-    deps.memory.save_checkpoint(cp).await?;
-    emit(
-        deps,
-        cp,
-        TurnEvent::ToolCompleted {
-            turn_id: turn,
-            step: index,
-            tool: call.name,
-            is_error: outcome.is_error,
-            output: outcome.content,
-            duration_ms: outcome.duration_ms,
-        },
-    )
-    .await?;
-    Ok(())
+    // The outcome and its `tool.completed` event are written together.
+    let completed = TurnEvent::ToolCompleted {
+        turn_id: turn,
+        step: index,
+        tool: call.name,
+        is_error: outcome.is_error,
+        output: outcome.content,
+        duration_ms: outcome.duration_ms,
+    };
+    deps.memory.save_checkpoint(cp, &[completed]).await
 }
 
 async fn complete(

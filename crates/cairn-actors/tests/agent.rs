@@ -585,3 +585,84 @@ async fn a_message_for_a_missing_conversation_goes_to_the_dlq() {
     assert!(h.store.last_event_id(&h.tenant, &ghost).await.unwrap() == 0);
     h.stop().await;
 }
+
+/// A model that streams its answer in fragments and reports usage.
+struct StreamingModel;
+
+#[async_trait::async_trait]
+impl ChatModel for StreamingModel {
+    fn provider(&self) -> &'static str {
+        "streaming-test"
+    }
+    async fn complete(
+        &self,
+        _req: &cairn_core::ports::ChatRequest,
+        deltas: Option<&cairn_core::ports::DeltaSender>,
+    ) -> Result<cairn_core::ports::ChatResponse, cairn_core::ports::ModelError> {
+        for part in ["Hel", "lo ", "there"] {
+            if let Some(d) = deltas {
+                d.send(part.to_owned()).unwrap();
+            }
+        }
+        Ok(cairn_core::ports::ChatResponse {
+            content: "Hello there".into(),
+            usage: Some(Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_emit_deltas_and_usage_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = AgentSettings {
+        stream: true,
+        ..AgentSettings::default()
+    };
+    let mut h = Harness::start(dir.path(), Arc::new(StreamingModel), ToolCatalog::new(), s).await;
+    let conv = h.conversation().await;
+    let r = h.send(&conv, "hi").await;
+    let events = h.wait_turn(&conv, &r.turn_id).await;
+    assert_eq!(
+        kinds(&events),
+        vec![
+            "turn.started",
+            "answer.delta",
+            "answer.delta",
+            "answer.delta",
+            "answer.completed"
+        ]
+    );
+    let deltas: String = events
+        .iter()
+        .filter_map(|e| match e {
+            TurnEvent::AnswerDelta { delta, .. } => Some(delta.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, "Hello there");
+    match events.last().unwrap() {
+        TurnEvent::AnswerCompleted { usage, .. } => {
+            assert_eq!(
+                *usage,
+                Some(Usage {
+                    input_tokens: 12,
+                    output_tokens: 3
+                })
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+    let msgs = h.store.messages(&h.tenant, &conv, 0, 10).await.unwrap();
+    assert_eq!(
+        msgs[1].usage,
+        Some(Usage {
+            input_tokens: 12,
+            output_tokens: 3
+        })
+    );
+    h.stop().await;
+}

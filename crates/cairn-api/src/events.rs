@@ -17,9 +17,12 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-/// One stored event as an SSE event: `id`, `event` (the type) and JSON `data`.
+/// One stored event as an SSE event: `id`, `event` (the type) and JSON `data`
+/// (the event's fields, its `type`, `turn_id`, and `at`, when it was written).
 pub fn sse_event(e: &StoredEvent) -> Event {
-    let data = serde_json::to_string(&e.event).unwrap_or_else(|_| "{}".into());
+    let mut data = serde_json::to_value(&e.event).unwrap_or_else(|_| json!({}));
+    data["at"] = json!(e.at);
+    let data = data.to_string();
     Event::default()
         .id(e.id.to_string())
         .event(e.event.kind())

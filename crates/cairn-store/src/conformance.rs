@@ -235,15 +235,32 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     };
     let mut user_msg = Message::new(Role::User, "one");
     user_msg.id = r1.message_id.clone();
-    let seq = s.begin_turn(&cp, &user_msg).await.unwrap();
+    let seq = s
+        .begin_turn(&cp, &user_msg, &[started(&r1.turn_id)])
+        .await
+        .unwrap();
     assert_eq!(seq, 0);
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 1);
     assert_eq!(
         s.load_checkpoint(&t, &m.id).await.unwrap(),
         Some(cp.clone())
     );
     let mut cp2 = cp.clone();
     cp2.model_calls = 2;
-    s.save_checkpoint(&cp2).await.unwrap();
+    let called = TurnEvent::ToolCalled {
+        turn_id: r1.turn_id.clone(),
+        step: 1,
+        tool: "echo".into(),
+        arguments: serde_json::json!({}),
+    };
+    s.save_checkpoint(&cp2, &[called.clone(), called.clone()])
+        .await
+        .unwrap();
+    let evs = s.read_after(&t, &m.id, 1, 10).await.unwrap();
+    assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(evs[1].event, called);
+    s.save_checkpoint(&cp2, &[]).await.unwrap();
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 3);
     assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap(), Some(cp2));
 
     let mut answer = Message::new(Role::Assistant, "done");

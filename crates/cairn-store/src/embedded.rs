@@ -469,6 +469,7 @@ impl MemoryStore for EmbeddedStore {
         &self,
         checkpoint: &TurnCheckpoint,
         user_message: &Message,
+        events: &[TurnEvent],
     ) -> Result<u64, StoreError> {
         let k = key(
             &checkpoint.request.tenant_id,
@@ -476,7 +477,10 @@ impl MemoryStore for EmbeddedStore {
         );
         let bytes = enc(checkpoint).map_err(unavailable)?;
         let message = user_message.clone();
-        flat(
+        let events = events.to_vec();
+        let retention = self.event_retention;
+        let k2 = k.clone();
+        let (seq, last) = flat(
             self.db
                 .write(move |txn| {
                     let seq = match append_in(txn, &k, &message)? {
@@ -487,19 +491,34 @@ impl MemoryStore for EmbeddedStore {
                         .map_err(r)?
                         .insert(k.as_str(), bytes.as_slice())
                         .map_err(r)?;
-                    Ok(Ok(seq))
+                    let mut last = None;
+                    for e in events {
+                        last = Some(append_event_in(txn, &k, e, retention)?);
+                    }
+                    Ok(Ok((seq, last)))
                 })
                 .await,
-        )
+        )?;
+        if let Some(id) = last {
+            self.notify(&k2, id);
+        }
+        Ok(seq)
     }
 
-    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        events: &[TurnEvent],
+    ) -> Result<(), StoreError> {
         let k = key(
             &checkpoint.request.tenant_id,
             &checkpoint.request.conversation_id,
         );
         let bytes = enc(checkpoint).map_err(unavailable)?;
-        flat(
+        let events = events.to_vec();
+        let retention = self.event_retention;
+        let k2 = k.clone();
+        let last = flat(
             self.db
                 .write(move |txn| {
                     if write_meta_get(txn, &k)?.is_none() {
@@ -509,10 +528,18 @@ impl MemoryStore for EmbeddedStore {
                         .map_err(r)?
                         .insert(k.as_str(), bytes.as_slice())
                         .map_err(r)?;
-                    Ok(Ok(()))
+                    let mut last = None;
+                    for e in events {
+                        last = Some(append_event_in(txn, &k, e, retention)?);
+                    }
+                    Ok(Ok(last))
                 })
                 .await,
-        )
+        )?;
+        if let Some(id) = last {
+            self.notify(&k2, id);
+        }
+        Ok(())
     }
 
     async fn load_checkpoint(

@@ -72,17 +72,40 @@ return n - 1",
     )
 });
 
+/// Shared tail of the scripts that append events: `KEYS[evseq_at]` is the event
+/// counter and the next key the stream; ARGV from `first_event` on are events.
+const APPEND_EVENTS_LUA: &str = r"
+local function append_events(evseq, stream, retention, first)
+  for i = first, #ARGV do
+    local id = redis.call('INCR', evseq)
+    redis.call('XADD', stream, 'MAXLEN', '~', retention, id .. '-1', 'e', ARGV[i])
+  end
+end
+";
+
 static BEGIN_TURN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{APPEND_EVENTS_LUA}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local n = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 redis.call('SET', KEYS[4], ARGV[5])
 redis.call('SADD', KEYS[5], ARGV[4])
-return n - 1",
-    )
+append_events(KEYS[6], KEYS[7], ARGV[6], 7)
+return n - 1"
+    ))
+});
+
+static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{APPEND_EVENTS_LUA}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+append_events(KEYS[4], KEYS[5], ARGV[3], 4)
+return 1"
+    ))
 });
 
 static SET_IF_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
@@ -228,6 +251,16 @@ fn meta_from_hash(h: HashMap<String, String>) -> Result<Option<ConversationMeta>
             .map_err(|_| StoreError::Corrupt("message_count".into()))?;
     }
     Ok(Some(meta))
+}
+
+/// An event as stored in a stream entry (its id comes from the entry id).
+fn stored_json(event: &TurnEvent) -> Result<String, StoreError> {
+    serde_json::to_string(&StoredEvent {
+        id: 0,
+        at: Utc::now(),
+        event: event.clone(),
+    })
+    .map_err(corrupt)
 }
 
 fn not_found_if_negative(n: i64) -> Result<i64, StoreError> {
@@ -459,6 +492,7 @@ impl MemoryStore for RedisStore {
         &self,
         checkpoint: &TurnCheckpoint,
         user_message: &Message,
+        events: &[TurnEvent],
     ) -> Result<u64, StoreError> {
         let (t, id) = (
             &checkpoint.request.tenant_id,
@@ -466,38 +500,52 @@ impl MemoryStore for RedisStore {
         );
         let now = Utc::now();
         let mut c = self.conn.clone();
-        let seq: i64 = BEGIN_TURN
+        let mut script = BEGIN_TURN.prepare_invoke();
+        script
             .key(self.k(t, id, "meta"))
             .key(self.k(t, id, "msgs"))
             .key(self.global("updated"))
             .key(self.k(t, id, "checkpoint"))
             .key(self.global("active"))
+            .key(self.k(t, id, "evseq"))
+            .key(self.k(t, id, "events"))
             .arg(serde_json::to_string(user_message).map_err(corrupt)?)
             .arg(now.to_rfc3339())
             .arg(now.timestamp_millis())
             .arg(format!("{t}/{id}"))
             .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(self.event_retention);
+        for e in events {
+            script.arg(stored_json(e)?);
+        }
+        let seq: i64 = script.invoke_async(&mut c).await.map_err(unavailable)?;
         Ok(not_found_if_negative(seq)? as u64)
     }
 
-    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        events: &[TurnEvent],
+    ) -> Result<(), StoreError> {
         let (t, id) = (
             &checkpoint.request.tenant_id,
             &checkpoint.request.conversation_id,
         );
         let mut c = self.conn.clone();
-        let ok: i64 = SET_IF_CONVERSATION
+        let mut script = CHECKPOINT.prepare_invoke();
+        script
             .key(self.k(t, id, "meta"))
             .key(self.k(t, id, "checkpoint"))
             .key(self.global("active"))
+            .key(self.k(t, id, "evseq"))
+            .key(self.k(t, id, "events"))
             .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
             .arg(format!("{t}/{id}"))
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(self.event_retention);
+        for e in events {
+            script.arg(stored_json(e)?);
+        }
+        let ok: i64 = script.invoke_async(&mut c).await.map_err(unavailable)?;
         if ok == 1 {
             Ok(())
         } else {

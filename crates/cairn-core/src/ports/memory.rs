@@ -109,16 +109,24 @@ pub trait MemoryStore: Send + Sync + 'static {
         id: &ConversationId,
     ) -> Result<Vec<TurnRequest>, StoreError>;
 
-    /// Starts a turn atomically: appends the user message to the transcript and
-    /// writes the turn's first checkpoint. Returns the message's `seq`.
+    /// Starts a turn atomically: appends the user message to the transcript,
+    /// writes the turn's first checkpoint and appends `events` (normally
+    /// `turn.started`) to the event stream. Returns the message's `seq`.
     async fn begin_turn(
         &self,
         checkpoint: &TurnCheckpoint,
         user_message: &Message,
+        events: &[TurnEvent],
     ) -> Result<u64, StoreError>;
 
-    /// Writes the in-flight turn's checkpoint.
-    async fn save_checkpoint(&self, checkpoint: &TurnCheckpoint) -> Result<(), StoreError>;
+    /// Writes the in-flight turn's checkpoint and appends `events` (the events of
+    /// the step just recorded) in one atomic write, so the stream never shows a
+    /// step the checkpoint does not have, or the reverse.
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &TurnCheckpoint,
+        events: &[TurnEvent],
+    ) -> Result<(), StoreError>;
 
     /// Reads the in-flight turn's checkpoint, if any.
     async fn load_checkpoint(

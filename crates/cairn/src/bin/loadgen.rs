@@ -1,2 +1,325 @@
-//! Placeholder replaced below.
-fn main() {}
+//! `cairn-loadgen`: drives N concurrent conversations through the HTTP API of an
+//! in-process Cairn (the same composition root as `cairn serve`) and reports
+//! turns/s and turn latency. The model is the offline planner, which costs
+//! nothing, and every message is `/tool current_time`, so each turn is a full
+//! ReAct loop with one tool call: model → tool → model → answer.
+//!
+//! ```text
+//! cairn-loadgen turns  --conversations 64 --turns 20 [--redis redis://127.0.0.1:6379]
+//! cairn-loadgen steps  --turns 500                      # per-step orchestration overhead
+//! cairn-loadgen idle   --conversations 10000            # memory of idle conversations
+//! ```
+
+use anyhow::Context;
+use cairn::app;
+use cairn_actors::ToolCatalog;
+use cairn_core::config::Config;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Load generator for Cairn's HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Concurrent conversations, each posting turns back to back (`?wait=true`).
+    Turns {
+        #[arg(long, default_value_t = 64)]
+        conversations: usize,
+        #[arg(long, default_value_t = 20)]
+        turns: usize,
+        /// Back memory and event streams with this Redis instead of the embedded store.
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// One conversation, sequential turns: the time between a turn's consecutive
+    /// events is the orchestration overhead of one step (nothing else runs).
+    Steps {
+        #[arg(long, default_value_t = 500)]
+        turns: usize,
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// Memory held by this many idle conversations (each answered one turn and
+    /// kept its actor alive).
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        conversations: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+}
+
+struct Target {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(redis: Option<&str>, idle: Duration) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir()?;
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "CAIRN_SERVER__DATA_DIR".into(),
+            format!("\"{}\"", dir.path().display()),
+        ),
+        (
+            "CAIRN_AGENT__IDLE_PASSIVATION".into(),
+            format!("\"{}s\"", idle.as_secs()),
+        ),
+        ("CAIRN_MEMORY__RETENTION".into(), "\"0s\"".into()),
+    ];
+    if let Some(url) = redis {
+        env.push(("CAIRN_REDIS__URL".into(), format!("\"{url}\"")));
+        env.push((
+            "CAIRN_REDIS__KEY_PREFIX".into(),
+            format!("\"bench-{}\"", uuid::Uuid::new_v4()),
+        ));
+    }
+    let config = Config::load(None, env)?;
+    let app = app::build(&config, &|_| None, ToolCatalog::new(), None).await?;
+    let token = app.state.auth.mint(
+        &cairn_core::UserId::parse("bench")?,
+        &cairn_core::TenantId::parse("bench")?,
+        Duration::from_secs(24 * 3600),
+        &[],
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    Ok(Target {
+        base,
+        token,
+        http,
+        _dir: dir,
+        shutdown: tx,
+        task,
+    })
+}
+
+impl Target {
+    async fn conversation(&self) -> anyhow::Result<String> {
+        let r: Value = self
+            .http
+            .post(format!("{}/v1/conversations", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(r["id"].as_str().context("no id")?.to_owned())
+    }
+
+    async fn turn(&self, conv: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!(
+                "{}/v1/conversations/{conv}/messages?wait=true",
+                self.base
+            ))
+            .bearer_auth(&self.token)
+            .json(&json!({"content": "/tool current_time"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+        let body: Value = r.json().await?;
+        anyhow::ensure!(body["status"] == "completed", "turn failed: {body}");
+        anyhow::ensure!(
+            body["steps"].as_array().map_or(0, Vec::len) == 2,
+            "expected one tool call"
+        );
+        Ok(body)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::Turns {
+            conversations,
+            turns,
+            redis,
+        } => {
+            let t = Arc::new(start(redis.as_deref(), Duration::from_secs(3600)).await?);
+            let mut convs = Vec::new();
+            for _ in 0..conversations {
+                convs.push(t.conversation().await?);
+            }
+            // Warm-up: one turn per conversation (spawns the actors).
+            let mut warm = Vec::new();
+            for c in &convs {
+                let (t, c) = (t.clone(), c.clone());
+                warm.push(tokio::spawn(async move { t.turn(&c).await }));
+            }
+            for w in warm {
+                w.await??;
+            }
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for c in convs {
+                let t = t.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut h = Histogram::<u64>::new(3)?;
+                    for _ in 0..turns {
+                        let s = Instant::now();
+                        t.turn(&c).await?;
+                        h.record(s.elapsed().as_micros() as u64)?;
+                    }
+                    Ok::<_, anyhow::Error>(h)
+                }));
+            }
+            let mut all = Histogram::<u64>::new(3)?;
+            for task in tasks {
+                all.add(task.await??)?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let total = all.len();
+            println!(
+                "backend={} conversations={conversations} turns={total} elapsed={secs:.2}s turns/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+                if redis.is_some() { "redis" } else { "embedded" },
+                total as f64 / secs,
+                ms(&all, 0.5),
+                ms(&all, 0.99),
+                all.max() as f64 / 1000.0,
+            );
+            if let Ok(t) = Arc::try_unwrap(t) {
+                t.stop().await?;
+            }
+        }
+        Mode::Steps { turns, redis } => {
+            let t = start(redis.as_deref(), Duration::from_secs(3600)).await?;
+            let conv = t.conversation().await?;
+            t.turn(&conv).await?;
+            let mut gaps = Histogram::<u64>::new(3)?;
+            for _ in 0..turns {
+                t.turn(&conv).await?;
+            }
+            // Read the stored events back and measure the gaps within each turn.
+            let mut per_turn: std::collections::HashMap<
+                String,
+                Vec<chrono::DateTime<chrono::Utc>>,
+            > = Default::default();
+            for e in read_events(&t, &conv).await? {
+                let turn = e["turn_id"].as_str().unwrap_or_default().to_owned();
+                let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(e["at"].clone())?;
+                per_turn.entry(turn).or_default().push(at);
+            }
+            let mut steps = 0;
+            for ats in per_turn.values() {
+                for w in ats.windows(2) {
+                    let d = (w[1] - w[0]).num_microseconds().unwrap_or(0).max(0) as u64;
+                    gaps.record(d)?;
+                    steps += 1;
+                }
+            }
+            println!(
+                "backend={} turns={turns} steps={steps} step_overhead_p50={:.3}ms p99={:.3}ms max={:.3}ms",
+                if redis.is_some() { "redis" } else { "embedded" },
+                ms(&gaps, 0.5),
+                ms(&gaps, 0.99),
+                gaps.max() as f64 / 1000.0
+            );
+            t.stop().await?;
+        }
+        Mode::Idle {
+            conversations,
+            concurrency,
+        } => {
+            let t = Arc::new(start(None, Duration::from_secs(3600)).await?);
+            let before = rss_mb();
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut tasks = Vec::new();
+            for _ in 0..conversations {
+                let (t, sem) = (t.clone(), sem.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire().await?;
+                    let c = t.conversation().await?;
+                    t.turn(&c).await?;
+                    Ok::<_, anyhow::Error>(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = rss_mb();
+            let live: Value = t
+                .http
+                .get(format!("{}/health", t.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            println!(
+                "idle conversations={} live_actors={} rss_before={before:.1}MB rss_after={after:.1}MB delta={:.1}MB per_conversation={:.1}KB",
+                conversations,
+                live["components"]["actors"]["live_conversations"],
+                after - before,
+                (after - before) * 1024.0 / conversations as f64
+            );
+            if let Ok(t) = Arc::try_unwrap(t) {
+                t.stop().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every stored event of a conversation (the SSE `data`, which carries `at`).
+async fn read_events(t: &Target, conv: &str) -> anyhow::Result<Vec<Value>> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = t
+        .http
+        .get(format!("{}/v1/conversations/{conv}/events", t.base))
+        .bearer_auth(&t.token)
+        .send()
+        .await?;
+    let mut s = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    // The stream stays open; stop once it has been quiet for a moment.
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(500), s.next()).await {
+        out.push(serde_json::from_str::<Value>(&e.data)?);
+    }
+    Ok(out)
+}

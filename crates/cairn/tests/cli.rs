@@ -1,0 +1,158 @@
+//! The `cairn` binary itself: `token`, `ask` in-process and against `--server`,
+//! config errors that name the key, and exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn cairn() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    // Keep the test hermetic: no CAIRN_* from the environment except what we set.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CAIRN_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("CAIRN_LOG", "warn");
+    c
+}
+
+#[test]
+fn token_is_signed_with_the_generated_secret_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .args([
+            "token",
+            "--sub",
+            "ana",
+            "--tenant",
+            "acme",
+            "--ttl",
+            "1h",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
+    let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
+    let caller = auth.verify(&token).unwrap();
+    assert_eq!(caller.tenant.as_str(), "acme");
+    assert_eq!(caller.user.as_str(), "ana");
+}
+
+#[test]
+fn ask_runs_in_process_with_memory_across_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |q: &str| {
+        cairn()
+            .args(["ask", q, "--conversation", "cli-conv", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = run("My favourite colour is teal.");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = run("What is my favourite colour?");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let answer = String::from_utf8(second.stdout).unwrap();
+    assert!(answer.contains("teal"), "{answer}");
+    assert!(
+        answer.contains("[conversation]"),
+        "citations are printed: {answer}"
+    );
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .args(["ask", "hi", "--data-dir"])
+        .arg(dir.path())
+        .env("CAIRN_AGENT__MAX_STEPS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent.max_steps"));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[llm]\nprovider = \"openai\"\nmodel = \"m\"\napi_key_env = \"NO_SUCH_KEY_VAR\"\n",
+    )
+    .unwrap();
+    let out = cairn()
+        .args(["ask", "hi", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_KEY_VAR"));
+}
+
+#[test]
+fn a_failed_turn_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // With max_steps = 1 a tool call cannot be followed by an answer.
+    let out = cairn()
+        .args(["ask", "/tool current_time", "--data-dir"])
+        .arg(dir.path())
+        .env("CAIRN_AGENT__MAX_STEPS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_steps_exceeded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&config(dir.path(), None)).await;
+    let token = s.token("acme", "ana");
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cairn()
+            .args([
+                "ask",
+                "/tool current_time",
+                "--server",
+                &base,
+                "--token",
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Result of current_time"));
+    s.stop().await;
+}
