@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("conversation_meta");
 /// `tenant \0 owner \0 conversation` → (): lists a user's conversations in id order.
@@ -41,8 +41,9 @@ const EVENT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("event_seq");
 pub struct EmbeddedStore {
     db: Db,
     event_retention: u64,
-    /// Per-conversation "newest event id" signals for live subscribers.
-    watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// Per-conversation fan-out of newly written events to live subscribers, so
+    /// that a subscriber that keeps up never reads the store.
+    watchers: Arc<Mutex<HashMap<String, broadcast::Sender<StoredEvent>>>>,
 }
 
 fn key(tenant: &TenantId, id: &ConversationId) -> String {
@@ -112,24 +113,30 @@ impl EmbeddedStore {
         Ok(s)
     }
 
-    fn notify(&self, k: &str, id: u64) {
+    fn notify(&self, k: &str, events: Vec<StoredEvent>) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = w.get(k) {
             if tx.receiver_count() == 0 {
                 w.remove(k);
             } else {
-                tx.send_replace(id);
+                for e in events {
+                    let _ = tx.send(e);
+                }
             }
         }
     }
 
-    fn watch(&self, k: &str) -> watch::Receiver<u64> {
+    fn watch(&self, k: &str) -> broadcast::Receiver<StoredEvent> {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         w.entry(k.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
             .subscribe()
     }
 }
+
+/// Events buffered per conversation for live subscribers; one that falls further
+/// behind reads the store instead.
+const LIVE_BUFFER: usize = 256;
 
 fn read_meta(txn: &ReadTransaction, k: &str) -> Result<Option<ConversationMeta>, DbError> {
     let t = txn.open_table(META).map_err(r)?;
@@ -179,7 +186,7 @@ fn append_event_in(
     k: &str,
     event: TurnEvent,
     retention: u64,
-) -> Result<u64, DbError> {
+) -> Result<StoredEvent, DbError> {
     let mut seq = txn.open_table(EVENT_SEQ).map_err(r)?;
     let id = seq.get(k).map_err(r)?.map_or(0, |v| v.value()) + 1;
     seq.insert(k, id).map_err(r)?;
@@ -195,7 +202,7 @@ fn append_event_in(
     if id > retention {
         events.remove((k, id - retention)).map_err(r)?;
     }
-    Ok(id)
+    Ok(stored)
 }
 
 /// Removes every record of a conversation inside a write transaction.
@@ -480,7 +487,7 @@ impl MemoryStore for EmbeddedStore {
         let events = events.to_vec();
         let retention = self.event_retention;
         let k2 = k.clone();
-        let (seq, last) = flat(
+        let (seq, written) = flat(
             self.db
                 .write(move |txn| {
                     let seq = match append_in(txn, &k, &message)? {
@@ -491,17 +498,15 @@ impl MemoryStore for EmbeddedStore {
                         .map_err(r)?
                         .insert(k.as_str(), bytes.as_slice())
                         .map_err(r)?;
-                    let mut last = None;
+                    let mut written = Vec::with_capacity(events.len());
                     for e in events {
-                        last = Some(append_event_in(txn, &k, e, retention)?);
+                        written.push(append_event_in(txn, &k, e, retention)?);
                     }
-                    Ok(Ok((seq, last)))
+                    Ok(Ok((seq, written)))
                 })
                 .await,
         )?;
-        if let Some(id) = last {
-            self.notify(&k2, id);
-        }
+        self.notify(&k2, written);
         Ok(seq)
     }
 
@@ -518,7 +523,7 @@ impl MemoryStore for EmbeddedStore {
         let events = events.to_vec();
         let retention = self.event_retention;
         let k2 = k.clone();
-        let last = flat(
+        let written = flat(
             self.db
                 .write(move |txn| {
                     if write_meta_get(txn, &k)?.is_none() {
@@ -528,17 +533,15 @@ impl MemoryStore for EmbeddedStore {
                         .map_err(r)?
                         .insert(k.as_str(), bytes.as_slice())
                         .map_err(r)?;
-                    let mut last = None;
+                    let mut written = Vec::with_capacity(events.len());
                     for e in events {
-                        last = Some(append_event_in(txn, &k, e, retention)?);
+                        written.push(append_event_in(txn, &k, e, retention)?);
                     }
-                    Ok(Ok(last))
+                    Ok(Ok(written))
                 })
                 .await,
         )?;
-        if let Some(id) = last {
-            self.notify(&k2, id);
-        }
+        self.notify(&k2, written);
         Ok(())
     }
 
@@ -602,8 +605,9 @@ impl MemoryStore for EmbeddedStore {
                 })
                 .await,
         )?;
-        self.notify(&k2, event_id);
-        Ok(event_id)
+        let id = event_id.id;
+        self.notify(&k2, vec![event_id]);
+        Ok(id)
     }
 
     async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
@@ -685,8 +689,9 @@ impl EventStream for EmbeddedStore {
                 })
                 .await,
         )?;
-        self.notify(&k2, new_id);
-        Ok(new_id)
+        let id = new_id.id;
+        self.notify(&k2, vec![new_id]);
+        Ok(id)
     }
 
     async fn read_after(
@@ -739,24 +744,32 @@ impl EventStream for EmbeddedStore {
         after: u64,
     ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
         let rx = self.watch(&key(&tenant, &id));
-        follow(self.clone(), tenant, id, after, WatchWaiter(rx))
+        follow(self.clone(), tenant, id, after, LiveWaiter(rx))
     }
 }
 
-/// Waits on the in-process "newest event id" signal.
-struct WatchWaiter(watch::Receiver<u64>);
+/// Waits on the in-process fan-out and hands over the events it carries.
+struct LiveWaiter(broadcast::Receiver<StoredEvent>);
 
 #[async_trait]
-impl EventWaiter for WatchWaiter {
-    async fn wait(&mut self, after: u64) -> Result<(), StoreError> {
+impl EventWaiter for LiveWaiter {
+    async fn wait(&mut self, after: u64) -> Result<Vec<StoredEvent>, StoreError> {
         loop {
-            if *self.0.borrow_and_update() > after {
-                return Ok(());
+            match self.0.recv().await {
+                Ok(e) if e.id > after => {
+                    let mut out = vec![e];
+                    while let Ok(more) = self.0.try_recv() {
+                        out.push(more);
+                    }
+                    return Ok(out);
+                }
+                Ok(_) => continue,
+                // Fell behind: the store has everything.
+                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(Vec::new()),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(StoreError::Unavailable("store closed".into()));
+                }
             }
-            self.0
-                .changed()
-                .await
-                .map_err(|_| StoreError::Unavailable("store closed".into()))?;
         }
     }
 }

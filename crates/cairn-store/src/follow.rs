@@ -15,7 +15,10 @@ const PAGE: usize = 256;
 #[async_trait]
 pub trait EventWaiter: Send + 'static {
     /// Returns when an event with id greater than `after` may have been written.
-    async fn wait(&mut self, after: u64) -> Result<(), StoreError>;
+    /// A waiter that already holds the new events returns them (ids `after + 1`
+    /// onwards, contiguous), which saves a store read; an empty vector means
+    /// "read the store".
+    async fn wait(&mut self, after: u64) -> Result<Vec<StoredEvent>, StoreError>;
 }
 
 /// Streams the events after `after`, then every new one, forever.
@@ -63,12 +66,23 @@ where
                 .await
             {
                 Ok(events) if !events.is_empty() => st.buffer.extend(events),
-                Ok(_) => {
-                    if let Err(e) = st.waiter.wait(st.after).await {
+                Ok(_) => match st.waiter.wait(st.after).await {
+                    Ok(live) => {
+                        let fresh: Vec<StoredEvent> =
+                            live.into_iter().filter(|e| e.id > st.after).collect();
+                        let contiguous = fresh
+                            .iter()
+                            .enumerate()
+                            .all(|(i, e)| e.id == st.after + 1 + i as u64);
+                        if contiguous {
+                            st.buffer.extend(fresh);
+                        }
+                    }
+                    Err(e) => {
                         st.failed = true;
                         return Some((Err(e), st));
                     }
-                }
+                },
                 Err(e) => {
                     st.failed = true;
                     return Some((Err(e), st));

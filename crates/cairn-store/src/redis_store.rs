@@ -768,7 +768,7 @@ const BLOCK_MS: u64 = 5_000;
 
 #[async_trait]
 impl EventWaiter for XreadWaiter {
-    async fn wait(&mut self, after: u64) -> Result<(), StoreError> {
+    async fn wait(&mut self, after: u64) -> Result<Vec<StoredEvent>, StoreError> {
         if self.conn.is_none() {
             let cfg = AsyncConnectionConfig::new()
                 .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
@@ -793,7 +793,7 @@ impl EventWaiter for XreadWaiter {
             .query_async(conn)
             .await;
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Vec::new()),
             Err(e) => {
                 self.conn = None; // reconnect on the next wait
                 Err(unavailable(e))
