@@ -46,7 +46,12 @@ fn r<E: Into<redb::Error>>(e: E) -> DbError {
 impl EmbeddedBus {
     /// Opens (or creates) the bus log at `path`.
     pub async fn open(path: &Path) -> Result<Self, BusError> {
-        let db = Db::open(path).map_err(unavailable)?;
+        Self::open_with_cache(path, cairn_redb::DEFAULT_CACHE_BYTES).await
+    }
+
+    /// Like [`open`](Self::open), with a page cache of `cache_bytes`.
+    pub async fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, BusError> {
+        let db = Db::open_with_cache(path, cache_bytes).map_err(unavailable)?;
         db.write(|txn| {
             txn.open_table(RECORDS).map_err(r)?;
             txn.open_table(NEXT_OFFSET).map_err(r)?;

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     /// Interval of SSE keep-alive comments.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// Page cache of each embedded database file (memory store, bus), in MiB.
+    pub embedded_cache_mb: usize,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(120),
             sse_keepalive: Duration::from_secs(15),
+            embedded_cache_mb: 64,
         }
     }
 }

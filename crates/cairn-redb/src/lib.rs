@@ -33,6 +33,9 @@ type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 /// A write: runs inside the batch's transaction and returns how to answer its caller.
 type WriteOp = Box<dyn FnOnce(&WriteTransaction) -> Result<Finish, DbError> + Send>;
 
+/// Page cache of a database opened with [`Db::open`].
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
@@ -45,12 +48,24 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (or creates) the database file and starts its writer thread.
+    /// Opens (or creates) the database file with redb's default page cache and
+    /// starts its writer thread.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database file with a page cache of `cache_bytes`
+    /// and starts its writer thread.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Db, DbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DbError(format!("{}: {e}", dir.display())))?;
         }
-        let db = Arc::new(Database::create(path).map_err(DbError::from_redb)?);
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(DbError::from_redb)?,
+        );
         let (tx, rx) = mpsc::channel::<WriteOp>(MAX_BATCH * 4);
         let writer_db = db.clone();
         std::thread::Builder::new()

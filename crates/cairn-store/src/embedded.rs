@@ -79,7 +79,16 @@ impl EmbeddedStore {
     /// Opens (or creates) the store at `path`. `event_retention` bounds the events
     /// kept per conversation.
     pub fn open(path: &Path, event_retention: u64) -> Result<Self, StoreError> {
-        let db = Db::open(path).map_err(unavailable)?;
+        Self::open_with_cache(path, event_retention, cairn_redb::DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`open`](Self::open), with a page cache of `cache_bytes`.
+    pub fn open_with_cache(
+        path: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        let db = Db::open_with_cache(path, cache_bytes).map_err(unavailable)?;
         Ok(Self {
             db,
             event_retention: event_retention.max(1),
@@ -113,6 +122,17 @@ impl EmbeddedStore {
         Ok(s)
     }
 
+    /// Opens the store with a page cache of `cache_bytes` and creates its tables.
+    pub async fn open_and_init_with_cache(
+        path: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        let s = Self::open_with_cache(path, event_retention, cache_bytes)?;
+        s.init().await?;
+        Ok(s)
+    }
+
     fn notify(&self, k: &str, events: Vec<StoredEvent>) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = w.get(k) {
@@ -136,7 +156,7 @@ impl EmbeddedStore {
 
 /// Events buffered per conversation for live subscribers; one that falls further
 /// behind reads the store instead.
-const LIVE_BUFFER: usize = 256;
+const LIVE_BUFFER: usize = 64;
 
 fn read_meta(txn: &ReadTransaction, k: &str) -> Result<Option<ConversationMeta>, DbError> {
     let t = txn.open_table(META).map_err(r)?;
@@ -743,22 +763,47 @@ impl EventStream for EmbeddedStore {
         id: ConversationId,
         after: u64,
     ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
-        let rx = self.watch(&key(&tenant, &id));
-        follow(self.clone(), tenant, id, after, LiveWaiter(rx))
+        let k = key(&tenant, &id);
+        let rx = self.watch(&k);
+        let waiter = LiveWaiter {
+            rx: Some(rx),
+            key: k,
+            watchers: self.watchers.clone(),
+        };
+        follow(self.clone(), tenant, id, after, waiter)
     }
 }
 
 /// Waits on the in-process fan-out and hands over the events it carries.
-struct LiveWaiter(broadcast::Receiver<StoredEvent>);
+struct LiveWaiter {
+    rx: Option<broadcast::Receiver<StoredEvent>>,
+    key: String,
+    watchers: Arc<Mutex<HashMap<String, broadcast::Sender<StoredEvent>>>>,
+}
+
+impl Drop for LiveWaiter {
+    /// The last subscriber of a conversation removes its fan-out channel, so idle
+    /// conversations hold no buffers.
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.get(&self.key).is_some_and(|tx| tx.receiver_count() == 0) {
+            w.remove(&self.key);
+        }
+    }
+}
 
 #[async_trait]
 impl EventWaiter for LiveWaiter {
     async fn wait(&mut self, after: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(StoreError::Unavailable("subscription closed".into()));
+        };
         loop {
-            match self.0.recv().await {
+            match rx.recv().await {
                 Ok(e) if e.id > after => {
                     let mut out = vec![e];
-                    while let Ok(more) = self.0.try_recv() {
+                    while let Ok(more) = rx.try_recv() {
                         out.push(more);
                     }
                     return Ok(out);

@@ -55,6 +55,7 @@ pub async fn build(
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let cache_bytes = config.server.embedded_cache_mb.max(1) * 1024 * 1024;
     let (memory, events): (Arc<dyn MemoryStore>, Arc<dyn EventStream>) = match &config.redis.url {
         Some(url) => {
             let s =
@@ -76,7 +77,7 @@ pub async fn build(
             (Arc::new(s.clone()), Arc::new(s))
         }
     };
-    let bus = EmbeddedBus::open(&dir.join(BUS_FILE))
+    let bus = EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
         .await
         .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?;
     let model = match model_override {
