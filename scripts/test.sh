@@ -40,7 +40,7 @@ echo "==> redis-server on $CAIRN_TEST_REDIS_URL"
 
 if cargo nextest --version >/dev/null 2>&1; then
   # Doc tests first, so that the closing line is nextest's summary with the counts.
-  cargo test --workspace --doc --quiet >/dev/null
+  cargo test --workspace --doc --quiet
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
