@@ -1,13 +1,13 @@
 //! The Anthropic Messages API with tool use and streamed answers.
 
-use crate::http::{ProviderClient, event_json, json_body, sse_events};
+use crate::http::{ProviderBase, Started, event_json, json_body, sse_events};
 use crate::names::ToolNames;
 use async_trait::async_trait;
 use cairn_core::config::LlmConfig;
 use cairn_core::ports::{ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError};
 use cairn_core::{Role, ToolCall, Usage};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderName;
 use serde_json::{Value, json};
 
 /// Default base URL.
@@ -17,13 +17,8 @@ pub const API_VERSION: &str = "2023-06-01";
 
 /// An Anthropic chat model.
 pub struct AnthropicModel {
-    http: ProviderClient,
+    base: ProviderBase,
     url: String,
-    headers: HeaderMap,
-    model: String,
-    stream: bool,
-    max_tokens: u32,
-    temperature: Option<f32>,
 }
 
 impl AnthropicModel {
@@ -34,23 +29,10 @@ impl AnthropicModel {
         api_key: Option<String>,
     ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let mut headers = HeaderMap::new();
-        headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&key).map_err(|_| {
-                ModelError::Config("the API key is not a valid header value".into())
-            })?;
-            v.set_sensitive(true);
-            headers.insert("x-api-key", v);
-        }
+        let auth = api_key.map(|k| (HeaderName::from_static("x-api-key"), k));
         Ok(Self {
-            http: ProviderClient::new(config)?,
+            base: ProviderBase::new(config, model, auth, &[("anthropic-version", API_VERSION)])?,
             url: format!("{}/v1/messages", base.trim_end_matches('/')),
-            headers,
-            model,
-            stream: config.stream,
-            max_tokens: config.max_tokens,
-            temperature: config.temperature,
         })
     }
 
@@ -94,13 +76,13 @@ impl AnthropicModel {
             }
         }
         let mut body = json!({
-            "model": self.model,
-            "max_tokens": self.max_tokens,
+            "model": self.base.model,
+            "max_tokens": self.base.max_tokens,
             "system": system,
             "messages": messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
             "stream": stream,
         });
-        if let Some(t) = self.temperature {
+        if let Some(t) = self.base.temperature {
             body["temperature"] = json!(t);
         }
         if !req.tools.is_empty() {
@@ -135,16 +117,17 @@ impl ChatModel for AnthropicModel {
         req: &ChatRequest,
         deltas: Option<&DeltaSender>,
     ) -> Result<ChatResponse, ModelError> {
-        let names = ToolNames::new(&req.tools);
-        let stream = self.stream && deltas.is_some();
-        let resp = self
-            .http
-            .post_json(&self.url, &self.headers, &self.body(req, &names, stream))
+        let Started {
+            names,
+            stream,
+            resp,
+            mut out,
+        } = self
+            .base
+            .send("anthropic", &self.url, req, deltas, |n, s| {
+                self.body(req, n, s)
+            })
             .await?;
-        let mut out = ChatResponse {
-            metadata: json!({"provider": "anthropic", "model": self.model}),
-            ..Default::default()
-        };
         if !stream {
             let v = json_body(resp).await?;
             let Some(content) = v["content"].as_array() else {

@@ -1,14 +1,14 @@
 //! Google Gemini `generateContent` (and `streamGenerateContent?alt=sse`) with
 //! function calling.
 
-use crate::http::{ProviderClient, event_json, json_body, sse_events};
+use crate::http::{ProviderBase, Started, event_json, json_body, sse_events};
 use crate::names::ToolNames;
 use async_trait::async_trait;
 use cairn_core::config::LlmConfig;
 use cairn_core::ports::{ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError};
 use cairn_core::{Role, ToolCall, Usage};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderName;
 use serde_json::{Value, json};
 
 /// Default base URL.
@@ -16,13 +16,8 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 
 /// A Gemini chat model.
 pub struct GeminiModel {
-    http: ProviderClient,
-    base: String,
-    headers: HeaderMap,
-    model: String,
-    stream: bool,
-    max_tokens: u32,
-    temperature: Option<f32>,
+    base: ProviderBase,
+    url: String,
 }
 
 /// JSON Schema keywords Gemini's OpenAPI-subset schema rejects.
@@ -51,22 +46,10 @@ impl GeminiModel {
         api_key: Option<String>,
     ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let mut headers = HeaderMap::new();
-        if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&key).map_err(|_| {
-                ModelError::Config("the API key is not a valid header value".into())
-            })?;
-            v.set_sensitive(true);
-            headers.insert("x-goog-api-key", v);
-        }
+        let auth = api_key.map(|k| (HeaderName::from_static("x-goog-api-key"), k));
         Ok(Self {
-            http: ProviderClient::new(config)?,
-            base: base.trim_end_matches('/').to_owned(),
-            headers,
-            model,
-            stream: config.stream,
-            max_tokens: config.max_tokens,
-            temperature: config.temperature,
+            url: format!("{}/v1beta/models/{model}", base.trim_end_matches('/')),
+            base: ProviderBase::new(config, model, auth, &[])?,
         })
     }
 
@@ -107,8 +90,8 @@ impl GeminiModel {
                 }
             }
         }
-        let mut generation = json!({"maxOutputTokens": self.max_tokens});
-        if let Some(t) = self.temperature {
+        let mut generation = json!({"maxOutputTokens": self.base.max_tokens});
+        if let Some(t) = self.base.temperature {
             generation["temperature"] = json!(t);
         }
         let mut body = json!({
@@ -182,24 +165,20 @@ impl ChatModel for GeminiModel {
         req: &ChatRequest,
         deltas: Option<&DeltaSender>,
     ) -> Result<ChatResponse, ModelError> {
-        let names = ToolNames::new(&req.tools);
-        let stream = self.stream && deltas.is_some();
-        let url = if stream {
-            format!(
-                "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
-                self.base, self.model
-            )
+        let url = if self.base.streams(deltas) {
+            format!("{}:streamGenerateContent?alt=sse", self.url)
         } else {
-            format!("{}/v1beta/models/{}:generateContent", self.base, self.model)
+            format!("{}:generateContent", self.url)
         };
-        let resp = self
-            .http
-            .post_json(&url, &self.headers, &self.body(req, &names))
+        let Started {
+            names,
+            stream,
+            resp,
+            mut out,
+        } = self
+            .base
+            .send("gemini", &url, req, deltas, |n, _| self.body(req, n))
             .await?;
-        let mut out = ChatResponse {
-            metadata: json!({"provider": "gemini", "model": self.model}),
-            ..Default::default()
-        };
         if !stream {
             let v = json_body(resp).await?;
             if v["candidates"].as_array().is_none_or(Vec::is_empty) {

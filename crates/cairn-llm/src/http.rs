@@ -2,12 +2,14 @@
 //! connect and request timeouts, retries with exponential backoff on 429, 5xx and
 //! transport errors, and Server-Sent Event decoding for streamed answers.
 
+use crate::names::ToolNames;
 use backon::{ExponentialBuilder, Retryable};
 use cairn_core::config::LlmConfig;
 use cairn_core::ports::ModelError;
+use cairn_core::ports::{ChatRequest, ChatResponse, DeltaSender};
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -143,4 +145,97 @@ pub fn parse_arguments(raw: &str) -> Result<Value, ModelError> {
     }
     serde_json::from_str(raw)
         .map_err(|e| ModelError::Protocol(format!("tool arguments are not JSON: {e}")))
+}
+
+/// What every HTTP provider keeps: its client, headers, model and generation
+/// settings.
+pub struct ProviderBase {
+    /// The HTTP client with timeouts and retries.
+    pub http: ProviderClient,
+    /// Headers sent with every request (the API key is marked sensitive).
+    pub headers: HeaderMap,
+    /// Model name.
+    pub model: String,
+    /// Whether to stream when the caller wants deltas.
+    pub stream: bool,
+    /// `llm.max_tokens`.
+    pub max_tokens: u32,
+    /// `llm.temperature`.
+    pub temperature: Option<f32>,
+}
+
+/// A request on its way: the tool-name mapping, whether the answer streams, the
+/// response, and the response value to fill in.
+pub struct Started {
+    /// Catalog ↔ wire tool names for this request.
+    pub names: ToolNames,
+    /// True when the response is a Server-Sent Event stream.
+    pub stream: bool,
+    /// The HTTP response (status already checked).
+    pub resp: reqwest::Response,
+    /// An empty response carrying the provider metadata.
+    pub out: ChatResponse,
+}
+
+impl ProviderBase {
+    /// The settings of `config`, with `auth` (header name and value) when a key is set.
+    pub fn new(
+        config: &LlmConfig,
+        model: String,
+        auth: Option<(HeaderName, String)>,
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Self, ModelError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in extra {
+            headers.insert(*k, HeaderValue::from_static(v));
+        }
+        if let Some((name, value)) = auth {
+            let mut v = HeaderValue::from_str(&value).map_err(|_| {
+                ModelError::Config("the API key is not a valid header value".into())
+            })?;
+            v.set_sensitive(true);
+            headers.insert(name, v);
+        }
+        Ok(Self {
+            http: ProviderClient::new(config)?,
+            headers,
+            model,
+            stream: config.stream,
+            max_tokens: config.max_tokens,
+            temperature: config.temperature,
+        })
+    }
+
+    /// True when this call streams (configured, and the caller takes deltas).
+    pub fn streams(&self, deltas: Option<&DeltaSender>) -> bool {
+        self.stream && deltas.is_some()
+    }
+
+    /// Builds the body with `body(names, stream)`, sends it to `url`, and returns
+    /// the started request.
+    pub async fn send(
+        &self,
+        provider: &str,
+        url: &str,
+        req: &ChatRequest,
+        deltas: Option<&DeltaSender>,
+        body: impl FnOnce(&ToolNames, bool) -> Value,
+    ) -> Result<Started, ModelError> {
+        let names = ToolNames::new(&req.tools);
+        let stream = self.streams(deltas);
+        let resp = self
+            .http
+            .post_json(url, &self.headers, &body(&names, stream))
+            .await?;
+        let out = ChatResponse {
+            metadata: serde_json::json!({"provider": provider, "model": self.model}),
+            ..Default::default()
+        };
+        Ok(Started {
+            names,
+            stream,
+            resp,
+            out,
+        })
+    }
 }

@@ -1,14 +1,14 @@
 //! OpenAI-compatible Chat Completions (OpenAI, vLLM, Ollama, llama.cpp server,
 //! LM Studio, …) with native tool calling and streamed answers.
 
-use crate::http::{ProviderClient, event_json, json_body, parse_arguments, sse_events};
+use crate::http::{ProviderBase, Started, event_json, json_body, parse_arguments, sse_events};
 use crate::names::ToolNames;
 use async_trait::async_trait;
 use cairn_core::config::LlmConfig;
 use cairn_core::ports::{ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError};
 use cairn_core::{Role, ToolCall, Usage};
 use futures::StreamExt;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::AUTHORIZATION;
 use serde_json::{Value, json};
 
 /// Default base URL.
@@ -16,13 +16,8 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// An OpenAI-compatible chat model.
 pub struct OpenAiModel {
-    http: ProviderClient,
+    base: ProviderBase,
     url: String,
-    headers: HeaderMap,
-    model: String,
-    stream: bool,
-    max_tokens: u32,
-    temperature: Option<f32>,
 }
 
 impl OpenAiModel {
@@ -34,22 +29,10 @@ impl OpenAiModel {
         api_key: Option<String>,
     ) -> Result<Self, ModelError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let mut headers = HeaderMap::new();
-        if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ModelError::Config("the API key is not a valid header value".into())
-            })?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
+        let auth = api_key.map(|k| (AUTHORIZATION, format!("Bearer {k}")));
         Ok(Self {
-            http: ProviderClient::new(config)?,
+            base: ProviderBase::new(config, model, auth, &[])?,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            headers,
-            model,
-            stream: config.stream,
-            max_tokens: config.max_tokens,
-            temperature: config.temperature,
         })
     }
 
@@ -77,15 +60,15 @@ impl OpenAiModel {
             });
         }
         let mut body = json!({
-            "model": self.model,
+            "model": self.base.model,
             "messages": messages,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.base.max_tokens,
             "stream": stream,
         });
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        if let Some(t) = self.temperature {
+        if let Some(t) = self.base.temperature {
             body["temperature"] = json!(t);
         }
         if !req.tools.is_empty() {
@@ -135,16 +118,17 @@ impl ChatModel for OpenAiModel {
         req: &ChatRequest,
         deltas: Option<&DeltaSender>,
     ) -> Result<ChatResponse, ModelError> {
-        let names = ToolNames::new(&req.tools);
-        let stream = self.stream && deltas.is_some();
-        let resp = self
-            .http
-            .post_json(&self.url, &self.headers, &self.body(req, &names, stream))
+        let Started {
+            names,
+            stream,
+            resp,
+            mut out,
+        } = self
+            .base
+            .send("openai", &self.url, req, deltas, |n, s| {
+                self.body(req, n, s)
+            })
             .await?;
-        let mut out = ChatResponse {
-            metadata: json!({"provider": "openai", "model": self.model}),
-            ..Default::default()
-        };
         if !stream {
             let v = json_body(resp).await?;
             let msg = &v["choices"][0]["message"];

@@ -225,6 +225,24 @@ fn append_event_in(
     Ok(stored)
 }
 
+/// Writes a checkpoint and appends its events inside a write transaction.
+fn checkpoint_in(
+    txn: &WriteTransaction,
+    k: &str,
+    checkpoint: &[u8],
+    events: Vec<TurnEvent>,
+    retention: u64,
+) -> Result<Vec<StoredEvent>, DbError> {
+    txn.open_table(CHECKPOINT)
+        .map_err(r)?
+        .insert(k, checkpoint)
+        .map_err(r)?;
+    events
+        .into_iter()
+        .map(|e| append_event_in(txn, k, e, retention))
+        .collect()
+}
+
 /// Removes every record of a conversation inside a write transaction.
 fn delete_in(txn: &WriteTransaction, k: &str) -> Result<bool, DbError> {
     let Some(meta) = write_meta_get(txn, k)? else {
@@ -514,14 +532,7 @@ impl MemoryStore for EmbeddedStore {
                         Ok(seq) => seq,
                         Err(e) => return Ok(Err(e)),
                     };
-                    txn.open_table(CHECKPOINT)
-                        .map_err(r)?
-                        .insert(k.as_str(), bytes.as_slice())
-                        .map_err(r)?;
-                    let mut written = Vec::with_capacity(events.len());
-                    for e in events {
-                        written.push(append_event_in(txn, &k, e, retention)?);
-                    }
+                    let written = checkpoint_in(txn, &k, &bytes, events, retention)?;
                     Ok(Ok((seq, written)))
                 })
                 .await,
@@ -549,15 +560,7 @@ impl MemoryStore for EmbeddedStore {
                     if write_meta_get(txn, &k)?.is_none() {
                         return Ok(Err(StoreError::NotFound));
                     }
-                    txn.open_table(CHECKPOINT)
-                        .map_err(r)?
-                        .insert(k.as_str(), bytes.as_slice())
-                        .map_err(r)?;
-                    let mut written = Vec::with_capacity(events.len());
-                    for e in events {
-                        written.push(append_event_in(txn, &k, e, retention)?);
-                    }
-                    Ok(Ok(written))
+                    Ok(Ok(checkpoint_in(txn, &k, &bytes, events, retention)?))
                 })
                 .await,
         )?;
