@@ -4,10 +4,12 @@
 
 mod bus;
 mod chat;
+mod knowledge;
 mod memory;
 mod tool;
 
 pub use bus::*;
 pub use chat::*;
+pub use knowledge::*;
 pub use memory::*;
 pub use tool::*;

@@ -1,0 +1,175 @@
+//! Knowledge ports: the VectorStore that holds chunk vectors, and the embedders
+//! that make them. Every point carries its tenant, and every query is filtered
+//! by the caller's tenant: the port has no way to ask without one.
+
+use crate::ids::TenantId;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A sparse vector (BM25 term weights), indices ascending.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseVector {
+    /// Term ids.
+    pub indices: Vec<u32>,
+    /// Weights, one per index.
+    pub values: Vec<f32>,
+}
+
+/// One chunk of a document, as stored and returned with search hits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// The document it belongs to (stable across re-ingestion).
+    pub document_id: String,
+    /// Position of the chunk within the document, from 0.
+    pub chunk_index: u32,
+    /// Document title.
+    pub title: String,
+    /// Headings above the chunk, outermost first.
+    #[serde(default)]
+    pub section_path: Vec<String>,
+    /// The chunk text.
+    pub text: String,
+    /// Character offset of the chunk's start in the document text.
+    pub start: usize,
+    /// Character offset of the chunk's end (exclusive).
+    pub end: usize,
+    /// Where the document came from (file name, URL, …).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Tags of the document.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Page number, for paged formats.
+    #[serde(default)]
+    pub page: Option<u32>,
+    /// Version of the document content this chunk belongs to (content hash).
+    pub version: String,
+}
+
+/// A chunk with its vectors, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorPoint {
+    /// The chunk.
+    pub chunk: ChunkRecord,
+    /// Dense embedding, when a dense embedder is configured.
+    pub dense: Option<Vec<f32>>,
+    /// BM25 sparse vector (always present).
+    pub sparse: SparseVector,
+}
+
+/// How to rank.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// Dense and sparse, fused with reciprocal rank fusion.
+    #[default]
+    Hybrid,
+    /// Dense only.
+    Dense,
+    /// Sparse (BM25) only.
+    Sparse,
+}
+
+/// Restrictions on what a search may return (the tenant is separate and mandatory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchFilter {
+    /// Only these documents.
+    #[serde(default)]
+    pub document_ids: Vec<String>,
+    /// Only documents from these sources.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Only documents with at least one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    /// The caller's tenant; nothing of another tenant is ever returned.
+    pub tenant: TenantId,
+    /// Query embedding for the dense side.
+    pub dense: Option<Vec<f32>>,
+    /// Query vector for the sparse side.
+    pub sparse: Option<SparseVector>,
+    /// Ranking mode.
+    pub mode: SearchMode,
+    /// Extra filters.
+    pub filter: SearchFilter,
+    /// Hits wanted.
+    pub limit: usize,
+}
+
+/// One ranked chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The chunk.
+    pub chunk: ChunkRecord,
+    /// Score (RRF score for hybrid; similarity otherwise).
+    pub score: f32,
+}
+
+/// A vector-store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    /// The store cannot be reached or refused the operation.
+    #[error("vector store unavailable: {0}")]
+    Unavailable(String),
+    /// The request cannot be served (e.g. dense search without dense vectors).
+    #[error("invalid vector request: {0}")]
+    Invalid(String),
+}
+
+/// Stores chunk vectors and searches them, always within one tenant.
+#[async_trait]
+pub trait VectorStore: Send + Sync + 'static {
+    /// A short name for `/health` (`qdrant-edge`, `qdrant`).
+    fn backend(&self) -> &'static str;
+
+    /// Inserts or replaces points (ids derive from tenant, document and chunk index).
+    async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError>;
+
+    /// Removes a document's chunks; with `keep_version`, only chunks of other
+    /// versions (used after a replacement has been written).
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        keep_version: Option<&str>,
+    ) -> Result<(), VectorError>;
+
+    /// Ranked chunks for a query.
+    async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, VectorError>;
+
+    /// Number of chunks stored for a tenant (optionally one document).
+    async fn count(
+        &self,
+        tenant: &TenantId,
+        document_id: Option<&str>,
+    ) -> Result<usize, VectorError>;
+}
+
+/// An embedding failure.
+#[derive(Debug, thiserror::Error)]
+#[error("embedding failed: {0}")]
+pub struct EmbedError(pub String);
+
+/// Makes sparse vectors (BM25).
+pub trait SparseEmbedder: Send + Sync + 'static {
+    /// Vector of a document chunk.
+    fn embed_document(&self, text: &str) -> SparseVector;
+    /// Vector of a query.
+    fn embed_query(&self, text: &str) -> SparseVector;
+}
+
+/// Makes dense vectors.
+#[async_trait]
+pub trait DenseEmbedder: Send + Sync + 'static {
+    /// Model name, for `/health`.
+    fn name(&self) -> &str;
+    /// Vector size.
+    fn dimension(&self) -> usize;
+    /// Embeddings of a batch of texts, in order.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+}

@@ -1,0 +1,205 @@
+//! Cases every `VectorStore` adapter must pass. Each takes a fresh store opened
+//! with dense vectors of size 4.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use cairn_core::ids::TenantId;
+use cairn_core::ports::*;
+
+/// Dense size the cases use.
+pub const DIM: usize = 4;
+
+fn chunk(doc: &str, index: u32, text: &str, version: &str) -> ChunkRecord {
+    ChunkRecord {
+        document_id: doc.into(),
+        chunk_index: index,
+        title: format!("{doc} title"),
+        section_path: vec!["Intro".into()],
+        text: text.into(),
+        start: 0,
+        end: text.chars().count(),
+        source: Some(format!("{doc}.md")),
+        tags: vec![if doc.starts_with('b') {
+            "billing".into()
+        } else {
+            "account".into()
+        }],
+        page: None,
+        version: version.into(),
+    }
+}
+
+fn sparse(terms: &[u32]) -> SparseVector {
+    SparseVector {
+        indices: terms.to_vec(),
+        values: vec![1.0; terms.len()],
+    }
+}
+
+fn point(doc: &str, index: u32, dense: [f32; DIM], terms: &[u32]) -> VectorPoint {
+    VectorPoint {
+        chunk: chunk(doc, index, &format!("{doc} chunk {index}"), "v1"),
+        dense: Some(dense.to_vec()),
+        sparse: sparse(terms),
+    }
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+fn req(t: &TenantId, mode: SearchMode, dense: [f32; DIM], terms: &[u32]) -> SearchRequest {
+    SearchRequest {
+        tenant: t.clone(),
+        dense: Some(dense.to_vec()),
+        sparse: Some(sparse(terms)),
+        mode,
+        filter: SearchFilter::default(),
+        limit: 5,
+    }
+}
+
+async fn seed<S: VectorStore>(s: &S, t: &TenantId) {
+    s.upsert(
+        t,
+        vec![
+            point("alpha", 0, [1.0, 0.0, 0.0, 0.0], &[1, 2]),
+            point("alpha", 1, [0.9, 0.1, 0.0, 0.0], &[3]),
+            point("beta", 0, [0.0, 1.0, 0.0, 0.0], &[4, 5]),
+            point("gamma", 0, [0.0, 0.0, 1.0, 0.0], &[6]),
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn every_mode_ranks_the_nearest_first<S: VectorStore>(s: S) {
+    let t = tenant("acme");
+    seed(&s, &t).await;
+    let dense = s
+        .search(req(&t, SearchMode::Dense, [0.0, 1.0, 0.0, 0.0], &[]))
+        .await
+        .unwrap();
+    assert_eq!(dense[0].chunk.document_id, "beta");
+    let sparse = s
+        .search(req(&t, SearchMode::Sparse, [0.0; DIM], &[6]))
+        .await
+        .unwrap();
+    assert_eq!(sparse[0].chunk.document_id, "gamma");
+    assert_eq!(
+        sparse.len(),
+        1,
+        "sparse search returns only chunks sharing a term"
+    );
+    // Hybrid: dense points at alpha, sparse at gamma; both appear, fused.
+    let hybrid = s
+        .search(req(&t, SearchMode::Hybrid, [1.0, 0.0, 0.0, 0.0], &[6]))
+        .await
+        .unwrap();
+    let docs: Vec<&str> = hybrid
+        .iter()
+        .map(|h| h.chunk.document_id.as_str())
+        .collect();
+    assert!(
+        docs.contains(&"alpha") && docs.contains(&"gamma"),
+        "{docs:?}"
+    );
+    assert_eq!(
+        hybrid[0].chunk.title,
+        format!("{} title", hybrid[0].chunk.document_id)
+    );
+}
+
+pub async fn tenants_never_see_each_other<S: VectorStore>(s: S) {
+    let acme = tenant("acme");
+    let evil = tenant("evil");
+    seed(&s, &acme).await;
+    for mode in [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
+        let hits = s
+            .search(req(&evil, mode, [1.0, 0.0, 0.0, 0.0], &[1, 2, 6]))
+            .await
+            .unwrap();
+        assert!(hits.is_empty(), "{mode:?}: {hits:?}");
+    }
+    assert_eq!(s.count(&acme, None).await.unwrap(), 4);
+    assert_eq!(s.count(&evil, None).await.unwrap(), 0);
+    // Same document id under another tenant is a different point.
+    s.upsert(&evil, vec![point("alpha", 0, [1.0, 0.0, 0.0, 0.0], &[1])])
+        .await
+        .unwrap();
+    assert_eq!(s.count(&acme, Some("alpha")).await.unwrap(), 2);
+    assert_eq!(s.count(&evil, Some("alpha")).await.unwrap(), 1);
+    s.delete_document(&evil, "alpha", None).await.unwrap();
+    assert_eq!(s.count(&acme, Some("alpha")).await.unwrap(), 2);
+}
+
+pub async fn filters_restrict_results<S: VectorStore>(s: S) {
+    let t = tenant("acme");
+    seed(&s, &t).await;
+    let mut r = req(&t, SearchMode::Dense, [1.0, 1.0, 1.0, 0.0], &[]);
+    r.filter.document_ids = vec!["beta".into()];
+    let hits = s.search(r.clone()).await.unwrap();
+    assert!(hits.iter().all(|h| h.chunk.document_id == "beta") && !hits.is_empty());
+    r.filter = SearchFilter {
+        tags: vec!["billing".into()],
+        ..Default::default()
+    };
+    assert!(
+        s.search(r.clone())
+            .await
+            .unwrap()
+            .iter()
+            .all(|h| h.chunk.document_id == "beta")
+    );
+    r.filter = SearchFilter {
+        sources: vec!["gamma.md".into()],
+        ..Default::default()
+    };
+    let hits = s.search(r).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].chunk.document_id, "gamma");
+}
+
+pub async fn replacing_a_document_keeps_only_the_new_version<S: VectorStore>(s: S) {
+    let t = tenant("acme");
+    seed(&s, &t).await;
+    // Version 2 of alpha has one chunk; write it, then drop the other versions.
+    let mut v2 = point("alpha", 5, [0.0, 0.0, 0.0, 1.0], &[9]);
+    v2.chunk.version = "v2".into();
+    s.upsert(&t, vec![v2]).await.unwrap();
+    s.delete_document(&t, "alpha", Some("v2")).await.unwrap();
+    assert_eq!(s.count(&t, Some("alpha")).await.unwrap(), 1);
+    let hits = s
+        .search(req(&t, SearchMode::Sparse, [0.0; DIM], &[9]))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].chunk.version, "v2");
+    // Upserting the same chunk again replaces it rather than adding one.
+    let mut again = point("alpha", 5, [0.0, 0.0, 0.0, 1.0], &[9]);
+    again.chunk.version = "v2".into();
+    again.chunk.text = "changed".into();
+    s.upsert(&t, vec![again]).await.unwrap();
+    assert_eq!(s.count(&t, Some("alpha")).await.unwrap(), 1);
+    s.delete_document(&t, "alpha", None).await.unwrap();
+    assert_eq!(s.count(&t, Some("alpha")).await.unwrap(), 0);
+    assert_eq!(s.count(&t, None).await.unwrap(), 2);
+}
+
+/// One `#[tokio::test]` per case; `$make` yields a fresh store with `DIM`-sized
+/// dense vectors.
+#[macro_export]
+macro_rules! vector_store_conformance {
+    ($make:expr) => {
+        $crate::vector_store_conformance!(@case $make; every_mode_ranks_the_nearest_first);
+        $crate::vector_store_conformance!(@case $make; tenants_never_see_each_other);
+        $crate::vector_store_conformance!(@case $make; filters_restrict_results);
+        $crate::vector_store_conformance!(@case $make; replacing_a_document_keeps_only_the_new_version);
+    };
+    (@case $make:expr; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let s = $make;
+            $crate::conformance::$name(s).await;
+        }
+    };
+}

@@ -1,0 +1,341 @@
+//! The embedded VectorStore over Qdrant Edge.
+
+use async_trait::async_trait;
+use cairn_core::ids::TenantId;
+use cairn_core::ports::*;
+use qdrant_edge::{
+    AnyVariants, Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
+    PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
+    QueryRequest, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Name of the dense vector.
+pub const DENSE: &str = "dense";
+/// Name of the sparse vector.
+pub const SPARSE: &str = "bm25";
+/// The `k` of reciprocal rank fusion.
+const RRF_K: usize = 60;
+/// Candidates taken from each side before fusion, per hit wanted.
+const PREFETCH_FACTOR: usize = 4;
+
+/// Namespace of point ids (UUIDv5 of tenant, document and chunk index).
+const POINT_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6361_6972_6e2d_6b6e_6f77_6c65_6467_6521);
+
+/// The Qdrant Edge store. Cheap to clone.
+#[derive(Clone)]
+pub struct EdgeVectorStore {
+    shard: Arc<EdgeShard>,
+    dense_dim: Option<usize>,
+    keys: Arc<Keys>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> VectorError {
+    VectorError::Unavailable(e.to_string())
+}
+
+/// The payload fields queries filter on, parsed once.
+struct Keys {
+    tenant: JsonPath,
+    document: JsonPath,
+    source: JsonPath,
+    tags: JsonPath,
+    version: JsonPath,
+}
+
+impl Keys {
+    fn parse() -> Result<Self, VectorError> {
+        let k = |p: &str| {
+            JsonPath::try_from(p).map_err(|_| VectorError::Invalid(format!("bad payload key {p}")))
+        };
+        Ok(Self {
+            tenant: k("tenant_id")?,
+            document: k("document_id")?,
+            source: k("source")?,
+            tags: k("tags")?,
+            version: k("version")?,
+        })
+    }
+
+    fn matches(key: &JsonPath, value: &str) -> Condition {
+        Condition::Field(FieldCondition::new_match(
+            key.clone(),
+            Match::new_value(ValueVariants::String(value.to_owned())),
+        ))
+    }
+
+    fn matches_any(key: &JsonPath, values: &[String]) -> Condition {
+        Condition::Field(FieldCondition::new_match(
+            key.clone(),
+            Match::new_any(AnyVariants::Strings(values.iter().cloned().collect())),
+        ))
+    }
+
+    /// The tenant condition plus the request's filters.
+    fn filter(&self, tenant: &TenantId, extra: &SearchFilter) -> Filter {
+        let mut must = vec![Self::matches(&self.tenant, tenant.as_str())];
+        if !extra.document_ids.is_empty() {
+            must.push(Self::matches_any(&self.document, &extra.document_ids));
+        }
+        if !extra.sources.is_empty() {
+            must.push(Self::matches_any(&self.source, &extra.sources));
+        }
+        if !extra.tags.is_empty() {
+            must.push(Self::matches_any(&self.tags, &extra.tags));
+        }
+        Filter {
+            must: Some(must),
+            ..Default::default()
+        }
+    }
+
+    /// The tenant condition and one document.
+    fn document_filter(&self, tenant: &TenantId, document: &str) -> Filter {
+        Filter {
+            must: Some(vec![
+                Self::matches(&self.tenant, tenant.as_str()),
+                Self::matches(&self.document, document),
+            ]),
+            ..Default::default()
+        }
+    }
+}
+
+fn point_id(tenant: &TenantId, document: &str, index: u32) -> PointId {
+    let name = format!("{tenant}\0{document}\0{index}");
+    PointId::Uuid(uuid::Uuid::new_v5(&POINT_NAMESPACE, name.as_bytes()))
+}
+
+impl EdgeVectorStore {
+    /// Opens (or creates) the shard at `path`. `dense_dim` is the dense embedding
+    /// size, or `None` for a BM25-only store.
+    pub fn open(path: &Path, dense_dim: Option<usize>) -> Result<Self, VectorError> {
+        std::fs::create_dir_all(path).map_err(unavailable)?;
+        let mut vectors = HashMap::new();
+        if let Some(size) = dense_dim {
+            vectors.insert(
+                DENSE.to_owned(),
+                EdgeVectorParams {
+                    size,
+                    distance: Distance::Cosine,
+                    quantization_config: None,
+                    multivector_config: None,
+                    datatype: None,
+                    on_disk: None,
+                    hnsw_config: None,
+                },
+            );
+        }
+        let sparse = HashMap::from([(
+            SPARSE.to_owned(),
+            EdgeSparseVectorParams {
+                full_scan_threshold: None,
+                on_disk: None,
+                modifier: Some(Modifier::Idf),
+                datatype: None,
+            },
+        )]);
+        let config = EdgeConfig {
+            on_disk_payload: false,
+            vectors,
+            sparse_vectors: sparse,
+            hnsw_config: Default::default(),
+            quantization_config: None,
+            optimizers: Default::default(),
+            wal_options: None,
+        };
+        let shard = EdgeShard::load(path, Some(config)).map_err(unavailable)?;
+        Ok(Self {
+            shard: Arc::new(shard),
+            dense_dim,
+            keys: Arc::new(Keys::parse()?),
+        })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, VectorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EdgeShard) -> Result<T, VectorError> + Send + 'static,
+    {
+        let shard = self.shard.clone();
+        tokio::task::spawn_blocking(move || f(&shard))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+fn chunk_of(payload: Option<qdrant_edge::Payload>) -> Option<ChunkRecord> {
+    let map = payload?.0;
+    serde_json::from_value(Value::Object(map.into_iter().collect())).ok()
+}
+
+#[async_trait]
+impl VectorStore for EdgeVectorStore {
+    fn backend(&self) -> &'static str {
+        "qdrant-edge"
+    }
+
+    async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let mut structs = Vec::with_capacity(points.len());
+        for p in points {
+            let mut vectors: HashMap<String, VectorPersisted> = HashMap::new();
+            match (&p.dense, self.dense_dim) {
+                (Some(v), Some(dim)) if v.len() == dim => {
+                    vectors.insert(DENSE.to_owned(), VectorPersisted::Dense(v.clone()));
+                }
+                (Some(v), Some(dim)) => {
+                    return Err(VectorError::Invalid(format!(
+                        "dense vector has {} dimensions, the store {dim}",
+                        v.len()
+                    )));
+                }
+                _ => {}
+            }
+            vectors.insert(
+                SPARSE.to_owned(),
+                VectorPersisted::Sparse(qdrant_edge::SparseVector {
+                    indices: p.sparse.indices,
+                    values: p.sparse.values,
+                }),
+            );
+            let mut payload = serde_json::to_value(&p.chunk).map_err(unavailable)?;
+            payload["tenant_id"] = json!(tenant.as_str());
+            let id = point_id(tenant, &p.chunk.document_id, p.chunk.chunk_index);
+            let mut point = PointStruct::new(id, Vec::<f32>::new(), payload);
+            point.0.vector = VectorStructPersisted::Named(vectors);
+            structs.push(point.into());
+        }
+        self.blocking(move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
+                ))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        keep_version: Option<&str>,
+    ) -> Result<(), VectorError> {
+        let mut f = self.keys.document_filter(tenant, document_id);
+        if let Some(v) = keep_version {
+            f.must_not = Some(vec![Keys::matches(&self.keys.version, v)]);
+        }
+        self.blocking(move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(f),
+                ))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, VectorError> {
+        let f = self.keys.filter(&request.tenant, &request.filter);
+        let limit = request.limit.max(1);
+        let dense = || -> Result<QueryEnum, VectorError> {
+            let v = request
+                .dense
+                .clone()
+                .ok_or_else(|| VectorError::Invalid("no dense query vector".into()))?;
+            if self.dense_dim.is_none() {
+                return Err(VectorError::Invalid(
+                    "this store holds no dense vectors".into(),
+                ));
+            }
+            Ok(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::from(v),
+                using: Some(DENSE.to_owned()),
+            }))
+        };
+        let sparse = || -> Result<QueryEnum, VectorError> {
+            let v = request
+                .sparse
+                .clone()
+                .ok_or_else(|| VectorError::Invalid("no sparse query vector".into()))?;
+            Ok(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::from(qdrant_edge::SparseVector {
+                    indices: v.indices,
+                    values: v.values,
+                }),
+                using: Some(SPARSE.to_owned()),
+            }))
+        };
+        let (prefetches, query) = match request.mode {
+            SearchMode::Dense => (vec![], ScoringQuery::Vector(dense()?)),
+            SearchMode::Sparse => (vec![], ScoringQuery::Vector(sparse()?)),
+            SearchMode::Hybrid => {
+                let side = |q: QueryEnum| Prefetch {
+                    prefetches: vec![],
+                    query: Some(ScoringQuery::Vector(q)),
+                    limit: limit * PREFETCH_FACTOR,
+                    params: None,
+                    filter: Some(f.clone()),
+                    score_threshold: None,
+                };
+                (
+                    vec![side(dense()?), side(sparse()?)],
+                    ScoringQuery::Fusion(Fusion::Rrf {
+                        k: RRF_K,
+                        weights: None,
+                    }),
+                )
+            }
+        };
+        let q = QueryRequest {
+            prefetches,
+            query: Some(query),
+            filter: Some(f),
+            score_threshold: None,
+            limit,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let points = self
+            .blocking(move |shard| shard.query(q).map_err(unavailable))
+            .await?;
+        Ok(points
+            .into_iter()
+            .filter_map(|p| {
+                let score = p.score;
+                chunk_of(p.payload).map(|chunk| SearchHit { chunk, score })
+            })
+            .collect())
+    }
+
+    async fn count(
+        &self,
+        tenant: &TenantId,
+        document_id: Option<&str>,
+    ) -> Result<usize, VectorError> {
+        let f = match document_id {
+            Some(d) => self.keys.document_filter(tenant, d),
+            None => self.keys.filter(tenant, &SearchFilter::default()),
+        };
+        self.blocking(move |shard| {
+            shard
+                .count(CountRequest {
+                    filter: Some(f),
+                    exact: true,
+                })
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

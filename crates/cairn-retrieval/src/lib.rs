@@ -1,0 +1,18 @@
+//! Knowledge retrieval adapters (work in progress toward the knowledge issue).
+//!
+//! - [`edge::EdgeVectorStore`]: the embedded `VectorStore` over Qdrant Edge
+//!   (`qdrant-edge = "=0.7.2"`, the newest release that builds on stable Rust):
+//!   a named dense vector (`dense`, cosine) and a named sparse vector (`bm25`, IDF
+//!   modifier) per chunk, the tenant in every point's payload and in every query's
+//!   filter, hybrid search as two prefetches fused with reciprocal rank fusion.
+//!   Its API is synchronous, so every call runs on the blocking pool.
+//! - [`bm25::Bm25Embedder`]: BM25 sparse vectors from Qdrant Edge's own tokenizer
+//!   (lower-casing, English stemming and stop words); no model files.
+//! - [`conformance`]: cases every `VectorStore` adapter must pass.
+
+pub mod bm25;
+pub mod conformance;
+pub mod edge;
+
+pub use bm25::Bm25Embedder;
+pub use edge::EdgeVectorStore;
