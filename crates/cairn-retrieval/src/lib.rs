@@ -8,11 +8,15 @@
 //!   Its API is synchronous, so every call runs on the blocking pool.
 //! - [`bm25::Bm25Embedder`]: BM25 sparse vectors from Qdrant Edge's own tokenizer
 //!   (lower-casing, English stemming and stop words); no model files.
+//! - [`minilm::MiniLmEmbedder`]: all-MiniLM-L6-v2 dense vectors with candle from
+//!   local files (no downloads), matching sentence-transformers.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
 pub mod bm25;
 pub mod conformance;
 pub mod edge;
+pub mod minilm;
 
 pub use bm25::Bm25Embedder;
 pub use edge::EdgeVectorStore;
+pub use minilm::MiniLmEmbedder;
