@@ -10,9 +10,12 @@
 //!   (lower-casing, English stemming and stop words); no model files.
 //! - [`minilm::MiniLmEmbedder`]: all-MiniLM-L6-v2 dense vectors with candle from
 //!   local files (no downloads), matching sentence-transformers.
+//! - [`chunk`]: Markdown and plain-text parsing into blocks under headings, and
+//!   token-bounded chunks with overlap and character offsets.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
 pub mod bm25;
+pub mod chunk;
 pub mod conformance;
 pub mod edge;
 pub mod minilm;
