@@ -125,14 +125,14 @@ pub fn parse_markdown(text: &str, fallback_title: &str) -> ParsedDocument {
                 depth += 1;
             }
             Event::End(_) => depth = depth.saturating_sub(1),
-            Event::Rule | Event::Html(_) | Event::Text(_) if depth == 0 => {
-                if !text[range.clone()].trim().is_empty() {
-                    blocks.push(Block {
-                        section_path: path.iter().map(|(_, n)| n.clone()).collect(),
-                        range,
-                        page: None,
-                    });
-                }
+            Event::Rule | Event::Html(_) | Event::Text(_)
+                if depth == 0 && !text[range.clone()].trim().is_empty() =>
+            {
+                blocks.push(Block {
+                    section_path: path.iter().map(|(_, n)| n.clone()).collect(),
+                    range,
+                    page: None,
+                });
             }
             _ => {}
         }

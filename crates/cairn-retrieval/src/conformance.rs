@@ -185,6 +185,33 @@ pub async fn replacing_a_document_keeps_only_the_new_version<S: VectorStore>(s: 
     assert_eq!(s.count(&t, None).await.unwrap(), 2);
 }
 
+pub async fn replace_document_swaps_versions_and_reports_them<S: VectorStore>(s: S) {
+    let t = tenant("acme");
+    seed(&s, &t).await;
+    assert_eq!(
+        s.document_version(&t, "alpha").await.unwrap().as_deref(),
+        Some("v1")
+    );
+    assert_eq!(s.document_version(&t, "nope").await.unwrap(), None);
+    assert_eq!(
+        s.document_version(&tenant("evil"), "alpha").await.unwrap(),
+        None
+    );
+    let mut v2 = point("alpha", 0, [0.0, 0.0, 0.0, 1.0], &[9]);
+    v2.chunk.version = "v2".into();
+    s.replace_document(&t, "alpha", vec![v2]).await.unwrap();
+    assert_eq!(
+        s.count(&t, Some("alpha")).await.unwrap(),
+        1,
+        "the old second chunk is gone"
+    );
+    assert_eq!(
+        s.document_version(&t, "alpha").await.unwrap().as_deref(),
+        Some("v2")
+    );
+    assert_eq!(s.count(&t, None).await.unwrap(), 3);
+}
+
 /// One `#[tokio::test]` per case; `$make` yields a fresh store with `DIM`-sized
 /// dense vectors.
 #[macro_export]
@@ -194,6 +221,7 @@ macro_rules! vector_store_conformance {
         $crate::vector_store_conformance!(@case $make; tenants_never_see_each_other);
         $crate::vector_store_conformance!(@case $make; filters_restrict_results);
         $crate::vector_store_conformance!(@case $make; replacing_a_document_keeps_only_the_new_version);
+        $crate::vector_store_conformance!(@case $make; replace_document_swaps_versions_and_reports_them);
     };
     (@case $make:expr; $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

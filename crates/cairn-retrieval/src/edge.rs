@@ -7,8 +7,8 @@ use qdrant_edge::{
     AnyVariants, Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
     PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
+    VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ const POINT_NAMESPACE: uuid::Uuid =
 #[derive(Clone)]
 pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
+    /// Readers share it; a document replacement holds it exclusively, so no search
+    /// runs between its delete and its insert.
+    replacing: Arc<std::sync::RwLock<()>>,
     dense_dim: Option<usize>,
     keys: Arc<Keys>,
 }
@@ -153,38 +156,39 @@ impl EdgeVectorStore {
         let shard = EdgeShard::load(path, Some(config)).map_err(unavailable)?;
         Ok(Self {
             shard: Arc::new(shard),
+            replacing: Arc::default(),
             dense_dim,
             keys: Arc::new(Keys::parse()?),
         })
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T, VectorError>
+    /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
+    /// only user of the shard.
+    async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
         T: Send + 'static,
         F: FnOnce(&EdgeShard) -> Result<T, VectorError> + Send + 'static,
     {
         let shard = self.shard.clone();
-        tokio::task::spawn_blocking(move || f(&shard))
-            .await
-            .map_err(unavailable)?
-    }
-}
-
-fn chunk_of(payload: Option<qdrant_edge::Payload>) -> Option<ChunkRecord> {
-    let map = payload?.0;
-    serde_json::from_value(Value::Object(map.into_iter().collect())).ok()
-}
-
-#[async_trait]
-impl VectorStore for EdgeVectorStore {
-    fn backend(&self) -> &'static str {
-        "qdrant-edge"
+        let lock = self.replacing.clone();
+        tokio::task::spawn_blocking(move || {
+            if exclusive {
+                let _guard = lock.write().unwrap_or_else(|p| p.into_inner());
+                f(&shard)
+            } else {
+                let _guard = lock.read().unwrap_or_else(|p| p.into_inner());
+                f(&shard)
+            }
+        })
+        .await
+        .map_err(unavailable)?
     }
 
-    async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError> {
-        if points.is_empty() {
-            return Ok(());
-        }
+    fn to_structs(
+        &self,
+        tenant: &TenantId,
+        points: Vec<VectorPoint>,
+    ) -> Result<Vec<qdrant_edge::PointStructPersisted>, VectorError> {
         let mut structs = Vec::with_capacity(points.len());
         for p in points {
             let mut vectors: HashMap<String, VectorPersisted> = HashMap::new();
@@ -214,7 +218,27 @@ impl VectorStore for EdgeVectorStore {
             point.0.vector = VectorStructPersisted::Named(vectors);
             structs.push(point.into());
         }
-        self.blocking(move |shard| {
+        Ok(structs)
+    }
+}
+
+fn chunk_of(payload: Option<qdrant_edge::Payload>) -> Option<ChunkRecord> {
+    let map = payload?.0;
+    serde_json::from_value(Value::Object(map.into_iter().collect())).ok()
+}
+
+#[async_trait]
+impl VectorStore for EdgeVectorStore {
+    fn backend(&self) -> &'static str {
+        "qdrant-edge"
+    }
+
+    async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let structs = self.to_structs(tenant, points)?;
+        self.blocking(false, move |shard| {
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
@@ -222,6 +246,59 @@ impl VectorStore for EdgeVectorStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    async fn replace_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        points: Vec<VectorPoint>,
+    ) -> Result<(), VectorError> {
+        let structs = self.to_structs(tenant, points)?;
+        let f = self.keys.document_filter(tenant, document_id);
+        self.blocking(true, move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(f),
+                ))
+                .map_err(unavailable)?;
+            if structs.is_empty() {
+                return Ok(());
+            }
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
+                ))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn document_version(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<String>, VectorError> {
+        let f = self.keys.document_filter(tenant, document_id);
+        let (records, _) = self
+            .blocking(false, move |shard| {
+                shard
+                    .scroll(ScrollRequest {
+                        offset: None,
+                        limit: Some(1),
+                        filter: Some(f),
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    })
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(records
+            .into_iter()
+            .next()
+            .and_then(|r| chunk_of(r.payload))
+            .map(|c| c.version))
     }
 
     async fn delete_document(
@@ -234,7 +311,7 @@ impl VectorStore for EdgeVectorStore {
         if let Some(v) = keep_version {
             f.must_not = Some(vec![Keys::matches(&self.keys.version, v)]);
         }
-        self.blocking(move |shard| {
+        self.blocking(false, move |shard| {
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::DeletePointsByFilter(f),
@@ -308,7 +385,7 @@ impl VectorStore for EdgeVectorStore {
             with_payload: WithPayloadInterface::Bool(true),
         };
         let points = self
-            .blocking(move |shard| shard.query(q).map_err(unavailable))
+            .blocking(false, move |shard| shard.query(q).map_err(unavailable))
             .await?;
         Ok(points
             .into_iter()
@@ -328,7 +405,7 @@ impl VectorStore for EdgeVectorStore {
             Some(d) => self.keys.document_filter(tenant, d),
             None => self.keys.filter(tenant, &SearchFilter::default()),
         };
-        self.blocking(move |shard| {
+        self.blocking(false, move |shard| {
             shard
                 .count(CountRequest {
                     filter: Some(f),

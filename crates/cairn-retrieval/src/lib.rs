@@ -12,12 +12,16 @@
 //!   local files (no downloads), matching sentence-transformers.
 //! - [`chunk`]: Markdown and plain-text parsing into blocks under headings, and
 //!   token-bounded chunks with overlap and character offsets.
+//! - [`knowledge::KnowledgeBase`]: parse → chunk → embed → store with versioned,
+//!   idempotent replacement, search with BM25-only fallback, and the
+//!   `search_knowledge` tool.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
 pub mod bm25;
 pub mod chunk;
 pub mod conformance;
 pub mod edge;
+pub mod knowledge;
 pub mod minilm;
 
 pub use bm25::Bm25Embedder;

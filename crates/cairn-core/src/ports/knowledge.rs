@@ -130,6 +130,22 @@ pub trait VectorStore: Send + Sync + 'static {
     /// Inserts or replaces points (ids derive from tenant, document and chunk index).
     async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError>;
 
+    /// Replaces every chunk of a document with `points`, atomically for readers:
+    /// a concurrent search sees the old chunks or the new ones, never a mix.
+    async fn replace_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        points: Vec<VectorPoint>,
+    ) -> Result<(), VectorError>;
+
+    /// The content version of a stored document, if it has chunks.
+    async fn document_version(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<String>, VectorError>;
+
     /// Removes a document's chunks; with `keep_version`, only chunks of other
     /// versions (used after a replacement has been written).
     async fn delete_document(

@@ -1,0 +1,284 @@
+//! The knowledge base: parse → chunk → embed → store, and search, for one
+//! VectorStore and its embedders. Ingestion is idempotent: a document's version
+//! is the hash of its content, identical content does no embedding work, and
+//! changed content is written first and the old version deleted after, so a
+//! reader sees the old chunks or the new ones, never a mix of both.
+//!
+//! The ingestion actors (parse/chunk actor, embedding worker pool), job status
+//! and the HTTP/CLI surfaces build on this.
+
+use crate::chunk::{ChunkSettings, ParsedDocument, chunk};
+use async_trait::async_trait;
+use cairn_core::ids::TenantId;
+use cairn_core::ports::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// What ingesting a document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// New document.
+    Added {
+        /// Chunks written.
+        chunks: usize,
+    },
+    /// Same content as stored: nothing done.
+    Unchanged,
+    /// Content changed: new chunks written, old ones removed.
+    Replaced {
+        /// Chunks written.
+        chunks: usize,
+    },
+}
+
+/// Metadata of a document to ingest.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentMeta {
+    /// Stable id (e.g. derived from the source path).
+    pub document_id: String,
+    /// Where it came from.
+    pub source: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A knowledge base over one vector store.
+#[derive(Clone)]
+pub struct KnowledgeBase {
+    store: Arc<dyn VectorStore>,
+    sparse: Arc<dyn SparseEmbedder>,
+    dense: Option<Arc<dyn DenseEmbedder>>,
+    settings: ChunkSettings,
+}
+
+/// Version of a content: a stable 64-bit FNV-1a hash, hex.
+pub fn content_version(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The text an embedder sees for a chunk: title and section give it context.
+fn embedding_text(title: &str, c: &ChunkRecord) -> String {
+    let mut s = title.to_owned();
+    for p in &c.section_path {
+        s.push_str(" > ");
+        s.push_str(p);
+    }
+    s.push('\n');
+    s.push_str(&c.text);
+    s
+}
+
+impl KnowledgeBase {
+    /// A knowledge base; without a dense embedder, retrieval is BM25 only.
+    pub fn new(
+        store: Arc<dyn VectorStore>,
+        sparse: Arc<dyn SparseEmbedder>,
+        dense: Option<Arc<dyn DenseEmbedder>>,
+        settings: ChunkSettings,
+    ) -> Self {
+        Self {
+            store,
+            sparse,
+            dense,
+            settings,
+        }
+    }
+
+    /// True when dense vectors are computed (hybrid search available).
+    pub fn has_dense(&self) -> bool {
+        self.dense.is_some()
+    }
+
+    /// Ingests a parsed document.
+    pub async fn ingest(
+        &self,
+        tenant: &TenantId,
+        meta: &DocumentMeta,
+        doc: &ParsedDocument,
+    ) -> Result<IngestOutcome, VectorError> {
+        let version = content_version(&doc.text);
+        let existing = self
+            .store
+            .document_version(tenant, &meta.document_id)
+            .await?;
+        if existing.as_deref() == Some(version.as_str()) {
+            return Ok(IngestOutcome::Unchanged);
+        }
+        let records: Vec<ChunkRecord> = chunk(doc, self.settings)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ChunkRecord {
+                document_id: meta.document_id.clone(),
+                chunk_index: i as u32,
+                title: doc.title.clone(),
+                section_path: c.section_path,
+                text: c.text,
+                start: c.start,
+                end: c.end,
+                source: meta.source.clone(),
+                tags: meta.tags.clone(),
+                page: c.page,
+                version: version.clone(),
+            })
+            .collect();
+        let dense = match &self.dense {
+            Some(e) => {
+                let texts: Vec<String> = records
+                    .iter()
+                    .map(|c| embedding_text(&doc.title, c))
+                    .collect();
+                Some(
+                    e.embed(&texts)
+                        .await
+                        .map_err(|e| VectorError::Unavailable(e.0))?,
+                )
+            }
+            None => None,
+        };
+        let n = records.len();
+        let points: Vec<VectorPoint> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| VectorPoint {
+                sparse: self
+                    .sparse
+                    .embed_document(&embedding_text(&doc.title, &chunk)),
+                dense: dense.as_ref().map(|d| d[i].clone()),
+                chunk,
+            })
+            .collect();
+        if existing.is_some() {
+            self.store
+                .replace_document(tenant, &meta.document_id, points)
+                .await?;
+            Ok(IngestOutcome::Replaced { chunks: n })
+        } else {
+            self.store.upsert(tenant, points).await?;
+            Ok(IngestOutcome::Added { chunks: n })
+        }
+    }
+
+    /// Deletes a document's chunks.
+    pub async fn delete(&self, tenant: &TenantId, document_id: &str) -> Result<(), VectorError> {
+        self.store.delete_document(tenant, document_id, None).await
+    }
+
+    /// Searches; `Hybrid` falls back to `Sparse` without a dense embedder.
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        query: &str,
+        mode: SearchMode,
+        filter: SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, VectorError> {
+        let mode = match (mode, &self.dense) {
+            (SearchMode::Hybrid, None) => SearchMode::Sparse,
+            (SearchMode::Dense, None) => {
+                return Err(VectorError::Invalid(
+                    "no dense embedder is configured".into(),
+                ));
+            }
+            (m, _) => m,
+        };
+        let dense = match (&self.dense, mode) {
+            (Some(e), SearchMode::Dense | SearchMode::Hybrid) => Some(
+                e.embed(&[query.to_owned()])
+                    .await
+                    .map_err(|e| VectorError::Unavailable(e.0))?
+                    .pop()
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        self.store
+            .search(SearchRequest {
+                tenant: tenant.clone(),
+                dense,
+                sparse: Some(self.sparse.embed_query(query)),
+                mode,
+                filter,
+                limit,
+            })
+            .await
+    }
+}
+
+/// The `search_knowledge` tool offered to every conversation.
+pub struct SearchKnowledgeTool {
+    kb: KnowledgeBase,
+    spec: ToolSpec,
+    limit: usize,
+}
+
+impl SearchKnowledgeTool {
+    /// The tool over `kb`, returning up to `limit` passages.
+    pub fn new(kb: KnowledgeBase, limit: usize) -> Self {
+        Self {
+            kb,
+            limit,
+            spec: ToolSpec {
+                name: "search_knowledge".into(),
+                description:
+                    "Searches the knowledge base (support articles and uploaded documents) \
+                              and returns the most relevant passages with their document id, title \
+                              and section."
+                        .into(),
+                input_schema: json!({
+                    "type": "object",
+                    "properties": {"query": {"type": "string", "description": "What to look for"}},
+                    "required": ["query"],
+                    "additionalProperties": false
+                }),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for SearchKnowledgeTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, arguments: Value, ctx: &ToolContext) -> Result<ToolOutput, ToolError> {
+        let query = arguments["query"]
+            .as_str()
+            .filter(|q| !q.trim().is_empty())
+            .ok_or_else(|| {
+                ToolError::InvalidArguments("`query` must be a non-empty string".into())
+            })?;
+        let hits = self
+            .kb
+            .search(
+                &ctx.tenant_id,
+                query,
+                SearchMode::Hybrid,
+                SearchFilter::default(),
+                self.limit,
+            )
+            .await
+            .map_err(|e| ToolError::Failed(e.to_string()))?;
+        let passages: Vec<Value> = hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "document_id": h.chunk.document_id,
+                    "title": h.chunk.title,
+                    "section": h.chunk.section_path.join(" > "),
+                    "text": h.chunk.text,
+                    "score": h.score,
+                })
+            })
+            .collect();
+        Ok(ToolOutput {
+            content: json!({ "passages": passages }).to_string(),
+            is_error: false,
+        })
+    }
+}
