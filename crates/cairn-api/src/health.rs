@@ -13,7 +13,7 @@ async fn components(state: &AppState) -> (bool, Value) {
     let actors_ok = runtime.is_running();
     let model = &runtime.deps().model;
     let ok = memory_ok.is_ok() && actors_ok;
-    let body = json!({
+    let mut body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "components": {
@@ -35,6 +35,9 @@ async fn components(state: &AppState) -> (bool, Value) {
             "tools": { "status": "ok", "count": runtime.deps().tools.len() },
         }
     });
+    for (k, v) in state.extra_health.iter() {
+        body["components"][k] = v.clone();
+    }
     (ok, body)
 }
 

@@ -30,6 +30,9 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
+    /// Status of components the API does not own (e.g. the knowledge base),
+    /// merged into `/health` under `components`.
+    pub extra_health: Arc<serde_json::Map<String, serde_json::Value>>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

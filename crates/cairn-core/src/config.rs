@@ -56,6 +56,37 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The event bus.
     pub bus: BusConfig,
+    /// The knowledge base.
+    pub knowledge: KnowledgeConfig,
+}
+
+/// `[knowledge]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// Offer the `search_knowledge` tool and keep a knowledge base in the data dir.
+    pub enabled: bool,
+    /// Folder with the all-MiniLM-L6-v2 files (`model.safetensors`,
+    /// `tokenizer.json`, `config.json`) for dense vectors; unset means BM25 only.
+    pub minilm_dir: Option<PathBuf>,
+    /// Passages returned by one search.
+    pub search_limit: usize,
+    /// Most tokens in a chunk.
+    pub chunk_max_tokens: usize,
+    /// Tokens repeated between consecutive pieces of a long paragraph.
+    pub chunk_overlap_tokens: usize,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            minilm_dir: None,
+            search_limit: 5,
+            chunk_max_tokens: 180,
+            chunk_overlap_tokens: 30,
+        }
+    }
 }
 
 /// `[server]`
@@ -354,6 +385,18 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.knowledge.search_limit == 0 || self.knowledge.search_limit > 50 {
+            return bad("knowledge.search_limit", "must be between 1 and 50");
+        }
+        if self.knowledge.chunk_max_tokens < 16 {
+            return bad("knowledge.chunk_max_tokens", "must be at least 16");
+        }
+        if self.knowledge.chunk_overlap_tokens * 2 > self.knowledge.chunk_max_tokens {
+            return bad(
+                "knowledge.chunk_overlap_tokens",
+                "must be at most half of knowledge.chunk_max_tokens",
+            );
         }
         if self.agent.max_steps == 0 {
             return bad("agent.max_steps", "must be at least 1");

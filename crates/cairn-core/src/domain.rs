@@ -51,6 +51,9 @@ pub struct Citation {
     /// Title of the source, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// Section of the source (headings joined with ` > `), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
     /// The cited passage.
     pub snippet: String,
 }

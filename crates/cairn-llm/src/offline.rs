@@ -13,7 +13,9 @@
 //! Answers carry `{"provider": "offline", "llm_configured": false}` in metadata.
 
 use async_trait::async_trait;
-use cairn_core::ports::{ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError};
+use cairn_core::ports::{
+    ChatMessage, ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError,
+};
 use cairn_core::{Citation, Role, ToolCall};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -95,6 +97,120 @@ fn parse_tool_command(text: &str) -> Option<Result<(String, Value), String>> {
     Some(args.map(|a| (name.to_owned(), a)))
 }
 
+/// Passages quoted in a knowledge answer.
+const MAX_PASSAGES: usize = 2;
+
+/// Answers from `search_knowledge` passages: the sentences of the best passages
+/// that share the most words with the question, each passage cited.
+/// Returns the answer with the best word overlap it found, or `None` without passages.
+fn answer_from_passages(question: &str, observation: &str) -> Option<(usize, ChatResponse)> {
+    let passages: Vec<Value> = serde_json::from_str::<Value>(observation)
+        .ok()
+        .and_then(|v| v["passages"].as_array().cloned())
+        .unwrap_or_default();
+    if passages.is_empty() {
+        return None;
+    }
+    let wanted = terms(question);
+    let mut parts = Vec::new();
+    let mut citations = Vec::new();
+    let mut top_overlap = 0;
+    for p in passages.iter().take(MAX_PASSAGES) {
+        let text = p["text"].as_str().unwrap_or_default();
+        // The passage's most relevant sentence, or its opening when none matches.
+        let scored = sentences(text)
+            .map(|s| (terms(s).intersection(&wanted).count(), s))
+            .max_by_key(|(n, _)| *n);
+        top_overlap = top_overlap.max(scored.map_or(0, |(n, _)| n));
+        let best = scored
+            .filter(|(n, _)| *n > 0)
+            .map(|(_, s)| s)
+            .or_else(|| sentences(text).next())
+            .unwrap_or(text);
+        let title = p["title"].as_str().unwrap_or("a document");
+        if !parts.iter().any(|(_, b): &(String, &str)| *b == best) {
+            parts.push((title.to_owned(), best));
+        }
+        let section = p["section"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        citations.push(Citation {
+            source: p["document_id"].as_str().unwrap_or_default().to_owned(),
+            title: Some(title.to_owned()),
+            section,
+            snippet: best.to_owned(),
+        });
+    }
+    let content = parts
+        .iter()
+        .map(|(title, s)| format!("According to \"{title}\": {s}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((
+        top_overlap,
+        ChatResponse {
+            content,
+            citations,
+            metadata: metadata("knowledge_extractive"),
+            ..Default::default()
+        },
+    ))
+}
+
+/// The extractive answer from the conversation before the question, with its best
+/// word overlap, or `None` when nothing said shares a word with the question.
+fn answer_from_memory(question: &str, earlier: &[ChatMessage]) -> Option<(usize, ChatResponse)> {
+    let wanted = terms(question);
+    let mut scored: Vec<(usize, usize, &str)> = Vec::new();
+    let mut order = 0;
+    for m in earlier {
+        if m.role == Role::Tool || m.role == Role::Assistant {
+            continue; // quote what people said and what was summarised, not ourselves
+        }
+        for s in sentences(&m.content) {
+            let overlap = terms(s).intersection(&wanted).count();
+            if overlap > 0 {
+                scored.push((overlap, order, s));
+            }
+            order += 1;
+        }
+    }
+    // Highest overlap first; among equals, the most recent.
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    scored.dedup_by(|a, b| a.2 == b.2);
+    let top = scored.first()?.0;
+    let best: Vec<&str> = scored.iter().take(MAX_SENTENCES).map(|s| s.2).collect();
+    Some((
+        top,
+        ChatResponse {
+            content: format!("From our conversation: {}", best.join(" ")),
+            citations: best
+                .iter()
+                .map(|s| Citation {
+                    source: "conversation".into(),
+                    title: None,
+                    section: None,
+                    snippet: (*s).to_owned(),
+                })
+                .collect(),
+            metadata: metadata("extractive_memory"),
+            ..Default::default()
+        },
+    ))
+}
+
+fn no_match() -> ChatResponse {
+    ChatResponse {
+        content: "I don't have enough information to answer that. No LLM is configured, so I \
+                  answer from the knowledge base and this conversation, and run tools you name \
+                  with /tool NAME {json}."
+            .into(),
+        metadata: metadata("no_match"),
+        ..Default::default()
+    }
+}
+
 #[async_trait]
 impl ChatModel for OfflinePlanner {
     fn provider(&self) -> &'static str {
@@ -122,6 +238,17 @@ impl ChatModel for OfflinePlanner {
 
         // 1. Observations from this turn become the answer.
         if let Some(obs) = this_turn.iter().rev().find(|m| m.role == Role::Tool) {
+            if obs.tool_name.as_deref() == Some(SEARCH_TOOL) && !obs.is_error {
+                // The knowledge base, unless the conversation matches the question better.
+                let kb = answer_from_passages(question, &obs.content);
+                let memory = answer_from_memory(question, &req.messages[..user_at]);
+                return Ok(match (kb, memory) {
+                    (Some((k, _)), Some((m, mem))) if m > k => mem,
+                    (Some((_, kb)), _) => kb,
+                    (None, Some((_, mem))) => mem,
+                    (None, None) => no_match(),
+                });
+            }
             let tool = obs.tool_name.clone().unwrap_or_else(|| "tool".into());
             let content = if obs.is_error {
                 format!("The tool {tool} reported an error: {}", obs.content)
@@ -133,6 +260,7 @@ impl ChatModel for OfflinePlanner {
                 citations: vec![Citation {
                     source: format!("tool:{tool}"),
                     title: None,
+                    section: None,
                     snippet: obs.content.chars().take(300).collect(),
                 }],
                 metadata: metadata("tool_observation"),
@@ -190,48 +318,10 @@ impl ChatModel for OfflinePlanner {
         }
 
         // 4. Extractive answer from the conversation.
-        let wanted = terms(question);
-        let mut scored: Vec<(usize, usize, &str)> = Vec::new();
-        let mut order = 0;
-        for m in &req.messages[..user_at] {
-            if m.role == Role::Tool || m.role == Role::Assistant {
-                continue; // quote what people said and what was summarised, not ourselves
-            }
-            for s in sentences(&m.content) {
-                let overlap = terms(s).intersection(&wanted).count();
-                if overlap > 0 {
-                    scored.push((overlap, order, s));
-                }
-                order += 1;
-            }
-        }
-        // Highest overlap first; among equals, the most recent.
-        scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-        scored.dedup_by(|a, b| a.2 == b.2);
-        if scored.is_empty() {
-            return Ok(ChatResponse {
-                content: "I don't have enough information to answer that. No LLM is configured, so I \
-                          answer from the knowledge base and this conversation, and run tools you name \
-                          with /tool NAME {json}."
-                    .into(),
-                metadata: metadata("no_match"),
-                ..Default::default()
-            });
-        }
-        let best: Vec<&str> = scored.iter().take(MAX_SENTENCES).map(|s| s.2).collect();
-        Ok(ChatResponse {
-            content: format!("From our conversation: {}", best.join(" ")),
-            citations: best
-                .iter()
-                .map(|s| Citation {
-                    source: "conversation".into(),
-                    title: None,
-                    snippet: (*s).to_owned(),
-                })
-                .collect(),
-            metadata: metadata("extractive_memory"),
-            ..Default::default()
-        })
+        Ok(
+            answer_from_memory(question, &req.messages[..user_at])
+                .map_or_else(no_match, |(_, r)| r),
+        )
     }
 }
 
@@ -330,6 +420,61 @@ mod tests {
         };
         let r = p.complete(&req3, None).await.unwrap();
         assert!(r.content.contains("don't have enough information"));
+    }
+
+    #[tokio::test]
+    async fn answers_from_knowledge_passages_with_citations() {
+        let p = OfflinePlanner::new();
+        let passages = json!({"passages": [
+            {"document_id": "pw", "title": "Resetting your password", "section": "Resetting your password > Links",
+             "text": "Open the sign-in page. The reset link is valid for 30 minutes.", "score": 0.9},
+            {"document_id": "other", "title": "Other", "section": "", "text": "Unrelated text.", "score": 0.1}
+        ]});
+        let req = ChatRequest {
+            system: String::new(),
+            messages: vec![
+                user("how long is the reset link valid?"),
+                ChatMessage {
+                    role: Role::Tool,
+                    content: passages.to_string(),
+                    tool_calls: vec![],
+                    tool_call_id: Some("call_0".into()),
+                    tool_name: Some(SEARCH_TOOL.into()),
+                    is_error: false,
+                },
+            ],
+            tools: vec![spec(SEARCH_TOOL)],
+        };
+        let r = p.complete(&req, None).await.unwrap();
+        assert!(
+            r.content.starts_with(
+                "According to \"Resetting your password\": The reset link is valid for 30 minutes."
+            ),
+            "{}",
+            r.content
+        );
+        assert_eq!(r.citations[0].source, "pw");
+        assert_eq!(
+            r.citations[0].section.as_deref(),
+            Some("Resetting your password > Links")
+        );
+        assert_eq!(r.metadata["policy"], "knowledge_extractive");
+        let empty = ChatRequest {
+            messages: vec![
+                req.messages[0].clone(),
+                ChatMessage {
+                    content: "{\"passages\": []}".into(),
+                    ..req.messages[1].clone()
+                },
+            ],
+            ..req
+        };
+        let r = p.complete(&empty, None).await.unwrap();
+        assert!(
+            r.content.contains("don't have enough information"),
+            "{}",
+            r.content
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,10 @@ use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
 use cairn_bus::EmbeddedBus;
 use cairn_core::config::Config;
-use cairn_core::ports::{EventStream, MemoryStore, Topics};
+use cairn_core::ports::{DenseEmbedder, EventStream, MemoryStore, Topics};
+use cairn_retrieval::chunk::ChunkSettings;
+use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
+use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder};
 use cairn_store::{EmbeddedStore, RedisStore};
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use std::time::Duration;
 pub struct App {
     /// Handler state (owns the runtime).
     pub state: AppState,
+    /// The knowledge base, when `knowledge.enabled`.
+    pub knowledge: Option<KnowledgeBase>,
     /// True when the JWT secret was generated (development mode).
     pub dev_secret: bool,
     /// The retention sweeper, stopped at shutdown.
@@ -33,6 +38,43 @@ pub const BUS_FILE: &str = "bus.redb";
 
 /// How often the retention sweeper runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Opens the knowledge base in the data dir: hybrid with MiniLM when
+/// `knowledge.minilm_dir` is set, BM25 only (with a warning) otherwise. The two
+/// kinds live in separate folders because a store's vector layout is fixed.
+pub fn open_knowledge(config: &Config) -> anyhow::Result<KnowledgeBase> {
+    let k = &config.knowledge;
+    let dense: Option<Arc<dyn DenseEmbedder>> = match &k.minilm_dir {
+        Some(dir) => Some(Arc::new(MiniLmEmbedder::load(dir).map_err(|e| {
+            anyhow::anyhow!("knowledge.minilm_dir: cannot load the MiniLM model: {e}")
+        })?)),
+        None => {
+            tracing::warn!(
+                "knowledge.minilm_dir is not set: retrieval is BM25 only (no dense vectors)"
+            );
+            None
+        }
+    };
+    let folder = match &dense {
+        Some(d) => format!("knowledge-minilm{}", d.dimension()),
+        None => "knowledge-bm25".to_owned(),
+    };
+    let store = EdgeVectorStore::open(
+        &config.server.data_dir.join(folder),
+        dense.as_ref().map(|d| d.dimension()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the knowledge store: {e}"))?;
+    let sparse = Bm25Embedder::english().map_err(|e| anyhow::anyhow!("BM25: {e}"))?;
+    Ok(KnowledgeBase::new(
+        Arc::new(store),
+        Arc::new(sparse),
+        dense,
+        ChunkSettings {
+            max_tokens: k.chunk_max_tokens,
+            overlap_tokens: k.chunk_overlap_tokens,
+        },
+    ))
+}
 
 /// The authenticator for `config` (used by `serve` and `token`).
 pub fn authenticator(
@@ -65,15 +107,18 @@ pub async fn build(
             (Arc::new(s.clone()), Arc::new(s))
         }
         None => {
-            let s =
-                EmbeddedStore::open_and_init(&dir.join(MEMORY_FILE), config.memory.event_retention)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot open {} (is another cairn process using this data dir?)",
-                            dir.join(MEMORY_FILE).display()
-                        )
-                    })?;
+            let s = EmbeddedStore::open_and_init_with_cache(
+                &dir.join(MEMORY_FILE),
+                config.memory.event_retention,
+                cache_bytes,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open {} (is another cairn process using this data dir?)",
+                    dir.join(MEMORY_FILE).display()
+                )
+            })?;
             (Arc::new(s.clone()), Arc::new(s))
         }
     };
@@ -89,6 +134,26 @@ pub async fn build(
     }
     let mut tools = extra_tools;
     tools = tools.with(Arc::new(CurrentTime::default()));
+    let mut extra_health = serde_json::Map::new();
+    let knowledge = if config.knowledge.enabled {
+        let kb = open_knowledge(config)?;
+        extra_health.insert(
+            "knowledge".into(),
+            serde_json::json!({
+                "status": "ok",
+                "backend": "qdrant-edge",
+                "retrieval": if kb.has_dense() { "hybrid" } else { "bm25_only" },
+                "dense_model": if kb.has_dense() { Some("all-MiniLM-L6-v2") } else { None },
+            }),
+        );
+        tools = tools.with(Arc::new(SearchKnowledgeTool::new(
+            kb.clone(),
+            config.knowledge.search_limit,
+        )));
+        Some(kb)
+    } else {
+        None
+    };
     let deps = AgentDeps {
         memory: memory.clone(),
         events: events.clone(),
@@ -127,6 +192,7 @@ pub async fn build(
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         closing: closing_rx,
+        extra_health: Arc::new(extra_health),
         runtime: Arc::new(runtime),
         memory,
         events,
@@ -139,6 +205,7 @@ pub async fn build(
     };
     Ok(App {
         state,
+        knowledge,
         dev_secret,
         sweeper,
         closing,

@@ -7,7 +7,9 @@
 //! - [`secret`]: the JWT secret — configured, from an environment variable, or
 //!   generated once in the data dir for development.
 //! - [`builtin_tools`]: tools every conversation gets.
+//! - [`ingest`]: `cairn ingest` / `cairn search` over the embedded knowledge base.
 
 pub mod app;
 pub mod builtin_tools;
+pub mod ingest;
 pub mod secret;

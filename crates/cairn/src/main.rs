@@ -70,6 +70,33 @@ enum Command {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
+    /// Add documents (files and folders, recursively) to the embedded knowledge base.
+    Ingest {
+        #[command(flatten)]
+        common: Common,
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The tenant that owns the documents.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Search the embedded knowledge base.
+    Search {
+        #[command(flatten)]
+        common: Common,
+        /// The query.
+        query: String,
+        /// The tenant to search.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// hybrid, dense or sparse.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Hits to show.
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+    },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
         #[command(flatten)]
@@ -133,6 +160,18 @@ async fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Serve { common, listen } => serve(&common, listen.as_ref()).await,
+        Command::Ingest {
+            common,
+            paths,
+            tenant,
+        } => ingest(&common, &paths, &tenant).await,
+        Command::Search {
+            common,
+            query,
+            tenant,
+            mode,
+            limit,
+        } => search(&common, &query, &tenant, &mode, limit).await,
         Command::Token {
             common,
             sub,
@@ -216,6 +255,51 @@ async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitC
         );
     }
     app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Result<ExitCode> {
+    let config = load_config(common, None)?;
+    let kb = app::open_knowledge(&config)?;
+    let tenant = TenantId::parse(tenant)?;
+    let s = cairn::ingest::ingest_paths(&kb, &tenant, paths).await?;
+    for (file, reason) in &s.failed {
+        eprintln!("failed: {}: {reason}", file.display());
+    }
+    println!(
+        "added {}, replaced {}, unchanged {}, failed {} ({} chunks written)",
+        s.added,
+        s.replaced,
+        s.unchanged,
+        s.failed.len(),
+        s.chunks
+    );
+    Ok(if s.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn search(
+    common: &Common,
+    query: &str,
+    tenant: &str,
+    mode: &str,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let mode = match mode {
+        "hybrid" => cairn_core::ports::SearchMode::Hybrid,
+        "dense" => cairn_core::ports::SearchMode::Dense,
+        "sparse" => cairn_core::ports::SearchMode::Sparse,
+        other => bail!("--mode must be hybrid, dense or sparse, not `{other}`"),
+    };
+    let config = load_config(common, None)?;
+    let kb = app::open_knowledge(&config)?;
+    let out = cairn::ingest::search_text(&kb, &TenantId::parse(tenant)?, query, mode, limit)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -156,3 +156,48 @@ async fn ask_against_a_running_server() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Result of current_time"));
     s.stop().await;
 }
+
+#[test]
+fn ingest_the_sample_knowledge_base_and_get_an_answer_that_cites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb");
+    let run = |args: &[&str]| {
+        let out = cairn()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["ingest", kb.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with("added 6, replaced 0, unchanged 0, failed 0"),
+        "{out}"
+    );
+    // Ingesting again does nothing.
+    let (_, out, _) = run(&["ingest", kb.to_str().unwrap()]);
+    assert!(
+        out.starts_with("added 0, replaced 0, unchanged 6, failed 0"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["search", "reset link expired"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains("account.password-reset.md"),
+        "{out}"
+    );
+    // The offline planner retrieves and answers with a citation of the article.
+    let (code, out, err) = run(&["ask", "How long is the password reset link valid?"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("30 minutes"), "{out}");
+    assert!(out.contains("[account.password-reset.md]"), "{out}");
+}

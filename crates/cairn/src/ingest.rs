@@ -1,0 +1,210 @@
+//! `cairn ingest` and `cairn search` against the embedded knowledge base.
+//!
+//! Files are found recursively; Markdown (`.md`, `.markdown`) and plain text
+//! (`.txt`) are parsed today. A document's id is its path relative to the folder
+//! given (or its file name), so re-ingesting the same tree replaces or skips each
+//! document instead of duplicating it.
+
+use cairn_core::TenantId;
+use cairn_core::ports::{SearchFilter, SearchMode};
+use cairn_retrieval::chunk::{ParsedDocument, parse_markdown, parse_text};
+use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase};
+use std::path::{Path, PathBuf};
+
+/// Largest file ingested.
+pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
+
+/// What an ingestion run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// New documents.
+    pub added: usize,
+    /// Identical content, skipped.
+    pub unchanged: usize,
+    /// Changed content, replaced.
+    pub replaced: usize,
+    /// Files that failed, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Chunks written.
+    pub chunks: usize,
+}
+
+/// Every file under `paths` (files as given, folders recursively), sorted, each
+/// with the root it was found under.
+pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, PathBuf)>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out)?;
+            } else {
+                out.push((root.to_owned(), p));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, p, &mut out)?;
+        } else {
+            out.push((
+                p.parent().map(Path::to_owned).unwrap_or_default(),
+                p.clone(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A document id from a path relative to its root: letters, digits and `-_.`.
+pub fn document_id(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    let raw = rel.to_string_lossy();
+    let id: String = raw
+        .chars()
+        .map(|c| match c {
+            '/' | '\\' => '.',
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' => c,
+            _ => '-',
+        })
+        .collect();
+    id.chars().take(128).collect()
+}
+
+/// Parses a file by its extension.
+pub fn parse_file(path: &Path) -> Result<ParsedDocument, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "larger than the {} MB limit",
+            MAX_FILE_BYTES / 1024 / 1024
+        ));
+    }
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace(['-', '_'], " "))
+        .unwrap_or_default();
+    let text = || {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        String::from_utf8(bytes).map_err(|_| "not valid UTF-8 text".to_owned())
+    };
+    let doc = match ext.as_str() {
+        "md" | "markdown" => parse_markdown(&text()?, &stem),
+        "txt" | "text" => parse_text(&text()?, &stem),
+        other => {
+            return Err(format!(
+                "unsupported file type `.{other}` (supported: .md, .markdown, .txt)"
+            ));
+        }
+    };
+    if doc.blocks.is_empty() {
+        return Err("the document is empty".into());
+    }
+    Ok(doc)
+}
+
+/// Ingests files into `kb` for `tenant`, with a progress bar on stderr.
+pub async fn ingest_paths(
+    kb: &KnowledgeBase,
+    tenant: &TenantId,
+    paths: &[PathBuf],
+) -> std::io::Result<IngestSummary> {
+    let files = collect_files(paths)?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut summary = IngestSummary::default();
+    for (root, file) in files {
+        bar.set_message(file.display().to_string());
+        let outcome = match parse_file(&file) {
+            Ok(doc) => {
+                let meta = DocumentMeta {
+                    document_id: document_id(&root, &file),
+                    source: Some(file.display().to_string()),
+                    tags: Vec::new(),
+                };
+                kb.ingest(tenant, &meta, &doc)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(IngestOutcome::Added { chunks }) => {
+                summary.added += 1;
+                summary.chunks += chunks;
+            }
+            Ok(IngestOutcome::Replaced { chunks }) => {
+                summary.replaced += 1;
+                summary.chunks += chunks;
+            }
+            Ok(IngestOutcome::Unchanged) => summary.unchanged += 1,
+            Err(e) => summary.failed.push((file, e)),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Runs a search and renders the hits as text.
+pub async fn search_text(
+    kb: &KnowledgeBase,
+    tenant: &TenantId,
+    query: &str,
+    mode: SearchMode,
+    limit: usize,
+) -> Result<String, String> {
+    let hits = kb
+        .search(tenant, query, mode, SearchFilter::default(), limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    if hits.is_empty() {
+        return Ok("no results".into());
+    }
+    let mut out = String::new();
+    for (i, h) in hits.iter().enumerate() {
+        let section = h.chunk.section_path.join(" > ");
+        let snippet: String = h.chunk.text.chars().take(160).collect();
+        out.push_str(&format!(
+            "{}. [{:.3}] {} — {} ({})\n   {}\n",
+            i + 1,
+            h.score,
+            h.chunk.title,
+            section,
+            h.chunk.document_id,
+            snippet.replace('\n', " ")
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_safe() {
+        let root = Path::new("/kb");
+        assert_eq!(
+            document_id(root, Path::new("/kb/billing/refund policy.md")),
+            "billing.refund-policy.md"
+        );
+        let id = document_id(root, Path::new("/kb/ä.md"));
+        assert!(cairn_core::ConversationId::parse(id).is_ok());
+    }
+}
