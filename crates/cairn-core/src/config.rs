@@ -69,6 +69,15 @@ pub struct KnowledgeConfig {
     /// Folder with the all-MiniLM-L6-v2 files (`model.safetensors`,
     /// `tokenizer.json`, `config.json`) for dense vectors; unset means BM25 only.
     pub minilm_dir: Option<PathBuf>,
+    /// An OpenAI-compatible embeddings endpoint (e.g. `https://api.openai.com/v1`,
+    /// vLLM, Ollama, TEI) for dense vectors; takes precedence over `minilm_dir`.
+    pub embeddings_base_url: Option<String>,
+    /// Model name for `embeddings_base_url`.
+    pub embeddings_model: Option<String>,
+    /// Environment variable holding the embeddings API key.
+    pub embeddings_api_key_env: Option<String>,
+    /// Texts per embeddings request.
+    pub embeddings_batch: usize,
     /// Passages returned by one search.
     pub search_limit: usize,
     /// Most tokens in a chunk.
@@ -82,6 +91,10 @@ impl Default for KnowledgeConfig {
         Self {
             enabled: true,
             minilm_dir: None,
+            embeddings_base_url: None,
+            embeddings_model: None,
+            embeddings_api_key_env: None,
+            embeddings_batch: 64,
             search_limit: 5,
             chunk_max_tokens: 180,
             chunk_overlap_tokens: 30,
@@ -388,6 +401,20 @@ impl Config {
         }
         if self.knowledge.search_limit == 0 || self.knowledge.search_limit > 50 {
             return bad("knowledge.search_limit", "must be between 1 and 50");
+        }
+        if let Some(url) = &self.knowledge.embeddings_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(
+                    "knowledge.embeddings_base_url",
+                    "must start with http:// or https://",
+                );
+            }
+            if self.knowledge.embeddings_model.is_none() {
+                return bad(
+                    "knowledge.embeddings_model",
+                    "is required when knowledge.embeddings_base_url is set",
+                );
+            }
         }
         if self.knowledge.chunk_max_tokens < 16 {
             return bad("knowledge.chunk_max_tokens", "must be at least 16");

@@ -7,12 +7,15 @@
 //! - [`openai::OpenAiModel`]: any OpenAI-compatible Chat Completions endpoint.
 //! - [`anthropic::AnthropicModel`]: the Anthropic Messages API.
 //! - [`gemini::GeminiModel`]: Google Gemini `generateContent`.
+//! - [`embeddings::OpenAiEmbedder`]: dense vectors from an OpenAI-compatible
+//!   `/embeddings` endpoint (the `DenseEmbedder` port).
 //!
 //! The HTTP providers share [`http`] (timeouts, retries with backoff on 429/5xx,
 //! Server-Sent Event decoding) and [`names`] (tool names made safe for providers
 //! that restrict them). [`from_config`] builds the configured model.
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod gemini;
 pub mod http;
 pub mod names;

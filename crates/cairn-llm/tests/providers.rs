@@ -395,3 +395,60 @@ async fn gemini_function_call() {
     assert_eq!(r.tool_calls[0].arguments, json!({"a": 1, "b": 1}));
     assert_eq!(r.usage.unwrap().output_tokens, 2);
 }
+
+// ---------- OpenAI-compatible embeddings ----------
+
+#[tokio::test]
+async fn embeddings_are_batched_ordered_and_retried() {
+    use cairn_core::ports::DenseEmbedder;
+    let item =
+        |i: usize, x: f32| json!({"object": "embedding", "index": i, "embedding": [x, 1.0, 0.0]});
+    let (mock, base) = Mock::start(vec![
+        // the start-up probe
+        (
+            200,
+            "application/json",
+            json!({"data": [item(0, 0.5)], "usage": {"prompt_tokens": 2}}).to_string(),
+        ),
+        // batch 1 (out of order on purpose), after a 503
+        (503, "text/plain", "busy".into()),
+        (
+            200,
+            "application/json",
+            json!({"data": [item(1, 2.0), item(0, 1.0)]}).to_string(),
+        ),
+        // batch 2
+        (
+            200,
+            "application/json",
+            json!({"data": [item(0, 3.0)]}).to_string(),
+        ),
+    ])
+    .await;
+    let transport = config(Provider::Openai, &base, false);
+    let e = cairn_llm::embeddings::OpenAiEmbedder::connect(
+        &base,
+        "text-embedding-3-small",
+        Some("sk-e".into()),
+        2,
+        &transport,
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.dimension(), 3);
+    let texts: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let v = e.embed(&texts).await.unwrap();
+    assert_eq!(
+        v.iter().map(|x| x[0]).collect::<Vec<_>>(),
+        vec![1.0, 2.0, 3.0]
+    );
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs[2].1, "/embeddings");
+    assert_eq!(reqs[2].0["authorization"], "Bearer sk-e");
+    assert_eq!(
+        reqs[2].2,
+        json!({"model": "text-embedding-3-small", "input": ["a", "b"]})
+    );
+    assert_eq!(reqs[3].2["input"], json!(["c"]));
+}

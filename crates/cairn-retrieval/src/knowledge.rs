@@ -89,6 +89,11 @@ impl KnowledgeBase {
         }
     }
 
+    /// Name of the dense embedder, when there is one.
+    pub fn dense_model(&self) -> Option<String> {
+        self.dense.as_ref().map(|d| d.name().to_owned())
+    }
+
     /// True when dense vectors are computed (hybrid search available).
     pub fn has_dense(&self) -> bool {
         self.dense.is_some()

@@ -9,6 +9,7 @@ use cairn_api::{ApiSettings, AppState};
 use cairn_bus::EmbeddedBus;
 use cairn_core::config::Config;
 use cairn_core::ports::{DenseEmbedder, EventStream, MemoryStore, Topics};
+use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
 use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder};
@@ -42,21 +43,53 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// Opens the knowledge base in the data dir: hybrid with MiniLM when
 /// `knowledge.minilm_dir` is set, BM25 only (with a warning) otherwise. The two
 /// kinds live in separate folders because a store's vector layout is fixed.
-pub fn open_knowledge(config: &Config) -> anyhow::Result<KnowledgeBase> {
+pub async fn open_knowledge(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<KnowledgeBase> {
     let k = &config.knowledge;
-    let dense: Option<Arc<dyn DenseEmbedder>> = match &k.minilm_dir {
-        Some(dir) => Some(Arc::new(MiniLmEmbedder::load(dir).map_err(|e| {
+    let dense: Option<Arc<dyn DenseEmbedder>> = match (&k.embeddings_base_url, &k.minilm_dir) {
+        (Some(url), _) => {
+            let key = match &k.embeddings_api_key_env {
+                Some(var) => Some(env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "knowledge.embeddings_api_key_env names `{var}`, but that environment variable is not set"
+                    )
+                })?),
+                None => None,
+            };
+            let model = k.embeddings_model.clone().unwrap_or_default();
+            let e = OpenAiEmbedder::connect(url, &model, key, k.embeddings_batch, &config.llm)
+                .await
+                .map_err(|e| anyhow::anyhow!("knowledge.embeddings_base_url: {e}"))?;
+            Some(Arc::new(e))
+        }
+        (None, Some(dir)) => Some(Arc::new(MiniLmEmbedder::load(dir).map_err(|e| {
             anyhow::anyhow!("knowledge.minilm_dir: cannot load the MiniLM model: {e}")
         })?)),
-        None => {
+        (None, None) => {
             tracing::warn!(
-                "knowledge.minilm_dir is not set: retrieval is BM25 only (no dense vectors)"
+                "no dense embedder (knowledge.minilm_dir or knowledge.embeddings_base_url): retrieval is BM25 only"
             );
             None
         }
     };
+    // A store's vector layout is fixed, so each embedder has its own folder.
     let folder = match &dense {
-        Some(d) => format!("knowledge-minilm{}", d.dimension()),
+        Some(d) => {
+            let name: String = d
+                .name()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            format!("knowledge-{name}-{}", d.dimension())
+        }
         None => "knowledge-bm25".to_owned(),
     };
     let store = EdgeVectorStore::open(
@@ -136,14 +169,14 @@ pub async fn build(
     tools = tools.with(Arc::new(CurrentTime::default()));
     let mut extra_health = serde_json::Map::new();
     let knowledge = if config.knowledge.enabled {
-        let kb = open_knowledge(config)?;
+        let kb = open_knowledge(config, env).await?;
         extra_health.insert(
             "knowledge".into(),
             serde_json::json!({
                 "status": "ok",
                 "backend": "qdrant-edge",
                 "retrieval": if kb.has_dense() { "hybrid" } else { "bm25_only" },
-                "dense_model": if kb.has_dense() { Some("all-MiniLM-L6-v2") } else { None },
+                "dense_model": kb.dense_model(),
             }),
         );
         tools = tools.with(Arc::new(SearchKnowledgeTool::new(

@@ -260,7 +260,7 @@ async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitC
 
 async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Result<ExitCode> {
     let config = load_config(common, None)?;
-    let kb = app::open_knowledge(&config)?;
+    let kb = app::open_knowledge(&config, &env_lookup).await?;
     let tenant = TenantId::parse(tenant)?;
     let s = cairn::ingest::ingest_paths(&kb, &tenant, paths).await?;
     for (file, reason) in &s.failed {
@@ -295,7 +295,7 @@ async fn search(
         other => bail!("--mode must be hybrid, dense or sparse, not `{other}`"),
     };
     let config = load_config(common, None)?;
-    let kb = app::open_knowledge(&config)?;
+    let kb = app::open_knowledge(&config, &env_lookup).await?;
     let out = cairn::ingest::search_text(&kb, &TenantId::parse(tenant)?, query, mode, limit)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

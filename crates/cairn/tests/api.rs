@@ -435,6 +435,8 @@ async fn health_reports_components() {
     assert_eq!(h.body["components"]["bus"]["backend"], "embedded");
     assert_eq!(h.body["components"]["model"]["provider"], "offline");
     assert_eq!(h.body["components"]["model"]["llm_configured"], false);
+    assert_eq!(h.body["components"]["knowledge"]["retrieval"], "bm25_only");
+    assert_eq!(h.body["components"]["knowledge"]["backend"], "qdrant-edge");
     assert_eq!(anon.get("/ready").await.status, 200);
     assert_eq!(anon.get("/live").await.status, 200);
     s.stop().await;
