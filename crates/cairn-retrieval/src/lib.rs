@@ -15,12 +15,15 @@
 //! - [`knowledge::KnowledgeBase`]: parse → chunk → embed → store with versioned,
 //!   idempotent replacement, search with BM25-only fallback, and the
 //!   `search_knowledge` tool.
+//! - [`formats`]: HTML, DOCX and PDF parsing (plus Markdown and text by type),
+//!   with size limits and clear errors for corrupt, encrypted or empty files.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
 pub mod bm25;
 pub mod chunk;
 pub mod conformance;
 pub mod edge;
+pub mod formats;
 pub mod knowledge;
 pub mod minilm;
 

@@ -1,13 +1,14 @@
 //! `cairn ingest` and `cairn search` against the embedded knowledge base.
 //!
-//! Files are found recursively; Markdown (`.md`, `.markdown`) and plain text
-//! (`.txt`) are parsed today. A document's id is its path relative to the folder
+//! Files are found recursively; Markdown, plain text, HTML, PDF and DOCX are
+//! parsed (10 MB limit; a bad file is reported, the others go on). A document's id is its path relative to the folder
 //! given (or its file name), so re-ingesting the same tree replaces or skips each
 //! document instead of duplicating it.
 
 use cairn_core::TenantId;
 use cairn_core::ports::{SearchFilter, SearchMode};
-use cairn_retrieval::chunk::{ParsedDocument, parse_markdown, parse_text};
+use cairn_retrieval::chunk::ParsedDocument;
+use cairn_retrieval::formats::parse_bytes;
 use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase};
 use std::path::{Path, PathBuf};
 
@@ -79,7 +80,7 @@ pub fn document_id(root: &Path, file: &Path) -> String {
     id.chars().take(128).collect()
 }
 
-/// Parses a file by its extension.
+/// Parses a file by its extension (Markdown, text, HTML, PDF, DOCX).
 pub fn parse_file(path: &Path) -> Result<ParsedDocument, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.len() > MAX_FILE_BYTES {
@@ -96,23 +97,8 @@ pub fn parse_file(path: &Path) -> Result<ParsedDocument, String> {
         .file_stem()
         .map(|s| s.to_string_lossy().replace(['-', '_'], " "))
         .unwrap_or_default();
-    let text = || {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        String::from_utf8(bytes).map_err(|_| "not valid UTF-8 text".to_owned())
-    };
-    let doc = match ext.as_str() {
-        "md" | "markdown" => parse_markdown(&text()?, &stem),
-        "txt" | "text" => parse_text(&text()?, &stem),
-        other => {
-            return Err(format!(
-                "unsupported file type `.{other}` (supported: .md, .markdown, .txt)"
-            ));
-        }
-    };
-    if doc.blocks.is_empty() {
-        return Err("the document is empty".into());
-    }
-    Ok(doc)
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    parse_bytes(&ext, &bytes, &stem).map_err(|e| e.to_string())
 }
 
 /// Ingests files into `kb` for `tenant`, with a progress bar on stderr.

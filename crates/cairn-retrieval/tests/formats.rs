@@ -1,0 +1,190 @@
+//! Parsing HTML, DOCX and PDF documents, and refusing bad ones with a clear error.
+
+#![allow(clippy::unwrap_used)]
+
+use cairn_retrieval::formats::{ParseError, parse_bytes};
+use std::io::Write;
+
+fn block_texts(doc: &cairn_retrieval::chunk::ParsedDocument) -> Vec<(Vec<String>, String)> {
+    doc.blocks
+        .iter()
+        .map(|b| (b.section_path.clone(), doc.text[b.range.clone()].to_owned()))
+        .collect()
+}
+
+#[test]
+fn html_sections_blocks_and_noise() {
+    let html = r#"<!doctype html><html><head><title>Help center</title><style>p{}</style></head>
+      <body><nav><a href="/">Home</a></nav>
+      <h1>Refunds</h1><p>Refunds take   five days.</p>
+      <h2>Exceptions</h2><ul><li><p>Gift cards</p></li><li>Software</li></ul>
+      <script>alert('x')</script><div>Loose text in a div.</div></body></html>"#;
+    let doc = parse_bytes("html", html.as_bytes(), "fallback").unwrap();
+    assert_eq!(doc.title, "Refunds");
+    let blocks = block_texts(&doc);
+    assert_eq!(
+        blocks[0],
+        (
+            vec!["Refunds".to_owned()],
+            "Refunds take five days.".to_owned()
+        )
+    );
+    assert_eq!(
+        blocks[1],
+        (
+            vec!["Refunds".to_owned(), "Exceptions".to_owned()],
+            "Gift cards".to_owned()
+        )
+    );
+    assert_eq!(blocks[2].1, "Software");
+    assert_eq!(blocks[3].1, "Loose text in a div.");
+    assert!(
+        !doc.text.contains("alert") && !doc.text.contains("Home"),
+        "{}",
+        doc.text
+    );
+}
+
+fn docx(document_xml: &str) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        z.start_file("word/document.xml", opts).unwrap();
+        z.write_all(document_xml.as_bytes()).unwrap();
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+#[test]
+fn docx_headings_paragraphs_and_entities() {
+    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>
+<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>Invoices</w:t></w:r></w:p>
+<w:p><w:r><w:t xml:space="preserve">Download it under </w:t></w:r><w:r><w:t>Orders &amp; Billing.</w:t></w:r></w:p>
+<w:p><w:pPr><w:pStyle w:val="Heading2"/></w:pPr><w:r><w:t>VAT</w:t></w:r></w:p>
+<w:p><w:r><w:t>Add your VAT number first.</w:t></w:r></w:p>
+</w:body></w:document>"#;
+    let doc = parse_bytes("docx", &docx(xml), "fallback").unwrap();
+    assert_eq!(doc.title, "Invoices");
+    let blocks = block_texts(&doc);
+    assert_eq!(
+        blocks[0],
+        (
+            vec!["Invoices".to_owned()],
+            "Download it under Orders & Billing.".to_owned()
+        )
+    );
+    assert_eq!(blocks[1].0, vec!["Invoices".to_owned(), "VAT".to_owned()]);
+}
+
+#[test]
+fn bad_docx_files_get_clear_errors() {
+    assert!(matches!(
+        parse_bytes("docx", b"not a zip at all", "x"),
+        Err(ParseError::Corrupt(_))
+    ));
+    // Password-protected Office documents are OLE containers.
+    let mut ole = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+    ole.extend_from_slice(&[0; 512]);
+    assert_eq!(
+        parse_bytes("docx", &ole, "x").unwrap_err(),
+        ParseError::Encrypted
+    );
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        z.start_file("other.xml", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"<x/>").unwrap();
+        z.finish().unwrap();
+    }
+    let e = parse_bytes("docx", &buf.into_inner(), "x").unwrap_err();
+    assert!(e.to_string().contains("word/document.xml"), "{e}");
+    let empty = docx(r#"<w:document xmlns:w="w"><w:body><w:p/></w:body></w:document>"#);
+    assert_eq!(
+        parse_bytes("docx", &empty, "x").unwrap_err(),
+        ParseError::Empty
+    );
+}
+
+/// A one-page PDF with `text`, xref offsets computed.
+fn pdf(text: &str) -> Vec<u8> {
+    let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_owned(),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_owned(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for off in offsets {
+        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+#[test]
+fn pdf_text_with_page_numbers() {
+    let doc = parse_bytes(
+        "pdf",
+        &pdf("Express delivery arrives the next day."),
+        "Shipping",
+    )
+    .unwrap();
+    assert_eq!(doc.title, "Shipping");
+    assert!(
+        doc.text.contains("Express delivery arrives the next day."),
+        "{:?}",
+        doc.text
+    );
+    assert_eq!(doc.blocks[0].page, Some(1));
+}
+
+#[test]
+fn bad_pdfs_and_other_limits() {
+    assert!(matches!(
+        parse_bytes("pdf", b"%PDF-1.4 garbage", "x"),
+        Err(ParseError::Corrupt(_))
+    ));
+    assert_eq!(
+        parse_bytes("pdf", &pdf(""), "x").unwrap_err(),
+        ParseError::Empty
+    );
+    assert!(matches!(
+        parse_bytes("exe", b"MZ", "x"),
+        Err(ParseError::Unsupported(_))
+    ));
+    let big = vec![b'a'; 10 * 1024 * 1024 + 1];
+    assert_eq!(
+        parse_bytes("txt", &big, "x").unwrap_err(),
+        ParseError::TooLarge(10)
+    );
+    assert!(matches!(
+        parse_bytes("txt", &[0xff, 0xfe, 0x00], "x"),
+        Err(ParseError::Corrupt(_))
+    ));
+    assert_eq!(
+        parse_bytes("md", b"   \n\n", "x").unwrap_err(),
+        ParseError::Empty
+    );
+}
