@@ -9,6 +9,7 @@
 //!   `sub`, `exp` required) and token minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`search`]: `GET /v1/search` over the knowledge base.
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
 
@@ -21,6 +22,7 @@ pub mod health;
 pub mod messages;
 pub mod request_id;
 pub mod router;
+pub mod search;
 pub mod state;
 
 pub use router::router;

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::{conversations, events, health, messages, request_id};
+use crate::{conversations, events, health, messages, request_id, search};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
@@ -35,7 +35,8 @@ pub fn router(state: AppState) -> Router {
             "/conversations/{id}/messages",
             get(messages::list).post(messages::post),
         )
-        .route("/conversations/{id}/events", get(events::stream));
+        .route("/conversations/{id}/events", get(events::stream))
+        .route("/search", get(search::search));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))

@@ -30,6 +30,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
+    /// The knowledge base, when enabled.
+    pub knowledge: Option<cairn_retrieval::knowledge::KnowledgeBase>,
     /// Status of components the API does not own (e.g. the knowledge base),
     /// merged into `/health` under `components`.
     pub extra_health: Arc<serde_json::Map<String, serde_json::Value>>,

@@ -226,6 +226,7 @@ pub async fn build(
     let state = AppState {
         closing: closing_rx,
         extra_health: Arc::new(extra_health),
+        knowledge: knowledge.clone(),
         runtime: Arc::new(runtime),
         memory,
         events,

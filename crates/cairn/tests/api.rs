@@ -491,3 +491,64 @@ async fn the_same_flow_runs_on_redis() {
     );
     s2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_returns_the_callers_ranked_chunks_with_citations() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), None);
+    {
+        // Ingest the sample knowledge base before the server owns the store.
+        let kb = cairn::app::open_knowledge(&cfg, &|_| None).await.unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb");
+        let tenant = cairn_core::TenantId::parse("acme").unwrap();
+        let s = cairn::ingest::ingest_paths(&kb, &tenant, &[root])
+            .await
+            .unwrap();
+        assert_eq!(s.added, 6);
+    }
+    let mut s = Server::start(&cfg).await;
+    let c = s.client(&s.token("acme", "ana"));
+    let r = c
+        .get("/v1/search?q=recovery%20codes%20lost%20phone&limit=3")
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let first = &r.body["items"][0];
+    assert_eq!(first["document_id"], "account.two-factor.md");
+    assert_eq!(first["title"], "Two-factor authentication");
+    assert_eq!(
+        first["section"],
+        "Two-factor authentication > Recovery codes"
+    );
+    assert!(first["score"].as_f64().unwrap() > 0.0);
+    assert_eq!(r.body["mode"], "sparse", "no dense embedder in this config");
+    // Filters, another tenant, and bad parameters.
+    let r = c
+        .get("/v1/search?q=refund&document_id=shipping.international.md")
+        .await;
+    assert!(
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["document_id"] == "shipping.international.md")
+    );
+    let other = s.client(&s.token("evil", "ana"));
+    assert!(
+        other.get("/v1/search?q=recovery%20codes").await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_error(&c.get("/v1/search").await, 422, "missing_field");
+    assert_error(
+        &c.get("/v1/search?q=x&limit=500").await,
+        400,
+        "invalid_field",
+    );
+    assert_error(
+        &c.get("/v1/search?q=x&mode=dense").await,
+        400,
+        "invalid_field",
+    );
+    s.stop().await;
+}
