@@ -283,11 +283,70 @@ async fn run_tool_step(
     deps.memory.save_checkpoint(cp, &[completed]).await
 }
 
+/// Name of the knowledge tool whose passages become citations.
+const SEARCH_TOOL: &str = "search_knowledge";
+/// Words an answer must share with a passage for the passage to be cited.
+const MIN_SHARED_WORDS: usize = 3;
+
+fn words(text: &str) -> std::collections::HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 3)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Citations for an answer that came without any: the passages returned by this
+/// turn's `search_knowledge` calls (`{"passages": [{document_id, title, section,
+/// text}]}`) that share at least a few words with the answer.
+pub fn citations_from_steps(answer: &str, steps: &[Step]) -> Vec<Citation> {
+    let said = words(answer);
+    let mut out: Vec<Citation> = Vec::new();
+    for step in steps {
+        let Step::Tool {
+            call,
+            outcome: Some(o),
+            ..
+        } = step
+        else {
+            continue;
+        };
+        if call.name != SEARCH_TOOL || o.is_error {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&o.content) else {
+            continue;
+        };
+        for p in v["passages"].as_array().into_iter().flatten() {
+            let text = p["text"].as_str().unwrap_or_default();
+            let source = p["document_id"].as_str().unwrap_or_default();
+            if source.is_empty() || words(text).intersection(&said).count() < MIN_SHARED_WORDS {
+                continue;
+            }
+            if out.iter().any(|c| c.source == source) {
+                continue;
+            }
+            out.push(Citation {
+                source: source.to_owned(),
+                title: p["title"].as_str().map(str::to_owned),
+                section: p["section"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+                snippet: text.chars().take(300).collect(),
+            });
+        }
+    }
+    out
+}
+
 async fn complete(
     deps: &AgentDeps,
     cp: TurnCheckpoint,
-    response: ChatResponse,
+    mut response: ChatResponse,
 ) -> Result<(), StoreError> {
+    if response.citations.is_empty() {
+        response.citations = citations_from_steps(&response.content, &cp.steps);
+    }
     let usage = (cp.usage != Usage::default()).then_some(cp.usage);
     let mut answer = Message::new(Role::Assistant, response.content.clone());
     answer.turn_id = Some(cp.request.turn_id.clone());

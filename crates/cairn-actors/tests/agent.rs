@@ -666,3 +666,49 @@ async fn streamed_answers_emit_deltas_and_usage_is_recorded() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_answers_cite_the_passages_they_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let passages = json!({"passages": [
+        {"document_id": "pw.md", "title": "Resetting your password", "section": "Resetting your password > Links",
+         "text": "The reset link is valid for thirty minutes and works once.", "score": 1.0},
+        {"document_id": "ship.md", "title": "Shipping", "section": "",
+         "text": "Express parcels arrive the next working day.", "score": 0.2}
+    ]});
+    let search = FnTool::new("search_knowledge", move |_, _| {
+        ToolBehaviour::Reply(passages.to_string())
+    });
+    let model = ScriptedModel::new(|req| match last_observation(req) {
+        None => calls("search_knowledge", json!({"query": "reset link"})),
+        Some(_) => answer("Your reset link stays valid for thirty minutes, and it works once."),
+    });
+    let mut h = Harness::start(
+        dir.path(),
+        model,
+        ToolCatalog::new().with(search),
+        settings(),
+    )
+    .await;
+    let conv = h.conversation().await;
+    let r = h.send(&conv, "how long is the reset link valid?").await;
+    let events = h.wait_turn(&conv, &r.turn_id).await;
+    match events.last().unwrap() {
+        TurnEvent::AnswerCompleted { citations, .. } => {
+            assert_eq!(citations.len(), 1, "{citations:?}");
+            assert_eq!(citations[0].source, "pw.md");
+            assert_eq!(
+                citations[0].title.as_deref(),
+                Some("Resetting your password")
+            );
+            assert_eq!(
+                citations[0].section.as_deref(),
+                Some("Resetting your password > Links")
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+    let msgs = h.store.messages(&h.tenant, &conv, 0, 10).await.unwrap();
+    assert_eq!(msgs[1].citations[0].source, "pw.md");
+    h.stop().await;
+}
