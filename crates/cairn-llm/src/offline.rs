@@ -116,7 +116,14 @@ fn answer_from_passages(question: &str, observation: &str) -> Option<(usize, Cha
     let mut citations = Vec::new();
     let mut top_overlap = 0;
     for p in passages.iter().take(MAX_PASSAGES) {
-        let text = p["text"].as_str().unwrap_or_default();
+        // Documents wrap lines inside sentences: read the passage as one line.
+        let flat = p["text"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let text = flat.as_str();
         // The passage's most relevant sentence, or its opening when none matches.
         let scored = sentences(text)
             .map(|s| (terms(s).intersection(&wanted).count(), s))
@@ -128,8 +135,8 @@ fn answer_from_passages(question: &str, observation: &str) -> Option<(usize, Cha
             .or_else(|| sentences(text).next())
             .unwrap_or(text);
         let title = p["title"].as_str().unwrap_or("a document");
-        if !parts.iter().any(|(_, b): &(String, &str)| *b == best) {
-            parts.push((title.to_owned(), best));
+        if !parts.iter().any(|(_, b): &(String, String)| b == best) {
+            parts.push((title.to_owned(), best.to_owned()));
         }
         let section = p["section"]
             .as_str()
@@ -427,7 +434,7 @@ mod tests {
         let p = OfflinePlanner::new();
         let passages = json!({"passages": [
             {"document_id": "pw", "title": "Resetting your password", "section": "Resetting your password > Links",
-             "text": "Open the sign-in page. The reset link is valid for 30 minutes.", "score": 0.9},
+             "text": "Open the sign-in page. The reset link is valid\nfor 30 minutes.", "score": 0.9},
             {"document_id": "other", "title": "Other", "section": "", "text": "Unrelated text.", "score": 0.1}
         ]});
         let req = ChatRequest {

@@ -96,7 +96,11 @@ pub async fn open_knowledge(
         &config.server.data_dir.join(folder),
         dense.as_ref().map(|d| d.dimension()),
     )
-    .map_err(|e| anyhow::anyhow!("cannot open the knowledge store: {e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the knowledge store (is another cairn process using this data dir?): {e}"
+        )
+    })?;
     let sparse = Bm25Embedder::english().map_err(|e| anyhow::anyhow!("BM25: {e}"))?;
     Ok(KnowledgeBase::new(
         Arc::new(store),
