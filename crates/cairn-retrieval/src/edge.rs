@@ -19,8 +19,13 @@ use std::sync::Arc;
 pub const DENSE: &str = "dense";
 /// Name of the sparse vector.
 pub const SPARSE: &str = "bm25";
-/// The `k` of reciprocal rank fusion.
-const RRF_K: usize = 60;
+/// Default weight of the dense ranking in hybrid fusion (sparse has weight 1).
+/// Equal weights measured best on `eval/questions.json` among those tried
+/// (BENCHMARKS.md); larger dense weights measured worse, which suggests the
+/// fused responses are not in prefetch order — to be checked before tuning.
+pub const DEFAULT_DENSE_WEIGHT: f32 = 1.0;
+/// The `k` of reciprocal rank fusion (Qdrant's default; measured better here than 10 or 60).
+const RRF_K: usize = 2;
 /// Candidates taken from each side before fusion, per hit wanted.
 const PREFETCH_FACTOR: usize = 4;
 
@@ -32,6 +37,8 @@ const POINT_NAMESPACE: uuid::Uuid =
 #[derive(Clone)]
 pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
+    /// Weight of the dense ranking against the sparse one in hybrid fusion.
+    dense_weight: f32,
     /// Readers share it; a document replacement holds it exclusively, so no search
     /// runs between its delete and its insert.
     replacing: Arc<std::sync::RwLock<()>>,
@@ -156,6 +163,7 @@ impl EdgeVectorStore {
         let shard = EdgeShard::load(path, Some(config)).map_err(unavailable)?;
         Ok(Self {
             shard: Arc::new(shard),
+            dense_weight: DEFAULT_DENSE_WEIGHT,
             replacing: Arc::default(),
             dense_dim,
             keys: Arc::new(Keys::parse()?),
@@ -164,6 +172,12 @@ impl EdgeVectorStore {
 
     /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
     /// only user of the shard.
+    /// Sets the weight of the dense ranking in hybrid fusion (sparse is 1).
+    pub fn with_dense_weight(mut self, weight: f32) -> Self {
+        self.dense_weight = weight.max(0.0);
+        self
+    }
+
     async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
         T: Send + 'static,
@@ -368,7 +382,10 @@ impl VectorStore for EdgeVectorStore {
                     vec![side(dense()?), side(sparse()?)],
                     ScoringQuery::Fusion(Fusion::Rrf {
                         k: RRF_K,
-                        weights: None,
+                        weights: Some(vec![
+                            qdrant_edge::external::ordered_float::OrderedFloat(self.dense_weight),
+                            qdrant_edge::external::ordered_float::OrderedFloat(1.0),
+                        ]),
                     }),
                 )
             }

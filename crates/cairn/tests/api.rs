@@ -504,7 +504,7 @@ async fn search_returns_the_callers_ranked_chunks_with_citations() {
         let s = cairn::ingest::ingest_paths(&kb, &tenant, &[root])
             .await
             .unwrap();
-        assert_eq!(s.added, 6);
+        assert_eq!(s.added, 30);
     }
     let mut s = Server::start(&cfg).await;
     let c = s.client(&s.token("acme", "ana"));

@@ -177,13 +177,13 @@ fn ingest_the_sample_knowledge_base_and_get_an_answer_that_cites_it() {
     let (code, out, err) = run(&["ingest", kb.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.starts_with("added 6, replaced 0, unchanged 0, failed 0"),
+        out.starts_with("added 30, replaced 0, unchanged 0, failed 0"),
         "{out}"
     );
     // Ingesting again does nothing.
     let (_, out, _) = run(&["ingest", kb.to_str().unwrap()]);
     assert!(
-        out.starts_with("added 0, replaced 0, unchanged 6, failed 0"),
+        out.starts_with("added 0, replaced 0, unchanged 30, failed 0"),
         "{out}"
     );
     let (code, out, err) = run(&["search", "reset link expired"]);

@@ -1,0 +1,110 @@
+//! `cairn-eval`: retrieval quality on a labelled question set. Ingests a
+//! knowledge folder into a fresh Qdrant Edge store and reports, per mode
+//! (BM25, dense, hybrid), recall@5 and MRR@10 at document level.
+//!
+//! ```text
+//! cairn-eval --kb kb --questions eval/questions.json --minilm-dir <model folder>
+//! ```
+
+use anyhow::Context;
+use cairn_core::TenantId;
+use cairn_core::ports::{DenseEmbedder, SearchFilter, SearchMode};
+use cairn_retrieval::chunk::ChunkSettings;
+use cairn_retrieval::knowledge::KnowledgeBase;
+use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder};
+use clap::Parser;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+struct Args {
+    /// The knowledge folder.
+    #[arg(long, default_value = "kb")]
+    kb: PathBuf,
+    /// Questions: `{"questions": [{"question", "document_id"}]}`.
+    #[arg(long, default_value = "eval/questions.json")]
+    questions: PathBuf,
+    /// MiniLM model folder (dense and hybrid need it).
+    #[arg(long, env = "CAIRN_TEST_MINILM_DIR")]
+    minilm_dir: PathBuf,
+    /// Weight of the dense ranking in hybrid fusion (sparse is 1).
+    #[arg(long, default_value_t = cairn_retrieval::edge::DEFAULT_DENSE_WEIGHT)]
+    dense_weight: f32,
+}
+
+/// recall@k and reciprocal rank for one ranking of document ids.
+fn score(ranked: &[String], want: &str) -> (bool, f64) {
+    let pos = ranked.iter().position(|d| d == want);
+    (
+        pos.is_some_and(|p| p < 5),
+        pos.filter(|p| *p < 10)
+            .map_or(0.0, |p| 1.0 / (p as f64 + 1.0)),
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    cairn_llm::http::install_crypto_provider();
+    let q: Value =
+        serde_json::from_str(&std::fs::read_to_string(&args.questions).context("questions file")?)?;
+    let questions: Vec<(String, String)> = q["questions"]
+        .as_array()
+        .context("no questions")?
+        .iter()
+        .map(|x| {
+            (
+                x["question"].as_str().unwrap_or_default().to_owned(),
+                x["document_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let dense: Arc<dyn DenseEmbedder> = Arc::new(MiniLmEmbedder::load(&args.minilm_dir)?);
+    let store = EdgeVectorStore::open(&dir.path().join("kb"), Some(dense.dimension()))?
+        .with_dense_weight(args.dense_weight);
+    let kb = KnowledgeBase::new(
+        Arc::new(store),
+        Arc::new(Bm25Embedder::english().map_err(|e| anyhow::anyhow!(e))?),
+        Some(dense),
+        ChunkSettings::default(),
+    );
+    let tenant = TenantId::parse("eval")?;
+    let s = cairn::ingest::ingest_paths(&kb, &tenant, std::slice::from_ref(&args.kb)).await?;
+    anyhow::ensure!(s.failed.is_empty(), "ingestion failed: {:?}", s.failed);
+    println!(
+        "documents={} chunks={} questions={}",
+        s.added,
+        s.chunks,
+        questions.len()
+    );
+    for (name, mode) in [
+        ("bm25", SearchMode::Sparse),
+        ("dense", SearchMode::Dense),
+        ("hybrid", SearchMode::Hybrid),
+    ] {
+        let (mut hits, mut rr) = (0usize, 0.0f64);
+        for (question, want) in &questions {
+            let results = kb
+                .search(&tenant, question, mode, SearchFilter::default(), 20)
+                .await?;
+            let mut ranked: Vec<String> = Vec::new();
+            for r in results {
+                if !ranked.contains(&r.chunk.document_id) {
+                    ranked.push(r.chunk.document_id);
+                }
+            }
+            let (hit, reciprocal) = score(&ranked, want);
+            hits += usize::from(hit);
+            rr += reciprocal;
+        }
+        let n = questions.len() as f64;
+        println!(
+            "mode={name:<6} recall@5={:.3} mrr@10={:.3}",
+            hits as f64 / n,
+            rr / n
+        );
+    }
+    Ok(())
+}
