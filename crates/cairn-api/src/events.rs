@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cairn_core::StoredEvent;
+use cairn_core::ports::StoreError;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
@@ -35,6 +36,43 @@ pub fn sse_error(message: &str) -> Event {
     Event::default()
         .event("error")
         .data(json!({"code": "unavailable", "message": message}).to_string())
+}
+
+/// Stored events as an SSE response with keep-alives. The stream ends when the
+/// server closes, after a store error (sent as an `error` event carrying
+/// `on_error`), and, with `until_terminal`, right after the first terminal event —
+/// checked before pulling again, so the response closes without waiting for
+/// another event.
+pub fn sse_response<S>(
+    state: &AppState,
+    events: S,
+    until_terminal: bool,
+    on_error: &'static str,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<S>>
+where
+    S: Stream<Item = Result<StoredEvent, StoreError>> + Send + 'static,
+{
+    let stream = futures::stream::unfold(
+        (Box::pin(events), false),
+        move |(mut inner, done)| async move {
+            if done {
+                return None;
+            }
+            let (ev, done) = match inner.next().await? {
+                Ok(e) => {
+                    let terminal = until_terminal && e.event.is_terminal();
+                    (sse_event(&e), terminal)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "event stream failed");
+                    (sse_error(on_error), true)
+                }
+            };
+            Some((Ok::<_, Infallible>(ev), (inner, done)))
+        },
+    )
+    .take_until(state.closed());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
 }
 
 /// `GET /v1/conversations/{id}/events`.
@@ -61,23 +99,11 @@ pub async fn stream(
             })?,
         None => query_u64(&q, "after")?.unwrap_or(0),
     };
-    let events = state
-        .events
-        .subscribe(caller.tenant.clone(), id, after)
-        .scan(false, |failed, item| {
-            if *failed {
-                return futures::future::ready(None);
-            }
-            let ev = match item {
-                Ok(e) => sse_event(&e),
-                Err(e) => {
-                    tracing::error!(error = %e, "event stream failed");
-                    *failed = true;
-                    sse_error("the event store is unavailable; reconnect with Last-Event-ID")
-                }
-            };
-            futures::future::ready(Some(Ok::<_, Infallible>(ev)))
-        })
-        .take_until(state.closed());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive)))
+    let events = state.events.subscribe(caller.tenant.clone(), id, after);
+    Ok(sse_response(
+        &state,
+        events,
+        false,
+        "the event store is unavailable; reconnect with Last-Event-ID",
+    ))
 }

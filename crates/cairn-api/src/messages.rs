@@ -5,20 +5,18 @@
 use crate::auth::Caller;
 use crate::conversations::load_owned;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::{sse_error, sse_event};
+use crate::events::sse_response;
 use crate::extract::{JsonBody, conversation_id, query_u64};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cairn_core::{MessageId, StoredEvent, TurnEvent, TurnId, TurnRequest};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::convert::Infallible;
 
 /// Longest message, in characters.
 pub const MAX_CONTENT_CHARS: usize = 32_000;
@@ -101,35 +99,14 @@ pub async fn post(
     };
 
     if wants_sse(&headers) {
-        // Stream the turn's events; end after its terminal event.
-        // Ends right after the terminal event (checked before pulling again, so
-        // the response closes without waiting for another event).
-        let stream = futures::stream::unfold(
-            (Box::pin(turn_events), false),
-            |(mut inner, done)| async move {
-                if done {
-                    return None;
-                }
-                let (ev, done) = match inner.next().await? {
-                    Ok(e) => {
-                        let terminal = e.event.is_terminal();
-                        (sse_event(&e), terminal)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "event stream failed");
-                        (
-                            sse_error("the event store is unavailable; follow the conversation's events_url"),
-                            true,
-                        )
-                    }
-                };
-                Some((Ok::<_, Infallible>(ev), (inner, done)))
-            },
+        // Stream the turn's events in the response; end after its terminal event.
+        let mut resp = sse_response(
+            &state,
+            turn_events,
+            true,
+            "the event store is unavailable; follow the conversation's events_url",
         )
-            .take_until(state.closed());
-        let mut resp = Sse::new(stream)
-            .keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
-            .into_response();
+        .into_response();
         if let Ok(v) = request.message_id.as_str().parse() {
             resp.headers_mut().insert("x-message-id", v);
         }

@@ -2,11 +2,11 @@
 //! vLLM, Ollama, TEI), batched, with the same timeouts and retries as the chat
 //! providers.
 
-use crate::http::{ProviderClient, json_body};
+use crate::http::{ProviderBase, json_body};
 use async_trait::async_trait;
 use cairn_core::config::LlmConfig;
 use cairn_core::ports::{DenseEmbedder, EmbedError};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::AUTHORIZATION;
 use serde_json::json;
 
 /// Texts per request.
@@ -14,10 +14,9 @@ pub const DEFAULT_BATCH: usize = 64;
 
 /// An OpenAI-compatible embedder.
 pub struct OpenAiEmbedder {
-    http: ProviderClient,
+    /// Client, headers and model, shared with the chat providers.
+    base: ProviderBase,
     url: String,
-    headers: HeaderMap,
-    model: String,
     batch: usize,
     dimension: usize,
 }
@@ -32,18 +31,11 @@ impl OpenAiEmbedder {
         batch: usize,
         transport: &LlmConfig,
     ) -> Result<Self, EmbedError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| EmbedError("the API key is not a valid header value".into()))?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
+        let auth = api_key.map(|k| (AUTHORIZATION, format!("Bearer {k}")));
         let mut e = Self {
-            http: ProviderClient::new(transport).map_err(|e| EmbedError(e.to_string()))?,
+            base: ProviderBase::new(transport, model.to_owned(), auth, &[])
+                .map_err(|e| EmbedError(e.to_string()))?,
             url: format!("{}/embeddings", base_url.trim_end_matches('/')),
-            headers,
-            model: model.to_owned(),
             batch: batch.max(1),
             dimension: 0,
         };
@@ -58,10 +50,11 @@ impl OpenAiEmbedder {
     }
 
     async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let body = json!({ "model": self.model, "input": texts });
+        let body = json!({ "model": self.base.model, "input": texts });
         let resp = self
+            .base
             .http
-            .post_json(&self.url, &self.headers, &body)
+            .post_json(&self.url, &self.base.headers, &body)
             .await
             .map_err(|e| EmbedError(e.to_string()))?;
         let v = json_body(resp)
@@ -93,7 +86,7 @@ impl OpenAiEmbedder {
 #[async_trait]
 impl DenseEmbedder for OpenAiEmbedder {
     fn name(&self) -> &str {
-        &self.model
+        &self.base.model
     }
 
     fn dimension(&self) -> usize {

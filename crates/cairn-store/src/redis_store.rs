@@ -113,7 +113,6 @@ static SET_IF_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
-if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[2]) end
 return 1",
     )
 });
