@@ -84,6 +84,20 @@ pub struct KnowledgeConfig {
     pub chunk_max_tokens: usize,
     /// Tokens repeated between consecutive pieces of a long paragraph.
     pub chunk_overlap_tokens: usize,
+    /// The `k` of reciprocal rank fusion in hybrid search (Qdrant's formula:
+    /// a hit at rank r scores weight / (r / weight + k - 1), summed over the
+    /// dense and sparse rankings).
+    pub fusion_k: usize,
+    /// Weight of the dense ranking in hybrid fusion; the sparse ranking has 1.
+    pub dense_weight: f32,
+    /// Documents ingested at once (each up to the upload limit in memory).
+    pub ingest_concurrency: usize,
+    /// Embedding workers in the pool.
+    pub embed_workers: usize,
+    /// Chunks per embedding batch.
+    pub embed_batch: usize,
+    /// Largest document accepted, in bytes.
+    pub max_document_bytes: usize,
 }
 
 impl Default for KnowledgeConfig {
@@ -98,6 +112,12 @@ impl Default for KnowledgeConfig {
             search_limit: 5,
             chunk_max_tokens: 180,
             chunk_overlap_tokens: 30,
+            fusion_k: 1,
+            dense_weight: 2.0,
+            ingest_concurrency: 4,
+            embed_workers: 2,
+            embed_batch: 32,
+            max_document_bytes: 10 * 1024 * 1024,
         }
     }
 }
@@ -415,6 +435,27 @@ impl Config {
                     "is required when knowledge.embeddings_base_url is set",
                 );
             }
+        }
+        if self.knowledge.fusion_k == 0 {
+            return bad("knowledge.fusion_k", "must be at least 1");
+        }
+        if !(self.knowledge.dense_weight > 0.0 && self.knowledge.dense_weight <= 100.0) {
+            return bad("knowledge.dense_weight", "must be above 0 and at most 100");
+        }
+        for (key, v) in [
+            (
+                "knowledge.ingest_concurrency",
+                self.knowledge.ingest_concurrency,
+            ),
+            ("knowledge.embed_workers", self.knowledge.embed_workers),
+            ("knowledge.embed_batch", self.knowledge.embed_batch),
+        ] {
+            if v == 0 || v > 1024 {
+                return bad(key, "must be between 1 and 1024");
+            }
+        }
+        if self.knowledge.max_document_bytes == 0 {
+            return bad("knowledge.max_document_bytes", "must be above 0");
         }
         if self.knowledge.chunk_max_tokens < 16 {
             return bad("knowledge.chunk_max_tokens", "must be at least 16");

@@ -20,12 +20,13 @@ pub const DENSE: &str = "dense";
 /// Name of the sparse vector.
 pub const SPARSE: &str = "bm25";
 /// Default weight of the dense ranking in hybrid fusion (sparse has weight 1).
-/// Equal weights measured best on `eval/questions.json` among those tried
-/// (BENCHMARKS.md); larger dense weights measured worse, which suggests the
-/// fused responses are not in prefetch order — to be checked before tuning.
-pub const DEFAULT_DENSE_WEIGHT: f32 = 1.0;
-/// The `k` of reciprocal rank fusion (Qdrant's default; measured better here than 10 or 60).
-const RRF_K: usize = 2;
+/// Qdrant's weighted RRF divides the rank by the weight (a hit at rank r adds
+/// 1 / (r / w + k - 1)), so a weight only matters much when `k` is small; the
+/// grid over k and w is in BENCHMARKS.md.
+pub const DEFAULT_DENSE_WEIGHT: f32 = 2.0;
+/// The default `k` of reciprocal rank fusion (k = 1, w = 2 measured best on
+/// `eval/questions.json`).
+pub const DEFAULT_RRF_K: usize = 1;
 /// Candidates taken from each side before fusion, per hit wanted.
 const PREFETCH_FACTOR: usize = 4;
 
@@ -39,6 +40,8 @@ pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
     /// Weight of the dense ranking against the sparse one in hybrid fusion.
     dense_weight: f32,
+    /// The `k` of reciprocal rank fusion.
+    rrf_k: usize,
     /// Readers share it; a document replacement holds it exclusively, so no search
     /// runs between its delete and its insert.
     replacing: Arc<std::sync::RwLock<()>>,
@@ -164,19 +167,23 @@ impl EdgeVectorStore {
         Ok(Self {
             shard: Arc::new(shard),
             dense_weight: DEFAULT_DENSE_WEIGHT,
+            rrf_k: DEFAULT_RRF_K,
             replacing: Arc::default(),
             dense_dim,
             keys: Arc::new(Keys::parse()?),
         })
     }
 
-    /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
-    /// only user of the shard.
-    /// Sets the weight of the dense ranking in hybrid fusion (sparse is 1).
-    pub fn with_dense_weight(mut self, weight: f32) -> Self {
-        self.dense_weight = weight.max(0.0);
+    /// Sets hybrid fusion: the `k` of reciprocal rank fusion and the weight of
+    /// the dense ranking (sparse has weight 1).
+    pub fn with_fusion(mut self, k: usize, dense_weight: f32) -> Self {
+        self.rrf_k = k.max(1);
+        self.dense_weight = dense_weight.max(0.0);
         self
     }
+
+    /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
+    /// only user of the shard.
 
     async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
@@ -381,7 +388,7 @@ impl VectorStore for EdgeVectorStore {
                 (
                     vec![side(dense()?), side(sparse()?)],
                     ScoringQuery::Fusion(Fusion::Rrf {
-                        k: RRF_K,
+                        k: self.rrf_k,
                         weights: Some(vec![
                             qdrant_edge::external::ordered_float::OrderedFloat(self.dense_weight),
                             qdrant_edge::external::ordered_float::OrderedFloat(1.0),

@@ -100,7 +100,8 @@ pub async fn open_knowledge(
         anyhow::anyhow!(
             "cannot open the knowledge store (is another cairn process using this data dir?): {e}"
         )
-    })?;
+    })?
+    .with_fusion(k.fusion_k, k.dense_weight);
     let sparse = Bm25Embedder::english().map_err(|e| anyhow::anyhow!("BM25: {e}"))?;
     Ok(KnowledgeBase::new(
         Arc::new(store),

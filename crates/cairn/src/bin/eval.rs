@@ -31,6 +31,12 @@ struct Args {
     /// Weight of the dense ranking in hybrid fusion (sparse is 1).
     #[arg(long, default_value_t = cairn_retrieval::edge::DEFAULT_DENSE_WEIGHT)]
     dense_weight: f32,
+    /// The `k` of reciprocal rank fusion.
+    #[arg(long, default_value_t = cairn_retrieval::edge::DEFAULT_RRF_K)]
+    rrf_k: usize,
+    /// Also print each question that hybrid ranks below the better single mode.
+    #[arg(long)]
+    misses: bool,
 }
 
 /// recall@k and reciprocal rank for one ranking of document ids.
@@ -63,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let dense: Arc<dyn DenseEmbedder> = Arc::new(MiniLmEmbedder::load(&args.minilm_dir)?);
     let store = EdgeVectorStore::open(&dir.path().join("kb"), Some(dense.dimension()))?
-        .with_dense_weight(args.dense_weight);
+        .with_fusion(args.rrf_k, args.dense_weight);
     let kb = KnowledgeBase::new(
         Arc::new(store),
         Arc::new(Bm25Embedder::english().map_err(|e| anyhow::anyhow!(e))?),
@@ -79,12 +85,14 @@ async fn main() -> anyhow::Result<()> {
         s.chunks,
         questions.len()
     );
+    let mut ranks: Vec<Vec<Option<usize>>> = Vec::new();
     for (name, mode) in [
         ("bm25", SearchMode::Sparse),
         ("dense", SearchMode::Dense),
         ("hybrid", SearchMode::Hybrid),
     ] {
         let (mut hits, mut rr) = (0usize, 0.0f64);
+        let mut mode_ranks = Vec::new();
         for (question, want) in &questions {
             let results = kb
                 .search(&tenant, question, mode, SearchFilter::default(), 20)
@@ -95,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
                     ranked.push(r.chunk.document_id);
                 }
             }
+            mode_ranks.push(ranked.iter().position(|d| d == want));
             let (hit, reciprocal) = score(&ranked, want);
             hits += usize::from(hit);
             rr += reciprocal;
@@ -105,6 +114,23 @@ async fn main() -> anyhow::Result<()> {
             hits as f64 / n,
             rr / n
         );
+        ranks.push(mode_ranks);
+    }
+    if args.misses {
+        // Rank 1 is best; "-" is not in the top 20 chunks.
+        let show = |r: Option<usize>| r.map_or("-".to_owned(), |p| (p + 1).to_string());
+        for (i, (question, want)) in questions.iter().enumerate() {
+            let (b, d, h) = (ranks[0][i], ranks[1][i], ranks[2][i]);
+            let key = |r: Option<usize>| r.unwrap_or(usize::MAX);
+            if key(h) > key(b).min(key(d)) {
+                println!(
+                    "miss bm25={} dense={} hybrid={} want={want} q={question}",
+                    show(b),
+                    show(d),
+                    show(h)
+                );
+            }
+        }
     }
     Ok(())
 }
