@@ -1,7 +1,8 @@
 //! `GET /v1/search`: ranked chunks of the caller's tenant, with scores and
 //! citations. Query parameters: `q` (required), `limit` (1–50, default 5),
 //! `mode` (`hybrid` default, `dense`, `sparse`), and repeatable-by-comma filters
-//! `document_id`, `source`, `tag`.
+//! `document_id`, `source`, `tag`, and `after` / `before` (RFC 3339 instants or
+//! `YYYY-MM-DD` dates; `after` inclusive, `before` exclusive) on the document date.
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -10,6 +11,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Query, State};
 use cairn_core::ports::{SearchFilter, SearchMode, VectorError};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -23,6 +25,34 @@ fn list(q: &HashMap<String, String>, name: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An RFC 3339 instant or a `YYYY-MM-DD` date (midnight UTC) from the query.
+pub(crate) fn query_date(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> ApiResult<Option<DateTime<Utc>>> {
+    let Some(raw) = q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    parse_date(raw).map(Some).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`{name}` must be an RFC 3339 instant or a YYYY-MM-DD date"),
+        )
+        .with_details(json!({"field": name}))
+    })
+}
+
+/// Parses an RFC 3339 instant or a `YYYY-MM-DD` date (midnight UTC).
+pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
 }
 
 /// `GET /v1/search`.
@@ -71,6 +101,8 @@ pub async fn search(
         document_ids: list(&q, "document_id"),
         sources: list(&q, "source"),
         tags: list(&q, "tag"),
+        after: query_date(&q, "after")?,
+        before: query_date(&q, "before")?,
     };
     let hits = kb
         .search(&caller.tenant, text, mode, filter, limit as usize)
@@ -95,6 +127,7 @@ pub async fn search(
                 "page": h.chunk.page,
                 "source": h.chunk.source,
                 "tags": h.chunk.tags,
+                "date": h.chunk.date,
             })
         })
         .collect();

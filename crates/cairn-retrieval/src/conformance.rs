@@ -26,7 +26,22 @@ fn chunk(doc: &str, index: u32, text: &str, version: &str) -> ChunkRecord {
         }],
         page: None,
         version: version.into(),
+        date: Some(date_of(doc)),
     }
+}
+
+/// alpha is dated 2024, beta 2025, the others 2026 (1 June).
+fn date_of(doc: &str) -> chrono::DateTime<chrono::Utc> {
+    let year = match doc {
+        "alpha" => 2024,
+        "beta" => 2025,
+        _ => 2026,
+    };
+    chrono::NaiveDate::from_ymd_opt(year, 6, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
 }
 
 fn sparse(terms: &[u32]) -> SparseVector {
@@ -155,9 +170,37 @@ pub async fn filters_restrict_results<S: VectorStore>(s: S) {
         sources: vec!["gamma.md".into()],
         ..Default::default()
     };
-    let hits = s.search(r).await.unwrap();
+    let hits = s.search(r.clone()).await.unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].chunk.document_id, "gamma");
+
+    // Dates: `after` is inclusive, `before` exclusive.
+    let docs = |hits: Vec<SearchHit>| {
+        let mut d: Vec<String> = hits.into_iter().map(|h| h.chunk.document_id).collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    r.filter = SearchFilter {
+        after: Some(date_of("beta")),
+        ..Default::default()
+    };
+    assert_eq!(docs(s.search(r.clone()).await.unwrap()), ["beta", "gamma"]);
+    r.filter = SearchFilter {
+        before: Some(date_of("beta")),
+        ..Default::default()
+    };
+    assert_eq!(docs(s.search(r.clone()).await.unwrap()), ["alpha"]);
+    r.filter = SearchFilter {
+        after: Some(date_of("alpha")),
+        before: Some(date_of("gamma")),
+        ..Default::default()
+    };
+    for mode in [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
+        r.mode = mode;
+        r.sparse = Some(sparse(&[1, 2, 3, 4, 5, 6]));
+        assert_eq!(docs(s.search(r.clone()).await.unwrap()), ["alpha", "beta"], "{mode:?}");
+    }
 }
 
 pub async fn replacing_a_document_keeps_only_the_new_version<S: VectorStore>(s: S) {

@@ -7,9 +7,10 @@ use qdrant_edge::{
     AnyVariants, Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
     PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
+    QueryRequest, Range, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
     VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +30,9 @@ pub const DEFAULT_DENSE_WEIGHT: f32 = 2.0;
 pub const DEFAULT_RRF_K: usize = 1;
 /// Candidates taken from each side before fusion, per hit wanted.
 const PREFETCH_FACTOR: usize = 4;
+
+/// Payload key of the document date as Unix seconds (what date filters compare).
+const DATE_KEY: &str = "date_ts";
 
 /// Namespace of point ids (UUIDv5 of tenant, document and chunk index).
 const POINT_NAMESPACE: uuid::Uuid =
@@ -60,6 +64,7 @@ struct Keys {
     source: JsonPath,
     tags: JsonPath,
     version: JsonPath,
+    date: JsonPath,
 }
 
 impl Keys {
@@ -73,6 +78,7 @@ impl Keys {
             source: k("source")?,
             tags: k("tags")?,
             version: k("version")?,
+            date: k(DATE_KEY)?,
         })
     }
 
@@ -101,6 +107,18 @@ impl Keys {
         }
         if !extra.tags.is_empty() {
             must.push(Self::matches_any(&self.tags, &extra.tags));
+        }
+        if extra.after.is_some() || extra.before.is_some() {
+            let at = |d: chrono::DateTime<chrono::Utc>| OrderedFloat(d.timestamp() as f64);
+            must.push(Condition::Field(FieldCondition::new_range(
+                self.date.clone(),
+                Range {
+                    gte: extra.after.map(at),
+                    lt: extra.before.map(at),
+                    gt: None,
+                    lte: None,
+                },
+            )));
         }
         Filter {
             must: Some(must),
@@ -234,6 +252,9 @@ impl EdgeVectorStore {
             );
             let mut payload = serde_json::to_value(&p.chunk).map_err(unavailable)?;
             payload["tenant_id"] = json!(tenant.as_str());
+            if let Some(d) = p.chunk.date {
+                payload[DATE_KEY] = json!(d.timestamp());
+            }
             let id = point_id(tenant, &p.chunk.document_id, p.chunk.chunk_index);
             let mut point = PointStruct::new(id, Vec::<f32>::new(), payload);
             point.0.vector = VectorStructPersisted::Named(vectors);
@@ -390,8 +411,8 @@ impl VectorStore for EdgeVectorStore {
                     ScoringQuery::Fusion(Fusion::Rrf {
                         k: self.rrf_k,
                         weights: Some(vec![
-                            qdrant_edge::external::ordered_float::OrderedFloat(self.dense_weight),
-                            qdrant_edge::external::ordered_float::OrderedFloat(1.0),
+                            OrderedFloat(self.dense_weight),
+                            OrderedFloat(1.0),
                         ]),
                     }),
                 )

@@ -11,6 +11,7 @@ use crate::chunk::{ChunkSettings, ParsedDocument, chunk};
 use async_trait::async_trait;
 use cairn_core::ids::TenantId;
 use cairn_core::ports::*;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -40,6 +41,24 @@ pub struct DocumentMeta {
     pub source: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
+    /// Title to use instead of the one found in the document.
+    pub title: Option<String>,
+    /// The document's date; unset means "when it was ingested".
+    pub date: Option<DateTime<Utc>>,
+}
+
+/// A document parsed and chunked, before embedding.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// The stored version has the same content and metadata: nothing to do.
+    Unchanged,
+    /// Chunks to embed and store.
+    Chunks {
+        /// The chunks, in order.
+        records: Vec<ChunkRecord>,
+        /// An older version is stored and must be replaced.
+        replace: bool,
+    },
 }
 
 /// A knowledge base over one vector store.
@@ -53,10 +72,30 @@ pub struct KnowledgeBase {
 
 /// Version of a content: a stable 64-bit FNV-1a hash, hex.
 pub fn content_version(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
+    format!("{:016x}", fnv1a(0xcbf2_9ce4_8422_2325, text.as_bytes()))
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Version of a document: its text and the metadata stored with every chunk, so
+/// that new tags or a new title replace the chunks too.
+fn document_version(meta: &DocumentMeta, title: &str, text: &str) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        text,
+        title,
+        meta.source.as_deref().unwrap_or(""),
+        &meta.tags.join("\u{1}"),
+        &meta.date.map(|d| d.to_rfc3339()).unwrap_or_default(),
+    ] {
+        h = fnv1a(h, part.as_bytes());
+        h = fnv1a(h, &[0]);
     }
     format!("{h:016x}")
 }
@@ -99,28 +138,53 @@ impl KnowledgeBase {
         self.dense.is_some()
     }
 
-    /// Ingests a parsed document.
+    /// Ingests a parsed document: prepare, embed, store.
     pub async fn ingest(
         &self,
         tenant: &TenantId,
         meta: &DocumentMeta,
         doc: &ParsedDocument,
     ) -> Result<IngestOutcome, VectorError> {
-        let version = content_version(&doc.text);
+        match self.prepare(tenant, meta, doc).await? {
+            Prepared::Unchanged => Ok(IngestOutcome::Unchanged),
+            Prepared::Chunks { records, replace } => {
+                let n = records.len();
+                let points = self.embed(records).await?;
+                self.store(tenant, &meta.document_id, points, replace)
+                    .await?;
+                Ok(if replace {
+                    IngestOutcome::Replaced { chunks: n }
+                } else {
+                    IngestOutcome::Added { chunks: n }
+                })
+            }
+        }
+    }
+
+    /// Chunks a parsed document, or finds that the stored version is the same.
+    pub async fn prepare(
+        &self,
+        tenant: &TenantId,
+        meta: &DocumentMeta,
+        doc: &ParsedDocument,
+    ) -> Result<Prepared, VectorError> {
+        let title = meta.title.clone().unwrap_or_else(|| doc.title.clone());
+        let version = document_version(meta, &title, &doc.text);
         let existing = self
             .store
             .document_version(tenant, &meta.document_id)
             .await?;
         if existing.as_deref() == Some(version.as_str()) {
-            return Ok(IngestOutcome::Unchanged);
+            return Ok(Prepared::Unchanged);
         }
+        let date = meta.date.unwrap_or_else(Utc::now);
         let records: Vec<ChunkRecord> = chunk(doc, self.settings)
             .into_iter()
             .enumerate()
             .map(|(i, c)| ChunkRecord {
                 document_id: meta.document_id.clone(),
                 chunk_index: i as u32,
-                title: doc.title.clone(),
+                title: title.clone(),
                 section_path: c.section_path,
                 text: c.text,
                 start: c.start,
@@ -129,42 +193,61 @@ impl KnowledgeBase {
                 tags: meta.tags.clone(),
                 page: c.page,
                 version: version.clone(),
+                date: Some(date),
             })
             .collect();
+        Ok(Prepared::Chunks {
+            records,
+            replace: existing.is_some(),
+        })
+    }
+
+    /// Embeds chunks (dense when configured, and BM25).
+    pub async fn embed(&self, records: Vec<ChunkRecord>) -> Result<Vec<VectorPoint>, VectorError> {
+        let texts: Vec<String> = records
+            .iter()
+            .map(|c| embedding_text(&c.title, c))
+            .collect();
         let dense = match &self.dense {
-            Some(e) => {
-                let texts: Vec<String> = records
-                    .iter()
-                    .map(|c| embedding_text(&doc.title, c))
-                    .collect();
-                Some(
-                    e.embed(&texts)
-                        .await
-                        .map_err(|e| VectorError::Unavailable(e.0))?,
-                )
-            }
+            Some(e) => Some(
+                e.embed(&texts)
+                    .await
+                    .map_err(|e| VectorError::Unavailable(e.0))?,
+            ),
             None => None,
         };
-        let n = records.len();
-        let points: Vec<VectorPoint> = records
+        if dense.as_ref().is_some_and(|d| d.len() != records.len()) {
+            return Err(VectorError::Unavailable(
+                "the embedder returned a different number of vectors than texts".into(),
+            ));
+        }
+        Ok(records
             .into_iter()
+            .zip(texts)
             .enumerate()
-            .map(|(i, chunk)| VectorPoint {
-                sparse: self
-                    .sparse
-                    .embed_document(&embedding_text(&doc.title, &chunk)),
+            .map(|(i, (chunk, text))| VectorPoint {
+                sparse: self.sparse.embed_document(&text),
                 dense: dense.as_ref().map(|d| d[i].clone()),
                 chunk,
             })
-            .collect();
-        if existing.is_some() {
+            .collect())
+    }
+
+    /// Stores a document's embedded chunks, replacing an older version atomically
+    /// for readers when `replace` is set.
+    pub async fn store(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        points: Vec<VectorPoint>,
+        replace: bool,
+    ) -> Result<(), VectorError> {
+        if replace {
             self.store
-                .replace_document(tenant, &meta.document_id, points)
-                .await?;
-            Ok(IngestOutcome::Replaced { chunks: n })
+                .replace_document(tenant, document_id, points)
+                .await
         } else {
-            self.store.upsert(tenant, points).await?;
-            Ok(IngestOutcome::Added { chunks: n })
+            self.store.upsert(tenant, points).await
         }
     }
 

@@ -24,6 +24,7 @@ fn meta(id: &str) -> DocumentMeta {
         document_id: id.into(),
         source: Some(format!("{id}.md")),
         tags: vec!["support".into()],
+        ..Default::default()
     }
 }
 

@@ -7,15 +7,17 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use cairn_core::ids::*;
-use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::ports::{
+    DocumentRecord, DocumentStore, Enqueued, EventStream, JobStatus, MemoryStore, StoreError,
+};
 use cairn_core::*;
 use chrono::{Duration as ChronoDuration, Utc};
 use futures::StreamExt;
 use std::time::Duration;
 
 /// What the suite needs of an adapter.
-pub trait Store: MemoryStore + EventStream + Clone {}
-impl<T: MemoryStore + EventStream + Clone> Store for T {}
+pub trait Store: MemoryStore + EventStream + DocumentStore + Clone {}
+impl<T: MemoryStore + EventStream + DocumentStore + Clone> Store for T {}
 
 fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
@@ -425,6 +427,102 @@ pub async fn retention_purges_idle_conversations<S: Store>(s: S) {
     assert!(s.get_conversation(&t, &fresh.id).await.unwrap().is_some());
 }
 
+fn document(id: &str, job: &str) -> DocumentRecord {
+    let now = Utc::now();
+    DocumentRecord {
+        document_id: id.into(),
+        title: Some(format!("Title of {id}")),
+        source: Some(format!("{id}.md")),
+        tags: vec!["faq".into()],
+        date: None,
+        format: "markdown".into(),
+        bytes: 42,
+        job_id: job.into(),
+        status: JobStatus::Queued,
+        outcome: None,
+        error: None,
+        chunks: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub async fn document_records_round_trip_and_page<S: Store>(s: S) {
+    let t = tenant("acme");
+    for id in ["c.md", "a.md", "b.md", "d.md"] {
+        s.put_document(&t, &document(id, "job-1")).await.unwrap();
+    }
+    let got = s.get_document(&t, "a.md").await.unwrap().unwrap();
+    assert_eq!(got, document_with_times("a.md", "job-1", &got));
+    let page1 = s.list_documents(&t, None, 3).await.unwrap();
+    let ids: Vec<&str> = page1.iter().map(|d| d.document_id.as_str()).collect();
+    assert_eq!(ids, ["a.md", "b.md", "c.md"], "listed in id order");
+    let page2 = s.list_documents(&t, Some("c.md"), 3).await.unwrap();
+    let ids: Vec<&str> = page2.iter().map(|d| d.document_id.as_str()).collect();
+    assert_eq!(ids, ["d.md"]);
+    assert!(s.list_documents(&t, Some("d.md"), 3).await.unwrap().is_empty());
+    assert!(s.get_document(&t, "missing").await.unwrap().is_none());
+
+    assert!(s.delete_document(&t, "b.md").await.unwrap());
+    assert!(!s.delete_document(&t, "b.md").await.unwrap(), "second delete finds nothing");
+    assert!(s.get_document(&t, "b.md").await.unwrap().is_none());
+    let ids: Vec<String> = s
+        .list_documents(&t, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.document_id)
+        .collect();
+    assert_eq!(ids, ["a.md", "c.md", "d.md"]);
+}
+
+/// `expected` with the timestamps of `got` (they round-trip through text).
+fn document_with_times(id: &str, job: &str, got: &DocumentRecord) -> DocumentRecord {
+    DocumentRecord {
+        created_at: got.created_at,
+        updated_at: got.updated_at,
+        ..document(id, job)
+    }
+}
+
+pub async fn job_updates_apply_only_to_the_current_job<S: Store>(s: S) {
+    let t = tenant("acme");
+    s.put_document(&t, &document("a.md", "job-1")).await.unwrap();
+    let mut parsing = document("a.md", "job-1");
+    parsing.status = JobStatus::Parsing;
+    assert!(s.update_job(&t, &parsing).await.unwrap());
+    assert_eq!(
+        s.get_document(&t, "a.md").await.unwrap().unwrap().status,
+        JobStatus::Parsing
+    );
+
+    // A new upload starts job-2: job-1's late updates are refused.
+    s.put_document(&t, &document("a.md", "job-2")).await.unwrap();
+    let mut stale = document("a.md", "job-1");
+    stale.status = JobStatus::Done;
+    assert!(!s.update_job(&t, &stale).await.unwrap());
+    let now = s.get_document(&t, "a.md").await.unwrap().unwrap();
+    assert_eq!((now.job_id.as_str(), now.status), ("job-2", JobStatus::Queued));
+
+    // A deleted document takes no updates either.
+    s.delete_document(&t, "a.md").await.unwrap();
+    let mut late = document("a.md", "job-2");
+    late.status = JobStatus::Failed;
+    late.error = Some("corrupt".into());
+    assert!(!s.update_job(&t, &late).await.unwrap());
+    assert!(s.get_document(&t, "a.md").await.unwrap().is_none());
+}
+
+pub async fn document_records_are_tenant_scoped<S: Store>(s: S) {
+    let (a, b) = (tenant("acme"), tenant("globex"));
+    s.put_document(&a, &document("shared-id", "job-a")).await.unwrap();
+    assert!(s.get_document(&b, "shared-id").await.unwrap().is_none());
+    assert!(s.list_documents(&b, None, 10).await.unwrap().is_empty());
+    assert!(!s.delete_document(&b, "shared-id").await.unwrap());
+    assert!(!s.update_job(&b, &document("shared-id", "job-a")).await.unwrap());
+    assert!(s.get_document(&a, "shared-id").await.unwrap().is_some());
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh store; `$retention` is the event retention it
 /// was opened with.
@@ -440,6 +538,9 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; subscribe_replays_then_follows);
         $crate::conformance_tests!(@case $make; delete_removes_everything);
         $crate::conformance_tests!(@case $make; retention_purges_idle_conversations);
+        $crate::conformance_tests!(@case $make; document_records_round_trip_and_page);
+        $crate::conformance_tests!(@case $make; job_updates_apply_only_to_the_current_job);
+        $crate::conformance_tests!(@case $make; document_records_are_tenant_scoped);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

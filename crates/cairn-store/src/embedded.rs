@@ -8,7 +8,9 @@
 use crate::follow::{EventWaiter, follow};
 use async_trait::async_trait;
 use cairn_core::ids::*;
-use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::ports::{
+    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, StoreError,
+};
 use cairn_core::*;
 use cairn_redb::{Db, DbError};
 use chrono::{DateTime, Utc};
@@ -35,6 +37,8 @@ const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("turn_chec
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// Last event id per conversation; kept apart so trimming never resets ids.
 const EVENT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("event_seq");
+/// `tenant \0 document` → the document record (JSON), in id order per tenant.
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
 /// The embedded store. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -109,6 +113,7 @@ impl EmbeddedStore {
                 txn.open_table(CHECKPOINT).map_err(r)?;
                 txn.open_table(EVENTS).map_err(r)?;
                 txn.open_table(EVENT_SEQ).map_err(r)?;
+                txn.open_table(DOCUMENTS).map_err(r)?;
                 Ok(())
             })
             .await
@@ -687,6 +692,123 @@ impl MemoryStore for EmbeddedStore {
             n += u64::from(deleted);
         }
         Ok(n)
+    }
+}
+
+fn doc_key(tenant: &TenantId, document: &str) -> String {
+    format!("{tenant}\0{document}")
+}
+
+#[async_trait]
+impl DocumentStore for EmbeddedStore {
+    async fn put_document(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<(), StoreError> {
+        let k = doc_key(tenant, &record.document_id);
+        let bytes = enc(record).map_err(unavailable)?;
+        self.db
+            .write(move |txn| {
+                txn.open_table(DOCUMENTS)
+                    .map_err(r)?
+                    .insert(k.as_str(), bytes.as_slice())
+                    .map_err(r)?;
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn update_job(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<bool, StoreError> {
+        let k = doc_key(tenant, &record.document_id);
+        let bytes = enc(record).map_err(unavailable)?;
+        let job = record.job_id.clone();
+        self.db
+            .write(move |txn| {
+                let mut t = txn.open_table(DOCUMENTS).map_err(r)?;
+                let current: Option<DocumentRecord> = match t.get(k.as_str()).map_err(r)? {
+                    Some(v) => Some(dec(v.value())?),
+                    None => None,
+                };
+                if current.is_none_or(|c| c.job_id != job) {
+                    return Ok(false);
+                }
+                t.insert(k.as_str(), bytes.as_slice()).map_err(r)?;
+                Ok(true)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<DocumentRecord>, StoreError> {
+        let k = doc_key(tenant, document_id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(DOCUMENTS).map_err(r)?;
+                let v = t.get(k.as_str()).map_err(r)?;
+                v.map(|v| dec(v.value())).transpose()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_documents(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let lo = match after {
+            Some(a) => Bound::Excluded(doc_key(tenant, a)),
+            None => Bound::Included(doc_key(tenant, "")),
+        };
+        let hi = format!("{tenant}\u{1}");
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(DOCUMENTS).map_err(r)?;
+                let lo_ref = match &lo {
+                    Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+                    Bound::Included(s) => Bound::Included(s.as_str()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                let mut out = Vec::new();
+                for item in t
+                    .range::<&str>((lo_ref, Bound::Excluded(hi.as_str())))
+                    .map_err(r)?
+                    .take(limit)
+                {
+                    let (_, v) = item.map_err(r)?;
+                    out.push(dec(v.value())?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<bool, StoreError> {
+        let k = doc_key(tenant, document_id);
+        self.db
+            .write(move |txn| {
+                let mut t = txn.open_table(DOCUMENTS).map_err(r)?;
+                let existed = t.remove(k.as_str()).map_err(r)?.is_some();
+                Ok(existed)
+            })
+            .await
+            .map_err(unavailable)
     }
 }
 

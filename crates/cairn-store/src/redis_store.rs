@@ -15,6 +15,8 @@
 //! | `P:owner:T:U`       | zset   | a user's conversation ids (lexicographic, score 0) |
 //! | `P:updated`         | zset   | `tenant/conversation` by last update (retention)   |
 //! | `P:active`          | set    | `tenant/conversation` with queued work or a checkpoint |
+//! | `P:{docs/T}:records`| hash   | document id → document record (JSON), tenant `T`   |
+//! | `P:{docs/T}:ids`    | zset   | the tenant's document ids (lexicographic, score 0) |
 //!
 //! Every change that spans keys runs as one Lua script, so it is atomic. The global
 //! sets are touched by the same scripts; that needs a non-cluster Redis (or a
@@ -23,7 +25,9 @@
 use crate::follow::{EventWaiter, follow};
 use async_trait::async_trait;
 use cairn_core::ids::*;
-use cairn_core::ports::{Enqueued, EventStream, MemoryStore, StoreError};
+use cairn_core::ports::{
+    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, StoreError,
+};
 use cairn_core::*;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -108,6 +112,34 @@ return 1"
     ))
 });
 
+static PUT_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1",
+    )
+});
+
+static UPDATE_JOB: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if cjson.decode(cur)['job_id'] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1",
+    )
+});
+
+static DELETE_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])",
+    )
+});
+
 static SET_IF_CONVERSATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -188,6 +220,14 @@ impl RedisStore {
 
     fn owner_key(&self, tenant: &TenantId, owner: &UserId) -> String {
         format!("{}:owner:{tenant}:{owner}", self.prefix)
+    }
+
+    /// The document keys of `tenant`: the records hash and the id index.
+    fn doc_keys(&self, tenant: &TenantId) -> (String, String) {
+        (
+            format!("{}:{{docs/{tenant}}}:records", self.prefix),
+            format!("{}:{{docs/{tenant}}}:ids", self.prefix),
+        )
     }
 
     fn global(&self, name: &str) -> String {
@@ -661,6 +701,106 @@ impl MemoryStore for RedisStore {
             }
         }
         Ok(n)
+    }
+}
+
+#[async_trait]
+impl DocumentStore for RedisStore {
+    async fn put_document(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<(), StoreError> {
+        let (records, ids) = self.doc_keys(tenant);
+        let mut c = self.conn.clone();
+        let _: i64 = PUT_DOCUMENT
+            .key(records)
+            .key(ids)
+            .arg(&record.document_id)
+            .arg(serde_json::to_string(record).map_err(corrupt)?)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn update_job(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<bool, StoreError> {
+        let (records, _) = self.doc_keys(tenant);
+        let mut c = self.conn.clone();
+        let n: i64 = UPDATE_JOB
+            .key(records)
+            .arg(&record.document_id)
+            .arg(&record.job_id)
+            .arg(serde_json::to_string(record).map_err(corrupt)?)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn get_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<DocumentRecord>, StoreError> {
+        let (records, _) = self.doc_keys(tenant);
+        let mut c = self.conn.clone();
+        let v: Option<String> = c.hget(records, document_id).await.map_err(unavailable)?;
+        v.map(|v| serde_json::from_str(&v).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn list_documents(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (records, ids) = self.doc_keys(tenant);
+        let mut c = self.conn.clone();
+        let lo = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let page: Vec<String> = c
+            .zrangebylex_limit(ids, lo, "+", 0, limit as isize)
+            .await
+            .map_err(unavailable)?;
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(records)
+            .arg(&page)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        values
+            .into_iter()
+            .flatten()
+            .map(|v| serde_json::from_str(&v).map_err(corrupt))
+            .collect()
+    }
+
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (records, ids) = self.doc_keys(tenant);
+        let mut c = self.conn.clone();
+        let n: i64 = DELETE_DOCUMENT
+            .key(records)
+            .key(ids)
+            .arg(document_id)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 }
 

@@ -80,6 +80,15 @@ pub fn document_id(root: &Path, file: &Path) -> String {
     id.chars().take(128).collect()
 }
 
+/// A file's source: its path below the folder given (so it does not depend on
+/// where the command runs).
+pub fn source_of(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Parses a file by its extension (Markdown, text, HTML, PDF, DOCX).
 pub fn parse_file(path: &Path) -> Result<ParsedDocument, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
@@ -120,8 +129,8 @@ pub async fn ingest_paths(
             Ok(doc) => {
                 let meta = DocumentMeta {
                     document_id: document_id(&root, &file),
-                    source: Some(file.display().to_string()),
-                    tags: Vec::new(),
+                    source: Some(source_of(&root, &file)),
+                    ..Default::default()
                 };
                 kb.ingest(tenant, &meta, &doc)
                     .await

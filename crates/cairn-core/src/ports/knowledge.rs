@@ -1,9 +1,12 @@
-//! Knowledge ports: the VectorStore that holds chunk vectors, and the embedders
-//! that make them. Every point carries its tenant, and every query is filtered
+//! Knowledge ports: the VectorStore that holds chunk vectors, the embedders
+//! that make them, and the DocumentStore that keeps each document's record and
+//! ingestion job. Every point carries its tenant, and every query is filtered
 //! by the caller's tenant: the port has no way to ask without one.
 
 use crate::ids::TenantId;
+use crate::ports::StoreError;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A sparse vector (BM25 term weights), indices ascending.
@@ -44,6 +47,10 @@ pub struct ChunkRecord {
     pub page: Option<u32>,
     /// Version of the document content this chunk belongs to (content hash).
     pub version: String,
+    /// The document's date (given at upload, else when it was ingested); search
+    /// filters on it.
+    #[serde(default)]
+    pub date: Option<DateTime<Utc>>,
 }
 
 /// A chunk with its vectors, ready to be stored.
@@ -82,6 +89,12 @@ pub struct SearchFilter {
     /// Only documents with at least one of these tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Only documents dated at or after this instant.
+    #[serde(default)]
+    pub after: Option<DateTime<Utc>>,
+    /// Only documents dated before this instant.
+    #[serde(default)]
+    pub before: Option<DateTime<Utc>>,
 }
 
 /// A search.
@@ -188,4 +201,106 @@ pub trait DenseEmbedder: Send + Sync + 'static {
     fn dimension(&self) -> usize;
     /// Embeddings of a batch of texts, in order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+}
+
+/// Where a document's ingestion job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, waiting for the ingestion actors.
+    Queued,
+    /// Being parsed and chunked.
+    Parsing,
+    /// Chunks being embedded and stored.
+    Embedding,
+    /// Searchable (or unchanged).
+    Done,
+    /// Failed; the record's `error` says why.
+    Failed,
+}
+
+impl JobStatus {
+    /// Done or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// A document as the API lists it, with its latest ingestion job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    /// Stable id, unique within the tenant.
+    pub document_id: String,
+    /// Title (from the upload, else from the document).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Where it came from (file name, URL, …).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The document's date, when given at upload.
+    #[serde(default)]
+    pub date: Option<DateTime<Utc>>,
+    /// Format: `markdown`, `text`, `html`, `pdf` or `docx`.
+    pub format: String,
+    /// Size of the upload in bytes.
+    pub bytes: u64,
+    /// The latest ingestion job.
+    pub job_id: String,
+    /// Its status.
+    pub status: JobStatus,
+    /// What the job did once done: `added`, `replaced` or `unchanged`.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Why the job failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Chunks stored for the document, once done.
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    /// First upload.
+    pub created_at: DateTime<Utc>,
+    /// Last change of this record.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Keeps one record per document and tenant: what was uploaded and where its
+/// ingestion job is.
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    /// Creates or overwrites the record (a new upload starts a new job).
+    async fn put_document(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Writes `record` only if the stored record still belongs to the same job;
+    /// false when the document was deleted or re-uploaded since (the job is stale).
+    async fn update_job(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// One record.
+    async fn get_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<DocumentRecord>, StoreError>;
+
+    /// Records in document-id order, after `after`, at most `limit`.
+    async fn list_documents(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError>;
+
+    /// Removes the record; false when there was none.
+    async fn delete_document(&self, tenant: &TenantId, document_id: &str)
+    -> Result<bool, StoreError>;
 }
