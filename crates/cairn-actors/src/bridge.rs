@@ -1,9 +1,12 @@
 //! Bus bridges: tasks that turn bus records into actor messages.
 //!
 //! - The router consumes `user_events` and forwards user messages to
-//!   `reasoning_tasks` (documents will go to `ingestion_events`).
+//!   `reasoning_tasks` and documents to `ingestion_events`.
 //! - The conversation bridge consumes `reasoning_tasks` and delivers each request
 //!   to the supervisor.
+//! - The ingestion bridge consumes `ingestion_events` and hands each document to
+//!   the ingestion actor; its offset is committed once the document is stored or
+//!   recorded as failed.
 //!
 //! Both are at-least-once: an offset is committed only once its record's work is
 //! durable (forwarded, persisted in the conversation's queue, or written to the
@@ -12,9 +15,12 @@
 //! ignores a message id it has seen).
 
 use crate::conversation::DeliveryError;
+use crate::ingestion::{IngestMsg, MAX_ATTEMPTS, record_failure, retry_delay, submit};
 use crate::supervisor::SupervisorMsg;
+use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
-use cairn_core::envelope::{Envelope, USER_MESSAGE};
+use cairn_core::envelope::{DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
+use cairn_core::ports::DocumentStore;
 use cairn_core::ports::{BusConsumer, BusError, BusRecord, Enqueued, EventBus, Topics};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -28,6 +34,8 @@ use std::time::Duration;
 pub const ROUTER_GROUP: &str = "cairn-router";
 /// Consumer group of the conversation bridge.
 pub const CONVERSATION_GROUP: &str = "cairn-conversations";
+/// Consumer group of the ingestion bridge.
+pub const INGESTION_GROUP: &str = "cairn-ingestion";
 
 /// Event type of a DLQ record.
 pub const DLQ_RECORD: &str = "dlq.record";
@@ -169,16 +177,17 @@ pub async fn run_router(bus: Arc<dyn EventBus>, topics: Topics, max_in_flight: u
     pump(consumer, max_in_flight, bus, topics, move |rec| {
         let (bus, topics) = (b.clone(), t.clone());
         Box::pin(async move {
-            if rec.envelope.kind != USER_MESSAGE {
-                let reason = format!("no route for event type `{}`", rec.envelope.kind);
-                to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
-                return;
-            }
+            let to = match rec.envelope.kind.as_str() {
+                USER_MESSAGE => &topics.reasoning_tasks,
+                DOCUMENT_SUBMITTED => &topics.ingestion_events,
+                other => {
+                    let reason = format!("no route for event type `{other}`");
+                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    return;
+                }
+            };
             let mut delay = Duration::from_millis(50);
-            while let Err(e) = bus
-                .publish(&topics.reasoning_tasks, &rec.key, &rec.envelope)
-                .await
-            {
+            while let Err(e) = bus.publish(to, &rec.key, &rec.envelope).await {
                 tracing::error!(error = %e, "router cannot forward; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
@@ -258,6 +267,80 @@ pub async fn run_conversation_bridge(
                         tracing::warn!(conversation = %request.conversation_id, "conversation actor stopped before answering; retrying");
                     }
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        })
+    })
+    .await;
+}
+
+/// The ingestion bridge: `ingestion_events` → the ingestion actor, at most
+/// `max_in_flight` documents at once. A submission that fails transiently (store
+/// or embedder down) is retried with backoff, then recorded as failed.
+pub async fn run_ingestion_bridge(
+    bus: Arc<dyn EventBus>,
+    topics: Topics,
+    actor: ActorRef<IngestMsg>,
+    documents: Arc<dyn DocumentStore>,
+    max_in_flight: usize,
+) {
+    let consumer = loop {
+        match bus
+            .subscribe(&topics.ingestion_events, INGESTION_GROUP)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "ingestion bridge cannot subscribe; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let (b, t) = (bus.clone(), topics.clone());
+    pump(consumer, max_in_flight, bus, topics, move |rec| {
+        let (bus, topics, actor, documents) = (b.clone(), t.clone(), actor.clone(), documents.clone());
+        let sub: Result<DocumentSubmission, _> = serde_json::from_value(rec.envelope.data.clone());
+        // Hand over now, in offset order; only the wait is deferred.
+        let tenant = rec.envelope.tenant_id.clone();
+        let first = sub.as_ref().ok().map(|s| submit(&actor, tenant.clone(), s.clone()));
+        Box::pin(async move {
+            let sub = match sub {
+                Ok(s) if rec.envelope.kind == DOCUMENT_SUBMITTED => s,
+                Ok(_) => {
+                    let reason = format!("no ingestion for event type `{}`", rec.envelope.kind);
+                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!("not a document submission: {e}");
+                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    return;
+                }
+            };
+            let mut pending = first;
+            let mut attempt = 1;
+            let reason = loop {
+                let rx = match pending.take() {
+                    Some(rx) => rx,
+                    None => submit(&actor, tenant.clone(), sub.clone()),
+                };
+                let error = match rx.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => "the ingestion actor stopped before answering".to_owned(),
+                };
+                if attempt >= MAX_ATTEMPTS {
+                    break error;
+                }
+                tracing::warn!(document = %sub.document_id, attempt, error = %error, "ingestion failed; retrying");
+                tokio::time::sleep(retry_delay(attempt)).await;
+                attempt += 1;
+            };
+            let reason = format!("gave up after {MAX_ATTEMPTS} attempts: {reason}");
+            let mut delay = Duration::from_millis(200);
+            while let Err(e) = record_failure(documents.as_ref(), &tenant, &sub, &reason).await {
+                tracing::error!(error = %e, "cannot record a failed ingestion; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }

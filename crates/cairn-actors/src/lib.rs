@@ -14,11 +14,15 @@
 //! - [`bridge`]: the bus consumers: the router (`user_events` → `reasoning_tasks`)
 //!   and the conversation bridge (`reasoning_tasks` → actors), at-least-once with
 //!   ordered offset commits and a DLQ.
+//! - [`ingestion`]: the parse-and-chunk actor and the embedding worker pool (a
+//!   ractor factory) that turn `ingestion_events` into stored chunks, with job
+//!   status in the DocumentStore.
 //! - [`runtime`]: starts and stops all of the above; the API's entry point.
 
 pub mod bridge;
 pub mod catalog;
 pub mod conversation;
+pub mod ingestion;
 pub mod memory;
 pub mod runtime;
 pub mod settings;

@@ -1,11 +1,13 @@
 //! Starts and stops the supervision tree and the bus bridges; the API's entry
 //! point for submitting messages.
 
-use crate::bridge::{run_conversation_bridge, run_router};
+use crate::bridge::{run_conversation_bridge, run_ingestion_bridge, run_router};
+use crate::ingestion::{IngestDeps, IngestMsg, IngestionActor, start_embed_pool};
 use crate::settings::AgentDeps;
 use crate::supervisor::{ConversationSupervisor, SupervisorMsg};
+use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
-use cairn_core::envelope::{Envelope, USER_MESSAGE};
+use cairn_core::envelope::{DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusError, EventBus, Topics};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
@@ -19,6 +21,14 @@ pub struct Runtime {
     bus: Arc<dyn EventBus>,
     topics: Topics,
     deps: AgentDeps,
+    /// The ingestion actor and its embedding pool, when knowledge is enabled.
+    ingestion: Option<Ingestion>,
+}
+
+struct Ingestion {
+    actor: ActorRef<IngestMsg>,
+    actor_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    pool: ActorRef<ractor::factory::FactoryMessage<(), crate::ingestion::EmbedMsg>>,
 }
 
 /// Why the runtime could not start.
@@ -34,6 +44,18 @@ impl Runtime {
         topics: Topics,
         max_in_flight: usize,
     ) -> Result<Runtime, StartError> {
+        Self::start_with(deps, bus, topics, max_in_flight, None).await
+    }
+
+    /// Like [`start`](Self::start), plus the ingestion actors (parse/chunk actor,
+    /// embedding pool, bridge) with at most `concurrency` documents in progress.
+    pub async fn start_with(
+        deps: AgentDeps,
+        bus: Arc<dyn EventBus>,
+        topics: Topics,
+        max_in_flight: usize,
+        ingestion: Option<(IngestDeps, usize)>,
+    ) -> Result<Runtime, StartError> {
         let (supervisor, supervisor_task) =
             Actor::spawn(None, ConversationSupervisor, deps.clone())
                 .await
@@ -48,6 +70,32 @@ impl Runtime {
                 max_in_flight,
             )),
         ];
+        let mut bridges = bridges;
+        let ingestion = match ingestion {
+            Some((ingest, concurrency)) => {
+                let (pool, _) = start_embed_pool(ingest.kb.clone(), ingest.settings.embed_workers)
+                    .await
+                    .map_err(|e| StartError(format!("embedding pool: {e}")))?;
+                let documents = ingest.documents.clone();
+                let (actor, actor_task) =
+                    Actor::spawn(None, IngestionActor, (ingest, pool.clone()))
+                        .await
+                        .map_err(|e| StartError(format!("ingestion actor: {e}")))?;
+                bridges.push(tokio::spawn(run_ingestion_bridge(
+                    bus.clone(),
+                    topics.clone(),
+                    actor.clone(),
+                    documents,
+                    concurrency.max(1),
+                )));
+                Some(Ingestion {
+                    actor,
+                    actor_task: std::sync::Mutex::new(Some(actor_task)),
+                    pool,
+                })
+            }
+            None => None,
+        };
         Ok(Runtime {
             supervisor,
             supervisor_task: std::sync::Mutex::new(Some(supervisor_task)),
@@ -55,7 +103,28 @@ impl Runtime {
             bus,
             topics,
             deps,
+            ingestion,
         })
+    }
+
+    /// Publishes an accepted document to `user_events` (keyed by document id);
+    /// returns once the bus holds it durably.
+    pub async fn submit_document(
+        &self,
+        tenant: &cairn_core::TenantId,
+        submission: &DocumentSubmission,
+    ) -> Result<(), BusError> {
+        let data = serde_json::to_value(submission)
+            .map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
+        let envelope = Envelope::new(DOCUMENT_SUBMITTED, tenant.clone(), data);
+        self.bus
+            .publish(&self.topics.user_events, &submission.document_id, &envelope)
+            .await
+    }
+
+    /// True when the ingestion actors run.
+    pub fn has_ingestion(&self) -> bool {
+        self.ingestion.is_some()
     }
 
     /// Publishes an accepted user message to `user_events`; returns once the bus
@@ -120,6 +189,18 @@ impl Runtime {
     pub async fn shutdown(&self) {
         for b in &self.bridges {
             b.abort();
+        }
+        if let Some(i) = &self.ingestion {
+            i.actor.stop(Some("shutdown".into()));
+            i.pool.stop(Some("shutdown".into()));
+            let task = i
+                .actor_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
         }
         self.supervisor.stop(Some("shutdown".into()));
         let task = self

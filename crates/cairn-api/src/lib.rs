@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod documents;
 pub mod error;
 pub mod events;
 pub mod extract;

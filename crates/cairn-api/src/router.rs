@@ -3,10 +3,10 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::{conversations, events, health, messages, request_id, search};
+use crate::{conversations, documents, events, health, messages, request_id, search};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
@@ -36,7 +36,21 @@ pub fn router(state: AppState) -> Router {
             get(messages::list).post(messages::post),
         )
         .route("/conversations/{id}/events", get(events::stream))
-        .route("/search", get(search::search));
+        .route("/search", get(search::search))
+        .route(
+            "/documents",
+            // Uploads may be larger than other bodies: the document limit plus
+            // room for the multipart framing and fields.
+            post(documents::create)
+                .layer(DefaultBodyLimit::max(
+                    state.settings.max_document_bytes.saturating_add(64 * 1024),
+                ))
+                .get(documents::list),
+        )
+        .route(
+            "/documents/{id}",
+            get(documents::get).delete(documents::delete),
+        );
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health::health))

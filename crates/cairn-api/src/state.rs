@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use cairn_actors::Runtime;
-use cairn_core::ports::{EventStream, MemoryStore};
+use cairn_core::ports::{DocumentStore, EventStream, MemoryStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,10 @@ pub struct ApiSettings {
     pub wait_timeout: Duration,
     /// SSE keep-alive interval.
     pub sse_keepalive: Duration,
+    /// Largest document upload (`knowledge.max_document_bytes`).
+    pub max_document_bytes: usize,
+    /// Scope needed to add or delete documents; `None` means any caller may.
+    pub ingest_scope: Option<String>,
 }
 
 /// What handlers share. Cheap to clone.
@@ -30,6 +34,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
+    /// Document records and ingestion jobs, when the knowledge base is enabled.
+    pub documents: Option<Arc<dyn DocumentStore>>,
     /// The knowledge base, when enabled.
     pub knowledge: Option<cairn_retrieval::knowledge::KnowledgeBase>,
     /// Status of components the API does not own (e.g. the knowledge base),

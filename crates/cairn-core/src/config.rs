@@ -173,6 +173,8 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp`/`nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Scope a token needs to add or delete documents; empty: any token may.
+    pub ingest_scope: String,
 }
 
 impl Default for AuthConfig {
@@ -184,6 +186,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            ingest_scope: "ingest".into(),
         }
     }
 }

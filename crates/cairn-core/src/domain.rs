@@ -392,3 +392,30 @@ mod tests {
         assert_eq!(back, e);
     }
 }
+
+/// A document accepted for ingestion: the `data` of a `document.submitted`
+/// event, keyed by document id on the bus. The content travels with it, so an
+/// accepted document survives a restart before it is ingested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentSubmission {
+    /// Stable document id within the tenant.
+    pub document_id: String,
+    /// The ingestion job this submission starts.
+    pub job_id: String,
+    /// Format: `markdown`, `text`, `html`, `pdf` or `docx`.
+    pub format: String,
+    /// Title to use instead of the one found in the document.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Where it came from (file name, URL, …).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The document's date.
+    #[serde(default)]
+    pub date: Option<DateTime<Utc>>,
+    /// The document's bytes, base64 (standard alphabet, padded).
+    pub content_base64: String,
+}

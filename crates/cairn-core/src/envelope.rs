@@ -13,6 +13,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Event type of an accepted user message (topic `user_events`, then `reasoning_tasks`).
 pub const USER_MESSAGE: &str = "user.message";
 
+/// Event type of an uploaded document (topic `user_events`, then
+/// `ingestion_events`); `data` is a [`DocumentSubmission`](crate::DocumentSubmission).
+pub const DOCUMENT_SUBMITTED: &str = "document.submitted";
+
 /// A bus event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -199,7 +199,11 @@ pub async fn filters_restrict_results<S: VectorStore>(s: S) {
     for mode in [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
         r.mode = mode;
         r.sparse = Some(sparse(&[1, 2, 3, 4, 5, 6]));
-        assert_eq!(docs(s.search(r.clone()).await.unwrap()), ["alpha", "beta"], "{mode:?}");
+        assert_eq!(
+            docs(s.search(r.clone()).await.unwrap()),
+            ["alpha", "beta"],
+            "{mode:?}"
+        );
     }
 }
 

@@ -3,14 +3,14 @@
 use async_trait::async_trait;
 use cairn_core::ids::TenantId;
 use cairn_core::ports::*;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
     PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, Range, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
-    VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
+    QueryRequest, Range, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
+    VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
-use qdrant_edge::external::ordered_float::OrderedFloat;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -202,7 +202,6 @@ impl EdgeVectorStore {
 
     /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
     /// only user of the shard.
-
     async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
         T: Send + 'static,
@@ -410,10 +409,7 @@ impl VectorStore for EdgeVectorStore {
                     vec![side(dense()?), side(sparse()?)],
                     ScoringQuery::Fusion(Fusion::Rrf {
                         k: self.rrf_k,
-                        weights: Some(vec![
-                            OrderedFloat(self.dense_weight),
-                            OrderedFloat(1.0),
-                        ]),
+                        weights: Some(vec![OrderedFloat(self.dense_weight), OrderedFloat(1.0)]),
                     }),
                 )
             }

@@ -94,6 +94,19 @@ fn collapse(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The canonical format name (`markdown`, `text`, `html`, `pdf`, `docx`) for a
+/// file extension or format name, case-insensitive.
+pub fn format_of(kind: &str) -> Option<&'static str> {
+    Some(match kind.to_ascii_lowercase().as_str() {
+        "md" | "markdown" => "markdown",
+        "txt" | "text" => "text",
+        "html" | "htm" => "html",
+        "pdf" => "pdf",
+        "docx" => "docx",
+        _ => return None,
+    })
+}
+
 /// Parses a document by its type (`md`, `markdown`, `txt`, `html`, `htm`, `pdf`,
 /// `docx`).
 pub fn parse_bytes(

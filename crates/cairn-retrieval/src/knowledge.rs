@@ -70,6 +70,31 @@ pub struct KnowledgeBase {
     settings: ChunkSettings,
 }
 
+/// Longest document id.
+pub const MAX_DOCUMENT_ID: usize = 128;
+
+/// A document id from a path or name: `/` and `\` become `.`, letters, digits
+/// and `-_.` stay, anything else becomes `-`; at most 128 characters.
+pub fn document_id_from(raw: &str) -> String {
+    raw.chars()
+        .map(|c| match c {
+            '/' | '\\' => '.',
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' => c,
+            _ => '-',
+        })
+        .take(MAX_DOCUMENT_ID)
+        .collect()
+}
+
+/// True when `id` is a valid document id (1–128 of letters, digits, `-_.`).
+pub fn is_document_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DOCUMENT_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
 /// Version of a content: a stable 64-bit FNV-1a hash, hex.
 pub fn content_version(text: &str) -> String {
     format!("{:016x}", fnv1a(0xcbf2_9ce4_8422_2325, text.as_bytes()))
@@ -249,6 +274,11 @@ impl KnowledgeBase {
         } else {
             self.store.upsert(tenant, points).await
         }
+    }
+
+    /// Chunks stored for a document.
+    pub async fn count(&self, tenant: &TenantId, document_id: &str) -> Result<usize, VectorError> {
+        self.store.count(tenant, Some(document_id)).await
     }
 
     /// Deletes a document's chunks.

@@ -460,11 +460,19 @@ pub async fn document_records_round_trip_and_page<S: Store>(s: S) {
     let page2 = s.list_documents(&t, Some("c.md"), 3).await.unwrap();
     let ids: Vec<&str> = page2.iter().map(|d| d.document_id.as_str()).collect();
     assert_eq!(ids, ["d.md"]);
-    assert!(s.list_documents(&t, Some("d.md"), 3).await.unwrap().is_empty());
+    assert!(
+        s.list_documents(&t, Some("d.md"), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.get_document(&t, "missing").await.unwrap().is_none());
 
     assert!(s.delete_document(&t, "b.md").await.unwrap());
-    assert!(!s.delete_document(&t, "b.md").await.unwrap(), "second delete finds nothing");
+    assert!(
+        !s.delete_document(&t, "b.md").await.unwrap(),
+        "second delete finds nothing"
+    );
     assert!(s.get_document(&t, "b.md").await.unwrap().is_none());
     let ids: Vec<String> = s
         .list_documents(&t, None, 10)
@@ -487,7 +495,9 @@ fn document_with_times(id: &str, job: &str, got: &DocumentRecord) -> DocumentRec
 
 pub async fn job_updates_apply_only_to_the_current_job<S: Store>(s: S) {
     let t = tenant("acme");
-    s.put_document(&t, &document("a.md", "job-1")).await.unwrap();
+    s.put_document(&t, &document("a.md", "job-1"))
+        .await
+        .unwrap();
     let mut parsing = document("a.md", "job-1");
     parsing.status = JobStatus::Parsing;
     assert!(s.update_job(&t, &parsing).await.unwrap());
@@ -497,12 +507,17 @@ pub async fn job_updates_apply_only_to_the_current_job<S: Store>(s: S) {
     );
 
     // A new upload starts job-2: job-1's late updates are refused.
-    s.put_document(&t, &document("a.md", "job-2")).await.unwrap();
+    s.put_document(&t, &document("a.md", "job-2"))
+        .await
+        .unwrap();
     let mut stale = document("a.md", "job-1");
     stale.status = JobStatus::Done;
     assert!(!s.update_job(&t, &stale).await.unwrap());
     let now = s.get_document(&t, "a.md").await.unwrap().unwrap();
-    assert_eq!((now.job_id.as_str(), now.status), ("job-2", JobStatus::Queued));
+    assert_eq!(
+        (now.job_id.as_str(), now.status),
+        ("job-2", JobStatus::Queued)
+    );
 
     // A deleted document takes no updates either.
     s.delete_document(&t, "a.md").await.unwrap();
@@ -515,11 +530,17 @@ pub async fn job_updates_apply_only_to_the_current_job<S: Store>(s: S) {
 
 pub async fn document_records_are_tenant_scoped<S: Store>(s: S) {
     let (a, b) = (tenant("acme"), tenant("globex"));
-    s.put_document(&a, &document("shared-id", "job-a")).await.unwrap();
+    s.put_document(&a, &document("shared-id", "job-a"))
+        .await
+        .unwrap();
     assert!(s.get_document(&b, "shared-id").await.unwrap().is_none());
     assert!(s.list_documents(&b, None, 10).await.unwrap().is_empty());
     assert!(!s.delete_document(&b, "shared-id").await.unwrap());
-    assert!(!s.update_job(&b, &document("shared-id", "job-a")).await.unwrap());
+    assert!(
+        !s.update_job(&b, &document("shared-id", "job-a"))
+            .await
+            .unwrap()
+    );
     assert!(s.get_document(&a, "shared-id").await.unwrap().is_some());
 }
 

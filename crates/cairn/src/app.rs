@@ -3,12 +3,13 @@
 use crate::builtin_tools::CurrentTime;
 use crate::secret;
 use anyhow::Context;
+use cairn_actors::ingestion::{IngestDeps, IngestSettings};
 use cairn_actors::{AgentDeps, AgentSettings, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
 use cairn_bus::EmbeddedBus;
 use cairn_core::config::Config;
-use cairn_core::ports::{DenseEmbedder, EventStream, MemoryStore, Topics};
+use cairn_core::ports::{DenseEmbedder, DocumentStore, EventStream, MemoryStore, Topics};
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
@@ -136,13 +137,18 @@ pub async fn build(
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let cache_bytes = config.server.embedded_cache_mb.max(1) * 1024 * 1024;
-    let (memory, events): (Arc<dyn MemoryStore>, Arc<dyn EventStream>) = match &config.redis.url {
+    type Stores = (
+        Arc<dyn MemoryStore>,
+        Arc<dyn EventStream>,
+        Arc<dyn DocumentStore>,
+    );
+    let (memory, events, documents): Stores = match &config.redis.url {
         Some(url) => {
             let s =
                 RedisStore::connect(url, &config.redis.key_prefix, config.memory.event_retention)
                     .await
                     .with_context(|| "cannot connect to redis.url")?;
-            (Arc::new(s.clone()), Arc::new(s))
+            (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
         }
         None => {
             let s = EmbeddedStore::open_and_init_with_cache(
@@ -157,7 +163,7 @@ pub async fn build(
                     dir.join(MEMORY_FILE).display()
                 )
             })?;
-            (Arc::new(s.clone()), Arc::new(s))
+            (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
         }
     };
     let bus = EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
@@ -199,11 +205,25 @@ pub async fn build(
         tools: Arc::new(tools),
         settings: Arc::new(AgentSettings::from_config(config)),
     };
-    let runtime = Runtime::start(
+    let ingestion = knowledge.as_ref().map(|kb| {
+        (
+            IngestDeps {
+                kb: kb.clone(),
+                documents: documents.clone(),
+                settings: IngestSettings {
+                    embed_workers: config.knowledge.embed_workers,
+                    embed_batch: config.knowledge.embed_batch,
+                },
+            },
+            config.knowledge.ingest_concurrency,
+        )
+    });
+    let runtime = Runtime::start_with(
         deps,
         Arc::new(bus),
         Topics::with_prefix(&config.bus.topic_prefix),
         config.bus.max_in_flight,
+        ingestion,
     )
     .await?;
     let (auth, dev_secret) = authenticator(config, env)?;
@@ -231,6 +251,7 @@ pub async fn build(
     let state = AppState {
         closing: closing_rx,
         extra_health: Arc::new(extra_health),
+        documents: knowledge.is_some().then_some(documents),
         knowledge: knowledge.clone(),
         runtime: Arc::new(runtime),
         memory,
@@ -240,6 +261,8 @@ pub async fn build(
             max_body_bytes: config.server.max_body_bytes,
             wait_timeout: config.server.wait_timeout,
             sse_keepalive: config.server.sse_keepalive,
+            max_document_bytes: config.knowledge.max_document_bytes,
+            ingest_scope: Some(config.auth.ingest_scope.clone()).filter(|s| !s.is_empty()),
         }),
     };
     Ok(App {

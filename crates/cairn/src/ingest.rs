@@ -9,7 +9,7 @@ use cairn_core::TenantId;
 use cairn_core::ports::{SearchFilter, SearchMode};
 use cairn_retrieval::chunk::ParsedDocument;
 use cairn_retrieval::formats::parse_bytes;
-use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase};
+use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase, document_id_from};
 use std::path::{Path, PathBuf};
 
 /// Largest file ingested.
@@ -68,16 +68,7 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<(PathBuf, PathBuf
 /// A document id from a path relative to its root: letters, digits and `-_.`.
 pub fn document_id(root: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(root).unwrap_or(file);
-    let raw = rel.to_string_lossy();
-    let id: String = raw
-        .chars()
-        .map(|c| match c {
-            '/' | '\\' => '.',
-            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' => c,
-            _ => '-',
-        })
-        .collect();
-    id.chars().take(128).collect()
+    document_id_from(&rel.to_string_lossy())
 }
 
 /// A file's source: its path below the folder given (so it does not depend on

@@ -241,7 +241,7 @@ async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitC
             &UserId::parse("dev")?,
             &TenantId::parse("default")?,
             Duration::from_secs(24 * 3600),
-            &["admin".to_owned()],
+            &["admin".to_owned(), config.auth.ingest_scope.clone()],
         )?;
         println!(
             "\nDevelopment mode: no [auth] configured, so a secret was generated in {}.\n\

@@ -301,6 +301,9 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Vec<DocumentRecord>, StoreError>;
 
     /// Removes the record; false when there was none.
-    async fn delete_document(&self, tenant: &TenantId, document_id: &str)
-    -> Result<bool, StoreError>;
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<bool, StoreError>;
 }

@@ -112,6 +112,18 @@ impl Server {
             .unwrap()
     }
 
+    pub fn token_with_scopes(&self, tenant: &str, user: &str, scopes: &[&str]) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.auth
+            .mint(
+                &UserId::parse(user).unwrap(),
+                &TenantId::parse(tenant).unwrap(),
+                Duration::from_secs(600),
+                &scopes,
+            )
+            .unwrap()
+    }
+
     pub fn client(&self, token: &str) -> Client {
         Client {
             base: self.base.clone(),
