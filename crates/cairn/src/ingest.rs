@@ -147,6 +147,144 @@ pub async fn ingest_paths(
     Ok(summary)
 }
 
+/// Ingests files through a running server (`POST /v1/documents`), then waits
+/// for every accepted document's job to finish. `token` needs the ingest scope.
+/// Uploads run 4 at a time; a file the server refuses counts as failed with the
+/// server's message.
+pub async fn ingest_via_server(
+    base: &str,
+    token: &str,
+    paths: &[PathBuf],
+    timeout: std::time::Duration,
+) -> anyhow::Result<IngestSummary> {
+    use futures::StreamExt;
+    use serde_json::Value;
+    let base = base.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?;
+    let files = collect_files(paths)?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let error_of = |body: &Value, status: reqwest::StatusCode| {
+        format!(
+            "HTTP {status} {}: {}",
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("?")
+        )
+    };
+    // Upload.
+    let uploads = futures::stream::iter(files)
+        .map(|(root, file)| {
+            let (http, base, token) = (http.clone(), base.clone(), token.to_owned());
+            async move {
+                let result = async {
+                    let bytes = tokio::fs::read(&file).await.map_err(|e| e.to_string())?;
+                    let name = file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let form = reqwest::multipart::Form::new()
+                        .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name))
+                        .text("document_id", document_id(&root, &file))
+                        .text("source", source_of(&root, &file));
+                    let r = http
+                        .post(format!("{base}/v1/documents"))
+                        .bearer_auth(&token)
+                        .multipart(form)
+                        .send()
+                        .await
+                        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+                    let status = r.status();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    if status != reqwest::StatusCode::ACCEPTED {
+                        return Err(error_of(&body, status));
+                    }
+                    Ok((
+                        body["document_id"].as_str().unwrap_or_default().to_owned(),
+                        body["job_id"].as_str().unwrap_or_default().to_owned(),
+                    ))
+                }
+                .await;
+                (file, result)
+            }
+        })
+        .buffered(4);
+    let mut accepted = Vec::new();
+    let mut summary = IngestSummary::default();
+    let mut uploads = std::pin::pin!(uploads);
+    while let Some((file, result)) = uploads.next().await {
+        bar.set_message(format!("uploaded {}", file.display()));
+        match result {
+            Ok(ids) => accepted.push((file, ids)),
+            Err(e) => {
+                summary.failed.push((file, e));
+                bar.inc(1);
+            }
+        }
+    }
+    // Wait for the jobs.
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (file, (id, job)) in accepted {
+        bar.set_message(format!("ingesting {}", file.display()));
+        loop {
+            let r = http
+                .get(format!("{base}/v1/documents/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await;
+            let (status, body) = match r {
+                Ok(r) => {
+                    let s = r.status();
+                    (s, r.json::<Value>().await.unwrap_or(Value::Null))
+                }
+                Err(e) => {
+                    summary.failed.push((file.clone(), format!("cannot reach {base}: {e}")));
+                    break;
+                }
+            };
+            if !status.is_success() {
+                summary.failed.push((file.clone(), error_of(&body, status)));
+                break;
+            }
+            let j = &body["job"];
+            if j["job_id"].as_str() != Some(job.as_str()) {
+                summary.failed.push((file.clone(), "uploaded again by someone else meanwhile".into()));
+                break;
+            }
+            match j["status"].as_str() {
+                Some("done") => {
+                    match j["outcome"].as_str() {
+                        Some("unchanged") => summary.unchanged += 1,
+                        Some("replaced") => summary.replaced += 1,
+                        _ => summary.added += 1,
+                    }
+                    if j["outcome"].as_str() != Some("unchanged") {
+                        summary.chunks += body["chunks"].as_u64().unwrap_or(0) as usize;
+                    }
+                    break;
+                }
+                Some("failed") => {
+                    let reason = j["error"].as_str().unwrap_or("failed").to_owned();
+                    summary.failed.push((file.clone(), reason));
+                    break;
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    summary.failed.push((file.clone(), format!("still {} after {timeout:?}", j["status"])));
+                    break;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
 /// Runs a search and renders the hits as text.
 pub async fn search_text(
     kb: &KnowledgeBase,

@@ -70,7 +70,8 @@ enum Command {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
-    /// Add documents (files and folders, recursively) to the embedded knowledge base.
+    /// Add documents (files and folders, recursively) to the embedded knowledge
+    /// base, or through a running server with --server.
     Ingest {
         #[command(flatten)]
         common: Common,
@@ -80,6 +81,17 @@ enum Command {
         /// The tenant that owns the documents.
         #[arg(long, default_value = "default")]
         tenant: String,
+        /// Upload to a running server (e.g. http://127.0.0.1:8080) instead of
+        /// writing the embedded data dir.
+        #[arg(long)]
+        server: Option<String>,
+        /// Token for --server, with the ingest scope (default: $CAIRN_TOKEN, else
+        /// one minted with the configured secret).
+        #[arg(long, env = "CAIRN_TOKEN")]
+        token: Option<String>,
+        /// How long to wait for the server to finish ingesting.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Search the embedded knowledge base.
     Search {
@@ -164,7 +176,13 @@ async fn main() -> ExitCode {
             common,
             paths,
             tenant,
-        } => ingest(&common, &paths, &tenant).await,
+            server,
+            token,
+            timeout,
+        } => match server {
+            Some(url) => ingest_remote(&common, &url, token, &paths, &tenant, timeout).await,
+            None => ingest(&common, &paths, &tenant).await,
+        },
         Command::Search {
             common,
             query,
@@ -263,6 +281,36 @@ async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Res
     let kb = app::open_knowledge(&config, &env_lookup).await?;
     let tenant = TenantId::parse(tenant)?;
     let s = cairn::ingest::ingest_paths(&kb, &tenant, paths).await?;
+    Ok(ingest_report(&s))
+}
+
+async fn ingest_remote(
+    common: &Common,
+    server: &str,
+    token: Option<String>,
+    paths: &[PathBuf],
+    tenant: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    cairn_llm::http::install_crypto_provider();
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let config = load_config(common, None)?;
+            let (auth, _) = app::authenticator(&config, &env_lookup)?;
+            auth.mint(
+                &UserId::parse("cli")?,
+                &TenantId::parse(tenant)?,
+                Duration::from_secs(3600),
+                &[config.auth.ingest_scope.clone()],
+            )?
+        }
+    };
+    let s = cairn::ingest::ingest_via_server(server, &token, paths, timeout).await?;
+    Ok(ingest_report(&s))
+}
+
+fn ingest_report(s: &cairn::ingest::IngestSummary) -> ExitCode {
     for (file, reason) in &s.failed {
         eprintln!("failed: {}: {reason}", file.display());
     }
@@ -274,11 +322,11 @@ async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Res
         s.failed.len(),
         s.chunks
     );
-    Ok(if s.failed.is_empty() {
+    if s.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 async fn search(

@@ -201,3 +201,54 @@ fn ingest_the_sample_knowledge_base_and_get_an_answer_that_cites_it() {
     assert!(out.contains("30 minutes"), "{out}");
     assert!(out.contains("[account.password-reset.md]"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_through_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&config(dir.path(), None)).await;
+    let kb = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb");
+    let junk = tempfile::tempdir().unwrap();
+    std::fs::write(junk.path().join("empty.md"), "  \n").unwrap();
+    std::fs::write(junk.path().join("deck.pptx"), "PK").unwrap();
+    let run = |token: String, paths: Vec<std::path::PathBuf>| {
+        let base = s.base.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = cairn()
+                .args(["ingest", "--server", &base, "--token", &token])
+                .args(paths)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let token = s.token_with_scopes("acme", "ops", &["ingest"]);
+    let (code, out, err) = run(token.clone(), vec![kb.clone()]).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("added 30, replaced 0, unchanged 0, failed 0"), "{out}");
+    let (code, out, _) = run(token.clone(), vec![kb.clone()]).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("added 0, replaced 0, unchanged 30, failed 0"), "{out}");
+    // The server's documents and search see them, under the same ids as the
+    // embedded `cairn ingest` gives.
+    let c = s.client(&token);
+    let d = c.get("/v1/documents/account.password-reset.md").await;
+    assert_eq!(d.body["job"]["status"], "done", "{:?}", d.body);
+    assert_eq!(d.body["source"], "account/password-reset.md");
+    let r = c.get("/v1/search?q=reset%20link%20expired&limit=1").await;
+    assert_eq!(r.body["items"][0]["document_id"], "account.password-reset.md");
+    // Refused files are reported per file; the exit code says something failed.
+    let (code, out, err) = run(token.clone(), vec![junk.path().to_owned()]).await.unwrap();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.starts_with("added 0, replaced 0, unchanged 0, failed 2"), "{out}");
+    assert!(err.contains("deck.pptx") && err.contains("unsupported"), "{err}");
+    assert!(err.contains("empty.md") && err.contains("empty"), "{err}");
+    // Without the ingest scope nothing is accepted.
+    let (code, _, err) = run(s.token("acme", "ana"), vec![kb]).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("forbidden"), "{err}");
+    s.stop().await;
+}
