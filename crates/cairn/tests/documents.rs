@@ -324,3 +324,71 @@ async fn search_filters_on_document_dates() {
     );
     s.stop().await;
 }
+
+/// A document accepted (on the bus, record queued) by a process that died before
+/// ingesting it is ingested by the next process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_document_is_ingested_after_a_restart() {
+    use base64::Engine;
+    use cairn_core::ports::{DocumentRecord, DocumentStore, EventBus, JobStatus, Topics};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), None);
+    let tenant = cairn_core::TenantId::parse("acme").unwrap();
+    {
+        // What POST /v1/documents leaves behind when the process stops right after the 202.
+        let store = cairn_store::EmbeddedStore::open_and_init(
+            &dir.path().join(cairn::app::MEMORY_FILE),
+            100,
+        )
+        .await
+        .unwrap();
+        let bus = cairn_bus::EmbeddedBus::open(&dir.path().join(cairn::app::BUS_FILE))
+            .await
+            .unwrap();
+        let now = chrono::Utc::now();
+        let record = DocumentRecord {
+            document_id: "pending".into(),
+            title: None,
+            source: Some("pending.md".into()),
+            tags: vec![],
+            date: None,
+            format: "markdown".into(),
+            bytes: 40,
+            job_id: "job-before-crash".into(),
+            status: JobStatus::Queued,
+            outcome: None,
+            error: None,
+            chunks: None,
+            created_at: now,
+            updated_at: now,
+        };
+        store.put_document(&tenant, &record).await.unwrap();
+        let sub = cairn_core::DocumentSubmission {
+            document_id: "pending".into(),
+            job_id: "job-before-crash".into(),
+            format: "markdown".into(),
+            title: None,
+            source: Some("pending.md".into()),
+            tags: vec![],
+            date: None,
+            content_base64: base64::engine::general_purpose::STANDARD
+                .encode("# Pending\n\nSurvived the restart intact.\n"),
+        };
+        let env = cairn_core::envelope::Envelope::new(
+            cairn_core::envelope::DOCUMENT_SUBMITTED,
+            tenant.clone(),
+            serde_json::to_value(&sub).unwrap(),
+        );
+        bus.publish(&Topics::with_prefix(&cfg.bus.topic_prefix).user_events, "pending", &env)
+            .await
+            .unwrap();
+    }
+    let mut s = Server::start(&cfg).await;
+    let c = s.client(&s.token("acme", "ana"));
+    let d = finished(&c, "pending").await;
+    assert_eq!(d["job"]["status"], "done", "{d:?}");
+    assert_eq!(d["job"]["job_id"], "job-before-crash");
+    assert_eq!(d["title"], "Pending");
+    assert_eq!(search_ids(&c, "survived%20restart").await, ["pending"]);
+    s.stop().await;
+}
