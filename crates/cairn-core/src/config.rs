@@ -98,6 +98,14 @@ pub struct KnowledgeConfig {
     pub embed_batch: usize,
     /// Largest document accepted, in bytes.
     pub max_document_bytes: usize,
+    /// A Qdrant server's gRPC URL (e.g. `http://qdrant:6334`); unset means the
+    /// embedded Qdrant Edge store in the data dir.
+    pub qdrant_url: Option<String>,
+    /// Environment variable holding the Qdrant API key.
+    pub qdrant_api_key_env: Option<String>,
+    /// Collection name on the Qdrant server; default `cairn_` plus the embedder
+    /// (a collection's vector layout is fixed, so each embedder has its own).
+    pub qdrant_collection: Option<String>,
 }
 
 impl Default for KnowledgeConfig {
@@ -118,6 +126,9 @@ impl Default for KnowledgeConfig {
             embed_workers: 2,
             embed_batch: 32,
             max_document_bytes: 10 * 1024 * 1024,
+            qdrant_url: None,
+            qdrant_api_key_env: None,
+            qdrant_collection: None,
         }
     }
 }
@@ -456,6 +467,14 @@ impl Config {
             if v == 0 || v > 1024 {
                 return bad(key, "must be between 1 and 1024");
             }
+        }
+        if let Some(url) = &self.knowledge.qdrant_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad(
+                "knowledge.qdrant_url",
+                "must be an http:// or https:// URL (Qdrant's gRPC port, usually 6334)",
+            );
         }
         if self.knowledge.max_document_bytes == 0 {
             return bad("knowledge.max_document_bytes", "must be above 0");

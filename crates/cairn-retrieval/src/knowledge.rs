@@ -158,6 +158,11 @@ impl KnowledgeBase {
         self.dense.as_ref().map(|d| d.name().to_owned())
     }
 
+    /// The vector store's backend name (`qdrant-edge`, `qdrant`).
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
     /// True when dense vectors are computed (hybrid search available).
     pub fn has_dense(&self) -> bool {
         self.dense.is_some()

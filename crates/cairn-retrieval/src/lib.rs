@@ -1,4 +1,6 @@
-//! Knowledge retrieval adapters (work in progress toward the knowledge issue).
+//! Knowledge: the VectorStore adapters, embedders, parsers, chunker and the
+//! knowledge base that ties them together (the ingestion actors that drive it
+//! live in `cairn-actors`).
 //!
 //! - [`edge::EdgeVectorStore`]: the embedded `VectorStore` over Qdrant Edge
 //!   (`qdrant-edge = "=0.7.2"`, the newest release that builds on stable Rust):
@@ -6,6 +8,9 @@
 //!   modifier) per chunk, the tenant in every point's payload and in every query's
 //!   filter, hybrid search as two prefetches fused with reciprocal rank fusion.
 //!   Its API is synchronous, so every call runs on the blocking pool.
+//! - [`server::QdrantServerStore`]: the production `VectorStore` over a Qdrant
+//!   server (gRPC, `qdrant-client`), same vectors and payload, one collection for
+//!   all tenants with `tenant_id` as the tenant index.
 //! - [`bm25::Bm25Embedder`]: BM25 sparse vectors from Qdrant Edge's own tokenizer
 //!   (lower-casing, English stemming and stop words); no model files.
 //! - [`minilm::MiniLmEmbedder`]: all-MiniLM-L6-v2 dense vectors with candle from
@@ -26,7 +31,9 @@ pub mod edge;
 pub mod formats;
 pub mod knowledge;
 pub mod minilm;
+pub mod server;
 
 pub use bm25::Bm25Embedder;
 pub use edge::EdgeVectorStore;
 pub use minilm::MiniLmEmbedder;
+pub use server::QdrantServerStore;

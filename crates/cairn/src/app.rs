@@ -9,11 +9,13 @@ use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
 use cairn_bus::EmbeddedBus;
 use cairn_core::config::Config;
-use cairn_core::ports::{DenseEmbedder, DocumentStore, EventStream, MemoryStore, Topics};
+use cairn_core::ports::{
+    DenseEmbedder, DocumentStore, EventStream, MemoryStore, Topics, VectorStore,
+};
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
-use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder};
+use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder, QdrantServerStore};
 use cairn_store::{EmbeddedStore, RedisStore};
 use std::future::Future;
 use std::sync::Arc;
@@ -93,19 +95,34 @@ pub async fn open_knowledge(
         }
         None => "knowledge-bm25".to_owned(),
     };
-    let store = EdgeVectorStore::open(
-        &config.server.data_dir.join(folder),
-        dense.as_ref().map(|d| d.dimension()),
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the knowledge store (is another cairn process using this data dir?): {e}"
-        )
-    })?
-    .with_fusion(k.fusion_k, k.dense_weight);
+    let dim = dense.as_ref().map(|d| d.dimension());
+    let store: Arc<dyn VectorStore> = match &k.qdrant_url {
+        Some(url) => {
+            let key = k.qdrant_api_key_env.as_deref().and_then(env);
+            let collection = k
+                .qdrant_collection
+                .clone()
+                .unwrap_or_else(|| format!("cairn_{folder}"));
+            Arc::new(
+                QdrantServerStore::connect(url, key, &collection, dim)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("knowledge.qdrant_url: {e}"))?
+                    .with_fusion(k.fusion_k, k.dense_weight),
+            )
+        }
+        None => Arc::new(
+            EdgeVectorStore::open(&config.server.data_dir.join(folder), dim)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open the knowledge store (is another cairn process using this data dir?): {e}"
+                    )
+                })?
+                .with_fusion(k.fusion_k, k.dense_weight),
+        ),
+    };
     let sparse = Bm25Embedder::english().map_err(|e| anyhow::anyhow!("BM25: {e}"))?;
     Ok(KnowledgeBase::new(
-        Arc::new(store),
+        store,
         Arc::new(sparse),
         dense,
         ChunkSettings {
@@ -185,7 +202,7 @@ pub async fn build(
             "knowledge".into(),
             serde_json::json!({
                 "status": "ok",
-                "backend": "qdrant-edge",
+                "backend": kb.backend(),
                 "retrieval": if kb.has_dense() { "hybrid" } else { "bm25_only" },
                 "dense_model": kb.dense_model(),
             }),

@@ -1,0 +1,392 @@
+//! The production VectorStore: a Qdrant server over gRPC (`qdrant-client`).
+//!
+//! One collection holds every tenant (multitenancy by payload): `tenant_id` is a
+//! keyword index marked `is_tenant`, and every filter this adapter builds starts
+//! with the caller's tenant. Vectors are named as in the embedded store: `dense`
+//! (cosine) and `bm25` (sparse, IDF modifier); hybrid search is two prefetches
+//! fused server-side by weighted RRF.
+//!
+//! A Qdrant server has no transactions, so replacing a document is done so that
+//! readers still never see a mix: the new version's points get new ids (the
+//! version is part of the id) and a `written_at` stamp, the old version is
+//! deleted afterwards, and until then a search keeps, per document, only the
+//! chunks of the most recently written version.
+
+use async_trait::async_trait;
+use cairn_core::ids::TenantId;
+use cairn_core::ports::*;
+use qdrant_client::Qdrant;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, KeywordIndexParamsBuilder, Modifier,
+    NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range,
+    RrfBuilder, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use crate::edge::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, DENSE, SPARSE};
+
+/// Payload key of the document date (Unix seconds), as in the embedded store.
+const DATE_KEY: &str = "date_ts";
+/// Payload key of when a version was written (Unix milliseconds).
+const WRITTEN_KEY: &str = "written_at";
+/// Candidates taken from each side before fusion, per hit wanted.
+const PREFETCH_FACTOR: u64 = 4;
+/// Namespace of point ids (UUIDv5 of tenant, document, version and chunk index).
+const POINT_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6361_6972_6e2d_7164_7261_6e74_2d73_7276);
+
+/// The Qdrant server store. Cheap to clone.
+#[derive(Clone)]
+pub struct QdrantServerStore {
+    client: std::sync::Arc<Qdrant>,
+    collection: String,
+    dense_dim: Option<usize>,
+    rrf_k: usize,
+    dense_weight: f32,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> VectorError {
+    VectorError::Unavailable(e.to_string())
+}
+
+fn tenant_condition(tenant: &TenantId) -> Condition {
+    Condition::matches("tenant_id", tenant.as_str().to_owned())
+}
+
+fn document_filter(tenant: &TenantId, document: &str) -> Filter {
+    Filter::must([
+        tenant_condition(tenant),
+        Condition::matches("document_id", document.to_owned()),
+    ])
+}
+
+fn search_filter(tenant: &TenantId, extra: &SearchFilter) -> Filter {
+    let mut must = vec![tenant_condition(tenant)];
+    if !extra.document_ids.is_empty() {
+        must.push(Condition::matches("document_id", extra.document_ids.clone()));
+    }
+    if !extra.sources.is_empty() {
+        must.push(Condition::matches("source", extra.sources.clone()));
+    }
+    if !extra.tags.is_empty() {
+        must.push(Condition::matches("tags", extra.tags.clone()));
+    }
+    if extra.after.is_some() || extra.before.is_some() {
+        must.push(Condition::range(
+            DATE_KEY,
+            Range {
+                gte: extra.after.map(|d| d.timestamp() as f64),
+                lt: extra.before.map(|d| d.timestamp() as f64),
+                ..Default::default()
+            },
+        ));
+    }
+    Filter::must(must)
+}
+
+fn chunk_of(payload: HashMap<String, qdrant_client::qdrant::Value>) -> Option<(ChunkRecord, i64)> {
+    let value: Value = qdrant_client::Payload::from(payload).into();
+    let written = value[WRITTEN_KEY].as_i64().unwrap_or(0);
+    serde_json::from_value(value).ok().map(|c| (c, written))
+}
+
+impl QdrantServerStore {
+    /// Connects to `url` (gRPC, e.g. `http://127.0.0.1:6334`) and creates the
+    /// collection and its payload indexes when missing. `dense_dim` is the dense
+    /// embedding size, or `None` for BM25 only.
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        dense_dim: Option<usize>,
+    ) -> Result<Self, VectorError> {
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .build()
+            .map_err(unavailable)?;
+        let store = Self {
+            client: std::sync::Arc::new(client),
+            collection: collection.to_owned(),
+            dense_dim,
+            rrf_k: DEFAULT_RRF_K,
+            dense_weight: DEFAULT_DENSE_WEIGHT,
+        };
+        store.ensure_collection().await?;
+        Ok(store)
+    }
+
+    /// Sets hybrid fusion: RRF `k` and the dense ranking's weight (sparse is 1).
+    pub fn with_fusion(mut self, k: usize, dense_weight: f32) -> Self {
+        self.rrf_k = k.max(1);
+        self.dense_weight = dense_weight.max(0.0);
+        self
+    }
+
+    async fn ensure_collection(&self) -> Result<(), VectorError> {
+        let c = &self.client;
+        if c.collection_exists(&self.collection)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(());
+        }
+        let mut vectors = VectorsConfigBuilder::default();
+        if let Some(dim) = self.dense_dim {
+            vectors.add_named_vector_params(DENSE, VectorParamsBuilder::new(dim as u64, Distance::Cosine));
+        }
+        let mut sparse = SparseVectorsConfigBuilder::default();
+        sparse.add_named_vector_params(
+            SPARSE,
+            SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+        );
+        let create = CreateCollectionBuilder::new(&self.collection)
+            .vectors_config(vectors)
+            .sparse_vectors_config(sparse);
+        if let Err(e) = c.create_collection(create).await {
+            // Another replica may have created it meanwhile.
+            if !c.collection_exists(&self.collection)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(unavailable(e));
+            }
+        }
+        c.create_field_index(
+            CreateFieldIndexCollectionBuilder::new(&self.collection, "tenant_id", FieldType::Keyword)
+                .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
+                .wait(true),
+        )
+        .await
+        .map_err(unavailable)?;
+        for (field, kind) in [
+            ("document_id", FieldType::Keyword),
+            ("source", FieldType::Keyword),
+            ("tags", FieldType::Keyword),
+            ("version", FieldType::Keyword),
+            (DATE_KEY, FieldType::Integer),
+        ] {
+            c.create_field_index(
+                CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind).wait(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn to_points(
+        &self,
+        tenant: &TenantId,
+        points: Vec<VectorPoint>,
+    ) -> Result<Vec<PointStruct>, VectorError> {
+        let written = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::with_capacity(points.len());
+        for p in points {
+            let mut vectors = NamedVectors::default();
+            match (&p.dense, self.dense_dim) {
+                (Some(v), Some(dim)) if v.len() == dim => {
+                    vectors = vectors.add_vector(DENSE, Vector::new_dense(v.clone()));
+                }
+                (Some(v), Some(dim)) => {
+                    return Err(VectorError::Invalid(format!(
+                        "dense vector has {} dimensions, the store {dim}",
+                        v.len()
+                    )));
+                }
+                _ => {}
+            }
+            vectors = vectors.add_vector(
+                SPARSE,
+                Vector::new_sparse(p.sparse.indices.clone(), p.sparse.values.clone()),
+            );
+            let mut payload = serde_json::to_value(&p.chunk).map_err(unavailable)?;
+            payload["tenant_id"] = json!(tenant.as_str());
+            payload[WRITTEN_KEY] = json!(written);
+            if let Some(d) = p.chunk.date {
+                payload[DATE_KEY] = json!(d.timestamp());
+            }
+            let name = format!(
+                "{tenant}\0{}\0{}\0{}",
+                p.chunk.document_id, p.chunk.version, p.chunk.chunk_index
+            );
+            let id = uuid::Uuid::new_v5(&POINT_NAMESPACE, name.as_bytes()).to_string();
+            let payload = qdrant_client::Payload::try_from(payload).map_err(unavailable)?;
+            out.push(PointStruct::new(id, vectors, payload));
+        }
+        Ok(out)
+    }
+
+    async fn delete_by(&self, filter: Filter) -> Result<(), VectorError> {
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(filter)
+                    .wait(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VectorStore for QdrantServerStore {
+    fn backend(&self) -> &'static str {
+        "qdrant"
+    }
+
+    async fn upsert(&self, tenant: &TenantId, points: Vec<VectorPoint>) -> Result<(), VectorError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points = self.to_points(tenant, points)?;
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn replace_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        points: Vec<VectorPoint>,
+    ) -> Result<(), VectorError> {
+        let Some(version) = points.first().map(|p| p.chunk.version.clone()) else {
+            return self.delete_by(document_filter(tenant, document_id)).await;
+        };
+        self.upsert(tenant, points).await?;
+        self.delete_document(tenant, document_id, Some(&version))
+            .await
+    }
+
+    async fn document_version(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<String>, VectorError> {
+        let r = self
+            .client
+            .scroll(
+                ScrollPointsBuilder::new(&self.collection)
+                    .filter(document_filter(tenant, document_id))
+                    .limit(64)
+                    .with_payload(true)
+                    .with_vectors(false),
+            )
+            .await
+            .map_err(unavailable)?;
+        // During a replacement two versions exist: the newest is the document's.
+        Ok(r.result
+            .into_iter()
+            .filter_map(|p| chunk_of(p.payload))
+            .max_by_key(|(_, written)| *written)
+            .map(|(c, _)| c.version))
+    }
+
+    async fn delete_document(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        keep_version: Option<&str>,
+    ) -> Result<(), VectorError> {
+        let mut f = document_filter(tenant, document_id);
+        if let Some(v) = keep_version {
+            f.must_not = vec![Condition::matches("version", v.to_owned())];
+        }
+        self.delete_by(f).await
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, VectorError> {
+        let f = search_filter(&request.tenant, &request.filter);
+        let limit = request.limit.max(1) as u64;
+        let dense = || -> Result<VectorInput, VectorError> {
+            if self.dense_dim.is_none() {
+                return Err(VectorError::Invalid("this store holds no dense vectors".into()));
+            }
+            request
+                .dense
+                .clone()
+                .map(VectorInput::new_dense)
+                .ok_or_else(|| VectorError::Invalid("no dense query vector".into()))
+        };
+        let sparse = || -> Result<VectorInput, VectorError> {
+            request
+                .sparse
+                .clone()
+                .map(|s| VectorInput::new_sparse(s.indices, s.values))
+                .ok_or_else(|| VectorError::Invalid("no sparse query vector".into()))
+        };
+        // Fetch a little more than asked, so that dropping an older version's
+        // chunks during a replacement still leaves `limit` hits.
+        let fetch = limit * 2;
+        let mut q = QueryPointsBuilder::new(&self.collection)
+            .filter(f.clone())
+            .limit(fetch)
+            .with_payload(true);
+        q = match request.mode {
+            SearchMode::Dense => q.query(Query::new_nearest(dense()?)).using(DENSE),
+            SearchMode::Sparse => q.query(Query::new_nearest(sparse()?)).using(SPARSE),
+            SearchMode::Hybrid => {
+                let side = |input: VectorInput, using: &str| {
+                    PrefetchQueryBuilder::default()
+                        .query(Query::new_nearest(input))
+                        .using(using)
+                        .filter(f.clone())
+                        .limit(fetch * PREFETCH_FACTOR)
+                };
+                q.add_prefetch(side(dense()?, DENSE))
+                    .add_prefetch(side(sparse()?, SPARSE))
+                    .query(Query::new_rrf(
+                        RrfBuilder::with_k(self.rrf_k as u32)
+                            .weights(vec![self.dense_weight, 1.0]),
+                    ))
+            }
+        };
+        let r = self.client.query(q).await.map_err(unavailable)?;
+        let hits: Vec<(ChunkRecord, i64, f32)> = r
+            .result
+            .into_iter()
+            .filter_map(|p| chunk_of(p.payload).map(|(c, w)| (c, w, p.score)))
+            .collect();
+        // Per document, only the most recently written version.
+        let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+        for (c, w, _) in &hits {
+            let e = newest.entry(&c.document_id).or_insert((*w, &c.version));
+            if *w > e.0 {
+                *e = (*w, &c.version);
+            }
+        }
+        let keep: HashMap<String, String> = newest
+            .into_iter()
+            .map(|(d, (_, v))| (d.to_owned(), v.to_owned()))
+            .collect();
+        Ok(hits
+            .into_iter()
+            .filter(|(c, _, _)| keep.get(&c.document_id) == Some(&c.version))
+            .take(limit as usize)
+            .map(|(chunk, _, score)| SearchHit { chunk, score })
+            .collect())
+    }
+
+    async fn count(
+        &self,
+        tenant: &TenantId,
+        document_id: Option<&str>,
+    ) -> Result<usize, VectorError> {
+        let f = match document_id {
+            Some(d) => document_filter(tenant, d),
+            None => search_filter(tenant, &SearchFilter::default()),
+        };
+        let r = self
+            .client
+            .count(CountPointsBuilder::new(&self.collection).filter(f).exact(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(r.result.map_or(0, |c| c.count as usize))
+    }
+}
