@@ -1,10 +1,10 @@
 //! Ingestion actors: documents from `ingestion_events` become searchable chunks.
 //!
-//! - [`IngestionActor`] (the parse-and-chunk actor) takes one submission at a
-//!   time: it parses and chunks it on the blocking pool, then hands the chunks to
-//!   a task that embeds and stores them, and goes on with the next document. Two
-//!   submissions of the same document never overlap: the later one waits until
-//!   the earlier one is finished, so versions are applied in order.
+//! - [`IngestionActor`] (the parse-and-chunk actor) takes the submissions and
+//!   runs each in a task: parse and chunk on the blocking pool, embed through the
+//!   pool, store. Two submissions of the same document never overlap: the later
+//!   one waits in the actor until the earlier one is finished, so versions are
+//!   applied in order.
 //! - The embedding pool is a ractor factory of [`EmbedWorker`]s; a document's
 //!   chunks go to it in batches of `embed_batch`, at most `embed_workers` batches
 //!   of one document in flight.
@@ -193,7 +193,9 @@ impl Actor for IngestionActor {
     }
 }
 
-/// Parses and chunks in the actor's turn, then embeds and stores in a task.
+/// Runs one submission in a task (status writes, parsing on the blocking pool,
+/// embedding through the pool, the store write), so the actor's mailbox never
+/// waits on I/O; the actor only orders submissions per document.
 async fn start(
     me: &ActorRef<IngestMsg>,
     state: &IngestionState,
@@ -202,14 +204,13 @@ async fn start(
     sub: Box<DocumentSubmission>,
     reply: RpcReplyPort<IngestReply>,
 ) {
-    let job = JobWriter::new(state.deps.documents.clone(), tenant.clone(), &sub).await;
-    let prepared = match job {
-        Ok(Some(job)) => prepare(&state.deps, &tenant, &sub, job).await,
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    };
     let (deps, pool, me) = (state.deps.clone(), state.pool.clone(), me.clone());
     tokio::spawn(async move {
+        let prepared = match JobWriter::new(deps.documents.clone(), tenant.clone(), &sub).await {
+            Ok(Some(job)) => prepare(&deps, &tenant, &sub, job).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         let result = match prepared {
             Ok(Some((job, work))) => finish(&deps, &pool, &tenant, &sub, job, work).await,
             Ok(None) => Ok(()),

@@ -5,11 +5,12 @@ use cairn_core::ids::TenantId;
 use cairn_core::ports::*;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    AnyVariants, Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
-    EdgeVectorParams, FieldCondition, Filter, Fusion, JsonPath, Match, Modifier, NamedQuery,
-    PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, Range, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
-    VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
+    AnyVariants, Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard,
+    EdgeSparseVectorParams, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion,
+    JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId,
+    PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, Range,
+    ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -51,7 +52,30 @@ pub struct EdgeVectorStore {
     replacing: Arc<std::sync::RwLock<()>>,
     dense_dim: Option<usize>,
     keys: Arc<Keys>,
+    /// Set by every write, cleared by [`VectorStore::maintain`].
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// Points written since the optimizers last ran.
+    unoptimized: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Segment sizes for the optimizers. The indexing threshold is lower than
+/// Qdrant's default (10 MB) because BM25 vectors are small: at 10 MB the mutable
+/// segment would hold ~100,000 chunks, and inserting into its sparse index gets
+/// slower with every chunk.
+fn optimizers() -> qdrant_edge::EdgeOptimizersConfig {
+    qdrant_edge::EdgeOptimizersConfig {
+        indexing_threshold: Some(INDEXING_THRESHOLD_KB),
+        ..Default::default()
+    }
+}
+
+/// See [`optimizers`].
+const INDEXING_THRESHOLD_KB: usize = 1_000;
+
+/// Points written after which a write runs the optimizers itself: the mutable
+/// segment's sparse index gets slower to insert into as it grows, so it is
+/// turned into an indexed segment regularly during bulk ingestion.
+const OPTIMIZE_AFTER_POINTS: usize = 10_000;
 
 fn unavailable(e: impl std::fmt::Display) -> VectorError {
     VectorError::Unavailable(e.to_string())
@@ -178,10 +202,35 @@ impl EdgeVectorStore {
             sparse_vectors: sparse,
             hnsw_config: Default::default(),
             quantization_config: None,
-            optimizers: Default::default(),
+            optimizers: optimizers(),
             wal_options: None,
         };
         let shard = EdgeShard::load(path, Some(config)).map_err(unavailable)?;
+        // A store created by an older version keeps its own settings otherwise.
+        shard
+            .set_optimizers_config(optimizers())
+            .map_err(unavailable)?;
+        // Payload indexes: without them every filter (the tenant's, a document's)
+        // scans all points, and ingestion slows down as the store grows.
+        for (field, kind) in [
+            ("tenant_id", PayloadSchemaType::Keyword),
+            ("document_id", PayloadSchemaType::Keyword),
+            ("source", PayloadSchemaType::Keyword),
+            ("tags", PayloadSchemaType::Keyword),
+            ("version", PayloadSchemaType::Keyword),
+            (DATE_KEY, PayloadSchemaType::Integer),
+        ] {
+            let field_name = JsonPath::try_from(field)
+                .map_err(|_| VectorError::Invalid(format!("bad payload key {field}")))?;
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name,
+                        field_schema: Some(PayloadFieldSchema::FieldType(kind)),
+                    }),
+                ))
+                .map_err(unavailable)?;
+        }
         Ok(Self {
             shard: Arc::new(shard),
             dense_weight: DEFAULT_DENSE_WEIGHT,
@@ -189,6 +238,8 @@ impl EdgeVectorStore {
             replacing: Arc::default(),
             dense_dim,
             keys: Arc::new(Keys::parse()?),
+            dirty: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            unoptimized: Arc::default(),
         })
     }
 
@@ -202,6 +253,18 @@ impl EdgeVectorStore {
 
     /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
     /// only user of the shard.
+    /// Counts written points and runs the optimizers when enough piled up.
+    async fn after_write(&self, points: usize) -> Result<(), VectorError> {
+        use std::sync::atomic::Ordering;
+        let before = self.unoptimized.fetch_add(points, Ordering::Relaxed);
+        if before < OPTIMIZE_AFTER_POINTS && before + points >= OPTIMIZE_AFTER_POINTS {
+            self.unoptimized.store(0, Ordering::Relaxed);
+            self.blocking(false, |shard| shard.optimize().map_err(unavailable))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
         T: Send + 'static,
@@ -209,6 +272,9 @@ impl EdgeVectorStore {
     {
         let shard = self.shard.clone();
         let lock = self.replacing.clone();
+        if exclusive {
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         tokio::task::spawn_blocking(move || {
             if exclusive {
                 let _guard = lock.write().unwrap_or_else(|p| p.into_inner());
@@ -279,6 +345,8 @@ impl VectorStore for EdgeVectorStore {
             return Ok(());
         }
         let structs = self.to_structs(tenant, points)?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = structs.len();
         self.blocking(false, move |shard| {
             shard
                 .update(UpdateOperation::PointOperation(
@@ -286,7 +354,8 @@ impl VectorStore for EdgeVectorStore {
                 ))
                 .map_err(unavailable)
         })
-        .await
+        .await?;
+        self.after_write(n).await
     }
 
     async fn replace_document(
@@ -296,6 +365,7 @@ impl VectorStore for EdgeVectorStore {
         points: Vec<VectorPoint>,
     ) -> Result<(), VectorError> {
         let structs = self.to_structs(tenant, points)?;
+        let n = structs.len();
         let f = self.keys.document_filter(tenant, document_id);
         self.blocking(true, move |shard| {
             shard
@@ -312,7 +382,8 @@ impl VectorStore for EdgeVectorStore {
                 ))
                 .map_err(unavailable)
         })
-        .await
+        .await?;
+        self.after_write(n).await
     }
 
     async fn document_version(
@@ -352,6 +423,7 @@ impl VectorStore for EdgeVectorStore {
         if let Some(v) = keep_version {
             f.must_not = Some(vec![Keys::matches(&self.keys.version, v)]);
         }
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         self.blocking(false, move |shard| {
             shard
                 .update(UpdateOperation::PointOperation(
@@ -455,5 +527,20 @@ impl VectorStore for EdgeVectorStore {
                 .map_err(unavailable)
         })
         .await
+    }
+
+    /// Builds HNSW indexes for grown segments, merges small ones and vacuums
+    /// deleted points (Qdrant Edge does not run its optimizers by itself).
+    async fn maintain(&self) -> Result<(), VectorError> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let result = self
+            .blocking(false, |shard| shard.optimize().map_err(unavailable))
+            .await;
+        if result.is_err() {
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result.map(|_| ())
     }
 }

@@ -281,6 +281,16 @@ impl KnowledgeBase {
         }
     }
 
+    /// Store housekeeping after writes (see [`VectorStore::maintain`]).
+    pub async fn maintain(&self) -> Result<(), VectorError> {
+        self.store.maintain().await
+    }
+
+    /// Chunks stored for a tenant.
+    pub async fn count_all(&self, tenant: &TenantId) -> Result<usize, VectorError> {
+        self.store.count(tenant, None).await
+    }
+
     /// Chunks stored for a document.
     pub async fn count(&self, tenant: &TenantId, document_id: &str) -> Result<usize, VectorError> {
         self.store.count(tenant, Some(document_id)).await

@@ -77,11 +77,19 @@ impl MiniLmEmbedder {
         })
     }
 
-    /// Embeds a batch synchronously (call from a blocking thread).
+    /// Embeds texts synchronously (call from a blocking thread). As
+    /// sentence-transformers does, texts are grouped by length before batching,
+    /// so that a batch pads to little more than its own texts; the vectors come
+    /// back in the order of `texts`.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(BATCH) {
-            out.extend(self.forward(batch)?);
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(BATCH) {
+            let group: Vec<String> = batch.iter().map(|&i| texts[i].clone()).collect();
+            for (&i, v) in batch.iter().zip(self.forward(&group)?) {
+                out[i] = v;
+            }
         }
         Ok(out)
     }

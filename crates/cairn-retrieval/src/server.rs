@@ -19,8 +19,8 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, KeywordIndexParamsBuilder, Modifier,
-    NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range,
-    RrfBuilder, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range, RrfBuilder,
+    ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
     UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use serde_json::{Value, json};
@@ -66,7 +66,10 @@ fn document_filter(tenant: &TenantId, document: &str) -> Filter {
 fn search_filter(tenant: &TenantId, extra: &SearchFilter) -> Filter {
     let mut must = vec![tenant_condition(tenant)];
     if !extra.document_ids.is_empty() {
-        must.push(Condition::matches("document_id", extra.document_ids.clone()));
+        must.push(Condition::matches(
+            "document_id",
+            extra.document_ids.clone(),
+        ));
     }
     if !extra.sources.is_empty() {
         must.push(Condition::matches("source", extra.sources.clone()));
@@ -135,7 +138,10 @@ impl QdrantServerStore {
         }
         let mut vectors = VectorsConfigBuilder::default();
         if let Some(dim) = self.dense_dim {
-            vectors.add_named_vector_params(DENSE, VectorParamsBuilder::new(dim as u64, Distance::Cosine));
+            vectors.add_named_vector_params(
+                DENSE,
+                VectorParamsBuilder::new(dim as u64, Distance::Cosine),
+            );
         }
         let mut sparse = SparseVectorsConfigBuilder::default();
         sparse.add_named_vector_params(
@@ -147,7 +153,8 @@ impl QdrantServerStore {
             .sparse_vectors_config(sparse);
         if let Err(e) = c.create_collection(create).await {
             // Another replica may have created it meanwhile.
-            if !c.collection_exists(&self.collection)
+            if !c
+                .collection_exists(&self.collection)
                 .await
                 .map_err(unavailable)?
             {
@@ -155,9 +162,13 @@ impl QdrantServerStore {
             }
         }
         c.create_field_index(
-            CreateFieldIndexCollectionBuilder::new(&self.collection, "tenant_id", FieldType::Keyword)
-                .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
-                .wait(true),
+            CreateFieldIndexCollectionBuilder::new(
+                &self.collection,
+                "tenant_id",
+                FieldType::Keyword,
+            )
+            .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
+            .wait(true),
         )
         .await
         .map_err(unavailable)?;
@@ -306,7 +317,9 @@ impl VectorStore for QdrantServerStore {
         let limit = request.limit.max(1) as u64;
         let dense = || -> Result<VectorInput, VectorError> {
             if self.dense_dim.is_none() {
-                return Err(VectorError::Invalid("this store holds no dense vectors".into()));
+                return Err(VectorError::Invalid(
+                    "this store holds no dense vectors".into(),
+                ));
             }
             request
                 .dense
@@ -342,8 +355,7 @@ impl VectorStore for QdrantServerStore {
                 q.add_prefetch(side(dense()?, DENSE))
                     .add_prefetch(side(sparse()?, SPARSE))
                     .query(Query::new_rrf(
-                        RrfBuilder::with_k(self.rrf_k as u32)
-                            .weights(vec![self.dense_weight, 1.0]),
+                        RrfBuilder::with_k(self.rrf_k as u32).weights(vec![self.dense_weight, 1.0]),
                     ))
             }
         };
@@ -384,7 +396,11 @@ impl VectorStore for QdrantServerStore {
         };
         let r = self
             .client
-            .count(CountPointsBuilder::new(&self.collection).filter(f).exact(true))
+            .count(
+                CountPointsBuilder::new(&self.collection)
+                    .filter(f)
+                    .exact(true),
+            )
             .await
             .map_err(unavailable)?;
         Ok(r.result.map_or(0, |c| c.count as usize))

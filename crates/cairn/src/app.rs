@@ -33,6 +33,8 @@ pub struct App {
     sweeper: Option<tokio::task::JoinHandle<()>>,
     /// Tells open streams that the server is closing.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Knowledge-store housekeeping; finishes its current run at shutdown.
+    maintainer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// File names in the data dir.
@@ -42,6 +44,8 @@ pub const BUS_FILE: &str = "bus.redb";
 
 /// How often the retention sweeper runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often the knowledge store's housekeeping (index building) runs after writes.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(15);
 
 /// Opens the knowledge base in the data dir: hybrid with MiniLM when
 /// `knowledge.minilm_dir` is set, BM25 only (with a warning) otherwise. The two
@@ -265,6 +269,20 @@ pub async fn build(
         })
     });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let maintainer = knowledge.clone().map(|kb| {
+        let mut closed = closing_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = closed.wait_for(|c| *c) => return,
+                    () = tokio::time::sleep(MAINTAIN_EVERY) => {}
+                }
+                if let Err(e) = kb.maintain().await {
+                    tracing::warn!(error = %e, "knowledge store housekeeping failed");
+                }
+            }
+        })
+    });
     let state = AppState {
         closing: closing_rx,
         extra_health: Arc::new(extra_health),
@@ -288,6 +306,7 @@ pub async fn build(
         dev_secret,
         sweeper,
         closing,
+        maintainer: std::sync::Mutex::new(maintainer),
     })
 }
 
@@ -320,5 +339,13 @@ impl App {
             s.abort();
         }
         self.state.runtime.shutdown().await;
+        let maintainer = self
+            .maintainer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(m) = maintainer {
+            let _ = m.await;
+        }
     }
 }

@@ -144,6 +144,9 @@ pub async fn ingest_paths(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Err(e) = kb.maintain().await {
+        tracing::warn!(error = %e, "knowledge store housekeeping failed");
+    }
     Ok(summary)
 }
 
@@ -188,7 +191,10 @@ pub async fn ingest_via_server(
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     let form = reqwest::multipart::Form::new()
-                        .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name))
+                        .part(
+                            "file",
+                            reqwest::multipart::Part::bytes(bytes).file_name(name),
+                        )
                         .text("document_id", document_id(&root, &file))
                         .text("source", source_of(&root, &file));
                     let r = http
@@ -242,7 +248,9 @@ pub async fn ingest_via_server(
                     (s, r.json::<Value>().await.unwrap_or(Value::Null))
                 }
                 Err(e) => {
-                    summary.failed.push((file.clone(), format!("cannot reach {base}: {e}")));
+                    summary
+                        .failed
+                        .push((file.clone(), format!("cannot reach {base}: {e}")));
                     break;
                 }
             };
@@ -252,7 +260,10 @@ pub async fn ingest_via_server(
             }
             let j = &body["job"];
             if j["job_id"].as_str() != Some(job.as_str()) {
-                summary.failed.push((file.clone(), "uploaded again by someone else meanwhile".into()));
+                summary.failed.push((
+                    file.clone(),
+                    "uploaded again by someone else meanwhile".into(),
+                ));
                 break;
             }
             match j["status"].as_str() {
@@ -273,7 +284,10 @@ pub async fn ingest_via_server(
                     break;
                 }
                 _ if tokio::time::Instant::now() > deadline => {
-                    summary.failed.push((file.clone(), format!("still {} after {timeout:?}", j["status"])));
+                    summary.failed.push((
+                        file.clone(),
+                        format!("still {} after {timeout:?}", j["status"]),
+                    ));
                     break;
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,

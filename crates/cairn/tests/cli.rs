@@ -228,10 +228,16 @@ async fn ingest_through_a_running_server() {
     let token = s.token_with_scopes("acme", "ops", &["ingest"]);
     let (code, out, err) = run(token.clone(), vec![kb.clone()]).await.unwrap();
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.starts_with("added 30, replaced 0, unchanged 0, failed 0"), "{out}");
+    assert!(
+        out.starts_with("added 30, replaced 0, unchanged 0, failed 0"),
+        "{out}"
+    );
     let (code, out, _) = run(token.clone(), vec![kb.clone()]).await.unwrap();
     assert_eq!(code, Some(0));
-    assert!(out.starts_with("added 0, replaced 0, unchanged 30, failed 0"), "{out}");
+    assert!(
+        out.starts_with("added 0, replaced 0, unchanged 30, failed 0"),
+        "{out}"
+    );
     // The server's documents and search see them, under the same ids as the
     // embedded `cairn ingest` gives.
     let c = s.client(&token);
@@ -239,12 +245,23 @@ async fn ingest_through_a_running_server() {
     assert_eq!(d.body["job"]["status"], "done", "{:?}", d.body);
     assert_eq!(d.body["source"], "account/password-reset.md");
     let r = c.get("/v1/search?q=reset%20link%20expired&limit=1").await;
-    assert_eq!(r.body["items"][0]["document_id"], "account.password-reset.md");
+    assert_eq!(
+        r.body["items"][0]["document_id"],
+        "account.password-reset.md"
+    );
     // Refused files are reported per file; the exit code says something failed.
-    let (code, out, err) = run(token.clone(), vec![junk.path().to_owned()]).await.unwrap();
+    let (code, out, err) = run(token.clone(), vec![junk.path().to_owned()])
+        .await
+        .unwrap();
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(out.starts_with("added 0, replaced 0, unchanged 0, failed 2"), "{out}");
-    assert!(err.contains("deck.pptx") && err.contains("unsupported"), "{err}");
+    assert!(
+        out.starts_with("added 0, replaced 0, unchanged 0, failed 2"),
+        "{out}"
+    );
+    assert!(
+        err.contains("deck.pptx") && err.contains("unsupported"),
+        "{err}"
+    );
     assert!(err.contains("empty.md") && err.contains("empty"), "{err}");
     // Without the ingest scope nothing is accepted.
     let (code, _, err) = run(s.token("acme", "ana"), vec![kb]).await.unwrap();

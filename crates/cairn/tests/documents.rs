@@ -379,9 +379,13 @@ async fn an_accepted_document_is_ingested_after_a_restart() {
             tenant.clone(),
             serde_json::to_value(&sub).unwrap(),
         );
-        bus.publish(&Topics::with_prefix(&cfg.bus.topic_prefix).user_events, "pending", &env)
-            .await
-            .unwrap();
+        bus.publish(
+            &Topics::with_prefix(&cfg.bus.topic_prefix).user_events,
+            "pending",
+            &env,
+        )
+        .await
+        .unwrap();
     }
     let mut s = Server::start(&cfg).await;
     let c = s.client(&s.token("acme", "ana"));

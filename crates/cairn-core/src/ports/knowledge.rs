@@ -177,6 +177,12 @@ pub trait VectorStore: Send + Sync + 'static {
         tenant: &TenantId,
         document_id: Option<&str>,
     ) -> Result<usize, VectorError>;
+
+    /// Housekeeping after writes (index building, vacuum); a no-op where the
+    /// backend does it by itself. Cheap when nothing changed.
+    async fn maintain(&self) -> Result<(), VectorError> {
+        Ok(())
+    }
 }
 
 /// An embedding failure.
