@@ -302,7 +302,7 @@ async fn ingest_remote(
                 &UserId::parse("cli")?,
                 &TenantId::parse(tenant)?,
                 Duration::from_secs(3600),
-                &[config.auth.ingest_scope.clone()],
+                std::slice::from_ref(&config.auth.ingest_scope),
             )?
         }
     };
