@@ -29,6 +29,6 @@ pub mod settings;
 pub mod supervisor;
 pub mod turn;
 
-pub use catalog::ToolCatalog;
+pub use catalog::{ToolCatalog, ToolProvider};
 pub use runtime::Runtime;
 pub use settings::{AgentDeps, AgentSettings};

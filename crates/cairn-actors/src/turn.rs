@@ -74,7 +74,7 @@ pub async fn run_turn(
     let (summary, recent) =
         memory::load_context(deps, &cp.request.tenant_id, &cp.request.conversation_id).await?;
     let context = memory::context_messages(&summary, &recent);
-    let tools = deps.tools.specs();
+    let tools = deps.tools.specs_for(&cp.request.tenant_id);
 
     loop {
         // Act: run tool calls recorded but not completed (after a step, or a crash).
@@ -242,7 +242,7 @@ async fn run_tool_step(
     let turn = cp.request.turn_id.clone();
     let deadline = deps.settings.tool_timeout;
     let started = Instant::now();
-    let (is_error, content) = match deps.tools.get(&call.name) {
+    let (is_error, content) = match deps.tools.get_for(&call.name, &cp.request.tenant_id) {
         None => (true, format!("There is no tool named {}.", call.name)),
         Some(tool) => {
             let ctx = ToolContext {
@@ -251,7 +251,11 @@ async fn run_tool_step(
                 idempotency_key: idempotency_key(&turn, index),
                 deadline,
             };
-            match tokio::time::timeout(deadline, tool.call(call.arguments.clone(), &ctx)).await {
+            // The tool enforces its deadline itself (an MCP call is cancelled, and
+            // progress may extend it up to a cap); this guard only stops a tool
+            // that does not.
+            let guard = tool.max_duration(deadline) + GUARD_MARGIN;
+            match tokio::time::timeout(guard, tool.call(call.arguments.clone(), &ctx)).await {
                 Ok(Ok(out)) => (out.is_error, out.content),
                 Ok(Err(e)) => (true, e.to_string()),
                 Err(_) => (
@@ -282,6 +286,9 @@ async fn run_tool_step(
     };
     deps.memory.save_checkpoint(cp, &[completed]).await
 }
+
+/// Slack given to a tool past its own longest duration before the turn stops waiting.
+const GUARD_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Name of the knowledge tool whose passages become citations.
 const SEARCH_TOOL: &str = "search_knowledge";

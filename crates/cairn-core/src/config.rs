@@ -58,6 +58,101 @@ pub struct Config {
     pub bus: BusConfig,
     /// The knowledge base.
     pub knowledge: KnowledgeConfig,
+    /// MCP servers whose tools agents may use.
+    pub mcp: McpConfig,
+}
+
+/// `[mcp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Largest tool result handed to the model, in bytes; longer results are
+    /// truncated with a note saying so.
+    pub max_result_bytes: usize,
+    /// Hard cap on one call, even while the server reports progress.
+    #[serde(with = "humantime_serde")]
+    pub max_call_duration: Duration,
+    /// Consecutive failures (exit, connect or protocol error) that open a server's
+    /// circuit breaker: its tools are withheld from the model.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before the server is tried again.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// The servers (`[[mcp.servers]]`).
+    pub servers: Vec<McpServerConfig>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            max_result_bytes: 16 * 1024,
+            max_call_duration: Duration::from_secs(300),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(30),
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// How Cairn reaches an MCP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpTransport {
+    /// A child process speaking MCP on stdin/stdout.
+    #[default]
+    Stdio,
+    /// Streamable HTTP at `url`.
+    Http,
+}
+
+/// `[[mcp.servers]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// Name; tools are offered as `name.tool` (letters, digits, `-`, `_`).
+    pub name: String,
+    /// `stdio` or `http`.
+    #[serde(default)]
+    pub transport: McpTransport,
+    /// stdio: the program to run.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// stdio: extra environment variables.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// stdio: working directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// http: the streamable-HTTP endpoint, e.g. `https://tools.example.com/mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// http: headers to send, each naming the environment variable that holds
+    /// its value (secrets stay out of the config), e.g. `{ Authorization = "TOOLS_AUTH" }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Deadline of one call (extended by progress, up to `mcp.max_call_duration`).
+    #[serde(default = "default_mcp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Tenants that may use this server's tools; `["*"]` (the default) is all.
+    #[serde(default = "all_tenants")]
+    pub allowed_tenants: Vec<String>,
+    /// Only these tools (empty: all).
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
+    /// Never these tools.
+    #[serde(default)]
+    pub denied_tools: Vec<String>,
+}
+
+fn default_mcp_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn all_tenants() -> Vec<String> {
+    vec!["*".into()]
 }
 
 /// `[knowledge]`
@@ -448,6 +543,41 @@ impl Config {
                     "knowledge.embeddings_model",
                     "is required when knowledge.embeddings_base_url is set",
                 );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.mcp.servers.iter().enumerate() {
+            let key = |k: &str| format!("mcp.servers[{i}].{k}");
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(&key("name"), "must be letters, digits, `-` or `_`");
+            }
+            if !names.insert(s.name.clone()) {
+                return bad(&key("name"), "is used by another server");
+            }
+            match s.transport {
+                McpTransport::Stdio if s.command.as_deref().is_none_or(str::is_empty) => {
+                    return bad(&key("command"), "is required for transport = \"stdio\"");
+                }
+                McpTransport::Http
+                    if !s
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://")) =>
+                {
+                    return bad(
+                        &key("url"),
+                        "must be an http:// or https:// URL for transport = \"http\"",
+                    );
+                }
+                _ => {}
+            }
+            if s.timeout.is_zero() {
+                return bad(&key("timeout"), "must be above zero");
             }
         }
         if self.knowledge.fusion_k == 0 {

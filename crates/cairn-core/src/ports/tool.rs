@@ -67,4 +67,10 @@ pub trait Tool: Send + Sync + 'static {
 
     /// Runs the tool. The caller enforces `ctx.deadline` as well.
     async fn call(&self, arguments: Value, ctx: &ToolContext) -> Result<ToolOutput, ToolError>;
+
+    /// The longest a call may take given `deadline` (a tool whose deadline is
+    /// extended by progress reports returns its hard cap). The caller waits this long.
+    fn max_duration(&self, deadline: Duration) -> Duration {
+        deadline
+    }
 }

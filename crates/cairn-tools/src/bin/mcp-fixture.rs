@@ -1,0 +1,165 @@
+//! `mcp-fixture`: an MCP server (stdio) with tools that misbehave on purpose, for
+//! the tool host's tests and benchmark: `echo`, `add` (a typed schema), `key`
+//! (returns the idempotency key it received), `sleep` (hangs; writes `cancelled`
+//! to `$FIXTURE_LOG` when the host cancels it), `progress` (reports progress while
+//! it works), `huge` (a very large result), `fail` (an `isError` result) and
+//! `crash` (the process exits). With `--exit-at-start` it exits before serving.
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{
+    Peer, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router,
+};
+use std::time::Duration;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Text {
+    text: String,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Pair {
+    a: f64,
+    b: f64,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Millis {
+    ms: u64,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Steps {
+    steps: u32,
+    ms: u64,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Size {
+    bytes: usize,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Nothing {}
+
+/// Writes `line` to `$FIXTURE_LOG`, when set.
+fn log(line: &str) {
+    if let Ok(path) = std::env::var("FIXTURE_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Fixture {
+    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl Fixture {
+    #[tool(description = "Echo the text.")]
+    fn echo(&self, Parameters(t): Parameters<Text>) -> String {
+        t.text
+    }
+
+    #[tool(description = "Add two numbers.")]
+    fn add(&self, Parameters(p): Parameters<Pair>) -> String {
+        (p.a + p.b).to_string()
+    }
+
+    #[tool(description = "Return the idempotency key of this call.")]
+    fn key(&self, Parameters(_): Parameters<Nothing>, meta: RequestMetaObject) -> String {
+        meta.get("idempotency_key")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none")
+            .to_owned()
+    }
+
+    #[tool(description = "Sleep for ms milliseconds.")]
+    async fn sleep(
+        &self,
+        Parameters(m): Parameters<Millis>,
+        context: RequestContext<RoleServer>,
+    ) -> String {
+        log("sleeping");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(m.ms)) => "woke up".into(),
+            () = context.ct.cancelled() => {
+                // The client sent notifications/cancelled.
+                log("cancelled");
+                "cancelled".into()
+            }
+        }
+    }
+
+    #[tool(description = "Work in steps, reporting progress after each.")]
+    async fn progress(
+        &self,
+        Parameters(s): Parameters<Steps>,
+        meta: RequestMetaObject,
+        client: Peer<RoleServer>,
+    ) -> String {
+        for step in 0..s.steps {
+            tokio::time::sleep(Duration::from_millis(s.ms)).await;
+            if let Some(token) = meta.get_progress_token() {
+                let _ = client
+                    .notify_progress(
+                        ProgressNotificationParam::new(token, f64::from(step + 1))
+                            .with_total(f64::from(s.steps)),
+                    )
+                    .await;
+            }
+        }
+        "done".into()
+    }
+
+    #[tool(description = "Return bytes bytes of text.")]
+    fn huge(&self, Parameters(s): Parameters<Size>) -> String {
+        "x".repeat(s.bytes)
+    }
+
+    #[tool(description = "Fail as a tool (isError).")]
+    fn fail(&self, Parameters(_): Parameters<Nothing>) -> CallToolResult {
+        CallToolResult::error(vec![ContentBlock::text("the order does not exist")])
+    }
+
+    #[tool(description = "Exit the server process.")]
+    fn crash(&self, Parameters(_): Parameters<Nothing>) -> String {
+        std::process::exit(3);
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().any(|a| a == "--exit-at-start") {
+        log("started");
+        std::process::exit(4);
+    }
+    log("started");
+    let running = Fixture {
+        tool_router: Fixture::tool_router(),
+    }
+    .serve(rmcp::transport::stdio())
+    .await?;
+    running.waiting().await?;
+    Ok(())
+}
