@@ -10,6 +10,8 @@
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
 //! - [`search`]: `GET /v1/search` over the knowledge base.
+//! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
+//! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
 
@@ -25,6 +27,7 @@ pub mod request_id;
 pub mod router;
 pub mod search;
 pub mod state;
+pub mod tools;
 
 pub use router::router;
 pub use state::{ApiSettings, AppState};

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::{conversations, documents, events, health, messages, request_id, search};
+use crate::{conversations, documents, events, health, messages, request_id, search, tools};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .get(documents::list),
         )
+        .route("/tools", get(tools::list))
+        .route("/admin/tools/reload", post(tools::reload))
         .route(
             "/documents/{id}",
             get(documents::get).delete(documents::delete),

@@ -21,6 +21,9 @@ pub struct ApiSettings {
     pub ingest_scope: Option<String>,
 }
 
+/// Re-reads the `[mcp]` settings (from the config file and the environment).
+pub type ToolsSource = Arc<dyn Fn() -> Result<cairn_core::config::McpConfig, String> + Send + Sync>;
+
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +39,10 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// Document records and ingestion jobs, when the knowledge base is enabled.
     pub documents: Option<Arc<dyn DocumentStore>>,
+    /// The MCP tool host.
+    pub tools: Option<Arc<cairn_tools::ToolHub>>,
+    /// Reads the `[mcp]` section again, for reloads (absent without a config file).
+    pub tools_source: Option<ToolsSource>,
     /// The knowledge base, when enabled.
     pub knowledge: Option<cairn_retrieval::knowledge::KnowledgeBase>,
     /// Status of components the API does not own (e.g. the knowledge base),

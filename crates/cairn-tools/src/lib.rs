@@ -563,3 +563,52 @@ impl Tool for McpTool {
         }
     }
 }
+
+/// The host behind a lock, so that a reload (new `[mcp]` settings) swaps every
+/// server at once; what the catalog and the API hold.
+pub struct ToolHub {
+    host: RwLock<Arc<McpHost>>,
+    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl ToolHub {
+    /// Starts the servers of `config`; `env` resolves header secrets (now and on reload).
+    pub fn start(
+        config: &McpConfig,
+        env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    ) -> Arc<Self> {
+        let host = McpHost::start(config, env.as_ref());
+        Arc::new(Self {
+            host: RwLock::new(host),
+            env,
+        })
+    }
+
+    /// The current host.
+    pub fn host(&self) -> Arc<McpHost> {
+        self.host.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces every server with those of `config` (calls in flight on the old
+    /// connections finish or fail on their own; the old processes stop).
+    pub fn reload(&self, config: &McpConfig) {
+        let new = McpHost::start(config, self.env.as_ref());
+        let old = std::mem::replace(
+            &mut *self.host.write().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        old.shutdown();
+        tracing::info!(servers = config.servers.len(), "MCP servers reloaded");
+    }
+
+    /// Stops every server.
+    pub fn shutdown(&self) {
+        self.host().shutdown();
+    }
+}
+
+impl ToolProvider for ToolHub {
+    fn tools_for(&self, tenant: &TenantId) -> Vec<Arc<dyn Tool>> {
+        self.host().tools_for(tenant)
+    }
+}

@@ -17,6 +17,7 @@ use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
 use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder, QdrantServerStore};
 use cairn_store::{EmbeddedStore, RedisStore};
+use cairn_tools::ToolHub;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct App {
     sweeper: Option<tokio::task::JoinHandle<()>>,
     /// Tells open streams that the server is closing.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The MCP tool host, when servers are configured.
+    pub tools: Option<Arc<ToolHub>>,
     /// Knowledge-store housekeeping; finishes its current run at shutdown.
     maintainer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -199,6 +202,23 @@ pub async fn build(
     }
     let mut tools = extra_tools;
     tools = tools.with(Arc::new(CurrentTime::default()));
+    let hub = (!config.mcp.servers.is_empty()).then(|| {
+        // Header secrets: read through `env` now; a reload reads the process
+        // environment for variables not seen at start.
+        let known: std::collections::HashMap<String, String> = config
+            .mcp
+            .servers
+            .iter()
+            .flat_map(|s| s.headers.values())
+            .filter_map(|var| env(var).map(|v| (var.clone(), v)))
+            .collect();
+        let env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
+            Arc::new(move |k: &str| known.get(k).cloned().or_else(|| std::env::var(k).ok()));
+        ToolHub::start(&config.mcp, env)
+    });
+    if let Some(h) = &hub {
+        tools = tools.with_provider(h.clone());
+    }
     let mut extra_health = serde_json::Map::new();
     let knowledge = if config.knowledge.enabled {
         let kb = open_knowledge(config, env).await?;
@@ -287,6 +307,8 @@ pub async fn build(
         closing: closing_rx,
         extra_health: Arc::new(extra_health),
         documents: knowledge.is_some().then_some(documents),
+        tools: hub.clone(),
+        tools_source: None,
         knowledge: knowledge.clone(),
         runtime: Arc::new(runtime),
         memory,
@@ -306,6 +328,7 @@ pub async fn build(
         dev_secret,
         sweeper,
         closing,
+        tools: hub,
         maintainer: std::sync::Mutex::new(maintainer),
     })
 }
@@ -339,6 +362,9 @@ impl App {
             s.abort();
         }
         self.state.runtime.shutdown().await;
+        if let Some(h) = &self.tools {
+            h.shutdown();
+        }
         let maintainer = self
             .maintainer
             .lock()
@@ -346,6 +372,40 @@ impl App {
             .take();
         if let Some(m) = maintainer {
             let _ = m.await;
+        }
+    }
+}
+
+/// How often the config file is checked for changes to `[mcp]`.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the MCP servers when the config file's `[mcp]` section changes
+/// (polling its modification time; an invalid file is logged and skipped).
+pub async fn watch_tools_config(
+    path: std::path::PathBuf,
+    source: cairn_api::state::ToolsSource,
+    hub: Arc<ToolHub>,
+) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut current = source().ok();
+    loop {
+        tokio::time::sleep(CONFIG_POLL).await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match source() {
+            Ok(mcp) if Some(&mcp) != current.as_ref() => {
+                tracing::info!(path = %path.display(), "config file changed: reloading MCP servers");
+                hub.reload(&mcp);
+                current = Some(mcp);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "config file changed but is not valid; MCP servers unchanged")
+            }
         }
     }
 }

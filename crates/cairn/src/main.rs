@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -248,7 +249,21 @@ async fn shutdown_signal() {
 
 async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitCode> {
     let config = load_config(common, listen)?;
-    let app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
+    let mut app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
+    if let (Some(path), Some(hub)) = (common.config.clone(), app.tools.clone()) {
+        // `POST /v1/admin/tools/reload` and edits of the file reload the servers.
+        let source: cairn_api::state::ToolsSource = Arc::new(move || {
+            let c = Config::load(Some(&path), std::env::vars()).map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c.mcp)
+        });
+        app.state.tools_source = Some(source.clone());
+        tokio::spawn(cairn::app::watch_tools_config(
+            common.config.clone().unwrap_or_default(),
+            source,
+            hub,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
