@@ -564,11 +564,14 @@ impl Tool for McpTool {
     }
 }
 
+/// Looks environment variables up (header secrets).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The host behind a lock, so that a reload (new `[mcp]` settings) swaps every
 /// server at once; what the catalog and the API hold.
 pub struct ToolHub {
     host: RwLock<Arc<McpHost>>,
-    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: Env,
 }
 
 impl ToolHub {
