@@ -576,10 +576,7 @@ pub struct ToolHub {
 
 impl ToolHub {
     /// Starts the servers of `config`; `env` resolves header secrets (now and on reload).
-    pub fn start(
-        config: &McpConfig,
-        env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
-    ) -> Arc<Self> {
+    pub fn start(config: &McpConfig, env: Env) -> Arc<Self> {
         let host = McpHost::start(config, env.as_ref());
         Arc::new(Self {
             host: RwLock::new(host),
