@@ -212,7 +212,7 @@ pub async fn build(
             .flat_map(|s| s.headers.values())
             .filter_map(|var| env(var).map(|v| (var.clone(), v)))
             .collect();
-        let env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
+        let env: cairn_tools::Env =
             Arc::new(move |k: &str| known.get(k).cloned().or_else(|| std::env::var(k).ok()));
         ToolHub::start(&config.mcp, env)
     });
