@@ -25,6 +25,20 @@ MINILM_DIR="$(scripts/minilm-dir.sh)" || echo "warning: MiniLM model files unava
 export CAIRN_TEST_MINILM_DIR="$MINILM_DIR"
 echo "==> MiniLM model files in $CAIRN_TEST_MINILM_DIR"
 
+# The official MCP reference server from npm, for the interop tests (installed once
+# into a cache outside the clone, pinned).
+EVERYTHING_VERSION="2026.8.31"
+NPM_DIR="$HOME/.cache/cairn/npm"
+EVERYTHING="$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+if [ ! -f "$EVERYTHING" ] || ! grep -q "\"version\": \"$EVERYTHING_VERSION\"" "$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/package.json"; then
+  echo "==> installing @modelcontextprotocol/server-everything@$EVERYTHING_VERSION"
+  mkdir -p "$NPM_DIR"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION") \
+    || echo "warning: server-everything could not be installed; the interop tests will fail" >&2
+fi
+export CAIRN_TEST_MCP_EVERYTHING="$EVERYTHING"
+echo "==> MCP reference server at $CAIRN_TEST_MCP_EVERYTHING"
+
 # A private Redis on a free port, removed when this script exits.
 REDIS_DIR="$(mktemp -d)"
 REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

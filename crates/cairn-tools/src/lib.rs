@@ -150,6 +150,8 @@ impl McpHost {
     /// Starts a supervisor per server; `env` resolves header secrets. Returns at
     /// once: servers connect in the background (see [`McpHost::wait_ready`]).
     pub fn start(config: &McpConfig, env: &dyn Fn(&str) -> Option<String>) -> Arc<Self> {
+        // The HTTP transport's TLS needs a process-wide crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = Arc::new(config.clone());
         let mut servers = Vec::new();
         let mut tasks = Vec::new();
@@ -280,10 +282,24 @@ async fn supervise(
 ) {
     let name = server.config.name.clone();
     loop {
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(&server, &headers)).await;
+        // In its own task, so that a panic in a transport is a failed attempt,
+        // not the end of the supervisor.
+        let attempt = tokio::spawn({
+            let (server, headers) = (server.clone(), headers.clone());
+            async move { connect(&server, &headers).await }
+        });
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
         let running = match connected {
-            Ok(Ok(r)) => r,
+            Ok(Ok(Ok(r))) => r,
             Ok(Err(e)) => {
+                server.failed(
+                    format!("the connection attempt crashed: {e}"),
+                    settings.breaker_failures,
+                );
+                pause(&server, &settings).await;
+                continue;
+            }
+            Ok(Ok(Err(e))) => {
                 server.failed(format!("cannot connect: {e}"), settings.breaker_failures);
                 pause(&server, &settings).await;
                 continue;
