@@ -348,6 +348,10 @@ impl App {
             tracing::info!("shutting down");
             let _ = closing.send(true);
         };
+        // Small SSE frames and JSON replies go out at once, not after a delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(signal)
             .await?;

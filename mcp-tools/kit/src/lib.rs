@@ -2,6 +2,7 @@
 //! for streamable HTTP at `/mcp`, stdio otherwise) and logging to stderr (stdout
 //! carries the protocol on stdio).
 
+use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, stdio};
@@ -68,6 +69,11 @@ where
             let router = axum::Router::new().nest_service("/mcp", service);
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "serving MCP over streamable HTTP at /mcp");
+            // Responses are small SSE frames: without TCP_NODELAY each waits for
+            // the peer's delayed ACK (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;

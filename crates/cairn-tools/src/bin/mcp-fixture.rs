@@ -3,7 +3,8 @@
 //! (returns the idempotency key it received), `sleep` (hangs; writes `cancelled`
 //! to `$FIXTURE_LOG` when the host cancels it), `progress` (reports progress while
 //! it works), `huge` (a very large result), `fail` (an `isError` result) and
-//! `crash` (the process exits). With `--exit-at-start` it exits before serving.
+//! `crash` (the process exits). With `--exit-at-start` it exits before serving;
+//! with `--http ADDR` it serves streamable HTTP at `/mcp` instead of stdio.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -155,11 +156,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(4);
     }
     log("started");
-    let running = Fixture {
+    let make = || Fixture {
         tool_router: Fixture::tool_router(),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--http") {
+        let addr = args.get(i + 1).cloned().unwrap_or_default();
+        mcp_tool_kit::serve(mcp_tool_kit::Listen::Http(addr), make).await?;
+        return Ok(());
     }
-    .serve(rmcp::transport::stdio())
-    .await?;
+    let running = make().serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
 }
