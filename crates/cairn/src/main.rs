@@ -37,10 +37,10 @@ struct Cli {
 struct Common {
     /// Config file (TOML); see config/cairn.example.toml. CAIRN_SECTION__KEY
     /// environment variables override it.
-    #[arg(long, env = "CAIRN_CONFIG")]
+    #[arg(long, env = "CAIRN_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Data directory for embedded state (default ./.cairn).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -110,6 +110,16 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         limit: usize,
     },
+    /// MCP tools from the configured servers (`[[mcp.servers]]`).
+    Tools {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: ToolsAction,
+        /// The tenant whose tools to use.
+        #[arg(long, default_value = "default", global = true)]
+        tenant: String,
+    },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
         #[command(flatten)]
@@ -135,6 +145,20 @@ enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsAction {
+    /// Lists each server's health and the tools the tenant may use.
+    List,
+    /// Calls one tool, e.g. `cairn tools call calculator.evaluate '{"expression":"6*7"}'`.
+    Call {
+        /// `SERVER.TOOL`.
+        name: String,
+        /// The arguments (a JSON object).
+        #[arg(default_value = "{}")]
+        arguments: String,
     },
 }
 
@@ -191,6 +215,11 @@ async fn main() -> ExitCode {
             mode,
             limit,
         } => search(&common, &query, &tenant, &mode, limit).await,
+        Command::Tools {
+            common,
+            action,
+            tenant,
+        } => tools(&common, action, &tenant).await,
         Command::Token {
             common,
             sub,
@@ -342,6 +371,69 @@ fn ingest_report(s: &cairn::ingest::IngestSummary) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+async fn tools(common: &Common, action: ToolsAction, tenant: &str) -> anyhow::Result<ExitCode> {
+    use cairn_actors::ToolProvider;
+    cairn_llm::http::install_crypto_provider();
+    let config = load_config(common, None)?;
+    if config.mcp.servers.is_empty() {
+        bail!("no MCP servers are configured ([[mcp.servers]] in the config file)");
+    }
+    let tenant = TenantId::parse(tenant)?;
+    let host = cairn_tools::McpHost::start(&config.mcp, &env_lookup);
+    host.wait_ready(Duration::from_secs(20)).await;
+    let code = match action {
+        ToolsAction::List => {
+            for s in host.status(&tenant) {
+                println!(
+                    "{} [{}]",
+                    s.name,
+                    serde_json::to_value(s.health)?.as_str().unwrap_or("?")
+                );
+                if let Some(e) = &s.last_error {
+                    println!("  last error: {e}");
+                }
+                for t in &s.tools {
+                    println!("  {} — {}", t.name, t.description);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ToolsAction::Call { name, arguments } => {
+            let args: Value = serde_json::from_str(&arguments)
+                .with_context(|| "the arguments are not valid JSON")?;
+            let Some(tool) = host
+                .tools_for(&tenant)
+                .into_iter()
+                .find(|t| t.spec().name == name)
+            else {
+                bail!("no tool `{name}` for tenant {tenant} (see `cairn tools list`)");
+            };
+            let ctx = cairn_core::ports::ToolContext {
+                tenant_id: tenant.clone(),
+                conversation_id: ConversationId::parse("cli")?,
+                idempotency_key: format!("cli:{}", uuid::Uuid::now_v7()),
+                deadline: config.agent.tool_timeout,
+            };
+            match tool.call(args, &ctx).await {
+                Ok(out) if !out.is_error => {
+                    println!("{}", out.content);
+                    ExitCode::SUCCESS
+                }
+                Ok(out) => {
+                    eprintln!("the tool reported an error: {}", out.content);
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    };
+    host.shutdown();
+    Ok(code)
 }
 
 async fn search(

@@ -269,3 +269,67 @@ async fn ingest_through_a_running_server() {
     assert!(err.contains("forbidden"), "{err}");
     s.stop().await;
 }
+
+#[test]
+fn tools_list_and_call_the_configured_mcp_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let calculator = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"))
+        .parent()
+        .unwrap()
+        .join("mcp-calculator");
+    assert!(
+        calculator.exists(),
+        "{} is missing: build the workspace first",
+        calculator.display()
+    );
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mcp.servers]]\nname = \"calculator\"\ncommand = \"{}\"\n",
+            calculator.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = cairn()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["tools", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("calculator [healthy]"), "{out}");
+    assert!(out.contains("calculator.evaluate"), "{out}");
+    let (code, out, err) = run(&[
+        "tools",
+        "call",
+        "calculator.evaluate",
+        r#"{"expression": "6*7"}"#,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "42");
+    let (code, _, err) = run(&[
+        "tools",
+        "call",
+        "calculator.evaluate",
+        r#"{"expression": "6*"}"#,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot parse"), "{err}");
+    let (code, _, err) = run(&["tools", "call", "calculator.evaluate", r#"{"expr": 1}"#]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("invalid arguments"), "{err}");
+    let (code, _, err) = run(&["tools", "call", "calculator.nope", "{}"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no tool `calculator.nope`"), "{err}");
+}

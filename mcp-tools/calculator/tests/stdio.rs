@@ -75,6 +75,8 @@ async fn evaluates_over_streamable_http() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The HTTP client's TLS stack needs a process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let transport = StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{port}/mcp"));
     let client = ().serve(transport).await.unwrap();
     exercise(&client).await;
