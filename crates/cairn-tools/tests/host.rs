@@ -102,6 +102,7 @@ async fn tools_are_listed_namespaced_and_called_with_the_idempotency_key() {
             "fx.huge",
             "fx.key",
             "fx.progress",
+            "fx.reveal",
             "fx.sleep"
         ]
     );
@@ -125,7 +126,7 @@ async fn tools_are_listed_namespaced_and_called_with_the_idempotency_key() {
     assert_eq!(out.content, "the order does not exist");
     let status = host.status(&tenant("acme"));
     assert_eq!(status[0].health, Health::Healthy);
-    assert_eq!(status[0].tools.len(), 8);
+    assert_eq!(status[0].tools.len(), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,4 +298,31 @@ async fn tenants_and_tool_lists_restrict_what_is_offered() {
     let echo = tool(&host, "acme", "fx.echo");
     let r = echo.call(json!({"text": "hi"}), &ctx("globex", "k")).await;
     assert!(matches!(r, Err(ToolError::Unknown(_))), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_tool_list_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = started(settings(vec![server("fx", &dir.path().join("log"), &[])])).await;
+    let offered = |name: &str| {
+        host.tools_for(&tenant("acme"))
+            .iter()
+            .any(|t| t.spec().name == name)
+    };
+    assert!(!offered("fx.secret"));
+    let out = tool(&host, "acme", "fx.reveal")
+        .call(json!({}), &ctx("acme", "k"))
+        .await
+        .unwrap();
+    assert_eq!(out.content, "revealed");
+    eventually(
+        "the new tool is offered after notifications/tools/list_changed",
+        || offered("fx.secret"),
+    )
+    .await;
+    let out = tool(&host, "acme", "fx.secret")
+        .call(json!({}), &ctx("acme", "k"))
+        .await
+        .unwrap();
+    assert_eq!(out.content, "found");
 }

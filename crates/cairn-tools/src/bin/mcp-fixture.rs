@@ -3,19 +3,23 @@
 //! (returns the idempotency key it received), `sleep` (hangs; writes `cancelled`
 //! to `$FIXTURE_LOG` when the host cancels it), `progress` (reports progress while
 //! it works), `huge` (a very large result), `fail` (an `isError` result) and
-//! `crash` (the process exits). With `--exit-at-start` it exits before serving;
+//! `crash` (the process exits), `reveal` (lists `secret` from then on and sends
+//! `notifications/tools/list_changed`). With `--exit-at-start` it exits before serving;
 //! with `--http ADDR` it serves streamable HTTP at `/mcp` instead of stdio.
 
+use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
-    ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::{
-    Peer, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router,
-};
+use rmcp::{Peer, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_router};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -64,8 +68,9 @@ fn log(line: &str) {
 
 #[derive(Clone)]
 struct Fixture {
-    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
     tool_router: ToolRouter<Self>,
+    /// `secret` is listed only once `reveal` was called.
+    revealed: Arc<AtomicBool>,
 }
 
 #[tool_router]
@@ -136,16 +141,77 @@ impl Fixture {
         CallToolResult::error(vec![ContentBlock::text("the order does not exist")])
     }
 
+    #[tool(description = "List the `secret` tool from now on, and tell the client.")]
+    async fn reveal(&self, Parameters(_): Parameters<Nothing>, client: Peer<RoleServer>) -> String {
+        self.revealed.store(true, Ordering::SeqCst);
+        let _ = client.notify_tool_list_changed().await;
+        "revealed".into()
+    }
+
+    #[tool(description = "Only listed after `reveal`.")]
+    fn secret(&self, Parameters(_): Parameters<Nothing>) -> String {
+        "found".into()
+    }
+
     #[tool(description = "Exit the server process.")]
     fn crash(&self, Parameters(_): Parameters<Nothing>) -> String {
         std::process::exit(3);
     }
 }
 
-#[tool_handler]
+impl Fixture {
+    fn listed(&self, name: &str) -> bool {
+        name != "secret" || self.revealed.load(Ordering::SeqCst)
+    }
+}
+
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if !self.listed(&request.name) {
+            return Err(ErrorData::invalid_params(
+                format!("no tool {}", request.name),
+                None,
+            ));
+        }
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult {
+            tools: self
+                .tool_router
+                .list_all()
+                .into_iter()
+                .filter(|t| self.listed(&t.name))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tool_router
+            .get(name)
+            .filter(|_| self.listed(name))
+            .cloned()
     }
 }
 
@@ -158,6 +224,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     log("started");
     let make = || Fixture {
         tool_router: Fixture::tool_router(),
+        revealed: Arc::default(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--http") {
