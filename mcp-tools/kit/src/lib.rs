@@ -19,8 +19,21 @@ pub enum Listen {
 
 /// Reads `--http ADDR` from the arguments (anything else is an error).
 pub fn listen_from_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Listen> {
+    let (listen, rest) = split_listen(args)?;
+    if let Some(other) = rest.first() {
+        anyhow::bail!("unknown argument `{other}` (usage: [--http ADDR])");
+    }
+    Ok(listen)
+}
+
+/// Takes `--http ADDR` out of the arguments and returns the others, for servers
+/// with options of their own.
+pub fn split_listen(
+    args: impl IntoIterator<Item = String>,
+) -> anyhow::Result<(Listen, Vec<String>)> {
     let mut args = args.into_iter();
     let mut listen = Listen::Stdio;
+    let mut rest = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--http" => {
@@ -32,10 +45,10 @@ pub fn listen_from_args(args: impl IntoIterator<Item = String>) -> anyhow::Resul
             other if other.starts_with("--http=") => {
                 listen = Listen::Http(other.trim_start_matches("--http=").to_owned());
             }
-            other => anyhow::bail!("unknown argument `{other}` (usage: [--http ADDR])"),
+            _ => rest.push(a),
         }
     }
-    Ok(listen)
+    Ok((listen, rest))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
