@@ -1,0 +1,104 @@
+//! The tickets server: look-ups, listing, and updates that apply once per
+//! idempotency key — directly and over MCP with the key in `_meta`.
+
+#![allow(clippy::unwrap_used)]
+
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ClientRequest, Request, RequestMetaObject, ServerResult};
+use rmcp::service::PeerRequestOptions;
+use rmcp::transport::TokioChildProcess;
+use serde_json::json;
+
+#[test]
+fn an_update_is_applied_once_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = mcp_tickets::open(&dir.path().join("t.db")).unwrap();
+    let first = mcp_tickets::update(
+        &mut c,
+        Some("turn-1:0"),
+        1,
+        Some("pending"),
+        Some("asked for photos"),
+    )
+    .unwrap();
+    assert_eq!(first["replayed"], false);
+    assert_eq!(first["ticket"]["status"], "pending");
+    // The same key again (a resumed turn): same answer, nothing applied twice.
+    let again = mcp_tickets::update(
+        &mut c,
+        Some("turn-1:0"),
+        1,
+        Some("pending"),
+        Some("asked for photos"),
+    )
+    .unwrap();
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["ticket"], first["ticket"]);
+    assert_eq!(
+        mcp_tickets::get(&c, 1).unwrap()["notes"],
+        json!(["asked for photos"])
+    );
+    // Another step is another change.
+    mcp_tickets::update(&mut c, Some("turn-1:1"), 1, None, Some("photos received")).unwrap();
+    assert_eq!(
+        mcp_tickets::get(&c, 1).unwrap()["notes"],
+        json!(["asked for photos", "photos received"])
+    );
+    // Errors are for the model to read.
+    assert!(
+        mcp_tickets::update(&mut c, Some("k"), 99, Some("open"), None)
+            .unwrap_err()
+            .contains("no ticket 99")
+    );
+    assert!(
+        mcp_tickets::update(&mut c, Some("k"), 1, Some("lost"), None)
+            .unwrap_err()
+            .contains("status must be")
+    );
+    let listed = mcp_tickets::list(&c, None, Some("ana@example.com"), 10).unwrap();
+    assert_eq!(listed["tickets"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn over_mcp_the_key_travels_in_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db").display().to_string();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-tickets"));
+    cmd.args(["--db", &db]);
+    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let call = |key: &'static str| {
+        let mut meta = RequestMetaObject::new();
+        meta.insert("idempotency_key".into(), json!(key));
+        let params = CallToolRequestParams::new("update_ticket").with_arguments(
+            json!({"id": 2, "note": "reset link sent"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        );
+        let peer = client.peer().clone();
+        async move {
+            match peer
+                .send_request_with_option(
+                    ClientRequest::CallToolRequest(Request::new(params)),
+                    PeerRequestOptions::no_options().with_meta(meta),
+                )
+                .await
+                .unwrap()
+                .await_response()
+                .await
+                .unwrap()
+            {
+                ServerResult::CallToolResult(r) => r.content[0].as_text().unwrap().text.clone(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let a: serde_json::Value = serde_json::from_str(&call("t9:3").await).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&call("t9:3").await).unwrap();
+    assert_eq!(
+        (a["replayed"].clone(), b["replayed"].clone()),
+        (json!(false), json!(true))
+    );
+    assert_eq!(b["ticket"]["notes"], json!(["reset link sent"]));
+    client.cancel().await.unwrap();
+}
