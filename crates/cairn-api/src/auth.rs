@@ -167,12 +167,10 @@ impl Authenticator {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
+impl Authenticator {
+    /// The caller of a request with these headers (`Authorization: Bearer <JWT>`).
+    pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+        let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| {
                 ApiError::new(
@@ -197,7 +195,15 @@ impl FromRequestParts<AppState> for Caller {
                     "send `Authorization: Bearer <token>`",
                 )
             })?;
-        state.auth.verify(token)
+        self.verify(token)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth.caller(&parts.headers)
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`search`]: `GET /v1/search` over the knowledge base.
 //! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
 //! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
+//! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod mcp;
 pub mod messages;
 pub mod request_id;
 pub mod router;

@@ -53,8 +53,15 @@ pub fn router(state: AppState) -> Router {
             "/documents/{id}",
             get(documents::get).delete(documents::delete),
         );
+    let mcp = Router::new()
+        .nest_service("/mcp", crate::mcp::service(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::mcp::require_token,
+        ));
     Router::new()
         .nest("/v1", v1)
+        .merge(mcp)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/live", get(health::live))

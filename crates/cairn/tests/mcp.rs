@@ -175,3 +175,113 @@ async fn the_model_calls_the_calculator_and_answers_with_its_result() {
     );
     s.stop().await;
 }
+
+/// An rmcp client on Cairn's `/mcp` with this bearer token.
+async fn mcp_client(
+    base: &str,
+    token: &str,
+) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, String> {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(token);
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    ().serve(transport).await.map_err(|e| e.to_string())
+}
+
+fn text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_serves_ask_and_search_knowledge_over_mcp() {
+    use rmcp::model::CallToolRequestParams;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), None);
+    {
+        let kb = cairn::app::open_knowledge(&cfg, &|_| None).await.unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb");
+        let tenant = cairn_core::TenantId::parse("acme").unwrap();
+        cairn::ingest::ingest_paths(&kb, &tenant, &[root])
+            .await
+            .unwrap();
+    }
+    let mut s = Server::start(&cfg).await;
+    // Without a valid token the MCP endpoint refuses, with the API's error contract.
+    let r = reqwest::Client::new()
+        .post(format!("{}/mcp", s.base))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_token");
+    assert!(mcp_client(&s.base, "not-a-jwt").await.is_err());
+
+    let client = mcp_client(&s.base, &s.token("acme", "ana")).await.unwrap();
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ask", "search_knowledge"]);
+    let args = |v: Value| v.as_object().cloned().unwrap();
+    let found = client
+        .call_tool(
+            CallToolRequestParams::new("search_knowledge")
+                .with_arguments(args(json!({"query": "reset link expired", "limit": 3}))),
+        )
+        .await
+        .unwrap();
+    let found: Value =
+        serde_json::from_str(&text(&found)).unwrap_or_else(|_| panic!("{}", text(&found)));
+    assert_eq!(
+        found["passages"][0]["document_id"],
+        "account.password-reset.md"
+    );
+    let answer = client
+        .call_tool(CallToolRequestParams::new("ask").with_arguments(args(
+            json!({"question": "How long is the password reset link valid?"}),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(answer.is_error, Some(false), "{}", text(&answer));
+    let answer: Value = serde_json::from_str(&text(&answer)).unwrap();
+    assert!(
+        answer["answer"].as_str().unwrap().contains("30 minutes"),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["citations"][0]["source"],
+        "account.password-reset.md"
+    );
+    // The conversation belongs to the token's user: it is listed for them over the API.
+    let conv = answer["conversation_id"].as_str().unwrap();
+    let c = s.client(&s.token("acme", "ana"));
+    assert_eq!(
+        c.get(&format!("/v1/conversations/{conv}")).await.status,
+        200
+    );
+    // Another tenant's token sees none of the knowledge base.
+    let other = mcp_client(&s.base, &s.token("globex", "bo")).await.unwrap();
+    let none = other
+        .call_tool(
+            CallToolRequestParams::new("search_knowledge")
+                .with_arguments(args(json!({"query": "reset link expired"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&none), r#"{"passages":[]}"#);
+    client.cancel().await.unwrap();
+    other.cancel().await.unwrap();
+    s.stop().await;
+}

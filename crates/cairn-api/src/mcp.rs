@@ -1,0 +1,265 @@
+//! Cairn as an MCP server: streamable HTTP at `/mcp`, so that MCP clients (IDEs,
+//! desktop assistants) can use it. Every request needs the same Bearer JWT as
+//! the `/v1` routes (checked before the MCP layer sees it, with the API's error
+//! contract); each tool call acts as that token's tenant and user.
+//!
+//! Tools:
+//! - `ask {question, conversation_id?}`: runs one turn (in the given conversation,
+//!   created when missing, or a new one) and returns the answer with its
+//!   citations; a failed turn is an `isError` result.
+//! - `search_knowledge {query, limit?}`: ranked passages of the caller's knowledge
+//!   base with document id, title, section and score.
+
+use crate::auth::Caller;
+use crate::conversations::load_owned;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_core::ports::{SearchFilter, SearchMode};
+use cairn_core::{ConversationId, ConversationMeta, MessageId, TurnEvent, TurnId, TurnRequest};
+use futures::StreamExt;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::transport::StreamableHttpServerConfig;
+use rmcp::transport::streamable_http_server::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::json;
+
+/// Arguments of `ask`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct AskArgs {
+    /// The question.
+    pub question: String,
+    /// Continue this conversation (created when it does not exist); a new one otherwise.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+/// Arguments of `search_knowledge`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SearchArgs {
+    /// What to look for.
+    pub query: String,
+    /// Passages wanted (1–20, default 5).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// The MCP face of Cairn.
+#[derive(Clone)]
+pub struct CairnMcp {
+    state: AppState,
+    #[expect(dead_code, reason = "read by the code #[tool_handler] generates")]
+    tool_router: ToolRouter<Self>,
+}
+
+fn error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+impl CairnMcp {
+    /// The server over the API's state.
+    pub fn new(state: AppState) -> Self {
+        Self {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The caller of this MCP request, from its HTTP headers.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, String> {
+        let parts = context
+            .extensions
+            .get::<http::request::Parts>()
+            .ok_or("no HTTP request behind this call")?;
+        self.state
+            .auth
+            .caller(&parts.headers)
+            .map_err(|e| e.message)
+    }
+
+    async fn run_turn(&self, caller: &Caller, args: AskArgs) -> Result<serde_json::Value, String> {
+        let state = &self.state;
+        let id = match args.conversation_id {
+            Some(c) => ConversationId::parse(c).map_err(|e| e.to_string())?,
+            None => ConversationId::generate(),
+        };
+        match load_owned(state, caller, &id).await {
+            Ok(_) => {}
+            Err(_)
+                if state
+                    .memory
+                    .get_conversation(&caller.tenant, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none() =>
+            {
+                let now = chrono::Utc::now();
+                state
+                    .memory
+                    .create_conversation(&ConversationMeta {
+                        id: id.clone(),
+                        tenant_id: caller.tenant.clone(),
+                        owner: caller.user.clone(),
+                        title: Some(args.question.chars().take(80).collect()),
+                        created_at: now,
+                        updated_at: now,
+                        message_count: 0,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(_) => return Err(format!("no conversation {id} for this caller")),
+        }
+        let after = state
+            .events
+            .last_event_id(&caller.tenant, &id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = TurnRequest {
+            tenant_id: caller.tenant.clone(),
+            conversation_id: id.clone(),
+            user_id: caller.user.clone(),
+            message_id: MessageId::generate(),
+            turn_id: TurnId::generate(),
+            content: args.question,
+            accepted_at: chrono::Utc::now(),
+        };
+        state
+            .runtime
+            .submit(&request)
+            .await
+            .map_err(|e| format!("the event bus is unavailable: {e}"))?;
+        let mut events = state
+            .events
+            .subscribe(caller.tenant.clone(), id.clone(), after);
+        tokio::time::timeout(state.settings.wait_timeout, async {
+            while let Some(e) = events.next().await {
+                let e = e.map_err(|e| e.to_string())?;
+                if e.event.turn_id() != &request.turn_id {
+                    continue;
+                }
+                match e.event {
+                    TurnEvent::AnswerCompleted { content, citations, .. } => {
+                        return Ok(json!({"conversation_id": id, "answer": content, "citations": citations}));
+                    }
+                    TurnEvent::TurnFailed { code, reason, .. } => {
+                        return Err(format!("the turn failed ({code:?}): {reason}"));
+                    }
+                    _ => {}
+                }
+            }
+            Err("the event stream ended before the turn did".to_owned())
+        })
+        .await
+        .map_err(|_| format!("no answer within {:?}; the turn goes on in conversation {id}", state.settings.wait_timeout))?
+    }
+}
+
+#[tool_router]
+impl CairnMcp {
+    /// Runs one turn and returns the answer with its citations.
+    #[tool(
+        description = "Ask Cairn a question; it answers from its knowledge base and tools, with citations. Pass conversation_id to continue a conversation."
+    )]
+    async fn ask(
+        &self,
+        Parameters(args): Parameters<AskArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&context) {
+            Ok(c) => c,
+            Err(e) => return error(e),
+        };
+        if args.question.trim().is_empty() {
+            return error("`question` must not be empty");
+        }
+        match self.run_turn(&caller, args).await {
+            Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
+            Err(e) => error(e),
+        }
+    }
+
+    /// Searches the caller's knowledge base.
+    #[tool(
+        description = "Search Cairn's knowledge base and return the most relevant passages with document id, title, section and score."
+    )]
+    async fn search_knowledge(
+        &self,
+        Parameters(args): Parameters<SearchArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&context) {
+            Ok(c) => c,
+            Err(e) => return error(e),
+        };
+        let Some(kb) = self.state.knowledge.as_ref() else {
+            return error("the knowledge base is disabled on this server");
+        };
+        let limit = args.limit.unwrap_or(5).clamp(1, 20);
+        match kb
+            .search(
+                &caller.tenant,
+                &args.query,
+                SearchMode::Hybrid,
+                SearchFilter::default(),
+                limit,
+            )
+            .await
+        {
+            Ok(hits) => {
+                let passages: Vec<serde_json::Value> = hits
+                    .iter()
+                    .map(|h| json!({"document_id": h.chunk.document_id, "title": h.chunk.title, "section": h.chunk.section_path.join(" > "), "text": h.chunk.text, "score": h.score}))
+                    .collect();
+                CallToolResult::success(vec![ContentBlock::text(
+                    json!({"passages": passages}).to_string(),
+                )])
+            }
+            Err(e) => error(e.to_string()),
+        }
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for CairnMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+            "Cairn answers questions from its knowledge base and tools, with citations.",
+        )
+    }
+}
+
+/// The `/mcp` service. Its sessions end when the server shuts down.
+pub fn service(state: AppState) -> StreamableHttpService<CairnMcp, LocalSessionManager> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (closed, stop) = (state.closed(), stop.clone());
+        async move {
+            closed.await;
+            stop.cancel();
+        }
+    });
+    StreamableHttpService::new(
+        move || Ok(CairnMcp::new(state.clone())),
+        Default::default(),
+        StreamableHttpServerConfig::default().with_cancellation_token(stop),
+    )
+}
+
+/// Refuses `/mcp` requests without a valid token, with the API's error contract.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.auth.caller(request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(e) => ApiError::into_response(e),
+    }
+}
