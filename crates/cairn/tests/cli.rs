@@ -333,3 +333,117 @@ fn tools_list_and_call_the_configured_mcp_servers() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no tool `calculator.nope`"), "{err}");
 }
+
+/// `cairn serve --config F`: the admin reload and an edit of the file both
+/// restart the MCP servers with the new `[mcp]` section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_servers_reload_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"))
+        .parent()
+        .unwrap();
+    let calculator = bin_dir.join("mcp-calculator");
+    let template = bin_dir.join("mcp-template");
+    assert!(
+        calculator.exists() && template.exists(),
+        "build the workspace first"
+    );
+    let config = dir.path().join("cairn.toml");
+    let write = |servers: &[(&str, &std::path::Path)]| {
+        let mut s = String::new();
+        for (name, bin) in servers {
+            s.push_str(&format!(
+                "[[mcp.servers]]\nname = \"{name}\"\ncommand = \"{}\"\n\n",
+                bin.display()
+            ));
+        }
+        std::fs::write(&config, s).unwrap();
+    };
+    write(&[("calculator", &calculator)]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("CAIRN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let secret_file = dir.path().join("jwt-secret");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    // Wait (bounded) for the server and its generated secret.
+    for _ in 0..500 {
+        if secret_file.exists() && http.get(format!("{base}/live")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
+    let token = auth
+        .mint(
+            &cairn_core::UserId::parse("root").unwrap(),
+            &cairn_core::TenantId::parse("default").unwrap(),
+            std::time::Duration::from_secs(600),
+            &["admin".to_owned()],
+        )
+        .unwrap();
+    let servers = |http: reqwest::Client, token: String, base: String| async move {
+        let body: serde_json::Value = http
+            .get(format!("{base}/v1/tools"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["health"] == "healthy")
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let wait_for = |want: Vec<&'static str>| {
+        let (http, token, base) = (http.clone(), token.clone(), base.clone());
+        async move {
+            for _ in 0..500 {
+                if servers(http.clone(), token.clone(), base.clone()).await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("servers never became {want:?}");
+        }
+    };
+    wait_for(vec!["calculator"]).await;
+    // The admin reload picks up an edited file at once.
+    write(&[("calculator", &calculator), ("template", &template)]);
+    let r = http
+        .post(format!("{base}/v1/admin/tools/reload"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for(vec!["calculator", "template"]).await;
+    // So does the watch on the file, without a call.
+    write(&[("template", &template)]);
+    wait_for(vec!["template"]).await;
+    child.kill().await.unwrap();
+}
