@@ -12,15 +12,15 @@ use qdrant_edge::{
     ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
     VectorStructPersisted, WithPayloadInterface, WithVector,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Name of the dense vector.
-pub const DENSE: &str = "dense";
-/// Name of the sparse vector.
-pub const SPARSE: &str = "bm25";
+use crate::payload::{
+    DATE_KEY, FieldKind, INDEXED_FIELDS, TENANT_KEY, checked_dense, chunk_payload,
+};
+pub use crate::payload::{DENSE, SPARSE};
 /// Default weight of the dense ranking in hybrid fusion (sparse has weight 1).
 /// Qdrant's weighted RRF divides the rank by the weight (a hit at rank r adds
 /// 1 / (r / w + k - 1)), so a weight only matters much when `k` is small; the
@@ -31,9 +31,6 @@ pub const DEFAULT_DENSE_WEIGHT: f32 = 2.0;
 pub const DEFAULT_RRF_K: usize = 1;
 /// Candidates taken from each side before fusion, per hit wanted.
 const PREFETCH_FACTOR: usize = 4;
-
-/// Payload key of the document date as Unix seconds (what date filters compare).
-const DATE_KEY: &str = "date_ts";
 
 /// Namespace of point ids (UUIDv5 of tenant, document and chunk index).
 const POINT_NAMESPACE: uuid::Uuid =
@@ -97,7 +94,7 @@ impl Keys {
             JsonPath::try_from(p).map_err(|_| VectorError::Invalid(format!("bad payload key {p}")))
         };
         Ok(Self {
-            tenant: k("tenant_id")?,
+            tenant: k(TENANT_KEY)?,
             document: k("document_id")?,
             source: k("source")?,
             tags: k("tags")?,
@@ -210,16 +207,12 @@ impl EdgeVectorStore {
         shard
             .set_optimizers_config(optimizers())
             .map_err(unavailable)?;
-        // Payload indexes: without them every filter (the tenant's, a document's)
-        // scans all points, and ingestion slows down as the store grows.
-        for (field, kind) in [
-            ("tenant_id", PayloadSchemaType::Keyword),
-            ("document_id", PayloadSchemaType::Keyword),
-            ("source", PayloadSchemaType::Keyword),
-            ("tags", PayloadSchemaType::Keyword),
-            ("version", PayloadSchemaType::Keyword),
-            (DATE_KEY, PayloadSchemaType::Integer),
-        ] {
+        // Without payload indexes ingestion also slows down as the store grows.
+        for (field, kind) in INDEXED_FIELDS {
+            let kind = match kind {
+                FieldKind::Keyword => PayloadSchemaType::Keyword,
+                FieldKind::Integer => PayloadSchemaType::Integer,
+            };
             let field_name = JsonPath::try_from(field)
                 .map_err(|_| VectorError::Invalid(format!("bad payload key {field}")))?;
             shard
@@ -251,11 +244,18 @@ impl EdgeVectorStore {
         self
     }
 
-    /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
-    /// only user of the shard.
-    /// Counts written points and runs the optimizers when enough piled up.
-    async fn after_write(&self, points: usize) -> Result<(), VectorError> {
+    /// Runs a write of `points` points: `f` on the blocking pool (as the only
+    /// user of the shard when `exclusive`), then marks the store for
+    /// [`VectorStore::maintain`] and runs the optimizers itself once enough
+    /// points piled up since they last ran.
+    async fn write<F>(&self, exclusive: bool, points: usize, f: F) -> Result<(), VectorError>
+    where
+        F: FnOnce(&EdgeShard) -> Result<(), VectorError> + Send + 'static,
+    {
         use std::sync::atomic::Ordering;
+        let result = self.blocking(exclusive, f).await;
+        self.dirty.store(true, Ordering::Relaxed);
+        result?;
         let before = self.unoptimized.fetch_add(points, Ordering::Relaxed);
         if before < OPTIMIZE_AFTER_POINTS && before + points >= OPTIMIZE_AFTER_POINTS {
             self.unoptimized.store(0, Ordering::Relaxed);
@@ -265,6 +265,8 @@ impl EdgeVectorStore {
         Ok(())
     }
 
+    /// Runs `f` on the blocking pool, as a reader (`exclusive` false) or as the
+    /// only user of the shard.
     async fn blocking<T, F>(&self, exclusive: bool, f: F) -> Result<T, VectorError>
     where
         T: Send + 'static,
@@ -272,9 +274,6 @@ impl EdgeVectorStore {
     {
         let shard = self.shard.clone();
         let lock = self.replacing.clone();
-        if exclusive {
-            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         tokio::task::spawn_blocking(move || {
             if exclusive {
                 let _guard = lock.write().unwrap_or_else(|p| p.into_inner());
@@ -296,17 +295,8 @@ impl EdgeVectorStore {
         let mut structs = Vec::with_capacity(points.len());
         for p in points {
             let mut vectors: HashMap<String, VectorPersisted> = HashMap::new();
-            match (&p.dense, self.dense_dim) {
-                (Some(v), Some(dim)) if v.len() == dim => {
-                    vectors.insert(DENSE.to_owned(), VectorPersisted::Dense(v.clone()));
-                }
-                (Some(v), Some(dim)) => {
-                    return Err(VectorError::Invalid(format!(
-                        "dense vector has {} dimensions, the store {dim}",
-                        v.len()
-                    )));
-                }
-                _ => {}
+            if let Some(v) = checked_dense(p.dense, self.dense_dim)? {
+                vectors.insert(DENSE.to_owned(), VectorPersisted::Dense(v));
             }
             vectors.insert(
                 SPARSE.to_owned(),
@@ -315,11 +305,7 @@ impl EdgeVectorStore {
                     values: p.sparse.values,
                 }),
             );
-            let mut payload = serde_json::to_value(&p.chunk).map_err(unavailable)?;
-            payload["tenant_id"] = json!(tenant.as_str());
-            if let Some(d) = p.chunk.date {
-                payload[DATE_KEY] = json!(d.timestamp());
-            }
+            let payload = chunk_payload(tenant, &p.chunk)?;
             let id = point_id(tenant, &p.chunk.document_id, p.chunk.chunk_index);
             let mut point = PointStruct::new(id, Vec::<f32>::new(), payload);
             point.0.vector = VectorStructPersisted::Named(vectors);
@@ -327,6 +313,16 @@ impl EdgeVectorStore {
         }
         Ok(structs)
     }
+}
+
+fn upsert(structs: Vec<qdrant_edge::PointStructPersisted>) -> UpdateOperation {
+    UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+        PointInsertOperations::PointsList(structs),
+    ))
+}
+
+fn delete_by(filter: Filter) -> UpdateOperation {
+    UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter))
 }
 
 fn chunk_of(payload: Option<qdrant_edge::Payload>) -> Option<ChunkRecord> {
@@ -345,17 +341,10 @@ impl VectorStore for EdgeVectorStore {
             return Ok(());
         }
         let structs = self.to_structs(tenant, points)?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
-        let n = structs.len();
-        self.blocking(false, move |shard| {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
-                ))
-                .map_err(unavailable)
+        self.write(false, structs.len(), move |shard| {
+            shard.update(upsert(structs)).map_err(unavailable)
         })
-        .await?;
-        self.after_write(n).await
+        .await
     }
 
     async fn replace_document(
@@ -365,25 +354,15 @@ impl VectorStore for EdgeVectorStore {
         points: Vec<VectorPoint>,
     ) -> Result<(), VectorError> {
         let structs = self.to_structs(tenant, points)?;
-        let n = structs.len();
         let f = self.keys.document_filter(tenant, document_id);
-        self.blocking(true, move |shard| {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(f),
-                ))
-                .map_err(unavailable)?;
+        self.write(true, structs.len(), move |shard| {
+            shard.update(delete_by(f)).map_err(unavailable)?;
             if structs.is_empty() {
                 return Ok(());
             }
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
-                ))
-                .map_err(unavailable)
+            shard.update(upsert(structs)).map_err(unavailable)
         })
-        .await?;
-        self.after_write(n).await
+        .await
     }
 
     async fn document_version(
@@ -423,13 +402,8 @@ impl VectorStore for EdgeVectorStore {
         if let Some(v) = keep_version {
             f.must_not = Some(vec![Keys::matches(&self.keys.version, v)]);
         }
-        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.blocking(false, move |shard| {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(f),
-                ))
-                .map_err(unavailable)
+        self.write(false, 0, move |shard| {
+            shard.update(delete_by(f)).map_err(unavailable)
         })
         .await
     }

@@ -11,6 +11,8 @@
 //! - [`server::QdrantServerStore`]: the production `VectorStore` over a Qdrant
 //!   server (gRPC, `qdrant-client`), same vectors and payload, one collection for
 //!   all tenants with `tenant_id` as the tenant index.
+//! - [`payload`]: the point layout both stores share (vector names, payload,
+//!   indexed fields).
 //! - [`bm25::Bm25Embedder`]: BM25 sparse vectors from Qdrant Edge's own tokenizer
 //!   (lower-casing, English stemming and stop words); no model files.
 //! - [`minilm::MiniLmEmbedder`]: all-MiniLM-L6-v2 dense vectors with candle from
@@ -31,6 +33,7 @@ pub mod edge;
 pub mod formats;
 pub mod knowledge;
 pub mod minilm;
+pub mod payload;
 pub mod server;
 
 pub use bm25::Bm25Embedder;

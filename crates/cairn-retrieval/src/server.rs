@@ -26,10 +26,10 @@ use qdrant_client::qdrant::{
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-use crate::edge::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, DENSE, SPARSE};
-
-/// Payload key of the document date (Unix seconds), as in the embedded store.
-const DATE_KEY: &str = "date_ts";
+use crate::edge::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K};
+use crate::payload::{
+    DATE_KEY, DENSE, FieldKind, INDEXED_FIELDS, SPARSE, TENANT_KEY, checked_dense, chunk_payload,
+};
 /// Payload key of when a version was written (Unix milliseconds).
 const WRITTEN_KEY: &str = "written_at";
 /// Candidates taken from each side before fusion, per hit wanted.
@@ -53,7 +53,7 @@ fn unavailable(e: impl std::fmt::Display) -> VectorError {
 }
 
 fn tenant_condition(tenant: &TenantId) -> Condition {
-    Condition::matches("tenant_id", tenant.as_str().to_owned())
+    Condition::matches(TENANT_KEY, tenant.as_str().to_owned())
 }
 
 fn document_filter(tenant: &TenantId, document: &str) -> Filter {
@@ -161,29 +161,19 @@ impl QdrantServerStore {
                 return Err(unavailable(e));
             }
         }
-        c.create_field_index(
-            CreateFieldIndexCollectionBuilder::new(
-                &self.collection,
-                "tenant_id",
-                FieldType::Keyword,
-            )
-            .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
-            .wait(true),
-        )
-        .await
-        .map_err(unavailable)?;
-        for (field, kind) in [
-            ("document_id", FieldType::Keyword),
-            ("source", FieldType::Keyword),
-            ("tags", FieldType::Keyword),
-            ("version", FieldType::Keyword),
-            (DATE_KEY, FieldType::Integer),
-        ] {
-            c.create_field_index(
-                CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind).wait(true),
-            )
-            .await
-            .map_err(unavailable)?;
+        for (field, kind) in INDEXED_FIELDS {
+            let kind = match kind {
+                FieldKind::Keyword => FieldType::Keyword,
+                FieldKind::Integer => FieldType::Integer,
+            };
+            let mut index =
+                CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind).wait(true);
+            if field == TENANT_KEY {
+                // Multitenancy by payload: Qdrant co-locates each tenant's points.
+                index =
+                    index.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
+            }
+            c.create_field_index(index).await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -197,28 +187,15 @@ impl QdrantServerStore {
         let mut out = Vec::with_capacity(points.len());
         for p in points {
             let mut vectors = NamedVectors::default();
-            match (&p.dense, self.dense_dim) {
-                (Some(v), Some(dim)) if v.len() == dim => {
-                    vectors = vectors.add_vector(DENSE, Vector::new_dense(v.clone()));
-                }
-                (Some(v), Some(dim)) => {
-                    return Err(VectorError::Invalid(format!(
-                        "dense vector has {} dimensions, the store {dim}",
-                        v.len()
-                    )));
-                }
-                _ => {}
+            if let Some(v) = checked_dense(p.dense, self.dense_dim)? {
+                vectors = vectors.add_vector(DENSE, Vector::new_dense(v));
             }
             vectors = vectors.add_vector(
                 SPARSE,
-                Vector::new_sparse(p.sparse.indices.clone(), p.sparse.values.clone()),
+                Vector::new_sparse(p.sparse.indices, p.sparse.values),
             );
-            let mut payload = serde_json::to_value(&p.chunk).map_err(unavailable)?;
-            payload["tenant_id"] = json!(tenant.as_str());
+            let mut payload = chunk_payload(tenant, &p.chunk)?;
             payload[WRITTEN_KEY] = json!(written);
-            if let Some(d) = p.chunk.date {
-                payload[DATE_KEY] = json!(d.timestamp());
-            }
             let name = format!(
                 "{tenant}\0{}\0{}\0{}",
                 p.chunk.document_id, p.chunk.version, p.chunk.chunk_index
