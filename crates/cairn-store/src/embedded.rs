@@ -344,11 +344,7 @@ impl MemoryStore for EmbeddedStore {
         self.db
             .read(move |txn| {
                 let idx = txn.open_table(OWNER_INDEX).map_err(r)?;
-                let lo_ref = match &lo {
-                    Bound::Excluded(s) => Bound::Excluded(s.as_str()),
-                    Bound::Included(s) => Bound::Included(s.as_str()),
-                    Bound::Unbounded => Bound::Unbounded,
-                };
+                let lo_ref = lo.as_ref().map(String::as_str);
                 let mut out = Vec::new();
                 for item in idx
                     .range::<&str>((lo_ref, Bound::Excluded(hi.as_str())))
@@ -775,11 +771,7 @@ impl DocumentStore for EmbeddedStore {
         self.db
             .read(move |txn| {
                 let t = txn.open_table(DOCUMENTS).map_err(r)?;
-                let lo_ref = match &lo {
-                    Bound::Excluded(s) => Bound::Excluded(s.as_str()),
-                    Bound::Included(s) => Bound::Included(s.as_str()),
-                    Bound::Unbounded => Bound::Unbounded,
-                };
+                let lo_ref = lo.as_ref().map(String::as_str);
                 let mut out = Vec::new();
                 for item in t
                     .range::<&str>((lo_ref, Bound::Excluded(hi.as_str())))
