@@ -328,6 +328,28 @@ async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Res
     Ok(ingest_report(&s))
 }
 
+/// The token for `--server` commands: the one given, else one valid for an hour
+/// minted with the configured (or generated) secret, with `scopes(config)`.
+fn token_for_server(
+    common: &Common,
+    token: Option<String>,
+    user: &str,
+    tenant: &str,
+    scopes: impl FnOnce(&Config) -> Vec<String>,
+) -> anyhow::Result<String> {
+    if let Some(t) = token {
+        return Ok(t);
+    }
+    let config = load_config(common, None)?;
+    let (auth, _) = app::authenticator(&config, &env_lookup)?;
+    Ok(auth.mint(
+        &UserId::parse(user)?,
+        &TenantId::parse(tenant)?,
+        Duration::from_secs(3600),
+        &scopes(&config),
+    )?)
+}
+
 async fn ingest_remote(
     common: &Common,
     server: &str,
@@ -337,19 +359,9 @@ async fn ingest_remote(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     cairn_llm::http::install_crypto_provider();
-    let token = match token {
-        Some(t) => t,
-        None => {
-            let config = load_config(common, None)?;
-            let (auth, _) = app::authenticator(&config, &env_lookup)?;
-            auth.mint(
-                &UserId::parse("cli")?,
-                &TenantId::parse(tenant)?,
-                Duration::from_secs(3600),
-                std::slice::from_ref(&config.auth.ingest_scope),
-            )?
-        }
-    };
+    let token = token_for_server(common, token, "cli", tenant, |c| {
+        vec![c.auth.ingest_scope.clone()]
+    })?;
     let s = cairn::ingest::ingest_via_server(server, &token, paths, timeout).await?;
     Ok(ingest_report(&s))
 }
@@ -604,19 +616,7 @@ async fn ask_remote(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     cairn_llm::http::install_crypto_provider();
-    let token = match token {
-        Some(t) => t,
-        None => {
-            let config = load_config(common, None)?;
-            let (auth, _) = app::authenticator(&config, &env_lookup)?;
-            auth.mint(
-                &UserId::parse(user)?,
-                &TenantId::parse(tenant)?,
-                Duration::from_secs(3600),
-                &[],
-            )?
-        }
-    };
+    let token = token_for_server(common, token, user, tenant, |_| Vec::new())?;
     let base = server.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(timeout + Duration::from_secs(5))
