@@ -88,16 +88,7 @@ pub async fn create(
         })?,
         None => ConversationId::generate(),
     };
-    let now = chrono::Utc::now();
-    let meta = ConversationMeta {
-        id,
-        tenant_id: caller.tenant.clone(),
-        owner: caller.user.clone(),
-        title,
-        created_at: now,
-        updated_at: now,
-        message_count: 0,
-    };
+    let meta = ConversationMeta::new(id, caller.tenant.clone(), caller.user.clone(), title);
     state.memory.create_conversation(&meta).await?;
     Ok((StatusCode::CREATED, Json(conversation_json(&meta))))
 }

@@ -13,13 +13,13 @@
 use crate::auth::Caller;
 use crate::conversations::load_owned;
 use crate::error::ApiError;
+use crate::messages::{turn_events, until_terminal};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_core::ports::{SearchFilter, SearchMode};
-use cairn_core::{ConversationId, ConversationMeta, MessageId, TurnEvent, TurnId, TurnRequest};
-use futures::StreamExt;
+use cairn_core::{ConversationId, ConversationMeta, TurnEvent, TurnRequest};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
@@ -99,18 +99,16 @@ impl CairnMcp {
                     .map_err(|e| e.to_string())?
                     .is_none() =>
             {
-                let now = chrono::Utc::now();
+                let title = Some(args.question.chars().take(80).collect());
+                let meta = ConversationMeta::new(
+                    id.clone(),
+                    caller.tenant.clone(),
+                    caller.user.clone(),
+                    title,
+                );
                 state
                     .memory
-                    .create_conversation(&ConversationMeta {
-                        id: id.clone(),
-                        tenant_id: caller.tenant.clone(),
-                        owner: caller.user.clone(),
-                        title: Some(args.question.chars().take(80).collect()),
-                        created_at: now,
-                        updated_at: now,
-                        message_count: 0,
-                    })
+                    .create_conversation(&meta)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -121,43 +119,38 @@ impl CairnMcp {
             .last_event_id(&caller.tenant, &id)
             .await
             .map_err(|e| e.to_string())?;
-        let request = TurnRequest {
-            tenant_id: caller.tenant.clone(),
-            conversation_id: id.clone(),
-            user_id: caller.user.clone(),
-            message_id: MessageId::generate(),
-            turn_id: TurnId::generate(),
-            content: args.question,
-            accepted_at: chrono::Utc::now(),
-        };
+        let request = TurnRequest::new(
+            caller.tenant.clone(),
+            id.clone(),
+            caller.user.clone(),
+            args.question,
+        );
         state
             .runtime
             .submit(&request)
             .await
             .map_err(|e| format!("the event bus is unavailable: {e}"))?;
-        let mut events = state
-            .events
-            .subscribe(caller.tenant.clone(), id.clone(), after);
-        tokio::time::timeout(state.settings.wait_timeout, async {
-            while let Some(e) = events.next().await {
-                let e = e.map_err(|e| e.to_string())?;
-                if e.event.turn_id() != &request.turn_id {
-                    continue;
-                }
-                match e.event {
-                    TurnEvent::AnswerCompleted { content, citations, .. } => {
-                        return Ok(json!({"conversation_id": id, "answer": content, "citations": citations}));
-                    }
-                    TurnEvent::TurnFailed { code, reason, .. } => {
-                        return Err(format!("the turn failed ({code:?}): {reason}"));
-                    }
-                    _ => {}
-                }
-            }
-            Err("the event stream ended before the turn did".to_owned())
-        })
+        let events = until_terminal(
+            turn_events(state, &request, after),
+            state.settings.wait_timeout,
+        )
         .await
-        .map_err(|_| format!("no answer within {:?}; the turn goes on in conversation {id}", state.settings.wait_timeout))?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no answer within {:?}; the turn goes on in conversation {id}",
+                state.settings.wait_timeout
+            )
+        })?;
+        match events.into_iter().last().map(|e| e.event) {
+            Some(TurnEvent::AnswerCompleted {
+                content, citations, ..
+            }) => Ok(json!({"conversation_id": id, "answer": content, "citations": citations})),
+            Some(TurnEvent::TurnFailed { code, reason, .. }) => {
+                Err(format!("the turn failed ({code:?}): {reason}"))
+            }
+            _ => Err("the event stream ended before the turn did".to_owned()),
+        }
     }
 }
 

@@ -12,8 +12,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cairn_core::{MessageId, StoredEvent, TurnEvent, TurnId, TurnRequest};
-use futures::StreamExt;
+use cairn_core::ports::StoreError;
+use cairn_core::{StoredEvent, TurnEvent, TurnRequest};
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -67,15 +68,12 @@ pub async fn post(
         .with_details(json!({"field": "content", "max": MAX_CONTENT_CHARS})));
     }
     let after = state.events.last_event_id(&caller.tenant, &id).await?;
-    let request = TurnRequest {
-        tenant_id: caller.tenant.clone(),
-        conversation_id: id.clone(),
-        user_id: caller.user.clone(),
-        message_id: MessageId::generate(),
-        turn_id: TurnId::generate(),
-        content: body.content,
-        accepted_at: chrono::Utc::now(),
-    };
+    let request = TurnRequest::new(
+        caller.tenant.clone(),
+        id.clone(),
+        caller.user.clone(),
+        body.content,
+    );
     state
         .runtime
         .submit(&request)
@@ -85,18 +83,7 @@ pub async fn post(
     tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
 
     let turn = request.turn_id.clone();
-    let turn_events = {
-        let turn = turn.clone();
-        state
-            .events
-            .subscribe(caller.tenant.clone(), id.clone(), after)
-            .filter(move |e| {
-                futures::future::ready(match e {
-                    Ok(e) => e.event.turn_id() == &turn,
-                    Err(_) => true,
-                })
-            })
-    };
+    let turn_events = turn_events(&state, &request, after);
 
     if wants_sse(&headers) {
         // Stream the turn's events in the response; end after its terminal event.
@@ -117,23 +104,9 @@ pub async fn post(
     }
 
     if flag(&q, "wait") {
-        let collected = tokio::time::timeout(state.settings.wait_timeout, async move {
-            let mut events: Vec<StoredEvent> = Vec::new();
-            let mut s = Box::pin(turn_events);
-            while let Some(item) = s.next().await {
-                let e = item?;
-                let terminal = e.event.is_terminal();
-                events.push(e);
-                if terminal {
-                    break;
-                }
-            }
-            Ok::<_, cairn_core::ports::StoreError>(events)
-        })
-        .await;
-        let events = match collected {
-            Ok(r) => r?,
-            Err(_) => {
+        let events = match until_terminal(turn_events, state.settings.wait_timeout).await? {
+            Some(events) => events,
+            None => {
                 return Err(ApiError::new(
                     ErrorCode::TurnTimeout,
                     "the turn did not end within server.wait_timeout; it goes on — follow events_url",
@@ -157,6 +130,53 @@ pub async fn post(
         })),
     )
         .into_response())
+}
+
+/// The events of `request`'s turn after event `after` (store errors pass through).
+pub(crate) fn turn_events(
+    state: &AppState,
+    request: &TurnRequest,
+    after: u64,
+) -> impl Stream<Item = Result<StoredEvent, StoreError>> + Send + 'static {
+    let turn = request.turn_id.clone();
+    state
+        .events
+        .subscribe(
+            request.tenant_id.clone(),
+            request.conversation_id.clone(),
+            after,
+        )
+        .filter(move |e| {
+            futures::future::ready(match e {
+                Ok(e) => e.event.turn_id() == &turn,
+                Err(_) => true,
+            })
+        })
+}
+
+/// A turn's events up to and including its terminal one; `None` when `timeout`
+/// passes first.
+pub(crate) async fn until_terminal(
+    events: impl Stream<Item = Result<StoredEvent, StoreError>>,
+    timeout: std::time::Duration,
+) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+    let collect = async move {
+        let mut out: Vec<StoredEvent> = Vec::new();
+        let mut s = Box::pin(events);
+        while let Some(item) = s.next().await {
+            let e = item?;
+            let terminal = e.event.is_terminal();
+            out.push(e);
+            if terminal {
+                break;
+            }
+        }
+        Ok(out)
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The `?wait=true` body: the outcome and the steps that led to it.

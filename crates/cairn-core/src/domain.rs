@@ -29,6 +29,27 @@ pub struct ConversationMeta {
     pub message_count: u64,
 }
 
+impl ConversationMeta {
+    /// A new, empty conversation created now.
+    pub fn new(
+        id: ConversationId,
+        tenant_id: TenantId,
+        owner: UserId,
+        title: Option<String>,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            id,
+            tenant_id,
+            owner,
+            title,
+            created_at: now,
+            updated_at: now,
+            message_count: 0,
+        }
+    }
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,6 +228,26 @@ pub struct TurnRequest {
     pub content: String,
     /// When the API accepted it.
     pub accepted_at: DateTime<Utc>,
+}
+
+impl TurnRequest {
+    /// A request accepted now, with fresh message and turn ids.
+    pub fn new(
+        tenant_id: TenantId,
+        conversation_id: ConversationId,
+        user_id: UserId,
+        content: String,
+    ) -> Self {
+        Self {
+            tenant_id,
+            conversation_id,
+            user_id,
+            message_id: MessageId::generate(),
+            turn_id: TurnId::generate(),
+            content,
+            accepted_at: Utc::now(),
+        }
+    }
 }
 
 /// The state of an in-flight turn, written after every step so that the turn can

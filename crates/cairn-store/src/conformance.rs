@@ -28,28 +28,21 @@ fn user(name: &str) -> UserId {
 }
 
 fn meta(t: &TenantId, owner: &UserId) -> ConversationMeta {
-    let now = Utc::now();
-    ConversationMeta {
-        id: ConversationId::generate(),
-        tenant_id: t.clone(),
-        owner: owner.clone(),
-        title: Some("t".into()),
-        created_at: now,
-        updated_at: now,
-        message_count: 0,
-    }
+    ConversationMeta::new(
+        ConversationId::generate(),
+        t.clone(),
+        owner.clone(),
+        Some("t".into()),
+    )
 }
 
 fn request(m: &ConversationMeta, text: &str) -> TurnRequest {
-    TurnRequest {
-        tenant_id: m.tenant_id.clone(),
-        conversation_id: m.id.clone(),
-        user_id: m.owner.clone(),
-        message_id: MessageId::generate(),
-        turn_id: TurnId::generate(),
-        content: text.into(),
-        accepted_at: Utc::now(),
-    }
+    TurnRequest::new(
+        m.tenant_id.clone(),
+        m.id.clone(),
+        m.owner.clone(),
+        text.into(),
+    )
 }
 
 fn started(turn: &TurnId) -> TurnEvent {

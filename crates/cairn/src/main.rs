@@ -545,30 +545,12 @@ async fn ask_in(
         None => ConversationId::generate(),
     };
     if state.memory.get_conversation(&tenant, &id).await?.is_none() {
-        let now = chrono::Utc::now();
-        state
-            .memory
-            .create_conversation(&ConversationMeta {
-                id: id.clone(),
-                tenant_id: tenant.clone(),
-                owner: user.clone(),
-                title: Some(question.chars().take(80).collect()),
-                created_at: now,
-                updated_at: now,
-                message_count: 0,
-            })
-            .await?;
+        let title = Some(question.chars().take(80).collect());
+        let meta = ConversationMeta::new(id.clone(), tenant.clone(), user.clone(), title);
+        state.memory.create_conversation(&meta).await?;
     }
     let after = state.events.last_event_id(&tenant, &id).await?;
-    let request = TurnRequest {
-        tenant_id: tenant.clone(),
-        conversation_id: id.clone(),
-        user_id: user,
-        message_id: MessageId::generate(),
-        turn_id: TurnId::generate(),
-        content: question.to_owned(),
-        accepted_at: chrono::Utc::now(),
-    };
+    let request = TurnRequest::new(tenant.clone(), id.clone(), user, question.to_owned());
     state.runtime.submit(&request).await?;
     eprintln!("conversation {id}");
     let mut events = state.events.subscribe(tenant, id, after);

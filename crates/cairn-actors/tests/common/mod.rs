@@ -229,30 +229,23 @@ impl Harness {
     }
 
     pub async fn conversation(&self) -> ConversationId {
-        let now = chrono::Utc::now();
-        let m = ConversationMeta {
-            id: ConversationId::generate(),
-            tenant_id: self.tenant.clone(),
-            owner: self.user.clone(),
-            title: None,
-            created_at: now,
-            updated_at: now,
-            message_count: 0,
-        };
+        let m = ConversationMeta::new(
+            ConversationId::generate(),
+            self.tenant.clone(),
+            self.user.clone(),
+            None,
+        );
         self.store.create_conversation(&m).await.unwrap();
         m.id
     }
 
     pub fn request(&self, conv: &ConversationId, text: &str) -> TurnRequest {
-        TurnRequest {
-            tenant_id: self.tenant.clone(),
-            conversation_id: conv.clone(),
-            user_id: self.user.clone(),
-            message_id: MessageId::generate(),
-            turn_id: TurnId::generate(),
-            content: text.into(),
-            accepted_at: chrono::Utc::now(),
-        }
+        TurnRequest::new(
+            self.tenant.clone(),
+            conv.clone(),
+            self.user.clone(),
+            text.into(),
+        )
     }
 
     /// Submits a message through the bus, as the API does.
