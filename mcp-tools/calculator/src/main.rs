@@ -1,11 +1,19 @@
 //! `mcp-calculator [--http ADDR]`: the calculator MCP server over stdio (default)
 //! or streamable HTTP at `/mcp`.
 
+use clap::Parser;
 use mcp_calculator::Calculator;
+
+/// Evaluates arithmetic and mathematical expressions over MCP.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    listen: mcp_tool_kit::ListenArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     mcp_tool_kit::init_logging();
-    let listen = mcp_tool_kit::listen_from_args(std::env::args().skip(1))?;
-    mcp_tool_kit::serve(listen, Calculator::default).await
+    let cli = Cli::parse();
+    mcp_tool_kit::serve(cli.listen.listen(), Calculator::default).await
 }

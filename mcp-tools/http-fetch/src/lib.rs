@@ -46,31 +46,6 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    /// From `[--allow-host H]... [--allow-ip IP]... [--max-bytes N] [--timeout-ms N]`.
-    pub fn from_args(args: &[String]) -> anyhow::Result<Self> {
-        let mut s = Settings::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
-            };
-            match a.as_str() {
-                "--allow-host" => s.allow_hosts.push(value()?.to_ascii_lowercase()),
-                "--allow-ip" => s.allow_ips.push(value()?.parse()?),
-                "--max-bytes" => s.max_bytes = value()?.parse()?,
-                "--timeout-ms" => s.timeout = Duration::from_millis(value()?.parse()?),
-                other => anyhow::bail!(
-                    "unknown argument `{other}` (usage: [--allow-host H]... [--allow-ip IP]... [--max-bytes N] [--timeout-ms N] [--http ADDR])"
-                ),
-            }
-        }
-        Ok(s)
-    }
-}
-
 /// True for addresses that must not be reached from outside input.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {

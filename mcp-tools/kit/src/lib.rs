@@ -1,5 +1,5 @@
-//! What every MCP server in `mcp-tools/` shares: the command line (`--http ADDR`
-//! for streamable HTTP at `/mcp`, stdio otherwise) and logging to stderr (stdout
+//! What every MCP server in `mcp-tools/` shares: the `--http ADDR` option
+//! ([`ListenArgs`], for streamable HTTP at `/mcp`; stdio otherwise) and logging to stderr (stdout
 //! carries the protocol on stdio).
 
 use axum::serve::ListenerExt;
@@ -17,38 +17,24 @@ pub enum Listen {
     Http(String),
 }
 
-/// Reads `--http ADDR` from the arguments (anything else is an error).
-pub fn listen_from_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Listen> {
-    let (listen, rest) = split_listen(args)?;
-    if let Some(other) = rest.first() {
-        anyhow::bail!("unknown argument `{other}` (usage: [--http ADDR])");
-    }
-    Ok(listen)
+/// The command-line option every server has: `--http ADDR` for streamable HTTP,
+/// stdio without it. Flatten it into a server's own `clap::Parser`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListenArgs {
+    /// Serve streamable HTTP at /mcp on this address (e.g. 127.0.0.1:7000)
+    /// instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
-/// Takes `--http ADDR` out of the arguments and returns the others, for servers
-/// with options of their own.
-pub fn split_listen(
-    args: impl IntoIterator<Item = String>,
-) -> anyhow::Result<(Listen, Vec<String>)> {
-    let mut args = args.into_iter();
-    let mut listen = Listen::Stdio;
-    let mut rest = Vec::new();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--http" => {
-                let addr = args.next().ok_or_else(|| {
-                    anyhow::anyhow!("--http needs an address, e.g. 127.0.0.1:7000")
-                })?;
-                listen = Listen::Http(addr);
-            }
-            other if other.starts_with("--http=") => {
-                listen = Listen::Http(other.trim_start_matches("--http=").to_owned());
-            }
-            _ => rest.push(a),
+impl ListenArgs {
+    /// Where to listen.
+    pub fn listen(&self) -> Listen {
+        match &self.http {
+            Some(addr) => Listen::Http(addr.clone()),
+            None => Listen::Stdio,
         }
     }
-    Ok((listen, rest))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

@@ -15,6 +15,9 @@ use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// PRAGMAs without an argument that only read.
 const READ_PRAGMAS: [&str; 4] = [
@@ -23,9 +26,6 @@ const READ_PRAGMAS: [&str; 4] = [
     "user_version",
     "schema_version",
 ];
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -36,36 +36,6 @@ pub struct Settings {
     pub max_rows: usize,
     /// Longest a query may run.
     pub timeout: Duration,
-}
-
-impl Settings {
-    /// From `--db PATH [--max-rows N] [--timeout-ms N]`.
-    pub fn from_args(args: &[String]) -> anyhow::Result<Self> {
-        let mut s = Settings {
-            db: PathBuf::new(),
-            max_rows: 200,
-            timeout: Duration::from_secs(5),
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
-            };
-            match a.as_str() {
-                "--db" => s.db = PathBuf::from(value()?),
-                "--max-rows" => s.max_rows = value()?.parse()?,
-                "--timeout-ms" => s.timeout = Duration::from_millis(value()?.parse()?),
-                other => anyhow::bail!(
-                    "unknown argument `{other}` (usage: --db PATH [--max-rows N] [--timeout-ms N] [--http ADDR])"
-                ),
-            }
-        }
-        anyhow::ensure!(!s.db.as_os_str().is_empty(), "--db PATH is required");
-        anyhow::ensure!(s.db.is_file(), "{} does not exist", s.db.display());
-        Ok(s)
-    }
 }
 
 /// Runs one read-only statement; `Err` is a message for the model.

@@ -1,8 +1,17 @@
 //! `mcp-template [--http ADDR]`: the template server over stdio or streamable HTTP.
 
+use clap::Parser;
+
+/// The template MCP server (rename me).
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    listen: mcp_tool_kit::ListenArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     mcp_tool_kit::init_logging();
-    let listen = mcp_tool_kit::listen_from_args(std::env::args().skip(1))?;
-    mcp_tool_kit::serve(listen, mcp_template::Template::default).await
+    let cli = Cli::parse();
+    mcp_tool_kit::serve(cli.listen.listen(), mcp_template::Template::default).await
 }
