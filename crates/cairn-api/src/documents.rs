@@ -456,13 +456,15 @@ pub async fn delete(
     };
     require_ingest_scope(&state, &caller)?;
     let had_record = documents.delete_document(&caller.tenant, &id).await?;
-    // Documents ingested with `cairn ingest` have chunks but no record.
-    let had_chunks = kb
-        .count(&caller.tenant, &id)
-        .await
-        .map_err(|e| ApiError::unavailable("the knowledge store", &e))?
-        > 0;
-    if !had_record && !had_chunks {
+    // Documents ingested with `cairn ingest` have chunks but no record; only
+    // then are the chunks counted.
+    let existed = had_record
+        || kb
+            .count(&caller.tenant, &id)
+            .await
+            .map_err(|e| ApiError::unavailable("the knowledge store", &e))?
+            > 0;
+    if !existed {
         return Err(document_not_found());
     }
     kb.delete(&caller.tenant, &id)

@@ -85,10 +85,7 @@ impl Server {
     }
 
     fn tenant_allowed(&self, tenant: &TenantId) -> bool {
-        self.config
-            .allowed_tenants
-            .iter()
-            .any(|t| t == "*" || t == tenant.as_str())
+        tenant_allowed(&self.config.allowed_tenants, tenant)
     }
 
     fn tool_allowed(&self, tool: &str) -> bool {
@@ -110,6 +107,11 @@ impl Server {
         tracing::warn!(server = %self.config.name, failures = s.consecutive_failures, error = %error, health = ?s.health, "MCP server failed");
         s.last_error = Some(error);
     }
+}
+
+/// True when `allowed` (a server's `allowed_tenants`) lets `tenant` in.
+fn tenant_allowed(allowed: &[String], tenant: &TenantId) -> bool {
+    allowed.iter().any(|t| t == "*" || t == tenant.as_str())
 }
 
 /// Receives server notifications for one connection.
@@ -482,11 +484,7 @@ impl Tool for McpTool {
     }
 
     async fn call(&self, arguments: Value, ctx: &ToolContext) -> Result<ToolOutput, ToolError> {
-        if !self
-            .allowed_tenants
-            .iter()
-            .any(|t| t == "*" || t == ctx.tenant_id.as_str())
-        {
+        if !tenant_allowed(&self.allowed_tenants, &ctx.tenant_id) {
             return Err(ToolError::Unknown(self.spec.name.clone()));
         }
         let arguments = match arguments {

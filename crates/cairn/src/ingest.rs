@@ -101,6 +101,16 @@ pub fn parse_file(path: &Path) -> Result<ParsedDocument, String> {
     parse_bytes(&ext, &bytes, &stem).map_err(|e| e.to_string())
 }
 
+/// A progress bar on stderr over `len` files.
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Ingests files into `kb` for `tenant`, with a progress bar on stderr.
 pub async fn ingest_paths(
     kb: &KnowledgeBase,
@@ -108,11 +118,7 @@ pub async fn ingest_paths(
     paths: &[PathBuf],
 ) -> std::io::Result<IngestSummary> {
     let files = collect_files(paths)?;
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(files.len());
     let mut summary = IngestSummary::default();
     for (root, file) in files {
         bar.set_message(file.display().to_string());
@@ -167,11 +173,7 @@ pub async fn ingest_via_server(
         .timeout(std::time::Duration::from_secs(120))
         .build()?;
     let files = collect_files(paths)?;
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {wide_msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(files.len());
     let error_of = |body: &Value, status: reqwest::StatusCode| {
         format!(
             "HTTP {status} {}: {}",
