@@ -27,7 +27,9 @@ pub struct Runtime {
 
 struct Ingestion {
     actor: ActorRef<IngestMsg>,
-    actor_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The actor's and the pool's tasks, awaited at shutdown so that nothing
+    /// holds the knowledge store afterwards.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     pool: ActorRef<ractor::factory::FactoryMessage<(), crate::ingestion::EmbedMsg>>,
 }
 
@@ -61,7 +63,7 @@ impl Runtime {
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
         let max_in_flight = max_in_flight.max(1);
-        let bridges = vec![
+        let mut bridges = vec![
             tokio::spawn(run_router(bus.clone(), topics.clone(), max_in_flight)),
             tokio::spawn(run_conversation_bridge(
                 bus.clone(),
@@ -70,12 +72,12 @@ impl Runtime {
                 max_in_flight,
             )),
         ];
-        let mut bridges = bridges;
         let ingestion = match ingestion {
             Some((ingest, concurrency)) => {
-                let (pool, _) = start_embed_pool(ingest.kb.clone(), ingest.settings.embed_workers)
-                    .await
-                    .map_err(|e| StartError(format!("embedding pool: {e}")))?;
+                let (pool, pool_task) =
+                    start_embed_pool(ingest.kb.clone(), ingest.settings.embed_workers)
+                        .await
+                        .map_err(|e| StartError(format!("embedding pool: {e}")))?;
                 let documents = ingest.documents.clone();
                 let (actor, actor_task) =
                     Actor::spawn(None, IngestionActor, (ingest, pool.clone()))
@@ -90,7 +92,7 @@ impl Runtime {
                 )));
                 Some(Ingestion {
                     actor,
-                    actor_task: std::sync::Mutex::new(Some(actor_task)),
+                    tasks: std::sync::Mutex::new(vec![actor_task, pool_task]),
                     pool,
                 })
             }
@@ -193,12 +195,8 @@ impl Runtime {
         if let Some(i) = &self.ingestion {
             i.actor.stop(Some("shutdown".into()));
             i.pool.stop(Some("shutdown".into()));
-            let task = i
-                .actor_task
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(t) = task {
+            let tasks = std::mem::take(&mut *i.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            for t in tasks {
                 let _ = t.await;
             }
         }
