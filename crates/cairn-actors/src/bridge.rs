@@ -8,20 +8,25 @@
 //!   the ingestion actor; its offset is committed once the document is stored or
 //!   recorded as failed.
 //!
-//! Both are at-least-once: an offset is committed only once its record's work is
+//! All are at-least-once: an offset is committed only once its record's work is
 //! durable (forwarded, persisted in the conversation's queue, or written to the
 //! DLQ), and always in offset order, even though up to `max_in_flight` records are
-//! worked on at once. Consumers deduplicate downstream (the conversation queue
-//! ignores a message id it has seen).
+//! worked on at once. Every consumer deduplicates on `event_id` (remembered in the
+//! MemoryStore for `bus.dedup_ttl`), and downstream dedups again (the conversation
+//! queue ignores a message id it has seen). Records the adapter refuses
+//! (undecodable, failing their schema, of an unknown type) and records that fail
+//! permanently go to `dlq` with their provenance.
 
 use crate::conversation::DeliveryError;
 use crate::ingestion::{IngestMsg, MAX_ATTEMPTS, record_failure, retry_delay, submit};
 use crate::supervisor::SupervisorMsg;
 use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
-use cairn_core::envelope::{DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
-use cairn_core::ports::DocumentStore;
-use cairn_core::ports::{BusConsumer, BusError, BusRecord, Enqueued, EventBus, Topics};
+use cairn_core::envelope::{DLQ_RECORD, DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
+use cairn_core::ports::{
+    Assignment, BusConsumer, BusError, BusRecord, DocumentStore, Enqueued, EventBus, MemoryStore,
+    Topics,
+};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -37,15 +42,26 @@ pub const CONVERSATION_GROUP: &str = "cairn-conversations";
 /// Consumer group of the ingestion bridge.
 pub const INGESTION_GROUP: &str = "cairn-ingestion";
 
-/// Event type of a DLQ record.
-pub const DLQ_RECORD: &str = "dlq.record";
-
 /// Longest wait between delivery retries.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// Why a record goes to the DLQ.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// The consumer group that gave up on it.
+    pub group: &'a str,
+    /// `undecodable`, `schema`, `unknown_type` or `permanent`.
+    pub class: &'a str,
+    /// What went wrong.
+    pub reason: &'a str,
+    /// How many times it was tried.
+    pub attempts: u32,
+}
+
 /// Writes a record that failed permanently to the DLQ, with where it came from
-/// and why. Retries until the DLQ write is durable.
-pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, reason: &str) {
+/// and why, in the record (`dlq.record`) and in `cairn.dlq.*` headers. Retries
+/// until the DLQ write is durable.
+pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, f: &Failure<'_>) {
     let tenant = rec
         .envelope
         .as_ref()
@@ -54,24 +70,41 @@ pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, reason
             cairn_core::TenantId::parse("unknown")
                 .unwrap_or_else(|_| cairn_core::TenantId::generate())
         });
-    let envelope = Envelope::new(
+    let mut envelope = Envelope::new(
         DLQ_RECORD,
         tenant,
         json!({
             "topic": rec.topic,
             "partition": rec.partition,
             "offset": rec.offset,
-            "reason": reason,
+            "group": f.group,
+            "error_class": f.class,
+            "reason": f.reason,
+            "attempts": f.attempts.max(1),
             "envelope": rec.envelope,
+            "payload": rec.payload,
         }),
     );
+    envelope.traceparent = rec.envelope.as_ref().and_then(|e| e.traceparent.clone());
+    let headers = [
+        ("cairn.dlq.topic", rec.topic.clone()),
+        ("cairn.dlq.partition", rec.partition.to_string()),
+        ("cairn.dlq.offset", rec.offset.to_string()),
+        ("cairn.dlq.group", f.group.to_owned()),
+        ("cairn.dlq.error_class", f.class.to_owned()),
+        ("cairn.dlq.reason", f.reason.to_owned()),
+        ("cairn.dlq.attempts", f.attempts.max(1).to_string()),
+    ];
     let mut delay = Duration::from_millis(50);
-    while let Err(e) = bus.publish(&topics.dlq, &rec.key, &envelope).await {
+    while let Err(e) = bus
+        .publish_with_headers(&topics.dlq, &rec.key, &envelope, &headers)
+        .await
+    {
         tracing::error!(error = %e, "cannot write to the DLQ; retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
-    tracing::warn!(topic = %rec.topic, offset = rec.offset, reason, "record sent to the DLQ");
+    tracing::warn!(topic = %rec.topic, offset = rec.offset, class = f.class, reason = f.reason, "record sent to the DLQ");
 }
 
 /// Where a DLQ record came from.
@@ -87,6 +120,8 @@ pub struct DlqSource {
     pub key: String,
     /// The envelope, when it could be decoded.
     pub envelope: Option<Envelope>,
+    /// The raw record (lossy UTF-8), when it could not.
+    pub payload: Option<String>,
 }
 
 impl From<&BusRecord> for DlqSource {
@@ -97,6 +132,42 @@ impl From<&BusRecord> for DlqSource {
             offset: r.offset,
             key: r.key.clone(),
             envelope: Some(r.envelope.clone()),
+            payload: None,
+        }
+    }
+}
+
+/// What every bridge shares: the bus, its topics, and the event-id dedup.
+#[derive(Clone)]
+pub struct Consuming {
+    /// The bus.
+    pub bus: Arc<dyn EventBus>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Remembers the event ids each group finished.
+    pub memory: Arc<dyn MemoryStore>,
+    /// How long they are remembered.
+    pub dedup_ttl: Duration,
+    /// Records in progress at once, per bridge.
+    pub max_in_flight: usize,
+}
+
+impl Consuming {
+    async fn dlq(&self, rec: &BusRecord, group: &str, class: &str, reason: &str, attempts: u32) {
+        let f = Failure { group, class, reason, attempts };
+        to_dlq(self.bus.as_ref(), &self.topics, &DlqSource::from(rec), &f).await;
+    }
+
+    /// Subscribes, retrying until the bus answers.
+    async fn subscribe(&self, topic: &str, group: &str) -> Box<dyn BusConsumer> {
+        loop {
+            match self.bus.subscribe(topic, group).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    tracing::error!(error = %e, topic, group, "cannot subscribe; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 }
@@ -105,30 +176,48 @@ type Done = (u32, u64);
 
 /// Runs `consumer` with at most `max_in_flight` records in progress, committing
 /// offsets in order as their work completes. `start` begins a record's work
-/// synchronously (so that records start in offset order) and returns its completion.
-async fn pump<F>(
-    mut consumer: Box<dyn BusConsumer>,
-    max_in_flight: usize,
-    bus: Arc<dyn EventBus>,
-    topics: Topics,
-    mut start: F,
-) where
+/// synchronously (so that records start in offset order) and returns its
+/// completion. Records refused by the adapter (undecodable, failing their schema,
+/// of an unknown type) go to the DLQ; records whose event id the group already
+/// finished are skipped; a finished record's event id is remembered before its
+/// offset is committed.
+async fn pump<F>(mut consumer: Box<dyn BusConsumer>, ctx: Consuming, group: &'static str, mut start: F)
+where
     F: FnMut(BusRecord) -> BoxFuture<'static, ()>,
 {
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
+    let max_in_flight = ctx.max_in_flight.max(1);
     loop {
         tokio::select! {
             rec = consumer.next(), if in_flight.len() < max_in_flight => match rec {
                 Ok(rec) => {
                     let at = (rec.partition, rec.offset);
+                    let id = rec.envelope.event_id.clone();
+                    match ctx.memory.event_done(group, &id).await {
+                        Ok(true) => {
+                            tracing::debug!(event_id = %id, group, "duplicate delivery skipped");
+                            in_flight.push_back(Box::pin(async move { at }));
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "dedup check failed; working on the record (downstream dedups too)"),
+                    }
                     let work = start(rec);
-                    in_flight.push_back(Box::pin(async move { work.await; at }));
-                }
-                Err(BusError::Undecodable { topic, partition, offset, reason }) => {
-                    let (bus, topics) = (bus.clone(), topics.clone());
+                    let ctx = ctx.clone();
                     in_flight.push_back(Box::pin(async move {
-                        let src = DlqSource { topic, partition, offset, key: String::new(), envelope: None };
-                        to_dlq(bus.as_ref(), &topics, &src, &format!("undecodable record: {reason}")).await;
+                        work.await;
+                        if let Err(e) = ctx.memory.mark_event_done(group, &id, ctx.dedup_ttl).await {
+                            tracing::warn!(error = %e, event_id = %id, "cannot remember a finished event");
+                        }
+                        at
+                    }));
+                }
+                Err(BusError::Undecodable { topic, partition, offset, key, class, reason, payload }) => {
+                    let ctx = ctx.clone();
+                    in_flight.push_back(Box::pin(async move {
+                        let src = DlqSource { topic, partition, offset, key, envelope: None, payload: Some(payload) };
+                        let f = Failure { group, class: class.as_str(), reason: &reason, attempts: 1 };
+                        to_dlq(ctx.bus.as_ref(), &ctx.topics, &src, &f).await;
                         (partition, offset)
                     }));
                 }
@@ -156,38 +245,39 @@ async fn pump<F>(
 }
 
 async fn commit_with_retry(consumer: &mut dyn BusConsumer, partition: u32, offset: u64) {
+    let mut tries = 0;
     while let Err(e) = consumer.commit(partition, offset).await {
+        tries += 1;
+        if tries >= 5 {
+            // The partition was revoked: its next owner reads the record again
+            // and skips it as already done.
+            tracing::warn!(error = %e, partition, offset, "offset not stored; the record may be redelivered");
+            return;
+        }
         tracing::error!(error = %e, "offset commit failed; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// The router: `user_events` → `reasoning_tasks`.
-pub async fn run_router(bus: Arc<dyn EventBus>, topics: Topics, max_in_flight: usize) {
-    let consumer = loop {
-        match bus.subscribe(&topics.user_events, ROUTER_GROUP).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::error!(error = %e, "router cannot subscribe; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let (b, t) = (bus.clone(), topics.clone());
-    pump(consumer, max_in_flight, bus, topics, move |rec| {
-        let (bus, topics) = (b.clone(), t.clone());
+/// The router: `user_events` → `reasoning_tasks` (messages, keyed by
+/// conversation) and `ingestion_events` (documents, keyed by document).
+pub async fn run_router(ctx: Consuming) {
+    let consumer = ctx.subscribe(&ctx.topics.user_events, ROUTER_GROUP).await;
+    let c = ctx.clone();
+    pump(consumer, ctx, ROUTER_GROUP, move |rec| {
+        let ctx = c.clone();
         Box::pin(async move {
             let to = match rec.envelope.kind.as_str() {
-                USER_MESSAGE => &topics.reasoning_tasks,
-                DOCUMENT_SUBMITTED => &topics.ingestion_events,
+                USER_MESSAGE => &ctx.topics.reasoning_tasks,
+                DOCUMENT_SUBMITTED => &ctx.topics.ingestion_events,
                 other => {
                     let reason = format!("no route for event type `{other}`");
-                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    ctx.dlq(&rec, ROUTER_GROUP, "unknown_type", &reason, 1).await;
                     return;
                 }
             };
             let mut delay = Duration::from_millis(50);
-            while let Err(e) = bus.publish(to, &rec.key, &rec.envelope).await {
+            while let Err(e) = ctx.bus.publish(to, &rec.key, &rec.envelope).await {
                 tracing::error!(error = %e, "router cannot forward; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
@@ -208,47 +298,40 @@ fn deliver(
     rx
 }
 
-/// The conversation bridge: `reasoning_tasks` → conversation actors.
-pub async fn run_conversation_bridge(
-    bus: Arc<dyn EventBus>,
-    topics: Topics,
-    supervisor: ActorRef<SupervisorMsg>,
-    max_in_flight: usize,
-) {
-    let consumer = loop {
-        match bus
-            .subscribe(&topics.reasoning_tasks, CONVERSATION_GROUP)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::error!(error = %e, "conversation bridge cannot subscribe; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let (b, t) = (bus.clone(), topics.clone());
-    pump(consumer, max_in_flight, bus, topics, move |rec| {
-        let (bus, topics, supervisor) = (b.clone(), t.clone(), supervisor.clone());
+/// The conversation bridge: `reasoning_tasks` → conversation actors. On Kafka it
+/// also follows the partition assignment: conversations of newly assigned
+/// partitions are resumed here, those of revoked partitions stopped.
+pub async fn run_conversation_bridge(ctx: Consuming, supervisor: ActorRef<SupervisorMsg>) {
+    let consumer = ctx
+        .subscribe(&ctx.topics.reasoning_tasks, CONVERSATION_GROUP)
+        .await;
+    let follow = consumer
+        .assignment()
+        .map(|rx| tokio::spawn(follow_assignment(rx, supervisor.clone())));
+    let c = ctx.clone();
+    pump(consumer, ctx, CONVERSATION_GROUP, move |rec| {
+        let (ctx, supervisor) = (c.clone(), supervisor.clone());
         let request: Result<TurnRequest, _> = serde_json::from_value(rec.envelope.data.clone());
         // Deliver now, in offset order; only the wait for the answer is deferred.
         let first = request.as_ref().ok().map(|r| deliver(&supervisor, r.clone()));
         Box::pin(async move {
+            let g = CONVERSATION_GROUP;
             let request = match request {
                 Ok(r) if r.tenant_id == rec.envelope.tenant_id => r,
                 Ok(_) => {
                     let reason = "the request's tenant does not match its envelope";
-                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), reason).await;
+                    ctx.dlq(&rec, g, "schema", reason, 1).await;
                     return;
                 }
                 Err(e) => {
                     let reason = format!("not a turn request: {e}");
-                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    ctx.dlq(&rec, g, "schema", &reason, 1).await;
                     return;
                 }
             };
             let mut pending = first;
             let mut delay = Duration::from_millis(20);
+            let mut attempts = 1;
             loop {
                 let rx = match pending.take() {
                     Some(rx) => rx,
@@ -257,7 +340,7 @@ pub async fn run_conversation_bridge(
                 match rx.await {
                     Ok(Ok(_)) => return,
                     Ok(Err(e)) if e.permanent => {
-                        to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &e.reason).await;
+                        ctx.dlq(&rec, g, "permanent", &e.reason, attempts).await;
                         return;
                     }
                     Ok(Err(e)) => {
@@ -267,54 +350,80 @@ pub async fn run_conversation_bridge(
                         tracing::warn!(conversation = %request.conversation_id, "conversation actor stopped before answering; retrying");
                     }
                 }
+                attempts += 1;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
         })
     })
     .await;
+    if let Some(f) = follow {
+        f.abort();
+    }
+}
+
+/// Tells the supervisor about every change of the `reasoning_tasks` assignment.
+async fn follow_assignment(
+    mut rx: tokio::sync::watch::Receiver<Assignment>,
+    supervisor: ActorRef<SupervisorMsg>,
+) {
+    let mut held = Assignment::default();
+    loop {
+        let now = rx.borrow_and_update().clone();
+        let diff = |a: &Assignment, b: &Assignment| Assignment {
+            partitions: a
+                .partitions
+                .iter()
+                .filter(|p| !b.partitions.contains(p) || a.partition_count != b.partition_count)
+                .copied()
+                .collect(),
+            partition_count: a.partition_count,
+        };
+        let (revoked, added) = (diff(&held, &now), diff(&now, &held));
+        if !revoked.partitions.is_empty() {
+            let _ = supervisor.send_message(SupervisorMsg::Release(revoked));
+        }
+        if !added.partitions.is_empty() {
+            tracing::info!(partitions = ?added.partitions, "reasoning_tasks partitions assigned");
+            let _ = supervisor.send_message(SupervisorMsg::Adopt(added));
+        }
+        held = now;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The ingestion bridge: `ingestion_events` → the ingestion actor, at most
-/// `max_in_flight` documents at once. A submission that fails transiently (store
-/// or embedder down) is retried with backoff, then recorded as failed.
+/// `ctx.max_in_flight` documents at once. A submission that fails transiently
+/// (store or embedder down) is retried with backoff, then recorded as failed.
 pub async fn run_ingestion_bridge(
-    bus: Arc<dyn EventBus>,
-    topics: Topics,
+    ctx: Consuming,
     actor: ActorRef<IngestMsg>,
     documents: Arc<dyn DocumentStore>,
-    max_in_flight: usize,
 ) {
-    let consumer = loop {
-        match bus
-            .subscribe(&topics.ingestion_events, INGESTION_GROUP)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::error!(error = %e, "ingestion bridge cannot subscribe; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let (b, t) = (bus.clone(), topics.clone());
-    pump(consumer, max_in_flight, bus, topics, move |rec| {
-        let (bus, topics, actor, documents) = (b.clone(), t.clone(), actor.clone(), documents.clone());
+    let consumer = ctx
+        .subscribe(&ctx.topics.ingestion_events, INGESTION_GROUP)
+        .await;
+    let c = ctx.clone();
+    pump(consumer, ctx, INGESTION_GROUP, move |rec| {
+        let (ctx, actor, documents) = (c.clone(), actor.clone(), documents.clone());
         let sub: Result<DocumentSubmission, _> = serde_json::from_value(rec.envelope.data.clone());
         // Hand over now, in offset order; only the wait is deferred.
         let tenant = rec.envelope.tenant_id.clone();
         let first = sub.as_ref().ok().map(|s| submit(&actor, tenant.clone(), s.clone()));
         Box::pin(async move {
+            let g = INGESTION_GROUP;
             let sub = match sub {
                 Ok(s) if rec.envelope.kind == DOCUMENT_SUBMITTED => s,
                 Ok(_) => {
                     let reason = format!("no ingestion for event type `{}`", rec.envelope.kind);
-                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    ctx.dlq(&rec, g, "unknown_type", &reason, 1).await;
                     return;
                 }
                 Err(e) => {
                     let reason = format!("not a document submission: {e}");
-                    to_dlq(bus.as_ref(), &topics, &DlqSource::from(&rec), &reason).await;
+                    ctx.dlq(&rec, g, "schema", &reason, 1).await;
                     return;
                 }
             };
@@ -344,6 +453,7 @@ pub async fn run_ingestion_bridge(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
+            ctx.dlq(&rec, g, "permanent", &reason, MAX_ATTEMPTS).await;
         })
     })
     .await;

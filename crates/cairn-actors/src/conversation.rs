@@ -6,12 +6,23 @@
 //! requests are queued) while a model or tool call is in flight. A panic in the
 //! turn task is re-raised as a failure of this actor, so the supervisor sees it,
 //! respawns the actor, and the new actor resumes the turn from its checkpoint.
+//!
+//! Turns run only under the conversation's writer lease (one writer per
+//! conversation across replicas). The actor takes the lease before its first turn,
+//! reloads the queue and checkpoint from the store then (another replica may have
+//! moved them on), renews it while it lives, and gives it up when it stops. Every
+//! turn write carries the lease's fencing token; if the lease is lost, the actor
+//! stops and the store rejects whatever its turn task still tries to write.
+//!
+//! While it lives, the actor also republishes its conversation's stored events on
+//! the bus (`conversation_events`) when a relay is configured.
 
-use crate::settings::AgentDeps;
+use crate::settings::{AgentDeps, Relay};
 use crate::supervisor::{ConvKey, SupervisorMsg};
 use crate::turn::run_turn;
 use cairn_core::ports::{Enqueued, StoreError};
-use cairn_core::{TurnCheckpoint, TurnId, TurnRequest};
+use cairn_core::envelope::{CONVERSATION_EVENT, Envelope};
+use cairn_core::{ConversationEvent, TurnCheckpoint, TurnId, TurnRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -50,6 +61,10 @@ pub enum ConversationMsg {
     },
     /// Try to start the next turn again (after a store failure).
     Retry,
+    /// The writer lease was granted with this fencing token.
+    LeaseGranted(u64),
+    /// Time to renew the lease.
+    RenewLease,
 }
 
 /// How a turn task ended.
@@ -88,6 +103,12 @@ pub struct ConversationState {
     running: Option<(TurnId, AbortHandle)>,
     /// Enqueue messages handled, reported to the supervisor for passivation.
     handled: u64,
+    /// The lease's fencing token, once granted.
+    lease: Option<u64>,
+    /// The task waiting for the lease, while there is one.
+    acquiring: Option<AbortHandle>,
+    /// The task republishing events on the bus.
+    relay: Option<AbortHandle>,
 }
 
 /// Delay before retrying after a store failure.
@@ -103,22 +124,11 @@ impl Actor for ConversationActor {
         _myself: ActorRef<Self::Msg>,
         args: ConversationArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (tenant, id) = (&args.key.0, &args.key.1);
-        let mut queue: VecDeque<TurnRequest> =
-            args.deps.memory.pending_turns(tenant, id).await?.into();
-        let checkpoint = args.deps.memory.load_checkpoint(tenant, id).await?;
-        if let Some(cp) = &checkpoint {
-            // The checkpointed turn runs first, even if its queue entry is missing.
-            match queue.iter().position(|r| r.turn_id == cp.request.turn_id) {
-                Some(0) => {}
-                Some(i) => {
-                    if let Some(r) = queue.remove(i) {
-                        queue.push_front(r);
-                    }
-                }
-                None => queue.push_front(cp.request.clone()),
-            }
-        }
+        let (queue, checkpoint) = load_queue(&args.deps, &args.key).await?;
+        let relay = args.deps.relay.clone().map(|relay| {
+            let (deps, key) = (args.deps.clone(), args.key.clone());
+            tokio::spawn(async move { relay_events(deps, key, relay).await }).abort_handle()
+        });
         Ok(ConversationState {
             key: args.key,
             deps: args.deps,
@@ -127,6 +137,9 @@ impl Actor for ConversationActor {
             checkpoint,
             running: None,
             handled: 0,
+            lease: None,
+            acquiring: None,
+            relay,
         })
     }
 
@@ -146,6 +159,16 @@ impl Actor for ConversationActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some((_, task)) = state.running.take() {
             task.abort();
+        }
+        for task in [state.acquiring.take(), state.relay.take()].into_iter().flatten() {
+            task.abort();
+        }
+        if let Some(token) = state.lease.take() {
+            let (t, id) = (&state.key.0, &state.key.1);
+            let owner = &state.deps.settings.replica_id;
+            if let Err(e) = state.deps.memory.release_lease(t, id, owner, token).await {
+                tracing::warn!(conversation = %id, error = %e, "cannot release the lease; it will expire");
+            }
         }
         Ok(())
     }
@@ -185,6 +208,11 @@ impl Actor for ConversationActor {
                         start_next(&myself, state);
                         report_if_idle(state);
                     }
+                    TurnEnd::Store(StoreError::Fenced) => {
+                        tracing::warn!(conversation = %state.key.1, "another replica owns the conversation now; stopping");
+                        state.lease = None;
+                        myself.stop(Some("lease lost".into()));
+                    }
                     TurnEnd::Store(StoreError::NotFound) => {
                         // The conversation was deleted under the turn.
                         tracing::info!(conversation = %state.key.1, "conversation deleted; dropping its queue");
@@ -215,16 +243,158 @@ impl Actor for ConversationActor {
                 }
                 start_next(&myself, state);
             }
+            ConversationMsg::LeaseGranted(token) => {
+                state.acquiring = None;
+                // The store is the truth: a previous owner may have moved the
+                // queue on while this actor waited.
+                match load_queue(&state.deps, &state.key).await {
+                    Ok((queue, checkpoint)) => {
+                        state.queue = queue;
+                        state.checkpoint = checkpoint;
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %state.key.1, error = %e, "cannot reload the queue; retrying");
+                        myself.send_after(STORE_RETRY, move || ConversationMsg::LeaseGranted(token));
+                        return Ok(());
+                    }
+                }
+                state.lease = Some(token);
+                let period = state.deps.settings.lease_ttl / 3;
+                myself.send_interval(period, || ConversationMsg::RenewLease);
+                start_next(&myself, state);
+                report_if_idle(state);
+            }
+            ConversationMsg::RenewLease => {
+                let Some(token) = state.lease else {
+                    return Ok(());
+                };
+                let (t, id) = (&state.key.0, &state.key.1);
+                let s = &state.deps.settings;
+                match state
+                    .deps
+                    .memory
+                    .renew_lease(t, id, &s.replica_id, token, s.lease_ttl)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(conversation = %id, "lease lost to another replica; stopping");
+                        state.lease = None;
+                        myself.stop(Some("lease lost".into()));
+                    }
+                    Err(e) => {
+                        // The fence still protects the store if the lease lapses.
+                        tracing::warn!(conversation = %id, error = %e, "cannot renew the lease");
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
+/// The conversation's queue and in-flight checkpoint as stored; the checkpointed
+/// turn comes first, even if its queue entry is missing.
+async fn load_queue(
+    deps: &AgentDeps,
+    key: &ConvKey,
+) -> Result<(VecDeque<TurnRequest>, Option<TurnCheckpoint>), StoreError> {
+    let (tenant, id) = (&key.0, &key.1);
+    let mut queue: VecDeque<TurnRequest> = deps.memory.pending_turns(tenant, id).await?.into();
+    let checkpoint = deps.memory.load_checkpoint(tenant, id).await?;
+    if let Some(cp) = &checkpoint {
+        match queue.iter().position(|r| r.turn_id == cp.request.turn_id) {
+            Some(0) => {}
+            Some(i) => {
+                if let Some(r) = queue.remove(i) {
+                    queue.push_front(r);
+                }
+            }
+            None => queue.push_front(cp.request.clone()),
+        }
+    }
+    Ok((queue, checkpoint))
+}
+
+/// Waits for the conversation's lease (another replica may hold it until it
+/// expires or is released) and reports it to the actor.
+async fn acquire_lease(deps: AgentDeps, key: ConvKey, me: ActorRef<ConversationMsg>) {
+    let s = &deps.settings;
+    let mut waited = false;
+    loop {
+        match deps
+            .memory
+            .acquire_lease(&key.0, &key.1, &s.replica_id, s.lease_ttl)
+            .await
+        {
+            Ok(Some(token)) => {
+                if waited {
+                    tracing::info!(conversation = %key.1, token, "took over the conversation");
+                }
+                let _ = me.send_message(ConversationMsg::LeaseGranted(token));
+                return;
+            }
+            Ok(None) => waited = true,
+            Err(e) => tracing::warn!(conversation = %key.1, error = %e, "cannot take the lease"),
+        }
+        tokio::time::sleep((s.lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
+    }
+}
+
+/// Republishes the conversation's new stored events on the relay topic (keyed by
+/// conversation id), from the newest event at the actor's start.
+async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
+    use futures::StreamExt;
+    let (t, id) = (key.0.clone(), key.1.clone());
+    let after = loop {
+        match deps.events.last_event_id(&t, &id).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(conversation = %id, error = %e, "relay cannot read the stream yet");
+                tokio::time::sleep(STORE_RETRY).await;
+            }
+        }
+    };
+    let mut stream = deps.events.subscribe(t.clone(), id.clone(), after);
+    while let Some(item) = stream.next().await {
+        let stored = match item {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(conversation = %id, error = %e, "relay lost the stream");
+                return;
+            }
+        };
+        let data = ConversationEvent {
+            conversation_id: id.clone(),
+            id: stored.id,
+            at: stored.at,
+            event: stored.event,
+        };
+        let Ok(data) = serde_json::to_value(&data) else {
+            continue;
+        };
+        let envelope = Envelope::new(CONVERSATION_EVENT, t.clone(), data);
+        let mut delay = Duration::from_millis(50);
+        while let Err(e) = relay.bus.publish(&relay.topic, id.as_str(), &envelope).await {
+            tracing::warn!(conversation = %id, error = %e, "cannot publish a conversation event; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
 /// Starts the head of the queue if nothing runs.
 fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
-    if state.running.is_some() {
+    if state.running.is_some() || state.queue.is_empty() {
         return;
     }
+    let Some(fence) = state.lease else {
+        if state.acquiring.is_none() {
+            let (deps, key, me) = (state.deps.clone(), state.key.clone(), myself.clone());
+            state.acquiring = Some(tokio::spawn(acquire_lease(deps, key, me)).abort_handle());
+        }
+        return;
+    };
     let Some(request) = state.queue.front().cloned() else {
         return;
     };
@@ -234,7 +404,7 @@ fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     };
     let turn_id = request.turn_id.clone();
     let deps = state.deps.clone();
-    let task = tokio::spawn(async move { run_turn(&deps, request, checkpoint).await });
+    let task = tokio::spawn(async move { run_turn(&deps, request, checkpoint, Some(fence)).await });
     state.running = Some((turn_id.clone(), task.abort_handle()));
     let me = myself.clone();
     tokio::spawn(async move {
@@ -257,7 +427,7 @@ fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
 }
 
 fn report_if_idle(state: &ConversationState) {
-    if state.running.is_none() && state.queue.is_empty() {
+    if state.running.is_none() && state.queue.is_empty() && state.acquiring.is_none() {
         let _ = state.supervisor.send_message(SupervisorMsg::Drained {
             key: state.key.clone(),
             handled: state.handled,

@@ -8,12 +8,15 @@
 //!   window of recent messages — and the incremental summariser.
 //! - [`turn`]: one turn of the ReAct loop, checkpointed after every step.
 //! - [`conversation`]: `ConversationActor`, one per live conversation; it
-//!   serialises turns and runs each in a task so its mailbox stays responsive.
+//!   serialises turns and runs each in a task so its mailbox stays responsive,
+//!   holds the conversation's writer lease (fencing token on every turn write)
+//!   and republishes its events on `conversation_events`.
 //! - [`supervisor`]: `ConversationSupervisor`: registry, spawn on demand,
-//!   passivation of idle actors, respawn after a crash.
+//!   passivation of idle actors, respawn after a crash; on Kafka it adopts and
+//!   releases conversations as `reasoning_tasks` partitions move between replicas.
 //! - [`bridge`]: the bus consumers: the router (`user_events` → `reasoning_tasks`)
 //!   and the conversation bridge (`reasoning_tasks` → actors), at-least-once with
-//!   ordered offset commits and a DLQ.
+//!   ordered offset commits, event-id dedup and a DLQ.
 //! - [`ingestion`]: the parse-and-chunk actor and the embedding worker pool (a
 //!   ractor factory) that turn `ingestion_events` into stored chunks, with job
 //!   status in the DocumentStore.
@@ -30,5 +33,5 @@ pub mod supervisor;
 pub mod turn;
 
 pub use catalog::{ToolCatalog, ToolProvider};
-pub use runtime::Runtime;
-pub use settings::{AgentDeps, AgentSettings};
+pub use runtime::{Role, Runtime};
+pub use settings::{AgentDeps, AgentSettings, Relay};

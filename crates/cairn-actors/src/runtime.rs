@@ -1,7 +1,7 @@
 //! Starts and stops the supervision tree and the bus bridges; the API's entry
 //! point for submitting messages.
 
-use crate::bridge::{run_conversation_bridge, run_ingestion_bridge, run_router};
+use crate::bridge::{Consuming, run_conversation_bridge, run_ingestion_bridge, run_router};
 use crate::ingestion::{IngestDeps, IngestMsg, IngestionActor, start_embed_pool};
 use crate::settings::AgentDeps;
 use crate::supervisor::{ConversationSupervisor, SupervisorMsg};
@@ -15,14 +15,17 @@ use tokio::task::JoinHandle;
 
 /// The running agent side of Cairn.
 pub struct Runtime {
-    supervisor: ActorRef<SupervisorMsg>,
-    supervisor_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The supervisor and its task; `None` in the API-only role.
+    supervisor: Option<(ActorRef<SupervisorMsg>, std::sync::Mutex<Option<JoinHandle<()>>>)>,
     bridges: Vec<JoinHandle<()>>,
     bus: Arc<dyn EventBus>,
     topics: Topics,
     deps: AgentDeps,
-    /// The ingestion actor and its embedding pool, when knowledge is enabled.
+    /// The ingestion actor and its embedding pool, when this process runs them.
     ingestion: Option<Ingestion>,
+    /// True when documents are ingested (here or by worker replicas).
+    ingests: bool,
+    role: Role,
 }
 
 struct Ingestion {
@@ -38,39 +41,73 @@ struct Ingestion {
 #[error("cannot start the conversation supervisor: {0}")]
 pub struct StartError(String);
 
+/// What a process runs (`cairn serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP API only: it publishes to the bus; workers do the rest.
+    Api,
+    /// The actors and bridges only.
+    Worker,
+    /// Both (the default).
+    All,
+}
+
+impl Role {
+    /// True when this role runs the actors and bridges.
+    pub fn runs_actors(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
 impl Runtime {
-    /// Starts the supervisor (which resumes unfinished conversations) and the bridges.
+    /// Starts the supervisor (which resumes unfinished conversations) and the
+    /// bridges, reading the bus with `max_in_flight` records in progress per bridge.
     pub async fn start(
         deps: AgentDeps,
         bus: Arc<dyn EventBus>,
         topics: Topics,
         max_in_flight: usize,
     ) -> Result<Runtime, StartError> {
-        Self::start_with(deps, bus, topics, max_in_flight, None).await
+        let ctx = Consuming {
+            bus,
+            topics,
+            memory: deps.memory.clone(),
+            dedup_ttl: std::time::Duration::from_secs(24 * 3600),
+            max_in_flight,
+        };
+        Self::start_with(deps, ctx, None, Role::All).await
     }
 
     /// Like [`start`](Self::start), plus the ingestion actors (parse/chunk actor,
-    /// embedding pool, bridge) with at most `concurrency` documents in progress.
+    /// embedding pool, bridge) with at most `concurrency` documents in progress,
+    /// for `role` (the API role starts no actors).
     pub async fn start_with(
         deps: AgentDeps,
-        bus: Arc<dyn EventBus>,
-        topics: Topics,
-        max_in_flight: usize,
+        ctx: Consuming,
         ingestion: Option<(IngestDeps, usize)>,
+        role: Role,
     ) -> Result<Runtime, StartError> {
+        let (bus, topics) = (ctx.bus.clone(), ctx.topics.clone());
+        let ingests = ingestion.is_some();
+        if !role.runs_actors() {
+            return Ok(Runtime {
+                supervisor: None,
+                bridges: Vec::new(),
+                bus,
+                topics,
+                deps,
+                ingestion: None,
+                ingests,
+                role,
+            });
+        }
         let (supervisor, supervisor_task) =
             Actor::spawn(None, ConversationSupervisor, deps.clone())
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
-        let max_in_flight = max_in_flight.max(1);
         let mut bridges = vec![
-            tokio::spawn(run_router(bus.clone(), topics.clone(), max_in_flight)),
-            tokio::spawn(run_conversation_bridge(
-                bus.clone(),
-                topics.clone(),
-                supervisor.clone(),
-                max_in_flight,
-            )),
+            tokio::spawn(run_router(ctx.clone())),
+            tokio::spawn(run_conversation_bridge(ctx.clone(), supervisor.clone())),
         ];
         let ingestion = match ingestion {
             Some((ingest, concurrency)) => {
@@ -83,12 +120,14 @@ impl Runtime {
                     Actor::spawn(None, IngestionActor, (ingest, pool.clone()))
                         .await
                         .map_err(|e| StartError(format!("ingestion actor: {e}")))?;
+                let ctx = Consuming {
+                    max_in_flight: concurrency.max(1),
+                    ..ctx.clone()
+                };
                 bridges.push(tokio::spawn(run_ingestion_bridge(
-                    bus.clone(),
-                    topics.clone(),
+                    ctx,
                     actor.clone(),
                     documents,
-                    concurrency.max(1),
                 )));
                 Some(Ingestion {
                     actor,
@@ -99,13 +138,14 @@ impl Runtime {
             None => None,
         };
         Ok(Runtime {
-            supervisor,
-            supervisor_task: std::sync::Mutex::new(Some(supervisor_task)),
+            supervisor: Some((supervisor, std::sync::Mutex::new(Some(supervisor_task)))),
             bridges,
             bus,
             topics,
             deps,
             ingestion,
+            ingests,
+            role,
         })
     }
 
@@ -124,9 +164,19 @@ impl Runtime {
             .await
     }
 
-    /// True when the ingestion actors run.
+    /// True when documents are ingested (by this process or by workers).
     pub fn has_ingestion(&self) -> bool {
-        self.ingestion.is_some()
+        self.ingests
+    }
+
+    /// What this process runs.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True when this process runs the actors (roles `worker` and `all`).
+    pub fn runs_actors(&self) -> bool {
+        self.supervisor.is_some()
     }
 
     /// Publishes an accepted user message to `user_events`; returns once the bus
@@ -149,11 +199,13 @@ impl Runtime {
             .await
     }
 
-    /// Live conversation actors.
+    /// Live conversation actors (0 in the API role).
     pub async fn live_conversations(&self) -> usize {
+        let Some((supervisor, _)) = &self.supervisor else {
+            return 0;
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self
-            .supervisor
+        if supervisor
             .send_message(SupervisorMsg::LiveCount(tx.into()))
             .is_err()
         {
@@ -162,10 +214,12 @@ impl Runtime {
         rx.await.unwrap_or(0)
     }
 
-    /// True while the supervisor runs.
+    /// True while the supervisor runs (always, in the API role).
     pub fn is_running(&self) -> bool {
-        self.supervisor_task
-            .lock()
+        let Some((_, task)) = &self.supervisor else {
+            return true;
+        };
+        task.lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|t| !t.is_finished())
@@ -200,12 +254,11 @@ impl Runtime {
                 let _ = t.await;
             }
         }
-        self.supervisor.stop(Some("shutdown".into()));
-        let task = self
-            .supervisor_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let Some((supervisor, task)) = &self.supervisor else {
+            return;
+        };
+        supervisor.stop(Some("shutdown".into()));
+        let task = task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
             let _ = t.await;
         }

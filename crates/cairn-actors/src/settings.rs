@@ -2,7 +2,7 @@
 
 use crate::catalog::ToolCatalog;
 use cairn_core::config::Config;
-use cairn_core::ports::{ChatModel, EventStream, MemoryStore};
+use cairn_core::ports::{ChatModel, EventBus, EventStream, MemoryStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,14 @@ pub struct AgentSettings {
     pub summary_max_chars: usize,
     /// Ask the model to stream (emits `answer.delta`).
     pub stream: bool,
+    /// This replica's name in conversation leases (unique per process).
+    pub replica_id: String,
+    /// How long a conversation lease lasts without renewal; a dead replica's
+    /// conversations are taken over after at most this long.
+    pub lease_ttl: Duration,
+    /// Resume every conversation with unfinished work at start-up (one process
+    /// owns everything). Off on Kafka, where partition assignment decides.
+    pub resume_all_at_start: bool,
 }
 
 impl AgentSettings {
@@ -39,6 +47,9 @@ impl AgentSettings {
             window_messages: c.memory.window_messages,
             summary_max_chars: c.memory.summary_max_chars,
             stream: c.llm.stream,
+            replica_id: format!("replica-{}", uuid::Uuid::now_v7()),
+            lease_ttl: c.agent.lease_ttl,
+            resume_all_at_start: c.kafka.brokers.is_empty(),
         }
     }
 }
@@ -62,4 +73,16 @@ pub struct AgentDeps {
     pub tools: Arc<ToolCatalog>,
     /// Turn settings.
     pub settings: Arc<AgentSettings>,
+    /// Where stored turn events are republished for downstream consumers
+    /// (`conversation_events`), when a bus is there.
+    pub relay: Option<Relay>,
+}
+
+/// The bus and topic that turn events are republished on.
+#[derive(Clone)]
+pub struct Relay {
+    /// The bus.
+    pub bus: Arc<dyn EventBus>,
+    /// The topic (`conversation_events`).
+    pub topic: String,
 }

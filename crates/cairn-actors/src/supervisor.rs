@@ -5,7 +5,7 @@
 
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg, DeliveryError};
 use crate::settings::AgentDeps;
-use cairn_core::ports::Enqueued;
+use cairn_core::ports::{Assignment, Enqueued, partition_for};
 use cairn_core::{ConversationId, TenantId, TurnRequest};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
@@ -33,6 +33,12 @@ pub enum SupervisorMsg {
     Respawn(ConvKey),
     /// How many conversation actors are live.
     LiveCount(RpcReplyPort<usize>),
+    /// This replica now owns these `reasoning_tasks` partitions: resume the
+    /// unfinished conversations they hold (a previous owner may have died mid-turn).
+    Adopt(Assignment),
+    /// These partitions moved to another replica: stop their conversations'
+    /// actors (turns stay checkpointed; leases are released for the next owner).
+    Release(Assignment),
 }
 
 struct Child {
@@ -104,6 +110,39 @@ impl ConversationSupervisor {
     }
 }
 
+/// True when `id`'s `reasoning_tasks` partition is in `assignment`.
+fn owned_by(assignment: &Assignment, id: &ConversationId) -> bool {
+    let p = partition_for(id.as_str(), assignment.partition_count);
+    assignment.partitions.contains(&p)
+}
+
+/// Starts the actors of conversations with unfinished work (all of them, or
+/// those of the assigned partitions).
+async fn resume(
+    myself: &ActorRef<SupervisorMsg>,
+    deps: &AgentDeps,
+    assignment: Option<&Assignment>,
+) {
+    match deps.memory.active_conversations().await {
+        Ok(active) => {
+            let mine: Vec<ConvKey> = active
+                .into_iter()
+                .filter(|(_, id)| assignment.is_none_or(|a| owned_by(a, id)))
+                .collect();
+            if !mine.is_empty() {
+                tracing::info!(
+                    count = mine.len(),
+                    "resuming conversations with unfinished work"
+                );
+            }
+            for key in mine {
+                let _ = myself.send_message(SupervisorMsg::Touch(key));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list unfinished conversations"),
+    }
+}
+
 impl Actor for ConversationSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -129,20 +168,10 @@ impl Actor for ConversationSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let period = (state.deps.settings.idle_passivation / 4).max(Duration::from_millis(10));
         myself.send_interval(period, || SupervisorMsg::PassivateIdle);
-        // Resume whatever was in flight or queued when the process last stopped.
-        match state.deps.memory.active_conversations().await {
-            Ok(active) => {
-                if !active.is_empty() {
-                    tracing::info!(
-                        count = active.len(),
-                        "resuming conversations with unfinished work"
-                    );
-                }
-                for key in active {
-                    let _ = myself.send_message(SupervisorMsg::Touch(key));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot list unfinished conversations"),
+        // Resume whatever was in flight or queued when the process last stopped
+        // (on Kafka, partition assignment says which conversations are ours).
+        if state.deps.settings.resume_all_at_start {
+            resume(&myself, &state.deps, None).await;
         }
         Ok(())
     }
@@ -231,6 +260,26 @@ impl Actor for ConversationSupervisor {
             }
             SupervisorMsg::LiveCount(reply) => {
                 let _ = reply.send(state.children.len());
+            }
+            SupervisorMsg::Adopt(assignment) => {
+                resume(&myself, &state.deps, Some(&assignment)).await;
+            }
+            SupervisorMsg::Release(assignment) => {
+                let gone: Vec<ConvKey> = state
+                    .children
+                    .keys()
+                    .filter(|(_, id)| owned_by(&assignment, id))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    tracing::info!(count = gone.len(), partitions = ?assignment.partitions, "partitions revoked; stopping their conversations");
+                }
+                for key in gone {
+                    if let Some(c) = state.children.remove(&key) {
+                        state.by_actor.remove(&c.actor.get_id());
+                        c.actor.stop(Some("partition revoked".into()));
+                    }
+                }
             }
         }
         Ok(())

@@ -20,14 +20,18 @@ use tokio::sync::mpsc;
 
 /// Runs (or resumes) a turn to its end. Errors are store failures only; every
 /// other problem ends the turn with a `turn.failed` event and a transcript record.
+/// `fence` is the conversation lease's token: every write carries it, and a
+/// newer owner makes them fail with [`StoreError::Fenced`].
 pub async fn run_turn(
     deps: &AgentDeps,
     request: TurnRequest,
     existing: Option<TurnCheckpoint>,
+    fence: Option<u64>,
 ) -> Result<(), StoreError> {
     let settings = &deps.settings;
     let mut cp = match existing {
         Some(mut cp) => {
+            cp.fence = fence;
             cp.attempts += 1;
             if cp.attempts > settings.max_turn_attempts {
                 let reason = format!(
@@ -59,6 +63,7 @@ pub async fn run_turn(
                 attempts: 1,
                 usage: Usage::default(),
                 started_at: Utc::now(),
+                fence,
             };
             let mut user = Message::new(Role::User, request.content.clone());
             user.id = request.message_id.clone();
@@ -376,6 +381,7 @@ async fn complete(
             &cp.request.turn_id,
             Some(&answer),
             &event,
+            cp.fence,
         )
         .await?;
     tracing::info!(
@@ -411,6 +417,7 @@ async fn fail(
             &cp.request.turn_id,
             Some(&record),
             &event,
+            cp.fence,
         )
         .await
         .map(|_| ())

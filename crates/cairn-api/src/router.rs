@@ -71,3 +71,15 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
+
+/// The router of a worker-only process: `/health`, `/ready` and `/live`.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/live", get(health::live))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}

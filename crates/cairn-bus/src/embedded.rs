@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use cairn_core::envelope::Envelope;
+use cairn_core::schemas;
 use cairn_core::ports::{BusConsumer, BusError, BusRecord, EventBus};
 use cairn_redb::{Db, DbError};
 use redb::{ReadableTable, TableDefinition};
@@ -207,16 +208,32 @@ impl BusConsumer for EmbeddedConsumer {
     async fn next(&mut self) -> Result<BusRecord, BusError> {
         loop {
             if let Some((offset, bytes)) = self.buffer.pop_front() {
-                let undecodable = |reason: String| BusError::Undecodable {
+                let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
                     topic: self.topic.clone(),
                     partition: 0,
                     offset,
-                    reason,
+                    key,
+                    class: r.class,
+                    reason: r.reason,
+                    payload: String::from_utf8_lossy(&bytes).into_owned(),
                 };
-                let rec: StoredRecord =
-                    serde_json::from_slice(&bytes).map_err(|e| undecodable(e.to_string()))?;
-                let envelope: Envelope =
-                    serde_json::from_value(rec.envelope).map_err(|e| undecodable(e.to_string()))?;
+                let rec: StoredRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    let r = schemas::Rejection {
+                        class: schemas::RejectClass::Undecodable,
+                        reason: e.to_string(),
+                    };
+                    refused(String::new(), r)
+                })?;
+                if let Err(r) = schemas::check(&rec.envelope) {
+                    return Err(refused(rec.key, r));
+                }
+                let envelope: Envelope = serde_json::from_value(rec.envelope).map_err(|e| {
+                    let r = schemas::Rejection {
+                        class: schemas::RejectClass::Schema,
+                        reason: e.to_string(),
+                    };
+                    refused(String::new(), r)
+                })?;
                 return Ok(BusRecord {
                     topic: self.topic.clone(),
                     partition: 0,

@@ -6,8 +6,15 @@
 //!   per topic; consumer groups keep committed offsets; records every known group
 //!   has consumed are trimmed.
 //!
-//! The Kafka adapter arrives behind the same port.
+//! - [`kafka::KafkaBus`]: Kafka through librdkafka, switched on by `kafka.brokers`:
+//!   topics created at start-up, idempotent producer, at-least-once consumers
+//!   that store offsets only after the work and follow partition assignment.
+//!
+//! Both decode records with `cairn_core::schemas::decode`, so a record failing its
+//! schema is refused the same way on either bus.
 
 pub mod embedded;
+pub mod kafka;
 
 pub use embedded::EmbeddedBus;
+pub use kafka::{KafkaBus, KafkaSettings};

@@ -267,6 +267,11 @@ pub struct TurnCheckpoint {
     pub usage: Usage,
     /// When the turn first started.
     pub started_at: DateTime<Utc>,
+    /// The fencing token of the conversation's lease held by the writer; a store
+    /// rejects the write when a newer lease was granted since (`None`: unfenced,
+    /// single-process use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// The rolling summary of messages that fell out of the context window.
@@ -407,6 +412,20 @@ impl TurnEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// Monotonically increasing per conversation, starting at 1; the SSE `id`.
+    pub id: u64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// The event.
+    pub event: TurnEvent,
+}
+
+/// A stored turn event as published on `conversation_events` for downstream
+/// consumers (schema `schemas/events/conversation.event.v1.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationEvent {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The event's id in the conversation's stream (the SSE id).
     pub id: u64,
     /// When it was written.
     pub at: DateTime<Utc>,

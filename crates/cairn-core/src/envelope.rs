@@ -17,6 +17,16 @@ pub const USER_MESSAGE: &str = "user.message";
 /// `ingestion_events`); `data` is a [`DocumentSubmission`](crate::DocumentSubmission).
 pub const DOCUMENT_SUBMITTED: &str = "document.submitted";
 
+/// Event type of a stored turn event republished on `conversation_events`;
+/// `data` is a [`ConversationEvent`](crate::ConversationEvent).
+pub const CONVERSATION_EVENT: &str = "conversation.event";
+
+/// Event type of a record written to the `dlq` topic.
+pub const DLQ_RECORD: &str = "dlq.record";
+
+/// Every event type a consumer accepts; anything else goes to the DLQ.
+pub const EVENT_TYPES: &[&str] = &[USER_MESSAGE, DOCUMENT_SUBMITTED, CONVERSATION_EVENT, DLQ_RECORD];
+
 /// A bus event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {

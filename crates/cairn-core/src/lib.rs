@@ -5,6 +5,8 @@
 //! - [`ids`]: typed identifiers (tenant, user, conversation, turn, message).
 //! - [`domain`]: conversations, messages, turns, checkpoints and the events a turn emits.
 //! - [`envelope`]: the versioned JSON envelope every bus event travels in.
+//! - [`schemas`]: the JSON Schemas of the envelope and of every event type
+//!   (`schemas/` at the repository root), checked on consume by every bus adapter.
 //! - [`ports`]: the traits adapters implement — [`ports::MemoryStore`],
 //!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`].
 //! - [`config`]: the one configuration struct, loaded from TOML plus `CAIRN_…`
@@ -15,6 +17,7 @@ pub mod domain;
 pub mod envelope;
 pub mod ids;
 pub mod ports;
+pub mod schemas;
 
 pub use domain::*;
 pub use ids::*;

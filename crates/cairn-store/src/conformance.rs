@@ -227,6 +227,7 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
         attempts: 1,
         usage: Usage::default(),
         started_at: Utc::now(),
+        fence: None,
     };
     let mut user_msg = Message::new(Role::User, "one");
     user_msg.id = r1.message_id.clone();
@@ -267,7 +268,7 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
         reason: "y".into(),
     };
     let event_id = s
-        .finish_turn(&t, &m.id, &r1.turn_id, Some(&answer), &done)
+        .finish_turn(&t, &m.id, &r1.turn_id, Some(&answer), &done, None)
         .await
         .unwrap();
     assert_eq!(event_id, before + 1);
@@ -285,7 +286,7 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     // A duplicate of a finished message is still recognised.
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
 
-    s.finish_turn(&t, &m.id, &r2.turn_id, None, &started(&r2.turn_id))
+    s.finish_turn(&t, &m.id, &r2.turn_id, None, &started(&r2.turn_id), None)
         .await
         .unwrap();
     assert!(s.pending_turns(&t, &m.id).await.unwrap().is_empty());
@@ -537,6 +538,88 @@ pub async fn document_records_are_tenant_scoped<S: Store>(s: S) {
     assert!(s.get_document(&a, "shared-id").await.unwrap().is_some());
 }
 
+pub async fn leases_fence_stale_writers<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let a = s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap().unwrap();
+    // Held: another owner waits; the holder gets its own token back.
+    assert_eq!(s.acquire_lease(&t, &m.id, "replica-b", ttl).await.unwrap(), None);
+    assert_eq!(s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap(), Some(a));
+    assert!(s.renew_lease(&t, &m.id, "replica-a", a, ttl).await.unwrap());
+    assert!(!s.renew_lease(&t, &m.id, "replica-b", a, ttl).await.unwrap());
+
+    let r = request(&m, "one");
+    s.enqueue_turn(&r).await.unwrap();
+    let mut cp = TurnCheckpoint {
+        request: r.clone(),
+        steps: vec![],
+        model_calls: 0,
+        attempts: 1,
+        usage: Usage::default(),
+        started_at: Utc::now(),
+        fence: Some(a),
+    };
+    let mut user_msg = Message::new(Role::User, "one");
+    user_msg.id = r.message_id.clone();
+    s.begin_turn(&cp, &user_msg, &[started(&r.turn_id)]).await.unwrap();
+
+    // The lease expires; replica-b takes over with a newer token.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(!s.renew_lease(&t, &m.id, "replica-a", a, ttl).await.unwrap());
+    let b = s.acquire_lease(&t, &m.id, "replica-b", ttl).await.unwrap().unwrap();
+    assert!(b > a, "tokens grow: {a} then {b}");
+    let events = s.last_event_id(&t, &m.id).await.unwrap();
+
+    // Every write of the stale owner is rejected and changes nothing.
+    cp.model_calls = 1;
+    assert!(matches!(
+        s.save_checkpoint(&cp, &[started(&r.turn_id)]).await,
+        Err(StoreError::Fenced)
+    ));
+    let mut answer = Message::new(Role::Assistant, "stale");
+    answer.turn_id = Some(r.turn_id.clone());
+    assert!(matches!(
+        s.finish_turn(&t, &m.id, &r.turn_id, Some(&answer), &started(&r.turn_id), Some(a))
+            .await,
+        Err(StoreError::Fenced)
+    ));
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), events);
+    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap().unwrap().model_calls, 0);
+
+    // The new owner writes; after it releases, replica-a may take over again.
+    cp.fence = Some(b);
+    s.save_checkpoint(&cp, &[]).await.unwrap();
+    s.finish_turn(&t, &m.id, &r.turn_id, Some(&answer), &started(&r.turn_id), Some(b))
+        .await
+        .unwrap();
+    s.release_lease(&t, &m.id, "replica-b", b).await.unwrap();
+    let c = s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap().unwrap();
+    assert!(c > b);
+    // Leases are per conversation and per tenant.
+    let other = meta(&tenant("globex"), &user("ana"));
+    assert!(
+        s.acquire_lease(&other.tenant_id, &m.id, "replica-b", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub async fn finished_events_are_remembered_for_their_ttl<S: Store>(s: S) {
+    let id = uuid::Uuid::now_v7().to_string();
+    assert!(!s.event_done("cairn-router", &id).await.unwrap());
+    s.mark_event_done("cairn-router", &id, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(s.event_done("cairn-router", &id).await.unwrap());
+    // Per consumer group.
+    assert!(!s.event_done("cairn-ingestion", &id).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!s.event_done("cairn-router", &id).await.unwrap());
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh store; `$retention` is the event retention it
 /// was opened with.
@@ -555,6 +638,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; document_records_round_trip_and_page);
         $crate::conformance_tests!(@case $make; job_updates_apply_only_to_the_current_job);
         $crate::conformance_tests!(@case $make; document_records_are_tenant_scoped);
+        $crate::conformance_tests!(@case $make; leases_fence_stale_writers);
+        $crate::conformance_tests!(@case $make; finished_events_are_remembered_for_their_ttl);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

@@ -37,6 +37,11 @@ const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("turn_chec
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// Last event id per conversation; kept apart so trimming never resets ids.
 const EVENT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("event_seq");
+/// `tenant \0 conversation` → the writer lease (JSON [`LeaseRow`]); the row stays
+/// after a release or expiry so the fencing token keeps growing.
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// `group \0 event_id` → expiry (ms since the epoch): bus events a consumer finished.
+const DONE_EVENTS: TableDefinition<&str, u64> = TableDefinition::new("done_events");
 /// `tenant \0 document` → the document record (JSON), in id order per tenant.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
@@ -114,6 +119,8 @@ impl EmbeddedStore {
                 txn.open_table(EVENTS).map_err(r)?;
                 txn.open_table(EVENT_SEQ).map_err(r)?;
                 txn.open_table(DOCUMENTS).map_err(r)?;
+                txn.open_table(LEASES).map_err(r)?;
+                txn.open_table(DONE_EVENTS).map_err(r)?;
                 Ok(())
             })
             .await
@@ -249,6 +256,36 @@ fn checkpoint_in(
 }
 
 /// Removes every record of a conversation inside a write transaction.
+/// A conversation's lease: the latest fencing token and who holds it until when.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct LeaseRow {
+    token: u64,
+    owner: String,
+    expires_ms: i64,
+}
+
+fn lease_in(txn: &WriteTransaction, k: &str) -> Result<LeaseRow, DbError> {
+    let t = txn.open_table(LEASES).map_err(r)?;
+    let row = t.get(k).map_err(r)?.map(|v| dec(v.value())).transpose()?;
+    Ok(row.unwrap_or_default())
+}
+
+fn put_lease(txn: &WriteTransaction, k: &str, row: &LeaseRow) -> Result<(), DbError> {
+    txn.open_table(LEASES)
+        .map_err(r)?
+        .insert(k, enc(row)?.as_slice())
+        .map_err(r)?;
+    Ok(())
+}
+
+/// True when a write carrying `fence` may go ahead: no fence, or the newest token.
+fn fence_ok(txn: &WriteTransaction, k: &str, fence: Option<u64>) -> Result<bool, DbError> {
+    Ok(match fence {
+        None => true,
+        Some(f) => lease_in(txn, k)?.token == f,
+    })
+}
+
 fn delete_in(txn: &WriteTransaction, k: &str) -> Result<bool, DbError> {
     let Some(meta) = write_meta_get(txn, k)? else {
         return Ok(false);
@@ -522,6 +559,7 @@ impl MemoryStore for EmbeddedStore {
             &checkpoint.request.conversation_id,
         );
         let bytes = enc(checkpoint).map_err(unavailable)?;
+        let fence = checkpoint.fence;
         let message = user_message.clone();
         let events = events.to_vec();
         let retention = self.event_retention;
@@ -529,6 +567,9 @@ impl MemoryStore for EmbeddedStore {
         let (seq, written) = flat(
             self.db
                 .write(move |txn| {
+                    if !fence_ok(txn, &k, fence)? {
+                        return Ok(Err(StoreError::Fenced));
+                    }
                     let seq = match append_in(txn, &k, &message)? {
                         Ok(seq) => seq,
                         Err(e) => return Ok(Err(e)),
@@ -552,6 +593,7 @@ impl MemoryStore for EmbeddedStore {
             &checkpoint.request.conversation_id,
         );
         let bytes = enc(checkpoint).map_err(unavailable)?;
+        let fence = checkpoint.fence;
         let events = events.to_vec();
         let retention = self.event_retention;
         let k2 = k.clone();
@@ -560,6 +602,9 @@ impl MemoryStore for EmbeddedStore {
                 .write(move |txn| {
                     if write_meta_get(txn, &k)?.is_none() {
                         return Ok(Err(StoreError::NotFound));
+                    }
+                    if !fence_ok(txn, &k, fence)? {
+                        return Ok(Err(StoreError::Fenced));
                     }
                     Ok(Ok(checkpoint_in(txn, &k, &bytes, events, retention)?))
                 })
@@ -594,6 +639,7 @@ impl MemoryStore for EmbeddedStore {
         turn: &TurnId,
         answer: Option<&Message>,
         event: &TurnEvent,
+        fence: Option<u64>,
     ) -> Result<u64, StoreError> {
         let k = key(tenant, id);
         let turn = turn.clone();
@@ -606,6 +652,9 @@ impl MemoryStore for EmbeddedStore {
                 .write(move |txn| {
                     if write_meta_get(txn, &k)?.is_none() {
                         return Ok(Err(StoreError::NotFound));
+                    }
+                    if !fence_ok(txn, &k, fence)? {
+                        return Ok(Err(StoreError::Fenced));
                     }
                     if let Some(m) = &answer
                         && let Err(e) = append_in(txn, &k, m)?
@@ -688,6 +737,149 @@ impl MemoryStore for EmbeddedStore {
             n += u64::from(deleted);
         }
         Ok(n)
+    }
+
+    async fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.acquire(key(tenant, id), owner.to_owned(), ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.renew_or_release(key(tenant, id), owner.to_owned(), token, Some(ttl))
+            .await
+    }
+
+    async fn release_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+    ) -> Result<(), StoreError> {
+        self.renew_or_release(key(tenant, id), owner.to_owned(), token, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
+        let k = done_key(group, event_id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(DONE_EVENTS).map_err(r)?;
+                let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
+                Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now_ms()))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn mark_event_done(
+        &self,
+        group: &str,
+        event_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let k = done_key(group, event_id);
+        self.db
+            .write(move |txn| {
+                let now = now_ms();
+                let mut t = txn.open_table(DONE_EVENTS).map_err(r)?;
+                let expires = u64::try_from(now.saturating_add(ttl_ms(ttl))).unwrap_or(0);
+                t.insert(k.as_str(), expires).map_err(r)?;
+                // Event ids are UUIDv7 (time-ordered): drop a few expired entries
+                // of the table on every write, so it stays bounded.
+                let now = u64::try_from(now).unwrap_or(0);
+                let expired: Vec<String> = t
+                    .iter()
+                    .map_err(r)?
+                    .take(64)
+                    .filter_map(|e| e.ok())
+                    .filter(|(_, v)| v.value() <= now)
+                    .map(|(k, _)| k.value().to_owned())
+                    .collect();
+                for k in expired {
+                    t.remove(k.as_str()).map_err(r)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ttl_ms(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn done_key(group: &str, event_id: &str) -> String {
+    format!("{group}\0{event_id}")
+}
+
+impl EmbeddedStore {
+    pub(crate) async fn acquire(
+        &self,
+        k: String,
+        owner: String,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.db
+            .write(move |txn| {
+                let mut row = lease_in(txn, &k)?;
+                let now = now_ms();
+                if row.owner != owner && row.expires_ms > now {
+                    return Ok(None);
+                }
+                if row.owner != owner || row.expires_ms <= now {
+                    row.token += 1;
+                    row.owner = owner;
+                }
+                row.expires_ms = now.saturating_add(ttl_ms(ttl));
+                put_lease(txn, &k, &row)?;
+                Ok(Some(row.token))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(crate) async fn renew_or_release(
+        &self,
+        k: String,
+        owner: String,
+        token: u64,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<bool, StoreError> {
+        self.db
+            .write(move |txn| {
+                let mut row = lease_in(txn, &k)?;
+                let now = now_ms();
+                if row.owner != owner || row.token != token || row.expires_ms <= now {
+                    return Ok(false);
+                }
+                row.expires_ms = match ttl {
+                    Some(ttl) => now.saturating_add(ttl_ms(ttl)),
+                    None => 0,
+                };
+                put_lease(txn, &k, &row)?;
+                Ok(true)
+            })
+            .await
+            .map_err(unavailable)
     }
 }
 

@@ -12,11 +12,17 @@
 //! | `P:C:checkpoint`    | string | the in-flight turn's checkpoint (JSON)             |
 //! | `P:C:evseq`         | string | last event id                                      |
 //! | `P:C:events`        | stream | events; entry id `N-1` for event id `N`            |
+//! | `P:C:fence`         | string | the newest fencing token granted (INCR)            |
+//! | `P:C:lease`         | string | `owner|token`, expiring (PX) — the writer lease    |
+//! | `P:done:G:E`        | string | bus event `E` finished by consumer group `G` (EX)  |
 //! | `P:owner:T:U`       | zset   | a user's conversation ids (lexicographic, score 0) |
 //! | `P:updated`         | zset   | `tenant/conversation` by last update (retention)   |
 //! | `P:active`          | set    | `tenant/conversation` with queued work or a checkpoint |
 //! | `P:{docs/T}:records`| hash   | document id → document record (JSON), tenant `T`   |
 //! | `P:{docs/T}:ids`    | zset   | the tenant's document ids (lexicographic, score 0) |
+//!
+//! The turn writes (`begin_turn`, `save_checkpoint`, `finish_turn`) carry the
+//! writer's fencing token and fail (`Fenced`) when `P:C:fence` has moved past it.
 //!
 //! Every change that spans keys runs as one Lua script, so it is atomic. The global
 //! sets are touched by the same scripts; that needs a non-cluster Redis (or a
@@ -87,27 +93,61 @@ local function append_events(evseq, stream, retention, first)
 end
 ";
 
+/// Fails the script (-2) when `fence` is set and is not the newest token.
+const FENCE_LUA: &str = r"
+local function fenced(key, fence)
+  return fence ~= '' and redis.call('GET', key) ~= fence
+end
+";
+
+static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner, token = string.match(cur, '^(.*)|(%d+)$')
+  if owner ~= ARGV[1] then return -1 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(token)
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token",
+    )
+});
+
+static RENEW_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1",
+    )
+});
+
 static BEGIN_TURN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{APPEND_EVENTS_LUA}
+        r"{APPEND_EVENTS_LUA}{FENCE_LUA}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if fenced(KEYS[8], ARGV[7]) then return -2 end
 local n = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 redis.call('SET', KEYS[4], ARGV[5])
 redis.call('SADD', KEYS[5], ARGV[4])
-append_events(KEYS[6], KEYS[7], ARGV[6], 7)
+append_events(KEYS[6], KEYS[7], ARGV[6], 8)
 return n - 1"
     ))
 });
 
 static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{APPEND_EVENTS_LUA}
+        r"{APPEND_EVENTS_LUA}{FENCE_LUA}
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if fenced(KEYS[6], ARGV[4]) then return -2 end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
-append_events(KEYS[4], KEYS[5], ARGV[3], 4)
+append_events(KEYS[4], KEYS[5], ARGV[3], 5)
 return 1"
     ))
 });
@@ -161,9 +201,10 @@ return 1",
 });
 
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{FENCE_LUA}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if fenced(KEYS[9], ARGV[8]) then return -2 end
 if ARGV[1] ~= '' then
   local n = redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
@@ -176,8 +217,8 @@ end
 if redis.call('LLEN', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
 local id = redis.call('INCR', KEYS[7])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], id .. '-1', 'e', ARGV[6])
-return id",
-    )
+return id"
+    ))
 });
 
 static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
@@ -262,6 +303,8 @@ impl RedisStore {
                     "checkpoint",
                     "evseq",
                     "events",
+                    "lease",
+                    "fence",
                 ]
                 .map(|s| self.k(t, id, s))
                 .to_vec(),
@@ -302,12 +345,21 @@ fn stored_json(event: &TurnEvent) -> Result<String, StoreError> {
     .map_err(corrupt)
 }
 
+/// -1: no such conversation; -2: a stale writer (fenced).
 fn not_found_if_negative(n: i64) -> Result<i64, StoreError> {
-    if n < 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(n)
+    match n {
+        -2 => Err(StoreError::Fenced),
+        n if n < 0 => Err(StoreError::NotFound),
+        n => Ok(n),
     }
+}
+
+fn fence_arg(fence: Option<u64>) -> String {
+    fence.map(|f| f.to_string()).unwrap_or_default()
+}
+
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn split_member(m: &str) -> Option<(TenantId, ConversationId)> {
@@ -548,12 +600,14 @@ impl MemoryStore for RedisStore {
             .key(self.global("active"))
             .key(self.k(t, id, "evseq"))
             .key(self.k(t, id, "events"))
+            .key(self.k(t, id, "fence"))
             .arg(serde_json::to_string(user_message).map_err(corrupt)?)
             .arg(now.to_rfc3339())
             .arg(now.timestamp_millis())
             .arg(format!("{t}/{id}"))
             .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
-            .arg(self.event_retention);
+            .arg(self.event_retention)
+            .arg(fence_arg(checkpoint.fence));
         for e in events {
             script.arg(stored_json(e)?);
         }
@@ -578,17 +632,19 @@ impl MemoryStore for RedisStore {
             .key(self.global("active"))
             .key(self.k(t, id, "evseq"))
             .key(self.k(t, id, "events"))
+            .key(self.k(t, id, "fence"))
             .arg(serde_json::to_string(checkpoint).map_err(corrupt)?)
             .arg(format!("{t}/{id}"))
-            .arg(self.event_retention);
+            .arg(self.event_retention)
+            .arg(fence_arg(checkpoint.fence));
         for e in events {
             script.arg(stored_json(e)?);
         }
         let ok: i64 = script.invoke_async(&mut c).await.map_err(unavailable)?;
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
+        match ok {
+            1 => Ok(()),
+            -2 => Err(StoreError::Fenced),
+            _ => Err(StoreError::NotFound),
         }
     }
 
@@ -613,6 +669,7 @@ impl MemoryStore for RedisStore {
         turn: &TurnId,
         answer: Option<&Message>,
         event: &TurnEvent,
+        fence: Option<u64>,
     ) -> Result<u64, StoreError> {
         let now = Utc::now();
         let answer = match answer {
@@ -634,6 +691,7 @@ impl MemoryStore for RedisStore {
             .key(self.global("updated"))
             .key(self.k(tenant, id, "evseq"))
             .key(self.k(tenant, id, "events"))
+            .key(self.k(tenant, id, "fence"))
             .arg(answer)
             .arg(now.to_rfc3339())
             .arg(format!("\"turn_id\":\"{turn}\""))
@@ -641,6 +699,7 @@ impl MemoryStore for RedisStore {
             .arg(now.timestamp_millis())
             .arg(serde_json::to_string(&stored).map_err(corrupt)?)
             .arg(self.event_retention)
+            .arg(fence_arg(fence))
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
@@ -701,6 +760,82 @@ impl MemoryStore for RedisStore {
             }
         }
         Ok(n)
+    }
+
+    async fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn.clone();
+        let r: i64 = ACQUIRE_LEASE
+            .key(self.k(tenant, id, "lease"))
+            .key(self.k(tenant, id, "fence"))
+            .arg(owner)
+            .arg(px(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(r).ok())
+    }
+
+    async fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let r: i64 = RENEW_LEASE
+            .key(self.k(tenant, id, "lease"))
+            .arg(format!("{owner}|{token}"))
+            .arg(px(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(r == 1)
+    }
+
+    async fn release_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = RENEW_LEASE
+            .key(self.k(tenant, id, "lease"))
+            .arg(format!("{owner}|{token}"))
+            .arg("")
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        c.exists(self.global(&format!("done:{group}:{event_id}")))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn mark_event_done(
+        &self,
+        group: &str,
+        event_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let secs = ttl.as_secs().max(1);
+        c.set_ex(self.global(&format!("done:{group}:{event_id}")), 1u8, secs)
+            .await
+            .map_err(unavailable)
     }
 }
 
@@ -802,6 +937,7 @@ impl DocumentStore for RedisStore {
             .map_err(unavailable)?;
         Ok(n == 1)
     }
+
 }
 
 #[async_trait]

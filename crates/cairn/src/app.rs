@@ -4,13 +4,14 @@ use crate::builtin_tools::CurrentTime;
 use crate::secret;
 use anyhow::Context;
 use cairn_actors::ingestion::{IngestDeps, IngestSettings};
-use cairn_actors::{AgentDeps, AgentSettings, Runtime, ToolCatalog};
+use cairn_actors::bridge::Consuming;
+use cairn_actors::{AgentDeps, AgentSettings, Relay, Role, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
-use cairn_bus::EmbeddedBus;
-use cairn_core::config::Config;
+use cairn_bus::{EmbeddedBus, KafkaBus, KafkaSettings};
+use cairn_core::config::{Config, ServerRole};
 use cairn_core::ports::{
-    DenseEmbedder, DocumentStore, EventStream, MemoryStore, Topics, VectorStore,
+    DenseEmbedder, DocumentStore, EventBus, EventStream, MemoryStore, Topics, VectorStore,
 };
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
@@ -190,9 +191,33 @@ pub async fn build(
             (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
         }
     };
-    let bus = EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
-        .await
-        .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?;
+    let prefix = config
+        .kafka
+        .topic_prefix
+        .clone()
+        .unwrap_or_else(|| config.bus.topic_prefix.clone());
+    let topics = Topics::with_prefix(&prefix);
+    let kafka = !config.kafka.brokers.is_empty();
+    let bus: Arc<dyn EventBus> = if kafka {
+        let password = match &config.kafka.sasl_password_env {
+            Some(var) => Some(env(var).with_context(|| {
+                format!("kafka.sasl_password_env names {var}, which is not set")
+            })?),
+            None => None,
+        };
+        let settings = KafkaSettings::from_config(&config.kafka, &prefix, password);
+        Arc::new(
+            KafkaBus::connect(settings, &topics)
+                .await
+                .with_context(|| format!("cannot use kafka.brokers = {}", config.kafka.brokers))?,
+        )
+    } else {
+        Arc::new(
+            EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
+                .await
+                .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?,
+        )
+    };
     let model = match model_override {
         Some(m) => m,
         None => cairn_llm::from_config(&config.llm, env)?,
@@ -245,6 +270,11 @@ pub async fn build(
         model,
         tools: Arc::new(tools),
         settings: Arc::new(AgentSettings::from_config(config)),
+        // Downstream consumers read turn events from Kafka; the embedded bus has none.
+        relay: kafka.then(|| Relay {
+            bus: bus.clone(),
+            topic: topics.conversation_events.clone(),
+        }),
     };
     let ingestion = knowledge.as_ref().map(|kb| {
         (
@@ -259,14 +289,19 @@ pub async fn build(
             config.knowledge.ingest_concurrency,
         )
     });
-    let runtime = Runtime::start_with(
-        deps,
-        Arc::new(bus),
-        Topics::with_prefix(&config.bus.topic_prefix),
-        config.bus.max_in_flight,
-        ingestion,
-    )
-    .await?;
+    let consuming = Consuming {
+        bus,
+        topics,
+        memory: memory.clone(),
+        dedup_ttl: config.bus.dedup_ttl,
+        max_in_flight: config.bus.max_in_flight,
+    };
+    let role = match config.server.role {
+        ServerRole::Api => Role::Api,
+        ServerRole::Worker => Role::Worker,
+        ServerRole::All => Role::All,
+    };
+    let runtime = Runtime::start_with(deps, consuming, ingestion, role).await?;
     let (auth, dev_secret) = authenticator(config, env)?;
     let sweeper = (!config.memory.retention.is_zero()).then(|| {
         let memory = memory.clone();
@@ -341,7 +376,11 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = cairn_api::router(self.state.clone());
+        let router = if self.state.runtime.role() == Role::Worker {
+            cairn_api::router::health_router(self.state.clone())
+        } else {
+            cairn_api::router(self.state.clone())
+        };
         let closing = self.closing.clone();
         let signal = async move {
             shutdown.await;

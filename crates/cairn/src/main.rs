@@ -53,6 +53,10 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// What to run: `all` (API and actors), `api` (HTTP API only) or `worker`
+        /// (actors and bus bridges only); overrides `server.role`.
+        #[arg(long, value_parser = ["all", "api", "worker"])]
+        role: Option<String>,
     },
     /// Print a JWT signed with the configured (or generated) secret.
     Token {
@@ -196,7 +200,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let result = match cli.command {
-        Command::Serve { common, listen } => serve(&common, listen.as_ref()).await,
+        Command::Serve {
+            common,
+            listen,
+            role,
+        } => serve(&common, listen.as_ref(), role.as_deref()).await,
         Command::Ingest {
             common,
             paths,
@@ -276,8 +284,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(common: &Common, listen: Option<&String>) -> anyhow::Result<ExitCode> {
-    let config = load_config(common, listen)?;
+async fn serve(
+    common: &Common,
+    listen: Option<&String>,
+    role: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(common, listen)?;
+    if let Some(role) = role {
+        config.server.role = serde_json::from_value(serde_json::Value::String(role.into()))?;
+        config.validate()?;
+    }
     let mut app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
     if let (Some(path), Some(hub)) = (common.config.clone(), app.tools.clone()) {
         // `POST /v1/admin/tools/reload` and edits of the file reload the servers.

@@ -210,6 +210,7 @@ impl Harness {
             model,
             tools: Arc::new(tools),
             settings: Arc::new(settings),
+            relay: None,
         };
         let runtime = Runtime::start(deps, Arc::new(bus.clone()), Topics::with_prefix(""), 64)
             .await

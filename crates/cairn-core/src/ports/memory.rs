@@ -22,6 +22,10 @@ pub enum StoreError {
     /// The conversation already exists.
     #[error("conversation already exists")]
     AlreadyExists,
+    /// The writer's lease was superseded: a newer owner holds the conversation,
+    /// and this write was rejected.
+    #[error("stale writer: a newer lease owns the conversation")]
+    Fenced,
 }
 
 /// Result of enqueuing a turn request.
@@ -140,6 +144,8 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// terminal `event` to the conversation's event stream. Returns the event id.
     /// Doing all of it in one write means a crash can never leave an answered
     /// turn without its `answer.completed` event, or the reverse.
+    /// `fence` is the writer's lease token, checked like a checkpoint's.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_turn(
         &self,
         tenant: &TenantId,
@@ -147,6 +153,7 @@ pub trait MemoryStore: Send + Sync + 'static {
         turn: &TurnId,
         answer: Option<&Message>,
         event: &TurnEvent,
+        fence: Option<u64>,
     ) -> Result<u64, StoreError>;
 
     /// Conversations with queued requests or a checkpoint: the work to resume at
@@ -155,6 +162,52 @@ pub trait MemoryStore: Send + Sync + 'static {
 
     /// Deletes conversations not updated since `before`; returns how many.
     async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Takes the conversation's writer lease for `owner` for `ttl`, unless another
+    /// owner holds an unexpired one. Returns the fencing token: it grows with every
+    /// new grant, and the turn writes (`begin_turn`, `save_checkpoint`,
+    /// `finish_turn`) carrying an older token fail with [`StoreError::Fenced`].
+    /// An owner that already holds the lease gets its token back (and the ttl renewed).
+    async fn acquire_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Extends a held lease; false when it expired and was granted to someone else
+    /// (or released).
+    async fn renew_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a held lease up so the next owner need not wait for it to expire.
+    async fn release_lease(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        owner: &str,
+        token: u64,
+    ) -> Result<(), StoreError>;
+
+    /// True when consumer `group` finished the bus event `event_id` within the
+    /// dedup window (see [`mark_event_done`](Self::mark_event_done)).
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError>;
+
+    /// Records that `group` finished `event_id`; remembered for `ttl`, so a
+    /// redelivery inside that window is skipped.
+    async fn mark_event_done(
+        &self,
+        group: &str,
+        event_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
 }
 
 /// The per-conversation stream of turn events, read by SSE clients. Event ids
