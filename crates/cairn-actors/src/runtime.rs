@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 /// The running agent side of Cairn.
 pub struct Runtime {
     /// The supervisor and its task; `None` in the API-only role.
-    supervisor: Option<(ActorRef<SupervisorMsg>, std::sync::Mutex<Option<JoinHandle<()>>>)>,
+    supervisor: Option<(ActorRef<SupervisorMsg>, TaskSlot)>,
     bridges: Vec<JoinHandle<()>>,
     bus: Arc<dyn EventBus>,
     topics: Topics,
@@ -27,6 +27,9 @@ pub struct Runtime {
     ingests: bool,
     role: Role,
 }
+
+/// A task awaited (once) at shutdown.
+type TaskSlot = std::sync::Mutex<Option<JoinHandle<()>>>;
 
 struct Ingestion {
     actor: ActorRef<IngestMsg>,

@@ -156,8 +156,17 @@ impl KafkaBus {
             &topics.conversation_events,
             &topics.dlq,
         ];
+        let existing = self.topic_names().await?;
+        let missing: Vec<&String> = names
+            .iter()
+            .copied()
+            .filter(|n| !existing.contains(n.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         let max_bytes = s.max_message_bytes.to_string();
-        let new: Vec<NewTopic<'_>> = names
+        let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|n| {
                 NewTopic::new(
@@ -168,31 +177,42 @@ impl KafkaBus {
                 .set("max.message.bytes", &max_bytes)
             })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        match admin.create_topics(new.iter(), &opts).await {
-            Ok(results) => {
-                for r in results {
-                    match r {
-                        Ok(name) => tracing::info!(topic = %name, "created topic"),
-                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => {
-                            return Err(BusError::Unavailable(format!(
-                                "cannot create topic {name}: {code}"
-                            )));
-                        }
-                    }
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)));
+        let results = admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot create topics: {e}")))?;
+        for r in results {
+            match r {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::Unavailable(format!(
+                        "cannot create topic {name}: {code}"
+                    )));
                 }
-            }
-            Err(e) => {
-                // Some brokers (and librdkafka's mock cluster) lack CreateTopics:
-                // go on if the topics are there.
-                tracing::warn!(error = %e, "cannot create topics; checking that they exist");
             }
         }
         for n in names {
             self.partition_count(n).await?;
         }
         Ok(())
+    }
+
+    /// The names of the cluster's topics.
+    async fn topic_names(&self) -> Result<std::collections::HashSet<String>, BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(unavailable)?;
+            Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     /// How many partitions `topic` has.
