@@ -300,11 +300,15 @@ mod tests {
     use cairn_core::ids::TenantId;
     use std::time::Duration;
 
+    /// A valid event numbered `n` (in `data.id`).
     fn env(n: u64) -> Envelope {
         Envelope::new(
-            "test",
+            cairn_core::envelope::CONVERSATION_EVENT,
             TenantId::parse("acme").unwrap(),
-            serde_json::json!({ "n": n }),
+            serde_json::json!({
+                "conversation_id": "c1", "id": n + 1, "at": "2026-11-21T10:00:00Z",
+                "event": {"type": "turn.started", "turn_id": "t1", "message_id": "m1"}
+            }),
         )
     }
 
@@ -328,7 +332,7 @@ mod tests {
             for n in 0..3 {
                 let rec = next(&mut c).await;
                 assert_eq!(rec.offset, n);
-                assert_eq!(rec.envelope.data["n"], n);
+                assert_eq!(rec.envelope.data["id"], n + 1);
             }
             c.commit(0, 1).await.unwrap(); // records 0 and 1 are done; 2 was read but not committed
         }
@@ -360,8 +364,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             publisher.publish("t", "k", &env(7)).await.unwrap();
         });
-        assert_eq!(next(&mut a).await.envelope.data["n"], 7);
-        assert_eq!(next(&mut b).await.envelope.data["n"], 7);
+        assert_eq!(next(&mut a).await.envelope.data["id"], 8);
+        assert_eq!(next(&mut b).await.envelope.data["id"], 8);
         a.commit(0, 0).await.unwrap();
         // Group b has not committed: the record is kept for it.
         assert_eq!(bus.retained("t").await.unwrap(), 1);

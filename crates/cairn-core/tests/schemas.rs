@@ -1,64 +1,80 @@
-//! The JSON Schemas in `schemas/` describe what the code actually sends.
+//! The JSON Schemas in `schemas/` describe what the code actually sends, and the
+//! check consumers run refuses what they cannot handle.
 
 #![allow(clippy::unwrap_used)]
 
-use cairn_core::envelope::{Envelope, USER_MESSAGE};
+use cairn_core::envelope::{CONVERSATION_EVENT, DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
+use cairn_core::schemas::{RejectClass, check};
 use cairn_core::*;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
-fn schema(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../schemas")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn validator() -> jsonschema::Validator {
-    jsonschema::validator_for(&schema("envelope.v1.json")).unwrap()
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
 }
 
 fn request() -> TurnRequest {
-    TurnRequest {
-        tenant_id: TenantId::parse("acme").unwrap(),
+    TurnRequest::new(
+        tenant(),
+        ConversationId::generate(),
+        UserId::parse("ana").unwrap(),
+        "hello".into(),
+    )
+}
+
+fn envelope(kind: &str, data: Value) -> Value {
+    serde_json::to_value(Envelope::new(kind, tenant(), data)).unwrap()
+}
+
+#[test]
+fn every_event_the_code_sends_matches_its_schema() {
+    let msg = envelope(USER_MESSAGE, serde_json::to_value(request()).unwrap());
+    check(&msg).unwrap();
+    let doc = DocumentSubmission {
+        document_id: "faq.md".into(),
+        job_id: "j1".into(),
+        format: "markdown".into(),
+        title: Some("FAQ".into()),
+        source: None,
+        tags: vec!["billing".into()],
+        date: Some(chrono::Utc::now()),
+        content_base64: "IyBGQVE=".into(),
+    };
+    check(&envelope(DOCUMENT_SUBMITTED, serde_json::to_value(doc).unwrap())).unwrap();
+    let event = ConversationEvent {
         conversation_id: ConversationId::generate(),
-        user_id: UserId::parse("ana").unwrap(),
-        message_id: MessageId::generate(),
-        turn_id: TurnId::generate(),
-        content: "hello".into(),
-        accepted_at: chrono::Utc::now(),
-    }
+        id: 3,
+        at: chrono::Utc::now(),
+        event: TurnEvent::TurnFailed {
+            turn_id: TurnId::generate(),
+            code: "x".into(),
+            reason: "y".into(),
+        },
+    };
+    check(&envelope(CONVERSATION_EVENT, serde_json::to_value(event).unwrap())).unwrap();
 }
 
 #[test]
-fn a_user_message_envelope_matches_the_schema() {
-    let env = Envelope::new(
-        USER_MESSAGE,
-        TenantId::parse("acme").unwrap(),
-        serde_json::to_value(request()).unwrap(),
-    );
-    let v = serde_json::to_value(&env).unwrap();
-    let errors: Vec<String> = validator().iter_errors(&v).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:?}");
-}
+fn the_schemas_reject_what_consumers_cannot_handle() {
+    let good = envelope(USER_MESSAGE, serde_json::to_value(request()).unwrap());
+    let mut no_id = good.clone();
+    no_id["data"].as_object_mut().unwrap().remove("message_id");
+    let r = check(&no_id).unwrap_err();
+    assert_eq!(r.class, RejectClass::Schema);
+    assert!(r.reason.contains("message_id"), "{}", r.reason);
 
-#[test]
-fn the_schema_rejects_what_consumers_cannot_handle() {
-    let mut bad = serde_json::to_value(Envelope::new(
-        USER_MESSAGE,
-        TenantId::parse("acme").unwrap(),
-        serde_json::to_value(request()).unwrap(),
-    ))
-    .unwrap();
-    assert!(validator().is_valid(&bad));
-    bad["data"].as_object_mut().unwrap().remove("message_id");
-    assert!(!validator().is_valid(&bad));
-    let mut v2 = serde_json::to_value(Envelope::new(
-        USER_MESSAGE,
-        TenantId::parse("acme").unwrap(),
-        serde_json::to_value(request()).unwrap(),
-    ))
-    .unwrap();
+    let mut v2 = good.clone();
     v2["schema_version"] = json!(2);
-    assert!(!validator().is_valid(&v2));
+    assert_eq!(check(&v2).unwrap_err().class, RejectClass::Schema);
+
+    let mut doc = envelope(
+        DOCUMENT_SUBMITTED,
+        json!({"document_id": "a", "job_id": "j", "format": "exe", "content_base64": ""}),
+    );
+    assert_eq!(check(&doc).unwrap_err().class, RejectClass::Schema);
+    doc["data"]["format"] = json!("pdf");
+    check(&doc).unwrap();
+
+    let mut unknown = good;
+    unknown["type"] = json!("user.deleted");
+    assert_eq!(check(&unknown).unwrap_err().class, RejectClass::UnknownType);
 }
