@@ -1,0 +1,284 @@
+//! Cairn on Kafka, against librdkafka's own mock cluster (in-process, the real
+//! Kafka protocol): poison events reach the DLQ with their provenance headers, a
+//! redelivered message never runs its turn twice, and the API answers 503 while
+//! the broker is down and recovers when it is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use cairn_core::config::Config;
+use cairn_core::ports::Topics;
+use common::Server;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PARTITIONS: i32 = 4;
+
+type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// A mock cluster with Cairn's topics under a fresh prefix, and a config using it.
+fn setup(dir: &std::path::Path) -> (Cluster, Config, Topics) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let prefix = format!("k{}.", uuid::Uuid::new_v4().simple());
+    let topics = Topics::with_prefix(&prefix);
+    for t in all(&topics) {
+        cluster.create_topic(t, PARTITIONS, 1).unwrap();
+    }
+    let mut config = common::config(dir, None);
+    config.kafka.brokers = cluster.bootstrap_servers();
+    config.kafka.topic_prefix = Some(prefix);
+    config.kafka.session_timeout = Duration::from_secs(3);
+    config.kafka.produce_timeout = Duration::from_secs(1);
+    config.knowledge.enabled = false;
+    (cluster, config, topics)
+}
+
+fn all(t: &Topics) -> [&String; 6] {
+    [
+        &t.user_events,
+        &t.reasoning_tasks,
+        &t.ingestion_events,
+        &t.alerts,
+        &t.conversation_events,
+        &t.dlq,
+    ]
+}
+
+fn client_config(cluster: &Cluster) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cluster.bootstrap_servers());
+    c
+}
+
+/// Reads `n` records of `topic` from the start, as a group of its own.
+async fn read(cluster: &Cluster, topic: &str, n: usize) -> Vec<(Value, HashMap<String, String>)> {
+    let consumer: StreamConsumer = client_config(cluster)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{n} records on {topic} within 30 s, got {}", out.len()))
+            .unwrap();
+        let body: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                        (h.key.to_owned(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((body, headers));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_reach_the_dlq_with_their_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, config, topics) = setup(dir.path());
+    let mut server = Server::start(&config).await;
+    let api = server.client(&server.token("acme", "ana"));
+
+    // Three kinds of poison, produced by an outside producer.
+    let producer: FutureProducer = client_config(&cluster).create().unwrap();
+    let conv = "c-poison";
+    let good = json!({
+        "schema_version": 1, "event_id": uuid::Uuid::now_v7().to_string(), "type": "user.message",
+        "tenant_id": "acme", "occurred_at": "2026-11-21T10:00:00Z",
+        "data": {"tenant_id": "acme", "conversation_id": conv, "user_id": "ana", "message_id": "m1",
+                 "turn_id": "t1", "content": "hi", "accepted_at": "2026-11-21T10:00:00Z"}
+    });
+    let mut empty = good.clone();
+    empty["data"]["content"] = json!("");
+    let mut unknown = good.clone();
+    unknown["type"] = json!("user.vanished");
+    let poison: [(&str, Vec<u8>); 3] = [
+        ("undecodable", b"{this is not json".to_vec()),
+        ("schema", serde_json::to_vec(&empty).unwrap()),
+        ("unknown_type", serde_json::to_vec(&unknown).unwrap()),
+    ];
+    let mut sent = HashMap::new();
+    for (class, payload) in &poison {
+        let d = producer
+            .send(
+                FutureRecord::to(&topics.user_events).key(conv).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        sent.insert((*class).to_owned(), (d.partition, d.offset));
+    }
+
+    let dlq = read(&cluster, &topics.dlq, 3).await;
+    for (record, headers) in &dlq {
+        let class = headers["cairn.dlq.error_class"].clone();
+        let (partition, offset) = sent.remove(&class).expect("one record per kind of poison");
+        assert_eq!(headers["cairn.dlq.topic"], topics.user_events);
+        assert_eq!(headers["cairn.dlq.partition"], partition.to_string());
+        assert_eq!(headers["cairn.dlq.offset"], offset.to_string());
+        assert!(headers["cairn.dlq.group"].ends_with("cairn-router"), "{headers:?}");
+        assert_eq!(headers["cairn.dlq.attempts"], "1");
+        assert!(!headers["cairn.dlq.reason"].is_empty());
+        // The record itself is a dlq.record event carrying the same facts.
+        assert_eq!(record["type"], "dlq.record");
+        assert_eq!(record["data"]["error_class"], class);
+        assert_eq!(record["data"]["offset"], offset);
+        cairn_core::schemas::check(record).unwrap();
+    }
+    assert!(sent.is_empty());
+    assert!(dlq.iter().any(|(r, _)| r["data"]["payload"] == "{this is not json"));
+
+    // The consumers moved past the poison: the service still answers.
+    let c = api.new_conversation().await;
+    let answer = api.ask(&c, "hello after the poison").await;
+    assert!(answer["answer"]["content"].is_string(), "{answer}");
+    server.stop().await;
+}
+
+/// The committed offset of `group` on every partition of `topic` (-1: none).
+fn committed(cluster: &Cluster, group: &str, topic: &str) -> Vec<i64> {
+    let c: BaseConsumer = client_config(cluster).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..PARTITIONS)
+        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_does_not_run_its_turn_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, config, topics) = setup(dir.path());
+    let mut server = Server::start(&config).await;
+    let api = server.client(&server.token("acme", "ana"));
+    let conv = api.new_conversation().await;
+    api.ask(&conv, "what is the refund window?").await;
+    server.stop().await;
+
+    let group = format!("{}cairn-conversations", config.kafka.topic_prefix.clone().unwrap());
+    let done = committed(&cluster, &group, &topics.reasoning_tasks);
+    assert_eq!(done.iter().filter(|o| **o > 0).count(), 1, "one record consumed: {done:?}");
+
+    // The worker "died before storing its offset": rewind the group, as if the
+    // commit never happened, and start a new process on the same memory.
+    // (A member of the group commits offset 0 on every partition.)
+    let rewind: StreamConsumer = client_config(&cluster)
+        .set("group.id", &group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "3000")
+        .create()
+        .unwrap();
+    rewind.subscribe(&[&topics.reasoning_tasks]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while rewind.assignment().unwrap().count() < PARTITIONS as usize {
+        assert!(tokio::time::Instant::now() < deadline, "the rewinding member got no partitions");
+        let _ = tokio::time::timeout(Duration::from_millis(200), rewind.recv()).await;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&topics.reasoning_tasks, p, Offset::Offset(0))
+            .unwrap();
+    }
+    rewind.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(rewind);
+    assert!(committed(&cluster, &group, &topics.reasoning_tasks).iter().all(|o| *o <= 0));
+
+    let mut again = Server::start(&config).await;
+    let api = again.client(&again.token("acme", "ana"));
+    // The record is read again (the group's offset moves back to where it was)…
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let caught_up = |now: Vec<i64>| now.iter().zip(&done).all(|(n, d)| n >= d);
+    while !caught_up(committed(&cluster, &group, &topics.reasoning_tasks)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redelivered record was not consumed: {:?} vs {done:?}",
+            committed(&cluster, &group, &topics.reasoning_tasks)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // …and skipped: one question, one answer.
+    let history = api.get(&format!("/v1/conversations/{conv}/messages")).await;
+    let roles: Vec<&str> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, vec!["user", "assistant"], "{:?}", history.body);
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, config, _topics) = setup(dir.path());
+    let mut server = Server::start(&config).await;
+    let api = server.client(&server.token("acme", "ana"));
+    let conv = api.new_conversation().await;
+    api.ask(&conv, "first question").await;
+
+    cluster.broker_down(-1).unwrap();
+    let started = std::time::Instant::now();
+    let r = api
+        .post(&format!("/v1/conversations/{conv}/messages"), json!({"content": "lost?"}))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable", "{:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("event bus"));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered within the produce deadline");
+
+    cluster.broker_up(-1).unwrap();
+    let mut answered = None;
+    for _ in 0..60 {
+        let r = api
+            .post(
+                &format!("/v1/conversations/{conv}/messages?wait=true"),
+                json!({"content": "second question"}),
+            )
+            .await;
+        if r.status == 200 {
+            answered = Some(r.body);
+            break;
+        }
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let answered = answered.expect("accepted again once the broker is back");
+    assert!(answered["answer"]["content"].is_string());
+    // Nothing of the refused message was kept.
+    let history = api.get(&format!("/v1/conversations/{conv}/messages")).await;
+    let texts: Vec<&str> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["first question", "second question"]);
+    server.stop().await;
+}
