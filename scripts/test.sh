@@ -14,6 +14,9 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+# librdkafka (built by rdkafka-sys) links OpenSSL and zlib.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -38,6 +41,20 @@ if [ ! -f "$EVERYTHING" ] || ! grep -q "\"version\": \"$EVERYTHING_VERSION\"" "$
 fi
 export CAIRN_TEST_MCP_EVERYTHING="$EVERYTHING"
 echo "==> MCP reference server at $CAIRN_TEST_MCP_EVERYTHING"
+
+# tansu, a Kafka-protocol broker from crates.io, for the tests against a real broker
+# process (built once into a cache outside the clone: about 10 minutes on 2 cores).
+TANSU_VERSION="0.6.0"
+TANSU_ROOT="$HOME/.cache/cairn/tansu"
+TANSU="$TANSU_ROOT/bin/tansu"
+if [ ! -x "$TANSU" ] || ! "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "==> building tansu $TANSU_VERSION (once; cached in $TANSU_ROOT)"
+  cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked \
+    --root "$TANSU_ROOT" --target-dir "$HOME/.cache/cairn/tansu-target" \
+    || echo "warning: tansu could not be built; the broker tests will fail" >&2
+fi
+export CAIRN_TEST_TANSU="$TANSU"
+echo "==> Kafka-protocol broker at $CAIRN_TEST_TANSU"
 
 # A private Redis on a free port, removed when this script exits.
 REDIS_DIR="$(mktemp -d)"

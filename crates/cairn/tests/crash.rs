@@ -49,14 +49,6 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Json<Value> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_server(data: &std::path::Path, model_url: &str, port: u16) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for (k, _) in std::env::vars() {
@@ -78,18 +70,6 @@ fn spawn_server(data: &std::path::Path, model_url: &str, port: u16) -> Child {
         .unwrap()
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {base} did not become ready");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_survives_sigkill_of_the_whole_process() {
     cairn_llm::http::install_crypto_provider();
@@ -106,10 +86,10 @@ async fn a_turn_survives_sigkill_of_the_whole_process() {
 
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut first = spawn_server(dir.path(), &model_url, port);
-    wait_ready(&http, &base).await;
+    common::wait_ready(&http, &base).await;
     let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
     let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
     let token = auth
@@ -156,10 +136,10 @@ async fn a_turn_survives_sigkill_of_the_whole_process() {
 
     // A new process on the same data dir resumes the turn on start-up.
     model.hang.store(false, Ordering::SeqCst);
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut second = spawn_server(dir.path(), &model_url, port);
-    wait_ready(&http, &base).await;
+    common::wait_ready(&http, &base).await;
     let c = common::Client {
         base: base.clone(),
         token: Some(token.clone()),

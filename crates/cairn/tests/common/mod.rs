@@ -248,3 +248,25 @@ pub async fn collect_sse(
 pub fn is_terminal(kind: &str) -> bool {
     kind == "answer.completed" || kind == "turn.failed"
 }
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `base/ready` answers 200 (at most 15 s).
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} did not become ready");
+}

@@ -1,0 +1,321 @@
+//! Cairn on a real Kafka-protocol broker process (tansu, in-memory storage, on
+//! 127.0.0.1), with the real `cairn serve` binary and a shared Redis: a turn end to
+//! end through `user_events` → `reasoning_tasks` → answer, and two replicas where
+//! the one hosting a conversation is killed mid-turn and the other finishes it.
+//! The model is an OpenAI-compatible server run by the test (its real wire format).
+//!
+//! `scripts/test.sh` builds tansu once and sets `CAIRN_TEST_TANSU`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A tansu broker on a free loopback port, killed on drop.
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    async fn start() -> Broker {
+        let bin = std::env::var("CAIRN_TEST_TANSU").expect(
+            "CAIRN_TEST_TANSU is not set: run the tests with scripts/test.sh, which builds tansu",
+        );
+        let port = common::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return Broker { child, addr };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tansu did not listen on {addr}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The model: while `hang` is set, requests get no answer (the turn is stuck in
+/// its model call, checkpointed); otherwise it answers at once.
+#[derive(Clone, Default)]
+struct Model {
+    hang: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Json<Value> {
+    m.requests.fetch_add(1, Ordering::SeqCst);
+    while m.hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let question = body["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("?")
+        .to_owned();
+    Json(json!({"choices": [{"message": {"role": "assistant",
+        "content": format!("You asked: {question}")}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3}}))
+}
+
+async fn model() -> (Model, String) {
+    let m = Model::default();
+    let app = axum::Router::new()
+        .route("/chat/completions", post(chat))
+        .with_state(m.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (m, url)
+}
+
+const SECRET: &str = "kafka-test-secret-0123456789abcdef";
+
+/// Everything the replicas share.
+struct Cluster {
+    brokers: String,
+    redis: String,
+    prefix: String,
+    model_url: String,
+}
+
+/// A `cairn serve` replica.
+struct Replica {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    fn spawn(c: &Cluster) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CAIRN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("CAIRN_KAFKA__BROKERS", &c.brokers)
+            .env("CAIRN_KAFKA__TOPIC_PREFIX", &c.prefix)
+            .env("CAIRN_KAFKA__PARTITIONS", "4")
+            .env("CAIRN_KAFKA__SESSION_TIMEOUT", "3s")
+            .env("CAIRN_REDIS__URL", &c.redis)
+            .env("CAIRN_REDIS__KEY_PREFIX", &c.prefix)
+            .env("CAIRN_AGENT__LEASE_TTL", "2s")
+            .env("CAIRN_AUTH__JWT_SECRET", SECRET)
+            .env("CAIRN_KNOWLEDGE__ENABLED", "false")
+            .env("CAIRN_LLM__PROVIDER", "openai")
+            .env("CAIRN_LLM__BASE_URL", &c.model_url)
+            .env("CAIRN_LLM__MODEL", "test-model")
+            .env("CAIRN_LLM__STREAM", "false")
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Replica {
+            child: cmd.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn token() -> String {
+    let auth = cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default());
+    auth.mint(
+        &cairn_core::UserId::parse("ana").unwrap(),
+        &cairn_core::TenantId::parse("acme").unwrap(),
+        Duration::from_secs(600),
+        &[],
+    )
+    .unwrap()
+}
+
+async fn setup() -> (Broker, Model, Cluster) {
+    cairn_llm::http::install_crypto_provider();
+    let broker = Broker::start().await;
+    let (model, model_url) = model().await;
+    let cluster = Cluster {
+        brokers: broker.addr.clone(),
+        redis: common::redis_url(),
+        prefix: format!("k{}.", uuid::Uuid::new_v4().simple()),
+        model_url,
+    };
+    (broker, model, cluster)
+}
+
+async fn new_conversation(http: &reqwest::Client, base: &str, token: &str) -> String {
+    let r: Value = http
+        .post(format!("{base}/v1/conversations"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
+    let (_broker, _model, cluster) = setup().await;
+    let replica = Replica::spawn(&cluster);
+    let http = reqwest::Client::new();
+    common::wait_ready(&http, &replica.base).await;
+    let health: Value = http
+        .get(format!("{}/health", replica.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["bus"]["backend"], "kafka", "{health}");
+    let token = token();
+    let conv = new_conversation(&http, &replica.base, &token).await;
+    let r = http
+        .post(format!("{}/v1/conversations/{conv}/messages?wait=true", replica.base))
+        .bearer_auth(&token)
+        .json(&json!({"content": "where is my parcel?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["answer"]["content"], "You asked: where is my parcel?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
+    let (_broker, model, cluster) = setup().await;
+    let http = reqwest::Client::new();
+    let mut replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
+    for r in &replicas {
+        common::wait_ready(&http, &r.base).await;
+    }
+    // Let the group settle (both replicas own partitions of reasoning_tasks).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let token = token();
+    let api = replicas[0].base.clone();
+    let conv = new_conversation(&http, &api, &token).await;
+
+    model.hang.store(true, Ordering::SeqCst);
+    let r = http
+        .post(format!("{api}/v1/conversations/{conv}/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"content": "cancel my order"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The turn is in its model call on the replica that owns the conversation.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while model.requests.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the turn never reached the model");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut host = None;
+    for (i, r) in replicas.iter().enumerate() {
+        let h: Value = http
+            .get(format!("{}/health", r.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["components"]["actors"]["live_conversations"] == 1 {
+            host = Some(i);
+        }
+    }
+    let host = host.expect("one replica hosts the conversation");
+    replicas[host].kill();
+    model.hang.store(false, Ordering::SeqCst);
+
+    // The survivor takes the partitions over, waits out the dead owner's lease,
+    // and resumes the turn from its checkpoint.
+    let survivor = replicas[1 - host].base.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let messages = loop {
+        let r: Value = http
+            .get(format!("{survivor}/v1/conversations/{conv}/messages"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = r["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|m| m["role"] == "assistant") {
+            break items;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the turn was not finished: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, vec!["user", "assistant"]);
+    assert_eq!(messages[1]["content"], "You asked: cancel my order");
+
+    // One answer in the event stream, after a resumed start.
+    let r = http
+        .get(format!("{survivor}/v1/conversations/{conv}/events?after=0"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let events = common::collect_sse(r, Duration::from_secs(5), |evs| {
+        evs.iter().any(|(_, kind, _)| kind == "answer.completed")
+    })
+    .await;
+    let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "answer.completed").count(), 1, "{kinds:?}");
+    assert!(
+        events
+            .iter()
+            .any(|(_, k, d)| k == "turn.started" && d["resumed"] == true),
+        "{events:?}"
+    );
+}
