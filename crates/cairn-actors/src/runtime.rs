@@ -154,14 +154,17 @@ impl Runtime {
 
     /// Publishes an accepted document to `user_events` (keyed by document id);
     /// returns once the bus holds it durably.
+    /// `traceparent` is the W3C trace context of the request that caused it.
     pub async fn submit_document(
         &self,
         tenant: &cairn_core::TenantId,
         submission: &DocumentSubmission,
+        traceparent: Option<&str>,
     ) -> Result<(), BusError> {
         let data = serde_json::to_value(submission)
             .map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
-        let envelope = Envelope::new(DOCUMENT_SUBMITTED, tenant.clone(), data);
+        let mut envelope = Envelope::new(DOCUMENT_SUBMITTED, tenant.clone(), data);
+        envelope.traceparent = traceparent.map(str::to_owned);
         self.bus
             .publish(&self.topics.user_events, &submission.document_id, &envelope)
             .await
@@ -183,11 +186,17 @@ impl Runtime {
     }
 
     /// Publishes an accepted user message to `user_events`; returns once the bus
-    /// holds it durably (the API answers 202 only then).
-    pub async fn submit(&self, request: &TurnRequest) -> Result<(), BusError> {
+    /// holds it durably (the API answers 202 only then). `traceparent` is the W3C
+    /// trace context of the request that caused it; it travels with the event.
+    pub async fn submit(
+        &self,
+        request: &TurnRequest,
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
         let data = serde_json::to_value(request)
             .map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
         let mut envelope = Envelope::new(USER_MESSAGE, request.tenant_id.clone(), data);
+        envelope.traceparent = traceparent.map(str::to_owned);
         // The message id is the dedup key downstream; reuse it as the event id
         // only when it is a UUID, as the envelope schema requires.
         if uuid::Uuid::parse_str(request.message_id.as_str()).is_ok() {

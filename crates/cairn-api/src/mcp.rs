@@ -127,7 +127,7 @@ impl CairnMcp {
         );
         state
             .runtime
-            .submit(&request)
+            .submit(&request, Some(&crate::request_id::traceparent()))
             .await
             .map_err(|e| format!("the event bus is unavailable: {e}"))?;
         let events = until_terminal(

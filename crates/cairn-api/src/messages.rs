@@ -76,7 +76,7 @@ pub async fn post(
     );
     state
         .runtime
-        .submit(&request)
+        .submit(&request, Some(&crate::request_id::traceparent()))
         .await
         .map_err(|e| ApiError::unavailable("the event bus", &e))?;
     let events_url = format!("/v1/conversations/{id}/events?after={after}");

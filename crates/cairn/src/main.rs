@@ -567,7 +567,7 @@ async fn ask_in(
     }
     let after = state.events.last_event_id(&tenant, &id).await?;
     let request = TurnRequest::new(tenant.clone(), id.clone(), user, question.to_owned());
-    state.runtime.submit(&request).await?;
+    state.runtime.submit(&request, None).await?;
     eprintln!("conversation {id}");
     let mut events = state.events.subscribe(tenant, id, after);
     let outcome = tokio::time::timeout(timeout, async {

@@ -12,7 +12,6 @@ use cairn_core::ports::Topics;
 use common::Server;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -58,37 +57,6 @@ fn client_config(cluster: &Cluster) -> ClientConfig {
     c
 }
 
-/// Reads `n` records of `topic` from the start, as a group of its own.
-async fn read(cluster: &Cluster, topic: &str, n: usize) -> Vec<(Value, HashMap<String, String>)> {
-    let consumer: StreamConsumer = client_config(cluster)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{n} records on {topic} within 30 s, got {}", out.len()))
-            .unwrap();
-        let body: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-                        (h.key.to_owned(), v)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((body, headers));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_reach_the_dlq_with_their_provenance() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +94,7 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
         sent.insert((*class).to_owned(), (d.partition, d.offset));
     }
 
-    let dlq = read(&cluster, &topics.dlq, 3).await;
+    let dlq = common::read_topic(&cluster.bootstrap_servers(), &topics.dlq, |_, _| true, 3).await;
     for (record, headers) in &dlq {
         let class = headers["cairn.dlq.error_class"].clone();
         let (partition, offset) = sent.remove(&class).expect("one record per kind of poison");

@@ -39,14 +39,17 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
-        let addr = format!("127.0.0.1:{port}");
+        let broker = Broker {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                return Broker { child, addr };
+            if tokio::net::TcpStream::connect(&broker.addr).await.is_ok() {
+                return broker;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("tansu did not listen on {addr}");
+        panic!("tansu did not listen on {}", broker.addr);
     }
 }
 
@@ -111,6 +114,10 @@ struct Replica {
 
 impl Replica {
     fn spawn(c: &Cluster) -> Replica {
+        Self::spawn_role(c, None)
+    }
+
+    fn spawn_role(c: &Cluster, role: Option<&str>) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
@@ -122,6 +129,7 @@ impl Replica {
         cmd.args(["serve", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(role.map(|r| ["--role", r]).into_iter().flatten())
             .env("CAIRN_KAFKA__BROKERS", &c.brokers)
             .env("CAIRN_KAFKA__TOPIC_PREFIX", &c.prefix)
             .env("CAIRN_KAFKA__PARTITIONS", "4")
@@ -212,9 +220,11 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
     assert_eq!(health["components"]["bus"]["backend"], "kafka", "{health}");
     let token = token();
     let conv = new_conversation(&http, &replica.base, &token).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = http
         .post(format!("{}/v1/conversations/{conv}/messages?wait=true", replica.base))
         .bearer_auth(&token)
+        .header("traceparent", trace)
         .json(&json!({"content": "where is my parcel?"}))
         .send()
         .await
@@ -223,6 +233,79 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["answer"]["content"], "You asked: where is my parcel?");
+
+    // The message went through reasoning_tasks keyed by conversation, with the
+    // request's trace context in a header and in the envelope.
+    let topic = format!("{}reasoning_tasks", cluster.prefix);
+    let routed = common::read_topic(&cluster.brokers, &topic, |_, _| true, 1).await;
+    let (record, headers) = &routed[0];
+    assert_eq!(record["type"], "user.message");
+    assert_eq!(record["data"]["conversation_id"], conv.as_str());
+    assert_eq!(headers["traceparent"], trace);
+    assert_eq!(record["traceparent"], trace);
+
+    // Its steps and answer were republished on conversation_events.
+    let topic = format!("{}conversation_events", cluster.prefix);
+    let events = common::read_topic(
+        &cluster.brokers,
+        &topic,
+        |r, _| r["data"]["event"]["type"] == "answer.completed",
+        1,
+    )
+    .await;
+    let (answer, _) = &events[0];
+    assert_eq!(answer["type"], "conversation.event");
+    assert_eq!(answer["data"]["conversation_id"], conv.as_str());
+    assert_eq!(answer["data"]["event"]["content"], "You asked: where is my parcel?");
+    cairn_core::schemas::check(answer).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_worker_roles_run_apart() {
+    let (_broker, _model, cluster) = setup().await;
+    let api = Replica::spawn_role(&cluster, Some("api"));
+    let worker = Replica::spawn_role(&cluster, Some("worker"));
+    let http = reqwest::Client::new();
+    common::wait_ready(&http, &api.base).await;
+    common::wait_ready(&http, &worker.base).await;
+    let token = token();
+    // The worker serves only health endpoints; the API runs no actors.
+    let r = http
+        .post(format!("{}/v1/conversations", worker.base))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let health: Value = http
+        .get(format!("{}/health", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["actors"]["status"], "ok");
+    let conv = new_conversation(&http, &api.base, &token).await;
+    let r = http
+        .post(format!("{}/v1/conversations/{conv}/messages?wait=true", api.base))
+        .bearer_auth(&token)
+        .json(&json!({"content": "split roles?"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["answer"]["content"], "You asked: split roles?", "{body}");
+    let health: Value = http
+        .get(format!("{}/health", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["actors"]["live_conversations"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

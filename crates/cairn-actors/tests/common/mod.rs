@@ -252,7 +252,7 @@ impl Harness {
     /// Submits a message through the bus, as the API does.
     pub async fn send(&self, conv: &ConversationId, text: &str) -> TurnRequest {
         let r = self.request(conv, text);
-        self.runtime().submit(&r).await.unwrap();
+        self.runtime().submit(&r, None).await.unwrap();
         r
     }
 

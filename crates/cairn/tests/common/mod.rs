@@ -270,3 +270,47 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
     panic!("server at {base} did not become ready");
 }
+
+/// Reads `topic` from the start, as a consumer group of its own, until `n`
+/// records for which `keep(body, headers)` holds were seen (at most 30 s);
+/// returns them with their headers.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    keep: impl Fn(&Value, &std::collections::HashMap<String, String>) -> bool,
+    n: usize,
+) -> Vec<(Value, std::collections::HashMap<String, String>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{n} records on {topic} within 30 s, got {}", out.len()))
+            .unwrap();
+        let body: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                        (h.key.to_owned(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if keep(&body, &headers) {
+            out.push((body, headers));
+        }
+    }
+    out
+}
