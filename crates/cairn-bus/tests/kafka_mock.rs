@@ -173,3 +173,29 @@ async fn two_consumers_of_a_group_split_the_partitions_and_one_takes_all_back() 
     drop(b);
     assert_eq!(wait_for(&mut a_rx, 4).await, vec![0, 1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_work_does_not_push_the_consumer_out_of_its_group() {
+    let topics = Topics::with_prefix("sw.");
+    let c = cluster(&topics);
+    let mut s = KafkaSettings::new(&c.bootstrap_servers());
+    s.session_timeout = Duration::from_secs(3);
+    // A consumer that stops polling for longer than this is thrown out.
+    s.properties
+        .insert("max.poll.interval.ms".into(), "3000".into());
+    let bus = KafkaBus::connect(s, &topics).await.unwrap();
+    let mut consumer = bus.subscribe(&topics.ingestion_events, "sw-group").await.unwrap();
+    let mut rx = consumer.assignment().unwrap();
+    wait_for(&mut rx, 4).await;
+    let first = message("doc-1", 1);
+    bus.publish(&topics.ingestion_events, "doc-1", &first).await.unwrap();
+    let rec = next(&mut consumer).await;
+    // The "work" takes three times the poll interval, without calling next().
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(!rx.has_changed().unwrap(), "no rebalance: {:?}", rx.borrow());
+    assert_eq!(rx.borrow().partitions.len(), 4);
+    consumer.commit(rec.partition, rec.offset).await.unwrap();
+    let second = message("doc-2", 2);
+    bus.publish(&topics.ingestion_events, "doc-2", &second).await.unwrap();
+    assert_eq!(next(&mut consumer).await.envelope.event_id, second.event_id);
+}
