@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cairn-loadgen turns  --conversations 64 --turns 20 [--redis redis://127.0.0.1:6379]
+//! cairn-loadgen turns  --redis URL --kafka 127.0.0.1:9092 --replicas 2  # through Kafka
 //! cairn-loadgen steps  --turns 500                      # per-step orchestration overhead
 //! cairn-loadgen idle   --conversations 10000            # memory of idle conversations
 //! ```
@@ -43,6 +44,13 @@ enum Mode {
         /// Back memory and event streams with this Redis instead of the embedded store.
         #[arg(long)]
         redis: Option<String>,
+        /// Use this Kafka (bootstrap servers) as the bus instead of the embedded one.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Cairn replicas in this process, sharing the Kafka consumer groups and
+        /// Redis (needs both); conversations are spread over their APIs.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// One conversation, sequential turns: the time between a turn's consecutive
     /// events is the orchestration overhead of one step (nothing else runs).
@@ -72,6 +80,23 @@ struct Target {
 }
 
 async fn start(redis: Option<&str>, idle: Duration) -> anyhow::Result<Target> {
+    start_replica(redis, None, idle).await
+}
+
+/// The Kafka bus of a run: bootstrap servers and a topic prefix of its own.
+struct Kafka<'a> {
+    brokers: &'a str,
+    prefix: &'a str,
+}
+
+/// Secret shared by the replicas of a run, so that one token works on all.
+const BENCH_SECRET: &str = "cairn-loadgen-shared-secret-0123456789";
+
+async fn start_replica(
+    redis: Option<&str>,
+    kafka: Option<&Kafka<'_>>,
+    idle: Duration,
+) -> anyhow::Result<Target> {
     let dir = tempfile::tempdir()?;
     let mut env: Vec<(String, String)> = vec![
         (
@@ -83,13 +108,22 @@ async fn start(redis: Option<&str>, idle: Duration) -> anyhow::Result<Target> {
             format!("\"{}s\"", idle.as_secs()),
         ),
         ("CAIRN_MEMORY__RETENTION".into(), "\"0s\"".into()),
+        ("CAIRN_AUTH__JWT_SECRET".into(), BENCH_SECRET.into()),
     ];
     if let Some(url) = redis {
         env.push(("CAIRN_REDIS__URL".into(), format!("\"{url}\"")));
-        env.push((
-            "CAIRN_REDIS__KEY_PREFIX".into(),
-            format!("\"bench-{}\"", uuid::Uuid::new_v4()),
-        ));
+        // Replicas of a Kafka run share the store; other runs get a fresh prefix.
+        let prefix = match kafka {
+            Some(k) => k.prefix.to_owned(),
+            None => format!("bench-{}", uuid::Uuid::new_v4()),
+        };
+        env.push(("CAIRN_REDIS__KEY_PREFIX".into(), format!("\"{prefix}\"")));
+    }
+    if let Some(k) = kafka {
+        env.push(("CAIRN_KAFKA__BROKERS".into(), format!("\"{}\"", k.brokers)));
+        env.push(("CAIRN_KAFKA__TOPIC_PREFIX".into(), format!("\"{}\"", k.prefix)));
+        env.push(("CAIRN_KAFKA__PARTITIONS".into(), "12".into()));
+        env.push(("CAIRN_KNOWLEDGE__ENABLED".into(), "false".into()));
     }
     let config = Config::load(None, env)?;
     let app = app::build(&config, &|_| None, ToolCatalog::new(), None).await?;
@@ -184,15 +218,36 @@ async fn main() -> anyhow::Result<()> {
             conversations,
             turns,
             redis,
+            kafka,
+            replicas,
         } => {
-            let t = Arc::new(start(redis.as_deref(), Duration::from_secs(3600)).await?);
+            anyhow::ensure!(
+                replicas == 1 || (kafka.is_some() && redis.is_some()),
+                "--replicas > 1 needs --kafka and --redis (the replicas share them)"
+            );
+            let prefix = format!("bench{}.", uuid::Uuid::new_v4().simple());
+            let k = kafka.as_deref().map(|brokers| Kafka {
+                brokers,
+                prefix: &prefix,
+            });
+            let mut targets = Vec::new();
+            for _ in 0..replicas.max(1) {
+                let idle = Duration::from_secs(3600);
+                targets.push(Arc::new(start_replica(redis.as_deref(), k.as_ref(), idle).await?));
+            }
+            if replicas > 1 {
+                // Let the consumer groups settle before measuring.
+                tokio::time::sleep(Duration::from_secs(8)).await;
+            }
             let mut convs = Vec::new();
-            for _ in 0..conversations {
-                convs.push(t.conversation().await?);
+            for i in 0..conversations {
+                let t = targets[i % targets.len()].clone();
+                let c = t.conversation().await?;
+                convs.push((t, c));
             }
             // Warm-up: one turn per conversation (spawns the actors).
             let mut warm = Vec::new();
-            for c in &convs {
+            for (t, c) in &convs {
                 let (t, c) = (t.clone(), c.clone());
                 warm.push(tokio::spawn(async move { t.turn(&c).await }));
             }
@@ -201,8 +256,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let started = Instant::now();
             let mut tasks = Vec::new();
-            for c in convs {
-                let t = t.clone();
+            for (t, c) in convs {
                 tasks.push(tokio::spawn(async move {
                     let mut h = Histogram::<u64>::new(3)?;
                     for _ in 0..turns {
@@ -220,15 +274,18 @@ async fn main() -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             let total = all.len();
             println!(
-                "backend={} conversations={conversations} turns={total} elapsed={secs:.2}s turns/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+                "backend={} bus={} replicas={replicas} conversations={conversations} turns={total} elapsed={secs:.2}s turns/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
                 if redis.is_some() { "redis" } else { "embedded" },
+                if kafka.is_some() { "kafka" } else { "embedded" },
                 total as f64 / secs,
                 ms(&all, 0.5),
                 ms(&all, 0.99),
                 all.max() as f64 / 1000.0,
             );
-            if let Ok(t) = Arc::try_unwrap(t) {
-                t.stop().await?;
+            for t in targets {
+                if let Ok(t) = Arc::try_unwrap(t) {
+                    t.stop().await?;
+                }
             }
         }
         Mode::Steps { turns, redis } => {
