@@ -36,6 +36,8 @@ pub enum SupervisorMsg {
     /// This replica now owns these `reasoning_tasks` partitions: resume the
     /// unfinished conversations they hold (a previous owner may have died mid-turn).
     Adopt(Assignment),
+    /// Resume every conversation with unfinished work (retry of the start-up resume).
+    ResumeAll,
     /// These partitions moved to another replica: stop their conversations'
     /// actors (turns stay checkpointed; leases are released for the next owner).
     Release(Assignment),
@@ -117,7 +119,7 @@ fn owned_by(assignment: &Assignment, id: &ConversationId) -> bool {
 }
 
 /// Starts the actors of conversations with unfinished work (all of them, or
-/// those of the assigned partitions).
+/// those of the assigned partitions). Retried until the store answers.
 async fn resume(
     myself: &ActorRef<SupervisorMsg>,
     deps: &AgentDeps,
@@ -139,9 +141,23 @@ async fn resume(
                 let _ = myself.send_message(SupervisorMsg::Touch(key));
             }
         }
-        Err(e) => tracing::error!(error = %e, "cannot list unfinished conversations"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list unfinished conversations; retrying");
+            match assignment {
+                Some(a) => {
+                    let a = a.clone();
+                    myself.send_after(RESUME_RETRY, move || SupervisorMsg::Adopt(a));
+                }
+                None => {
+                    myself.send_after(RESUME_RETRY, || SupervisorMsg::ResumeAll);
+                }
+            };
+        }
     }
 }
+
+/// Delay before listing unfinished conversations again after a store failure.
+const RESUME_RETRY: Duration = Duration::from_secs(1);
 
 impl Actor for ConversationSupervisor {
     type Msg = SupervisorMsg;
@@ -263,6 +279,9 @@ impl Actor for ConversationSupervisor {
             }
             SupervisorMsg::Adopt(assignment) => {
                 resume(&myself, &state.deps, Some(&assignment)).await;
+            }
+            SupervisorMsg::ResumeAll => {
+                resume(&myself, &state.deps, None).await;
             }
             SupervisorMsg::Release(assignment) => {
                 let gone: Vec<ConvKey> = state
