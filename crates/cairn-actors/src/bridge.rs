@@ -154,7 +154,12 @@ pub struct Consuming {
 
 impl Consuming {
     async fn dlq(&self, rec: &BusRecord, group: &str, class: &str, reason: &str, attempts: u32) {
-        let f = Failure { group, class, reason, attempts };
+        let f = Failure {
+            group,
+            class,
+            reason,
+            attempts,
+        };
         to_dlq(self.bus.as_ref(), &self.topics, &DlqSource::from(rec), &f).await;
     }
 
@@ -181,8 +186,12 @@ type Done = (u32, u64);
 /// of an unknown type) go to the DLQ; records whose event id the group already
 /// finished are skipped; a finished record's event id is remembered before its
 /// offset is committed.
-async fn pump<F>(mut consumer: Box<dyn BusConsumer>, ctx: Consuming, group: &'static str, mut start: F)
-where
+async fn pump<F>(
+    mut consumer: Box<dyn BusConsumer>,
+    ctx: Consuming,
+    group: &'static str,
+    mut start: F,
+) where
     F: FnMut(BusRecord) -> BoxFuture<'static, ()>,
 {
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
@@ -272,7 +281,8 @@ pub async fn run_router(ctx: Consuming) {
                 DOCUMENT_SUBMITTED => &ctx.topics.ingestion_events,
                 other => {
                     let reason = format!("no route for event type `{other}`");
-                    ctx.dlq(&rec, ROUTER_GROUP, "unknown_type", &reason, 1).await;
+                    ctx.dlq(&rec, ROUTER_GROUP, "unknown_type", &reason, 1)
+                        .await;
                     return;
                 }
             };

@@ -20,8 +20,8 @@
 use crate::settings::{AgentDeps, Relay};
 use crate::supervisor::{ConvKey, SupervisorMsg};
 use crate::turn::run_turn;
-use cairn_core::ports::{Enqueued, StoreError};
 use cairn_core::envelope::{CONVERSATION_EVENT, Envelope};
+use cairn_core::ports::{Enqueued, StoreError};
 use cairn_core::{ConversationEvent, TurnCheckpoint, TurnId, TurnRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::VecDeque;
@@ -160,7 +160,10 @@ impl Actor for ConversationActor {
         if let Some((_, task)) = state.running.take() {
             task.abort();
         }
-        for task in [state.acquiring.take(), state.relay.take()].into_iter().flatten() {
+        for task in [state.acquiring.take(), state.relay.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         if let Some(token) = state.lease.take() {
@@ -254,7 +257,8 @@ impl Actor for ConversationActor {
                     }
                     Err(e) => {
                         tracing::warn!(conversation = %state.key.1, error = %e, "cannot reload the queue; retrying");
-                        myself.send_after(STORE_RETRY, move || ConversationMsg::LeaseGranted(token));
+                        myself
+                            .send_after(STORE_RETRY, move || ConversationMsg::LeaseGranted(token));
                         return Ok(());
                     }
                 }
@@ -337,7 +341,10 @@ async fn acquire_lease(deps: AgentDeps, key: ConvKey, me: ActorRef<ConversationM
             Ok(None) => waited = true,
             Err(e) => tracing::warn!(conversation = %key.1, error = %e, "cannot take the lease"),
         }
-        tokio::time::sleep((s.lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
+        tokio::time::sleep(
+            (s.lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500)),
+        )
+        .await;
     }
 }
 
@@ -375,7 +382,11 @@ async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
         };
         let envelope = Envelope::new(CONVERSATION_EVENT, t.clone(), data);
         let mut delay = Duration::from_millis(50);
-        while let Err(e) = relay.bus.publish(&relay.topic, id.as_str(), &envelope).await {
+        while let Err(e) = relay
+            .bus
+            .publish(&relay.topic, id.as_str(), &envelope)
+            .await
+        {
             tracing::warn!(conversation = %id, error = %e, "cannot publish a conversation event; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));

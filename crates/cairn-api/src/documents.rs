@@ -368,7 +368,11 @@ pub async fn create(
     };
     if let Err(e) = state
         .runtime
-        .submit_document(&caller.tenant, &submission, Some(&crate::request_id::traceparent()))
+        .submit_document(
+            &caller.tenant,
+            &submission,
+            Some(&crate::request_id::traceparent()),
+        )
         .await
     {
         // Not accepted: put the previous record back so nothing is half-done.

@@ -18,7 +18,9 @@ tokio::task_local! {
 
 /// The W3C trace context of the request being handled (a fresh one outside a request).
 pub fn traceparent() -> String {
-    TRACEPARENT.try_with(Clone::clone).unwrap_or_else(|_| new_traceparent())
+    TRACEPARENT
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| new_traceparent())
 }
 
 /// A valid `traceparent`: version 00, non-zero 32-hex trace id and 16-hex parent id.

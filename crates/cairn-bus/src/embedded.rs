@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use cairn_core::envelope::Envelope;
-use cairn_core::schemas;
 use cairn_core::ports::{BusConsumer, BusError, BusRecord, EventBus};
+use cairn_core::schemas;
 use cairn_redb::{Db, DbError};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};

@@ -330,7 +330,10 @@ impl EventBus for KafkaBus {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
-            .set("fetch.max.bytes", s.max_message_bytes.max(52_428_800).to_string())
+            .set(
+                "fetch.max.bytes",
+                s.max_message_bytes.max(52_428_800).to_string(),
+            )
             .set("max.partition.fetch.bytes", s.max_message_bytes.to_string())
             .set("queued.max.messages.kbytes", "65536")
             .create_with_context(context)
@@ -355,7 +358,10 @@ const BUFFER: usize = 256;
 
 /// Keeps polling librdkafka (group membership, heartbeats, rebalances) and hands
 /// decoded records over; pauses the assigned partitions while the bridge is behind.
-async fn poll(consumer: Arc<StreamConsumer<Rebalances>>, tx: mpsc::Sender<Result<BusRecord, BusError>>) {
+async fn poll(
+    consumer: Arc<StreamConsumer<Rebalances>>,
+    tx: mpsc::Sender<Result<BusRecord, BusError>>,
+) {
     let mut stream = consumer.stream();
     let mut backlog: VecDeque<Result<BusRecord, BusError>> = VecDeque::new();
     let mut paused: Option<Instant> = None;

@@ -30,7 +30,10 @@ fn cluster(topics: &Topics) -> MockCluster<'static, rdkafka::producer::DefaultPr
     c
 }
 
-async fn bus(c: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, topics: &Topics) -> KafkaBus {
+async fn bus(
+    c: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topics: &Topics,
+) -> KafkaBus {
     let mut s = KafkaSettings::new(&c.bootstrap_servers());
     s.produce_timeout = Duration::from_secs(3);
     s.session_timeout = Duration::from_secs(3);
@@ -57,10 +60,18 @@ async fn next(c: &mut Box<dyn BusConsumer>) -> cairn_core::ports::BusRecord {
 }
 
 async fn wait_for(rx: &mut tokio::sync::watch::Receiver<Assignment>, n: usize) -> Vec<u32> {
-    let got = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| a.partitions.len() == n))
-        .await
-        .map(|r| r.unwrap().partitions.clone());
-    got.unwrap_or_else(|_| panic!("assignment of {n} partitions within 30 s: {:?}", rx.borrow()))
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|a| a.partitions.len() == n),
+    )
+    .await
+    .map(|r| r.unwrap().partitions.clone());
+    got.unwrap_or_else(|_| {
+        panic!(
+            "assignment of {n} partitions within 30 s: {:?}",
+            rx.borrow()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +81,10 @@ async fn records_round_trip_keyed_like_kafka_with_trace_context() {
     let bus = bus(&c, &topics).await;
     assert_eq!(bus.backend(), "kafka");
     assert_eq!(bus.partition_count(&topics.user_events).await.unwrap(), 4);
-    let mut consumer = bus.subscribe(&topics.user_events, "rt-group").await.unwrap();
+    let mut consumer = bus
+        .subscribe(&topics.user_events, "rt-group")
+        .await
+        .unwrap();
 
     let mut sent = HashMap::new();
     for n in 0..20 {
@@ -84,7 +98,9 @@ async fn records_round_trip_keyed_like_kafka_with_trace_context() {
     }
     for _ in 0..20 {
         let rec = next(&mut consumer).await;
-        let (key, e) = sent.remove(&rec.envelope.event_id).expect("a record we sent, once");
+        let (key, e) = sent
+            .remove(&rec.envelope.event_id)
+            .expect("a record we sent, once");
         assert_eq!(rec.key, key);
         assert_eq!(rec.envelope, e, "the envelope survives the trip");
         // The producer partitions like Kafka's Java clients (murmur2), which is
@@ -98,9 +114,14 @@ async fn records_round_trip_keyed_like_kafka_with_trace_context() {
     // The group's offsets were committed when the consumer closed: a new member
     // reads only what comes after.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = bus.subscribe(&topics.user_events, "rt-group").await.unwrap();
+    let mut again = bus
+        .subscribe(&topics.user_events, "rt-group")
+        .await
+        .unwrap();
     let later = message("conv-later", 99);
-    bus.publish(&topics.user_events, "conv-later", &later).await.unwrap();
+    bus.publish(&topics.user_events, "conv-later", &later)
+        .await
+        .unwrap();
     let rec = next(&mut again).await;
     assert_eq!(rec.envelope.event_id, later.event_id);
 }
@@ -110,11 +131,18 @@ async fn records_not_committed_are_delivered_again_to_the_next_consumer() {
     let topics = Topics::with_prefix("rd.");
     let c = cluster(&topics);
     let bus = bus(&c, &topics).await;
-    let mut first = bus.subscribe(&topics.reasoning_tasks, "rd-group").await.unwrap();
+    let mut first = bus
+        .subscribe(&topics.reasoning_tasks, "rd-group")
+        .await
+        .unwrap();
     let done = message("conv-a", 1);
     let lost = message("conv-a", 2);
-    bus.publish(&topics.reasoning_tasks, "conv-a", &done).await.unwrap();
-    bus.publish(&topics.reasoning_tasks, "conv-a", &lost).await.unwrap();
+    bus.publish(&topics.reasoning_tasks, "conv-a", &done)
+        .await
+        .unwrap();
+    bus.publish(&topics.reasoning_tasks, "conv-a", &lost)
+        .await
+        .unwrap();
     let r1 = next(&mut first).await;
     let r2 = next(&mut first).await;
     assert_eq!(r1.envelope.event_id, done.event_id);
@@ -123,9 +151,15 @@ async fn records_not_committed_are_delivered_again_to_the_next_consumer() {
     // Dies before storing the second record's offset.
     drop(first);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut second = bus.subscribe(&topics.reasoning_tasks, "rd-group").await.unwrap();
+    let mut second = bus
+        .subscribe(&topics.reasoning_tasks, "rd-group")
+        .await
+        .unwrap();
     let again = next(&mut second).await;
-    assert_eq!(again.envelope.event_id, lost.event_id, "the unfinished record comes back");
+    assert_eq!(
+        again.envelope.event_id, lost.event_id,
+        "the unfinished record comes back"
+    );
     assert_eq!(again.offset, r2.offset);
 }
 
@@ -134,11 +168,17 @@ async fn two_consumers_of_a_group_split_the_partitions_and_one_takes_all_back() 
     let topics = Topics::with_prefix("rb.");
     let c = cluster(&topics);
     let bus = bus(&c, &topics).await;
-    let mut a = bus.subscribe(&topics.reasoning_tasks, "rb-group").await.unwrap();
+    let mut a = bus
+        .subscribe(&topics.reasoning_tasks, "rb-group")
+        .await
+        .unwrap();
     let mut a_rx = a.assignment().expect("kafka consumers report assignments");
     assert_eq!(wait_for(&mut a_rx, 4).await, vec![0, 1, 2, 3]);
 
-    let mut b = bus.subscribe(&topics.reasoning_tasks, "rb-group").await.unwrap();
+    let mut b = bus
+        .subscribe(&topics.reasoning_tasks, "rb-group")
+        .await
+        .unwrap();
     let mut b_rx = b.assignment().unwrap();
     let b_parts = wait_for(&mut b_rx, 2).await;
     let a_parts = wait_for(&mut a_rx, 2).await;
@@ -150,7 +190,9 @@ async fn two_consumers_of_a_group_split_the_partitions_and_one_takes_all_back() 
     for n in 0..40 {
         let key = format!("conv-{n}");
         let e = message(&key, n);
-        bus.publish(&topics.reasoning_tasks, &key, &e).await.unwrap();
+        bus.publish(&topics.reasoning_tasks, &key, &e)
+            .await
+            .unwrap();
         expected.insert(e.event_id.clone(), partition_for(&key, 4));
     }
     let a_count = expected.values().filter(|p| a_parts.contains(p)).count();
@@ -184,18 +226,29 @@ async fn slow_work_does_not_push_the_consumer_out_of_its_group() {
     s.properties
         .insert("max.poll.interval.ms".into(), "3000".into());
     let bus = KafkaBus::connect(s, &topics).await.unwrap();
-    let mut consumer = bus.subscribe(&topics.ingestion_events, "sw-group").await.unwrap();
+    let mut consumer = bus
+        .subscribe(&topics.ingestion_events, "sw-group")
+        .await
+        .unwrap();
     let mut rx = consumer.assignment().unwrap();
     wait_for(&mut rx, 4).await;
     let first = message("doc-1", 1);
-    bus.publish(&topics.ingestion_events, "doc-1", &first).await.unwrap();
+    bus.publish(&topics.ingestion_events, "doc-1", &first)
+        .await
+        .unwrap();
     let rec = next(&mut consumer).await;
     // The "work" takes three times the poll interval, without calling next().
     tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(!rx.has_changed().unwrap(), "no rebalance: {:?}", rx.borrow());
+    assert!(
+        !rx.has_changed().unwrap(),
+        "no rebalance: {:?}",
+        rx.borrow()
+    );
     assert_eq!(rx.borrow().partitions.len(), 4);
     consumer.commit(rec.partition, rec.offset).await.unwrap();
     let second = message("doc-2", 2);
-    bus.publish(&topics.ingestion_events, "doc-2", &second).await.unwrap();
+    bus.publish(&topics.ingestion_events, "doc-2", &second)
+        .await
+        .unwrap();
     assert_eq!(next(&mut consumer).await.envelope.event_id, second.event_id);
 }

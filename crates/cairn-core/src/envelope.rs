@@ -25,7 +25,12 @@ pub const CONVERSATION_EVENT: &str = "conversation.event";
 pub const DLQ_RECORD: &str = "dlq.record";
 
 /// Every event type a consumer accepts; anything else goes to the DLQ.
-pub const EVENT_TYPES: &[&str] = &[USER_MESSAGE, DOCUMENT_SUBMITTED, CONVERSATION_EVENT, DLQ_RECORD];
+pub const EVENT_TYPES: &[&str] = &[
+    USER_MESSAGE,
+    DOCUMENT_SUBMITTED,
+    CONVERSATION_EVENT,
+    DLQ_RECORD,
+];
 
 /// A bus event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

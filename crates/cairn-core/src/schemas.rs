@@ -169,7 +169,9 @@ mod tests {
         let mut no_id = serde_json::to_value(&ok).unwrap();
         no_id.as_object_mut().unwrap().remove("event_id");
         assert_eq!(
-            decode(&serde_json::to_vec(&no_id).unwrap()).unwrap_err().class,
+            decode(&serde_json::to_vec(&no_id).unwrap())
+                .unwrap_err()
+                .class,
             RejectClass::Schema
         );
     }

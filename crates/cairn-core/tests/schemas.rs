@@ -39,7 +39,11 @@ fn every_event_the_code_sends_matches_its_schema() {
         date: Some(chrono::Utc::now()),
         content_base64: "IyBGQVE=".into(),
     };
-    check(&envelope(DOCUMENT_SUBMITTED, serde_json::to_value(doc).unwrap())).unwrap();
+    check(&envelope(
+        DOCUMENT_SUBMITTED,
+        serde_json::to_value(doc).unwrap(),
+    ))
+    .unwrap();
     let event = ConversationEvent {
         conversation_id: ConversationId::generate(),
         id: 3,
@@ -50,7 +54,11 @@ fn every_event_the_code_sends_matches_its_schema() {
             reason: "y".into(),
         },
     };
-    check(&envelope(CONVERSATION_EVENT, serde_json::to_value(event).unwrap())).unwrap();
+    check(&envelope(
+        CONVERSATION_EVENT,
+        serde_json::to_value(event).unwrap(),
+    ))
+    .unwrap();
 }
 
 #[test]

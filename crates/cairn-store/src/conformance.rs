@@ -543,10 +543,20 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     let m = meta(&t, &user("ana"));
     s.create_conversation(&m).await.unwrap();
     let ttl = Duration::from_millis(300);
-    let a = s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap().unwrap();
+    let a = s
+        .acquire_lease(&t, &m.id, "replica-a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
     // Held: another owner waits; the holder gets its own token back.
-    assert_eq!(s.acquire_lease(&t, &m.id, "replica-b", ttl).await.unwrap(), None);
-    assert_eq!(s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap(), Some(a));
+    assert_eq!(
+        s.acquire_lease(&t, &m.id, "replica-b", ttl).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap(),
+        Some(a)
+    );
     assert!(s.renew_lease(&t, &m.id, "replica-a", a, ttl).await.unwrap());
     assert!(!s.renew_lease(&t, &m.id, "replica-b", a, ttl).await.unwrap());
 
@@ -563,12 +573,18 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     };
     let mut user_msg = Message::new(Role::User, "one");
     user_msg.id = r.message_id.clone();
-    s.begin_turn(&cp, &user_msg, &[started(&r.turn_id)]).await.unwrap();
+    s.begin_turn(&cp, &user_msg, &[started(&r.turn_id)])
+        .await
+        .unwrap();
 
     // The lease expires; replica-b takes over with a newer token.
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(!s.renew_lease(&t, &m.id, "replica-a", a, ttl).await.unwrap());
-    let b = s.acquire_lease(&t, &m.id, "replica-b", ttl).await.unwrap().unwrap();
+    let b = s
+        .acquire_lease(&t, &m.id, "replica-b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(b > a, "tokens grow: {a} then {b}");
     let events = s.last_event_id(&t, &m.id).await.unwrap();
 
@@ -581,21 +597,46 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     let mut answer = Message::new(Role::Assistant, "stale");
     answer.turn_id = Some(r.turn_id.clone());
     assert!(matches!(
-        s.finish_turn(&t, &m.id, &r.turn_id, Some(&answer), &started(&r.turn_id), Some(a))
-            .await,
+        s.finish_turn(
+            &t,
+            &m.id,
+            &r.turn_id,
+            Some(&answer),
+            &started(&r.turn_id),
+            Some(a)
+        )
+        .await,
         Err(StoreError::Fenced)
     ));
     assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), events);
-    assert_eq!(s.load_checkpoint(&t, &m.id).await.unwrap().unwrap().model_calls, 0);
+    assert_eq!(
+        s.load_checkpoint(&t, &m.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .model_calls,
+        0
+    );
 
     // The new owner writes; after it releases, replica-a may take over again.
     cp.fence = Some(b);
     s.save_checkpoint(&cp, &[]).await.unwrap();
-    s.finish_turn(&t, &m.id, &r.turn_id, Some(&answer), &started(&r.turn_id), Some(b))
-        .await
-        .unwrap();
+    s.finish_turn(
+        &t,
+        &m.id,
+        &r.turn_id,
+        Some(&answer),
+        &started(&r.turn_id),
+        Some(b),
+    )
+    .await
+    .unwrap();
     s.release_lease(&t, &m.id, "replica-b", b).await.unwrap();
-    let c = s.acquire_lease(&t, &m.id, "replica-a", ttl).await.unwrap().unwrap();
+    let c = s
+        .acquire_lease(&t, &m.id, "replica-a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(c > b);
     // Leases are per conversation and per tenant.
     let other = meta(&tenant("globex"), &user("ana"));

@@ -937,7 +937,6 @@ impl DocumentStore for RedisStore {
             .map_err(unavailable)?;
         Ok(n == 1)
     }
-
 }
 
 #[async_trait]

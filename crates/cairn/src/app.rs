@@ -3,8 +3,8 @@
 use crate::builtin_tools::CurrentTime;
 use crate::secret;
 use anyhow::Context;
-use cairn_actors::ingestion::{IngestDeps, IngestSettings};
 use cairn_actors::bridge::Consuming;
+use cairn_actors::ingestion::{IngestDeps, IngestSettings};
 use cairn_actors::{AgentDeps, AgentSettings, Relay, Role, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -86,7 +86,9 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
     for (class, payload) in &poison {
         let d = producer
             .send(
-                FutureRecord::to(&topics.user_events).key(conv).payload(payload),
+                FutureRecord::to(&topics.user_events)
+                    .key(conv)
+                    .payload(payload),
                 Duration::from_secs(5),
             )
             .await
@@ -101,7 +103,10 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
         assert_eq!(headers["cairn.dlq.topic"], topics.user_events);
         assert_eq!(headers["cairn.dlq.partition"], partition.to_string());
         assert_eq!(headers["cairn.dlq.offset"], offset.to_string());
-        assert!(headers["cairn.dlq.group"].ends_with("cairn-router"), "{headers:?}");
+        assert!(
+            headers["cairn.dlq.group"].ends_with("cairn-router"),
+            "{headers:?}"
+        );
         assert_eq!(headers["cairn.dlq.attempts"], "1");
         assert!(!headers["cairn.dlq.reason"].is_empty());
         // The record itself is a dlq.record event carrying the same facts.
@@ -111,7 +116,10 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
         cairn_core::schemas::check(record).unwrap();
     }
     assert!(sent.is_empty());
-    assert!(dlq.iter().any(|(r, _)| r["data"]["payload"] == "{this is not json"));
+    assert!(
+        dlq.iter()
+            .any(|(r, _)| r["data"]["payload"] == "{this is not json")
+    );
 
     // The consumers moved past the poison: the service still answers.
     let c = api.new_conversation().await;
@@ -122,7 +130,10 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
 
 /// The committed offset of `group` on every partition of `topic` (-1: none).
 fn committed(cluster: &Cluster, group: &str, topic: &str) -> Vec<i64> {
-    let c: BaseConsumer = client_config(cluster).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = client_config(cluster)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);
@@ -146,9 +157,16 @@ async fn a_redelivered_message_does_not_run_its_turn_twice() {
     api.ask(&conv, "what is the refund window?").await;
     server.stop().await;
 
-    let group = format!("{}cairn-conversations", config.kafka.topic_prefix.clone().unwrap());
+    let group = format!(
+        "{}cairn-conversations",
+        config.kafka.topic_prefix.clone().unwrap()
+    );
     let done = committed(&cluster, &group, &topics.reasoning_tasks);
-    assert_eq!(done.iter().filter(|o| **o > 0).count(), 1, "one record consumed: {done:?}");
+    assert_eq!(
+        done.iter().filter(|o| **o > 0).count(),
+        1,
+        "one record consumed: {done:?}"
+    );
 
     // The worker "died before storing its offset": rewind the group, as if the
     // commit never happened, and start a new process on the same memory.
@@ -163,7 +181,10 @@ async fn a_redelivered_message_does_not_run_its_turn_twice() {
     rewind.subscribe(&[&topics.reasoning_tasks]).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while rewind.assignment().unwrap().count() < PARTITIONS as usize {
-        assert!(tokio::time::Instant::now() < deadline, "the rewinding member got no partitions");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rewinding member got no partitions"
+        );
         let _ = tokio::time::timeout(Duration::from_millis(200), rewind.recv()).await;
     }
     let mut tpl = TopicPartitionList::new();
@@ -173,7 +194,11 @@ async fn a_redelivered_message_does_not_run_its_turn_twice() {
     }
     rewind.commit(&tpl, CommitMode::Sync).unwrap();
     drop(rewind);
-    assert!(committed(&cluster, &group, &topics.reasoning_tasks).iter().all(|o| *o <= 0));
+    assert!(
+        committed(&cluster, &group, &topics.reasoning_tasks)
+            .iter()
+            .all(|o| *o <= 0)
+    );
 
     let mut again = Server::start(&config).await;
     let api = again.client(&again.token("acme", "ana"));
@@ -213,12 +238,23 @@ async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
     cluster.broker_down(-1).unwrap();
     let started = std::time::Instant::now();
     let r = api
-        .post(&format!("/v1/conversations/{conv}/messages"), json!({"content": "lost?"}))
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"content": "lost?"}),
+        )
         .await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "unavailable", "{:?}", r.body);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("event bus"));
-    assert!(started.elapsed() < Duration::from_secs(5), "answered within the produce deadline");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("event bus")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the produce deadline"
+    );
 
     cluster.broker_up(-1).unwrap();
     let mut answered = None;

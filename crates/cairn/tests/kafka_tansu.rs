@@ -33,7 +33,13 @@ impl Broker {
         let port = common::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -189,6 +195,14 @@ async fn setup() -> (Broker, Model, Cluster) {
     (broker, model, cluster)
 }
 
+async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> Value {
+    let mut rb = http.get(url);
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    rb.send().await.unwrap().json().await.unwrap()
+}
+
 async fn new_conversation(http: &reqwest::Client, base: &str, token: &str) -> String {
     let r: Value = http
         .post(format!("{base}/v1/conversations"))
@@ -209,20 +223,16 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
     let replica = Replica::spawn(&cluster);
     let http = reqwest::Client::new();
     common::wait_ready(&http, &replica.base).await;
-    let health: Value = http
-        .get(format!("{}/health", replica.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&http, &format!("{}/health", replica.base), None).await;
     assert_eq!(health["components"]["bus"]["backend"], "kafka", "{health}");
     let token = token();
     let conv = new_conversation(&http, &replica.base, &token).await;
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = http
-        .post(format!("{}/v1/conversations/{conv}/messages?wait=true", replica.base))
+        .post(format!(
+            "{}/v1/conversations/{conv}/messages?wait=true",
+            replica.base
+        ))
         .bearer_auth(&token)
         .header("traceparent", trace)
         .json(&json!({"content": "where is my parcel?"}))
@@ -256,7 +266,10 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
     let (answer, _) = &events[0];
     assert_eq!(answer["type"], "conversation.event");
     assert_eq!(answer["data"]["conversation_id"], conv.as_str());
-    assert_eq!(answer["data"]["event"]["content"], "You asked: where is my parcel?");
+    assert_eq!(
+        answer["data"]["event"]["content"],
+        "You asked: where is my parcel?"
+    );
     cairn_core::schemas::check(answer).unwrap();
 }
 
@@ -278,33 +291,25 @@ async fn api_and_worker_roles_run_apart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let health: Value = http
-        .get(format!("{}/health", worker.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&http, &format!("{}/health", worker.base), None).await;
     assert_eq!(health["components"]["actors"]["status"], "ok");
     let conv = new_conversation(&http, &api.base, &token).await;
     let r = http
-        .post(format!("{}/v1/conversations/{conv}/messages?wait=true", api.base))
+        .post(format!(
+            "{}/v1/conversations/{conv}/messages?wait=true",
+            api.base
+        ))
         .bearer_auth(&token)
         .json(&json!({"content": "split roles?"}))
         .send()
         .await
         .unwrap();
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["answer"]["content"], "You asked: split roles?", "{body}");
-    let health: Value = http
-        .get(format!("{}/health", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(
+        body["answer"]["content"], "You asked: split roles?",
+        "{body}"
+    );
+    let health: Value = get_json(&http, &format!("{}/health", api.base), None).await;
     assert_eq!(health["components"]["actors"]["live_conversations"], 0);
 }
 
@@ -334,19 +339,15 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
     // The turn is in its model call on the replica that owns the conversation.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while model.requests.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the turn never reached the model");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the turn never reached the model"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut host = None;
     for (i, r) in replicas.iter().enumerate() {
-        let h: Value = http
-            .get(format!("{}/health", r.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = get_json(&http, &format!("{}/health", r.base), None).await;
         if h["components"]["actors"]["live_conversations"] == 1 {
             host = Some(i);
         }
@@ -360,24 +361,27 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
     let survivor = replicas[1 - host].base.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let messages = loop {
-        let r: Value = http
-            .get(format!("{survivor}/v1/conversations/{conv}/messages"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = get_json(
+            &http,
+            &format!("{survivor}/v1/conversations/{conv}/messages"),
+            Some(&token),
+        )
+        .await;
         let items = r["items"].as_array().cloned().unwrap_or_default();
         if items.iter().any(|m| m["role"] == "assistant") {
             break items;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the turn was not finished: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the turn was not finished: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, vec!["user", "assistant"]);
     assert_eq!(messages[1]["content"], "You asked: cancel my order");
 
@@ -394,7 +398,11 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
     })
     .await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "answer.completed").count(), 1, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "answer.completed").count(),
+        1,
+        "{kinds:?}"
+    );
     assert!(
         events
             .iter()

@@ -121,7 +121,10 @@ async fn start_replica(
     }
     if let Some(k) = kafka {
         env.push(("CAIRN_KAFKA__BROKERS".into(), format!("\"{}\"", k.brokers)));
-        env.push(("CAIRN_KAFKA__TOPIC_PREFIX".into(), format!("\"{}\"", k.prefix)));
+        env.push((
+            "CAIRN_KAFKA__TOPIC_PREFIX".into(),
+            format!("\"{}\"", k.prefix),
+        ));
         env.push(("CAIRN_KAFKA__PARTITIONS".into(), "12".into()));
         env.push(("CAIRN_KNOWLEDGE__ENABLED".into(), "false".into()));
     }
@@ -233,7 +236,9 @@ async fn main() -> anyhow::Result<()> {
             let mut targets = Vec::new();
             for _ in 0..replicas.max(1) {
                 let idle = Duration::from_secs(3600);
-                targets.push(Arc::new(start_replica(redis.as_deref(), k.as_ref(), idle).await?));
+                targets.push(Arc::new(
+                    start_replica(redis.as_deref(), k.as_ref(), idle).await?,
+                ));
             }
             if replicas > 1 {
                 // Let the consumer groups settle before measuring.

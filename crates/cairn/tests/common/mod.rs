@@ -296,7 +296,8 @@ pub async fn read_topic(
             .await
             .unwrap_or_else(|_| panic!("{n} records on {topic} within 30 s, got {}", out.len()))
             .unwrap();
-        let body: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        let body: Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
         let headers = m
             .headers()
             .map(|h| {
