@@ -628,6 +628,15 @@ impl Config {
                 "`api` and `worker` run apart and need a shared bus and store: set kafka.brokers and redis.url",
             );
         }
+        if self.server.role != ServerRole::All
+            && self.knowledge.enabled
+            && self.knowledge.qdrant_url.is_none()
+        {
+            return bad(
+                "server.role",
+                "`api` and `worker` processes cannot share the embedded knowledge store: set knowledge.qdrant_url or knowledge.enabled = false",
+            );
+        }
         if self.agent.lease_ttl < Duration::from_millis(100) {
             return bad("agent.lease_ttl", "must be at least 100ms");
         }
@@ -784,6 +793,48 @@ mod tests {
             MemoryConfig::default().window_messages
         );
         assert_eq!(c.server.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn kafka_and_roles_are_checked() {
+        let c = Config::load(
+            None,
+            [
+                ("CAIRN_KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("CAIRN_KAFKA__PRODUCE_TIMEOUT", "2s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.produce_timeout, Duration::from_secs(2));
+        let invalid = |env: &[(&str, &str)]| {
+            Config::load(None, env.iter().copied())
+                .and_then(|c| c.validate().map(|_| c))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(invalid(&[("CAIRN_SERVER__ROLE", "worker")]).contains("server.role"));
+        let e = invalid(&[
+            ("CAIRN_SERVER__ROLE", "api"),
+            ("CAIRN_KAFKA__BROKERS", "k:9092"),
+            ("CAIRN_REDIS__URL", "redis://r"),
+        ]);
+        assert!(e.contains("knowledge.qdrant_url"), "{e}");
+        assert!(invalid(&[("CAIRN_SERVER__ROLE", "both")]).contains("server.role"));
+        let e = invalid(&[
+            ("CAIRN_KAFKA__BROKERS", "k:9092"),
+            ("CAIRN_KAFKA__PARTITIONS", "0"),
+        ]);
+        assert!(e.contains("kafka.partitions"), "{e}");
+        let ok = [
+            ("CAIRN_SERVER__ROLE", "worker"),
+            ("CAIRN_KAFKA__BROKERS", "k:9092"),
+            ("CAIRN_REDIS__URL", "redis://r"),
+            ("CAIRN_KNOWLEDGE__ENABLED", "false"),
+        ];
+        let c = Config::load(None, ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.role, ServerRole::Worker);
     }
 
     #[test]

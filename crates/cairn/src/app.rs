@@ -198,6 +198,17 @@ pub async fn build(
         .unwrap_or_else(|| config.bus.topic_prefix.clone());
     let topics = Topics::with_prefix(&prefix);
     let kafka = !config.kafka.brokers.is_empty();
+    if kafka && config.knowledge.enabled && config.knowledge.qdrant_url.is_none() {
+        tracing::warn!(
+            "Kafka with the embedded knowledge store: each replica keeps its own knowledge base; \
+             set knowledge.qdrant_url when running more than one replica"
+        );
+    }
+    if kafka && config.redis.url.is_none() {
+        tracing::warn!(
+            "Kafka with the embedded memory store: run one replica only, or set redis.url"
+        );
+    }
     let bus: Arc<dyn EventBus> = if kafka {
         let password = match &config.kafka.sasl_password_env {
             Some(var) => Some(env(var).with_context(|| {
