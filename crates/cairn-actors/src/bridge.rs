@@ -178,6 +178,8 @@ impl Consuming {
 }
 
 type Done = (u32, u64);
+/// A record read, and whether its group already finished it.
+type Looked = (Result<BusRecord, BusError>, bool);
 
 /// Runs `consumer` with at most `max_in_flight` records in progress, committing
 /// offsets in order as their work completes. `start` begins a record's work
@@ -195,21 +197,36 @@ async fn pump<F>(
     F: FnMut(BusRecord) -> BoxFuture<'static, ()>,
 {
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
+    // Records whose dedup lookup runs; they come out in offset order.
+    let mut lookups: FuturesOrdered<BoxFuture<'static, Looked>> = FuturesOrdered::new();
     let max_in_flight = ctx.max_in_flight.max(1);
     loop {
         tokio::select! {
-            rec = consumer.next(), if in_flight.len() < max_in_flight => match rec {
+            r = consumer.next(), if in_flight.len() + lookups.len() < max_in_flight => {
+                let memory = ctx.memory.clone();
+                lookups.push_back(Box::pin(async move {
+                    let Ok(rec) = &r else { return (r, false) };
+                    let ids = [rec.envelope.event_id.clone()];
+                    match memory.events_done(group, &ids).await {
+                        Ok(done) => {
+                            let done = done.first().copied().unwrap_or(false);
+                            (r, done)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dedup check failed; working on the record (downstream dedups too)");
+                            (r, false)
+                        }
+                    }
+                }));
+            }
+            Some((r, done)) = lookups.next() => match r {
                 Ok(rec) => {
                     let at = (rec.partition, rec.offset);
                     let id = rec.envelope.event_id.clone();
-                    match ctx.memory.event_done(group, &id).await {
-                        Ok(true) => {
-                            tracing::debug!(event_id = %id, group, "duplicate delivery skipped");
-                            in_flight.push_back(Box::pin(async move { at }));
-                            continue;
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "dedup check failed; working on the record (downstream dedups too)"),
+                    if done {
+                        tracing::debug!(event_id = %id, group, "duplicate delivery skipped");
+                        in_flight.push_back(Box::pin(async move { at }));
+                        continue;
                     }
                     let work = start(rec);
                     let ctx = ctx.clone();

@@ -207,40 +207,8 @@ impl EmbeddedConsumer {
 impl BusConsumer for EmbeddedConsumer {
     async fn next(&mut self) -> Result<BusRecord, BusError> {
         loop {
-            if let Some((offset, bytes)) = self.buffer.pop_front() {
-                let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
-                    topic: self.topic.clone(),
-                    partition: 0,
-                    offset,
-                    key,
-                    class: r.class,
-                    reason: r.reason,
-                    payload: String::from_utf8_lossy(&bytes).into_owned(),
-                };
-                let rec: StoredRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                    let r = schemas::Rejection {
-                        class: schemas::RejectClass::Undecodable,
-                        reason: e.to_string(),
-                    };
-                    refused(String::new(), r)
-                })?;
-                if let Err(r) = schemas::check(&rec.envelope) {
-                    return Err(refused(rec.key, r));
-                }
-                let envelope: Envelope = serde_json::from_value(rec.envelope).map_err(|e| {
-                    let r = schemas::Rejection {
-                        class: schemas::RejectClass::Schema,
-                        reason: e.to_string(),
-                    };
-                    refused(String::new(), r)
-                })?;
-                return Ok(BusRecord {
-                    topic: self.topic.clone(),
-                    partition: 0,
-                    offset,
-                    key: rec.key,
-                    envelope,
-                });
+            if let Some(r) = self.try_next() {
+                return r;
             }
             // Mark the head as seen before reading, so a publish that lands after the
             // read wakes us.
@@ -250,6 +218,43 @@ impl BusConsumer for EmbeddedConsumer {
                 self.head.changed().await.map_err(|_| BusError::Closed)?;
             }
         }
+    }
+
+    fn try_next(&mut self) -> Option<Result<BusRecord, BusError>> {
+        let (offset, bytes) = self.buffer.pop_front()?;
+        let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset,
+            key,
+            class: r.class,
+            reason: r.reason,
+            payload: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        let rejection = |class, e: serde_json::Error| schemas::Rejection {
+            class,
+            reason: e.to_string(),
+        };
+        let rec: StoredRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let r = rejection(schemas::RejectClass::Undecodable, e);
+                return Some(Err(refused(String::new(), r)));
+            }
+        };
+        if let Err(r) = schemas::check(&rec.envelope) {
+            return Some(Err(refused(rec.key, r)));
+        }
+        Some(match serde_json::from_value::<Envelope>(rec.envelope) {
+            Ok(envelope) => Ok(BusRecord {
+                topic: self.topic.clone(),
+                partition: 0,
+                offset,
+                key: rec.key,
+                envelope,
+            }),
+            Err(e) => Err(refused(rec.key, rejection(schemas::RejectClass::Schema, e))),
+        })
     }
 
     async fn commit(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {

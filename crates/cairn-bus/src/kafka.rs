@@ -102,10 +102,16 @@ impl KafkaSettings {
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", "cairn")
             .set("message.max.bytes", self.max_message_bytes.to_string());
+        c
+    }
+
+    /// Applies the configured properties last, so they can override Cairn's
+    /// defaults (security settings, tuning).
+    fn finish(&self, c: &mut ClientConfig) -> ClientConfig {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        c
+        c.clone()
     }
 }
 
@@ -123,8 +129,8 @@ pub struct KafkaBus {
 impl KafkaBus {
     /// Connects, and creates the topics of `topics` that are missing.
     pub async fn connect(settings: KafkaSettings, topics: &Topics) -> Result<Self, BusError> {
-        let producer: FutureProducer = settings
-            .client_config()
+        let mut config = settings.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
@@ -132,9 +138,9 @@ impl KafkaBus {
             .set(
                 "message.timeout.ms",
                 settings.produce_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(unavailable)?;
+            );
+        let producer: FutureProducer =
+            settings.finish(&mut config).create().map_err(unavailable)?;
         let bus = Self {
             producer,
             settings: Arc::new(settings),
@@ -146,8 +152,10 @@ impl KafkaBus {
     /// Creates the missing topics; an existing topic is left as it is.
     async fn ensure_topics(&self, topics: &Topics) -> Result<(), BusError> {
         let s = &self.settings;
-        let admin: AdminClient<DefaultClientContext> =
-            s.client_config().create().map_err(unavailable)?;
+        let admin: AdminClient<DefaultClientContext> = s
+            .finish(&mut s.client_config())
+            .create()
+            .map_err(unavailable)?;
         let names = [
             &topics.user_events,
             &topics.reasoning_tasks,
@@ -320,8 +328,8 @@ impl EventBus for KafkaBus {
             tx,
         };
         let session = s.session_timeout.as_millis().max(1000);
-        let consumer: StreamConsumer<Rebalances> = s
-            .client_config()
+        let mut config = s.client_config();
+        config
             .set("group.id", format!("{}{group}", s.group_prefix))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -336,6 +344,12 @@ impl EventBus for KafkaBus {
             )
             .set("max.partition.fetch.bytes", s.max_message_bytes.to_string())
             .set("queued.max.messages.kbytes", "65536")
+            // How long the broker may hold a fetch when there is nothing new.
+            // Brokers that answer a fetch as soon as data arrives make this
+            // irrelevant; others (tansu) add it to every hop.
+            .set("fetch.wait.max.ms", "10");
+        let consumer: StreamConsumer<Rebalances> = s
+            .finish(&mut config)
             .create_with_context(context)
             .map_err(unavailable)?;
         consumer.subscribe(&[topic]).map_err(unavailable)?;
@@ -449,6 +463,16 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
+    /// False for records buffered before their partition was revoked: they belong
+    /// to the next owner, who reads them from the committed offset.
+    fn keeps(&self, r: &Result<BusRecord, BusError>) -> bool {
+        match r {
+            Ok(rec) => self.owns(rec.partition),
+            Err(BusError::Undecodable { partition, .. }) => self.owns(*partition),
+            Err(_) => true,
+        }
+    }
+
     fn owns(&self, partition: u32) -> bool {
         self.owned
             .lock()
@@ -468,15 +492,17 @@ impl BusConsumer for KafkaConsumer {
     async fn next(&mut self) -> Result<BusRecord, BusError> {
         loop {
             let r = self.records.recv().await.ok_or(BusError::Closed)?;
-            let partition = match &r {
-                Ok(rec) => rec.partition,
-                Err(BusError::Undecodable { partition, .. }) => *partition,
-                Err(_) => return r,
-            };
-            // Records buffered before their partition was revoked belong to the
-            // next owner, who reads them from the committed offset.
-            if self.owns(partition) {
+            if self.keeps(&r) {
                 return r;
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<BusRecord, BusError>> {
+        loop {
+            let r = self.records.try_recv().ok()?;
+            if self.keeps(&r) {
+                return Some(r);
             }
         }
     }

@@ -650,15 +650,30 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
 
 pub async fn finished_events_are_remembered_for_their_ttl<S: Store>(s: S) {
     let id = uuid::Uuid::now_v7().to_string();
-    assert!(!s.event_done("cairn-router", &id).await.unwrap());
+    let other = uuid::Uuid::now_v7().to_string();
+    let both = [id.clone(), other.clone()];
+    assert_eq!(
+        s.events_done("cairn-router", &both).await.unwrap(),
+        [false, false]
+    );
     s.mark_event_done("cairn-router", &id, Duration::from_secs(2))
         .await
         .unwrap();
-    assert!(s.event_done("cairn-router", &id).await.unwrap());
+    assert_eq!(
+        s.events_done("cairn-router", &both).await.unwrap(),
+        [true, false]
+    );
+    assert!(s.events_done("cairn-router", &[]).await.unwrap().is_empty());
     // Per consumer group.
-    assert!(!s.event_done("cairn-ingestion", &id).await.unwrap());
+    assert_eq!(
+        s.events_done("cairn-ingestion", &both).await.unwrap(),
+        [false, false]
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(!s.event_done("cairn-router", &id).await.unwrap());
+    assert_eq!(
+        s.events_done("cairn-router", &both).await.unwrap(),
+        [false, false]
+    );
 }
 
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async

@@ -773,13 +773,22 @@ impl MemoryStore for EmbeddedStore {
             .map(|_| ())
     }
 
-    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
-        let k = done_key(group, event_id);
+    async fn events_done(
+        &self,
+        group: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<String> = event_ids.iter().map(|id| done_key(group, id)).collect();
         self.db
             .read(move |txn| {
                 let t = txn.open_table(DONE_EVENTS).map_err(r)?;
-                let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
-                Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now_ms()))
+                let now = now_ms();
+                keys.iter()
+                    .map(|k| {
+                        let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
+                        Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now))
+                    })
+                    .collect()
             })
             .await
             .map_err(unavailable)

@@ -818,11 +818,25 @@ impl MemoryStore for RedisStore {
         Ok(())
     }
 
-    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
+    async fn events_done(
+        &self,
+        group: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<bool>, StoreError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = event_ids
+            .iter()
+            .map(|id| self.global(&format!("done:{group}:{id}")))
+            .collect();
         let mut c = self.conn.clone();
-        c.exists(self.global(&format!("done:{group}:{event_id}")))
+        let found: Vec<Option<u8>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(found.into_iter().map(|v| v.is_some()).collect())
     }
 
     async fn mark_event_done(

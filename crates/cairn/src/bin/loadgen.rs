@@ -216,6 +216,13 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Quiet unless CAIRN_LOG asks (e.g. CAIRN_LOG=warn).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.mode {
         Mode::Turns {
             conversations,
