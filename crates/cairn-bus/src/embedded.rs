@@ -201,26 +201,9 @@ impl EmbeddedConsumer {
         self.buffer.extend(page);
         Ok(())
     }
-}
 
-#[async_trait]
-impl BusConsumer for EmbeddedConsumer {
-    async fn next(&mut self) -> Result<BusRecord, BusError> {
-        loop {
-            if let Some(r) = self.try_next() {
-                return r;
-            }
-            // Mark the head as seen before reading, so a publish that lands after the
-            // read wakes us.
-            self.head.borrow_and_update();
-            self.fetch().await?;
-            if self.buffer.is_empty() {
-                self.head.changed().await.map_err(|_| BusError::Closed)?;
-            }
-        }
-    }
-
-    fn try_next(&mut self) -> Option<Result<BusRecord, BusError>> {
+    /// Decodes the next buffered record, if any.
+    fn pop_buffered(&mut self) -> Option<Result<BusRecord, BusError>> {
         let (offset, bytes) = self.buffer.pop_front()?;
         let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
             topic: self.topic.clone(),
@@ -255,6 +238,24 @@ impl BusConsumer for EmbeddedConsumer {
             }),
             Err(e) => Err(refused(rec.key, rejection(schemas::RejectClass::Schema, e))),
         })
+    }
+}
+
+#[async_trait]
+impl BusConsumer for EmbeddedConsumer {
+    async fn next(&mut self) -> Result<BusRecord, BusError> {
+        loop {
+            if let Some(r) = self.pop_buffered() {
+                return r;
+            }
+            // Mark the head as seen before reading, so a publish that lands after the
+            // read wakes us.
+            self.head.borrow_and_update();
+            self.fetch().await?;
+            if self.buffer.is_empty() {
+                self.head.changed().await.map_err(|_| BusError::Closed)?;
+            }
+        }
     }
 
     async fn commit(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {

@@ -498,15 +498,6 @@ impl BusConsumer for KafkaConsumer {
         }
     }
 
-    fn try_next(&mut self) -> Option<Result<BusRecord, BusError>> {
-        loop {
-            let r = self.records.try_recv().ok()?;
-            if self.keeps(&r) {
-                return Some(r);
-            }
-        }
-    }
-
     async fn commit(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
         let p = i32::try_from(partition).map_err(unavailable)?;
         let o = i64::try_from(offset).map_err(unavailable)?;

@@ -81,11 +81,6 @@ pub trait BusConsumer: Send {
     /// The next record; waits until one is available.
     async fn next(&mut self) -> Result<BusRecord, BusError>;
 
-    /// The next record if one is already at hand (read ahead), without waiting.
-    fn try_next(&mut self) -> Option<Result<BusRecord, BusError>> {
-        None
-    }
-
     /// Marks every record up to and including `offset` of `partition` as done.
     /// Call it only after the work (or the DLQ write) is durable.
     async fn commit(&mut self, partition: u32, offset: u64) -> Result<(), BusError>;
