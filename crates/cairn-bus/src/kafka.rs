@@ -156,14 +156,7 @@ impl KafkaBus {
             .finish(&mut s.client_config())
             .create()
             .map_err(unavailable)?;
-        let names = [
-            &topics.user_events,
-            &topics.reasoning_tasks,
-            &topics.ingestion_events,
-            &topics.alerts,
-            &topics.conversation_events,
-            &topics.dlq,
-        ];
+        let names = topics.all();
         let existing = self.topic_names().await?;
         let missing: Vec<&String> = names
             .iter()

@@ -17,14 +17,7 @@ const PARTITIONS: i32 = 4;
 
 fn cluster(topics: &Topics) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let c = MockCluster::new(1).expect("mock cluster");
-    for t in [
-        &topics.user_events,
-        &topics.reasoning_tasks,
-        &topics.ingestion_events,
-        &topics.alerts,
-        &topics.conversation_events,
-        &topics.dlq,
-    ] {
+    for t in topics.all() {
         c.create_topic(t, PARTITIONS, 1).unwrap();
     }
     c

@@ -28,7 +28,7 @@ fn setup(dir: &std::path::Path) -> (Cluster, Config, Topics) {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let prefix = format!("k{}.", uuid::Uuid::new_v4().simple());
     let topics = Topics::with_prefix(&prefix);
-    for t in all(&topics) {
+    for t in topics.all() {
         cluster.create_topic(t, PARTITIONS, 1).unwrap();
     }
     let mut config = common::config(dir, None);
@@ -38,17 +38,6 @@ fn setup(dir: &std::path::Path) -> (Cluster, Config, Topics) {
     config.kafka.produce_timeout = Duration::from_secs(1);
     config.knowledge.enabled = false;
     (cluster, config, topics)
-}
-
-fn all(t: &Topics) -> [&String; 6] {
-    [
-        &t.user_events,
-        &t.reasoning_tasks,
-        &t.ingestion_events,
-        &t.alerts,
-        &t.conversation_events,
-        &t.dlq,
-    ]
 }
 
 fn client_config(cluster: &Cluster) -> ClientConfig {

@@ -169,4 +169,16 @@ impl Topics {
             dlq: t("dlq"),
         }
     }
+
+    /// Every topic name.
+    pub fn all(&self) -> [&String; 6] {
+        [
+            &self.user_events,
+            &self.reasoning_tasks,
+            &self.ingestion_events,
+            &self.alerts,
+            &self.conversation_events,
+            &self.dlq,
+        ]
+    }
 }
