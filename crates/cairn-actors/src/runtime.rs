@@ -198,8 +198,10 @@ impl Runtime {
         let mut envelope = Envelope::new(USER_MESSAGE, request.tenant_id.clone(), data);
         envelope.traceparent = traceparent.map(str::to_owned);
         // The message id is the dedup key downstream; reuse it as the event id
-        // only when it is a UUID, as the envelope schema requires.
-        if uuid::Uuid::parse_str(request.message_id.as_str()).is_ok() {
+        // only when it is a UUIDv7, as the envelope schema requires.
+        if uuid::Uuid::parse_str(request.message_id.as_str())
+            .is_ok_and(|u| u.get_version_num() == 7)
+        {
             envelope.event_id = request.message_id.to_string();
         }
         self.bus

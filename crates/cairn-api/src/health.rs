@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 async fn components(state: &AppState) -> (bool, Value) {
     let memory_ok = state.memory.ping().await;
     let runtime = &state.runtime;
+    let bus_ok = runtime.bus().ping().await;
     let actors_ok = runtime.is_running();
     let model = &runtime.deps().model;
-    let ok = memory_ok.is_ok() && actors_ok;
+    let ok = memory_ok.is_ok() && bus_ok.is_ok() && actors_ok;
     let mut body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -22,7 +23,11 @@ async fn components(state: &AppState) -> (bool, Value) {
                 "backend": state.memory.backend(),
                 "error": memory_ok.err().map(|e| e.to_string()),
             },
-            "bus": { "status": "ok", "backend": runtime.bus().backend() },
+            "bus": {
+                "status": if bus_ok.is_ok() { "ok" } else { "down" },
+                "backend": runtime.bus().backend(),
+                "error": bus_ok.err().map(|e| e.to_string()),
+            },
             "model": {
                 "status": "ok",
                 "provider": model.provider(),
@@ -52,9 +57,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (status, Json(body))
 }
 
-/// `GET /ready`: 200 when the store answers and the actors run.
+/// `GET /ready`: 200 when the store and the bus answer and the actors run.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let ok = state.memory.ping().await.is_ok() && state.runtime.is_running();
+    let ok = state.memory.ping().await.is_ok()
+        && state.runtime.bus().ping().await.is_ok()
+        && state.runtime.is_running();
     if ok {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {

@@ -254,6 +254,20 @@ impl EventBus for KafkaBus {
         "kafka"
     }
 
+    /// A metadata request to the cluster, answered within two seconds.
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| BusError::Unavailable(format!("no broker answers: {e}")))
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
     async fn publish(&self, topic: &str, key: &str, envelope: &Envelope) -> Result<(), BusError> {
         self.publish_with_headers(topic, key, envelope, &[]).await
     }

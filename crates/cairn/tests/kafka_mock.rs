@@ -244,6 +244,14 @@ async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
         started.elapsed() < Duration::from_secs(5),
         "answered within the produce deadline"
     );
+    let health = api.get("/health").await;
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        health.body["components"]["bus"]["status"], "down",
+        "{:?}",
+        health.body
+    );
+    assert_eq!(api.get("/ready").await.status, 503);
 
     cluster.broker_up(-1).unwrap();
     let mut answered = None;
@@ -262,6 +270,13 @@ async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let answered = answered.expect("accepted again once the broker is back");
+    let health = api.get("/health").await;
+    assert_eq!(
+        health.body["components"]["bus"]["status"], "ok",
+        "{:?}",
+        health.body
+    );
+    assert_eq!(api.get("/ready").await.status, 200);
     assert!(answered["answer"]["content"].is_string());
     // Nothing of the refused message was kept.
     let history = api.get(&format!("/v1/conversations/{conv}/messages")).await;

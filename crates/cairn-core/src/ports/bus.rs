@@ -54,6 +54,11 @@ pub trait EventBus: Send + Sync + 'static {
     /// A short name for `/health` (`embedded`, `kafka`).
     fn backend(&self) -> &'static str;
 
+    /// Checks that the bus answers (for `/health` and `/ready`).
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Writes an event; returns only once it is durable.
     async fn publish(&self, topic: &str, key: &str, envelope: &Envelope) -> Result<(), BusError>;
 
