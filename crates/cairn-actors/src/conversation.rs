@@ -348,29 +348,55 @@ async fn acquire_lease(deps: AgentDeps, key: ConvKey, me: ActorRef<ConversationM
     }
 }
 
-/// Republishes the conversation's new stored events on the relay topic (keyed by
-/// conversation id), from the newest event at the actor's start.
+/// How often the relay records how far it got (and when the stream goes idle).
+const RELAY_FLUSH: Duration = Duration::from_millis(250);
+
+/// Republishes the conversation's stored events on the relay topic (keyed by
+/// conversation id), from where the last relay of this conversation stopped
+/// (`MemoryStore::relayed_until`). At-least-once: events published after the
+/// last recorded position are published again by the next relay.
 async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
     use futures::StreamExt;
     let (t, id) = (key.0.clone(), key.1.clone());
     let after = loop {
-        match deps.events.last_event_id(&t, &id).await {
+        match deps.memory.relayed_until(&t, &id).await {
             Ok(n) => break n,
             Err(e) => {
-                tracing::warn!(conversation = %id, error = %e, "relay cannot read the stream yet");
+                tracing::warn!(conversation = %id, error = %e, "relay cannot read its position yet");
                 tokio::time::sleep(STORE_RETRY).await;
             }
         }
     };
     let mut stream = deps.events.subscribe(t.clone(), id.clone(), after);
-    while let Some(item) = stream.next().await {
+    let mut pending: Option<u64> = None;
+    let mut flushed_at = std::time::Instant::now();
+    let flush = |upto: Option<u64>| {
+        let (deps, t, id) = (deps.clone(), t.clone(), id.clone());
+        async move {
+            if let Some(n) = upto
+                && let Err(e) = deps.memory.set_relayed_until(&t, &id, n).await
+            {
+                tracing::warn!(conversation = %id, error = %e, "cannot record the relay position");
+            }
+        }
+    };
+    loop {
+        let item = match tokio::time::timeout(RELAY_FLUSH, stream.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) => {
+                flush(pending.take()).await;
+                continue;
+            }
+        };
         let stored = match item {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(conversation = %id, error = %e, "relay lost the stream");
-                return;
+                break;
             }
         };
+        let n = stored.id;
         let data = ConversationEvent {
             conversation_id: id.clone(),
             id: stored.id,
@@ -391,7 +417,13 @@ async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        pending = Some(n);
+        if flushed_at.elapsed() >= RELAY_FLUSH {
+            flush(pending.take()).await;
+            flushed_at = std::time::Instant::now();
+        }
     }
+    flush(pending.take()).await;
 }
 
 /// Starts the head of the queue if nothing runs.

@@ -648,6 +648,19 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     );
 }
 
+pub async fn relay_progress_only_moves_forward<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    assert_eq!(s.relayed_until(&t, &m.id).await.unwrap(), 0);
+    s.set_relayed_until(&t, &m.id, 5).await.unwrap();
+    s.set_relayed_until(&t, &m.id, 3).await.unwrap();
+    assert_eq!(s.relayed_until(&t, &m.id).await.unwrap(), 5);
+    assert_eq!(s.relayed_until(&tenant("globex"), &m.id).await.unwrap(), 0);
+    s.delete_conversation(&t, &m.id).await.unwrap();
+    assert_eq!(s.relayed_until(&t, &m.id).await.unwrap(), 0);
+}
+
 pub async fn finished_events_are_remembered_for_their_ttl<S: Store>(s: S) {
     let id = uuid::Uuid::now_v7().to_string();
     let other = uuid::Uuid::now_v7().to_string();
@@ -696,6 +709,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; document_records_are_tenant_scoped);
         $crate::conformance_tests!(@case $make; leases_fence_stale_writers);
         $crate::conformance_tests!(@case $make; finished_events_are_remembered_for_their_ttl);
+        $crate::conformance_tests!(@case $make; relay_progress_only_moves_forward);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

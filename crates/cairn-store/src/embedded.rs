@@ -40,6 +40,8 @@ const EVENT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("event_seq");
 /// `tenant \0 conversation` → the writer lease (JSON [`LeaseRow`]); the row stays
 /// after a release or expiry so the fencing token keeps growing.
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// `tenant \0 conversation` → id of the last stream event republished on the bus.
+const RELAYED: TableDefinition<&str, u64> = TableDefinition::new("relayed_events");
 /// `group \0 event_id` → expiry (ms since the epoch): bus events a consumer finished.
 const DONE_EVENTS: TableDefinition<&str, u64> = TableDefinition::new("done_events");
 /// `tenant \0 document` → the document record (JSON), in id order per tenant.
@@ -121,6 +123,7 @@ impl EmbeddedStore {
                 txn.open_table(DOCUMENTS).map_err(r)?;
                 txn.open_table(LEASES).map_err(r)?;
                 txn.open_table(DONE_EVENTS).map_err(r)?;
+                txn.open_table(RELAYED).map_err(r)?;
                 Ok(())
             })
             .await
@@ -305,6 +308,8 @@ fn delete_in(txn: &WriteTransaction, k: &str) -> Result<bool, DbError> {
         txn.open_table(def).map_err(r)?.remove(k).map_err(r)?;
     }
     txn.open_table(EVENT_SEQ).map_err(r)?.remove(k).map_err(r)?;
+    txn.open_table(RELAYED).map_err(r)?.remove(k).map_err(r)?;
+    txn.open_table(LEASES).map_err(r)?.remove(k).map_err(r)?;
     let lo = format!("{k}\0");
     let hi = format!("{k}\u{1}");
     txn.open_table(SEEN)
@@ -771,6 +776,41 @@ impl MemoryStore for EmbeddedStore {
         self.renew_or_release(key(tenant, id), owner.to_owned(), token, None)
             .await
             .map(|_| ())
+    }
+
+    async fn relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(RELAYED).map_err(r)?;
+                Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event_id: u64,
+    ) -> Result<(), StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .write(move |txn| {
+                let mut t = txn.open_table(RELAYED).map_err(r)?;
+                let current = t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value());
+                if event_id > current {
+                    t.insert(k.as_str(), event_id).map_err(r)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
     }
 
     async fn events_done(

@@ -14,6 +14,7 @@
 //! | `P:C:events`        | stream | events; entry id `N-1` for event id `N`            |
 //! | `P:C:fence`         | string | the newest fencing token granted (INCR)            |
 //! | `P:C:lease`         | string | `owner|token`, expiring (PX) — the writer lease    |
+//! | `P:C:relayed`       | string | last event id republished on the bus               |
 //! | `P:done:G:E`        | string | bus event `E` finished by consumer group `G` (EX)  |
 //! | `P:owner:T:U`       | zset   | a user's conversation ids (lexicographic, score 0) |
 //! | `P:updated`         | zset   | `tenant/conversation` by last update (retention)   |
@@ -113,6 +114,16 @@ end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token",
+    )
+});
+
+/// Sets a counter to ARGV[1] unless it is already higher.
+static RAISE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0",
     )
 });
 
@@ -305,6 +316,7 @@ impl RedisStore {
                     "events",
                     "lease",
                     "fence",
+                    "relayed",
                 ]
                 .map(|s| self.k(t, id, s))
                 .to_vec(),
@@ -812,6 +824,35 @@ impl MemoryStore for RedisStore {
             .key(self.k(tenant, id, "lease"))
             .arg(format!("{owner}|{token}"))
             .arg("")
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c
+            .get(self.k(tenant, id, "relayed"))
+            .await
+            .map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn set_relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event_id: u64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = RAISE
+            .key(self.k(tenant, id, "relayed"))
+            .arg(event_id)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;

@@ -85,7 +85,13 @@ async fn poison_events_reach_the_dlq_with_their_provenance() {
         sent.insert((*class).to_owned(), (d.partition, d.offset));
     }
 
-    let dlq = common::read_topic(&cluster.bootstrap_servers(), &topics.dlq, |_, _| true, 3).await;
+    let dlq = common::read_topic(
+        &cluster.bootstrap_servers(),
+        &topics.dlq,
+        |_, _| true,
+        |r| r.len() == 3,
+    )
+    .await;
     for (record, headers) in &dlq {
         let class = headers["cairn.dlq.error_class"].clone();
         let (partition, offset) = sent.remove(&class).expect("one record per kind of poison");

@@ -247,7 +247,7 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
     // The message went through reasoning_tasks keyed by conversation, with the
     // request's trace context in a header and in the envelope.
     let topic = format!("{}reasoning_tasks", cluster.prefix);
-    let routed = common::read_topic(&cluster.brokers, &topic, |_, _| true, 1).await;
+    let routed = common::read_topic(&cluster.brokers, &topic, |_, _| true, |r| !r.is_empty()).await;
     let (record, headers) = &routed[0];
     assert_eq!(record["type"], "user.message");
     assert_eq!(record["data"]["conversation_id"], conv.as_str());
@@ -260,7 +260,7 @@ async fn a_turn_runs_end_to_end_through_a_kafka_broker() {
         &cluster.brokers,
         &topic,
         |r, _| r["data"]["event"]["type"] == "answer.completed",
-        1,
+        |r| !r.is_empty(),
     )
     .await;
     let (answer, _) = &events[0];
@@ -408,5 +408,37 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
             .iter()
             .any(|(_, k, d)| k == "turn.started" && d["resumed"] == true),
         "{events:?}"
+    );
+
+    // Downstream consumers saw the whole turn on conversation_events: the start on
+    // the dead replica, the resumption and the answer on the survivor (whose relay
+    // went on from where the dead one had recorded its progress).
+    let topic = format!("{}conversation_events", cluster.prefix);
+    let published = common::read_topic(
+        &cluster.brokers,
+        &topic,
+        |r, _| r["data"]["conversation_id"] == conv.as_str(),
+        |r| {
+            r.iter()
+                .any(|(b, _)| b["data"]["event"]["type"] == "answer.completed")
+        },
+    )
+    .await;
+    let mut seen: Vec<(String, bool)> = published
+        .iter()
+        .map(|(r, _)| {
+            let e = &r["data"]["event"];
+            (
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["resumed"] == true,
+            )
+        })
+        .collect();
+    seen.dedup();
+    assert!(seen.contains(&("turn.started".into(), false)), "{seen:?}");
+    assert!(seen.contains(&("turn.started".into(), true)), "{seen:?}");
+    assert!(
+        seen.contains(&("answer.completed".into(), false)),
+        "{seen:?}"
     );
 }

@@ -196,6 +196,23 @@ pub trait MemoryStore: Send + Sync + 'static {
         token: u64,
     ) -> Result<(), StoreError>;
 
+    /// The id of the last stream event of the conversation republished on the bus
+    /// (`conversation_events`); 0 when none was.
+    async fn relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError>;
+
+    /// Records that the conversation's stream events up to `event_id` were
+    /// republished on the bus.
+    async fn set_relayed_until(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        event_id: u64,
+    ) -> Result<(), StoreError>;
+
     /// For each of `event_ids`, true when consumer `group` finished that bus event
     /// within the dedup window (see [`mark_event_done`](Self::mark_event_done)).
     /// One call for a batch: consumers check every record they read.

@@ -271,15 +271,17 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     panic!("server at {base} did not become ready");
 }
 
-/// Reads `topic` from the start, as a consumer group of its own, until `n`
-/// records for which `keep(body, headers)` holds were seen (at most 30 s);
-/// returns them with their headers.
+/// A record read from Kafka: its JSON body and its headers.
+pub type Record = (Value, std::collections::HashMap<String, String>);
+
+/// Reads `topic` from the start, as a consumer group of its own, keeping the
+/// records for which `keep(body, headers)` holds, until `done(kept)` (at most 30 s).
 pub async fn read_topic(
     brokers: &str,
     topic: &str,
     keep: impl Fn(&Value, &std::collections::HashMap<String, String>) -> bool,
-    n: usize,
-) -> Vec<(Value, std::collections::HashMap<String, String>)> {
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -289,12 +291,12 @@ pub async fn read_topic(
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
+    let mut out: Vec<Record> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < n {
+    while !done(&out) {
         let m = tokio::time::timeout_at(deadline, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("{n} records on {topic} within 30 s, got {}", out.len()))
+            .unwrap_or_else(|_| panic!("not done reading {topic} within 30 s: {out:?}"))
             .unwrap();
         let body: Value =
             serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
