@@ -1,6 +1,11 @@
 //! Messages: `POST /v1/conversations/{id}/messages` (202 with a turn handle;
 //! `?wait=true` for the answer; `Accept: text/event-stream` to stream the turn)
 //! and `GET /v1/conversations/{id}/messages` (the transcript).
+//!
+//! A post may carry `Idempotency-Key`: the message and turn ids are then derived
+//! from it (per tenant and conversation), so a client that retries — e.g. after a
+//! 503 whose event may still have reached the bus — never causes a second turn; a
+//! retry of an accepted message is answered from that message's turn.
 
 use crate::auth::Caller;
 use crate::conversations::load_owned;
@@ -13,7 +18,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_core::ports::StoreError;
-use cairn_core::{StoredEvent, TurnEvent, TurnRequest};
+use cairn_core::{MessageId, StoredEvent, TurnEvent, TurnId, TurnRequest};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,6 +28,34 @@ use std::collections::HashMap;
 pub const MAX_CONTENT_CHARS: usize = 32_000;
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;
+
+/// The `Idempotency-Key` request header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Namespaces of the ids derived from an idempotency key (UUIDv5).
+const MESSAGE_NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_3a8e_52d4_4b7a_9c0e_1d2f_3a4b_5c6d);
+const TURN_NS: uuid::Uuid = uuid::Uuid::from_u128(0x0b9e_7d61_c2a3_4f58_8e1b_6a7c_9d0e_2f3a);
+
+/// The client's idempotency key, if it sent a usable one.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = v.to_str().unwrap_or_default();
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !ok {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "`Idempotency-Key` must be 1 to 128 characters of A-Z a-z 0-9 - _ . :",
+        )
+        .with_details(json!({"field": "Idempotency-Key"})));
+    }
+    Ok(Some(key.to_owned()))
+}
 
 /// Body of `POST /v1/conversations/{id}/messages`.
 #[derive(Debug, Deserialize)]
@@ -67,18 +100,38 @@ pub async fn post(
         )
         .with_details(json!({"field": "content", "max": MAX_CONTENT_CHARS})));
     }
-    let after = state.events.last_event_id(&caller.tenant, &id).await?;
-    let request = TurnRequest::new(
+    let key = idempotency_key(&headers)?;
+    let mut after = state.events.last_event_id(&caller.tenant, &id).await?;
+    let mut request = TurnRequest::new(
         caller.tenant.clone(),
         id.clone(),
         caller.user.clone(),
         body.content,
     );
-    state
-        .runtime
-        .submit(&request, Some(&crate::request_id::traceparent()))
-        .await
-        .map_err(|e| ApiError::unavailable("the event bus", &e))?;
+    let mut replay = false;
+    if let Some(k) = &key {
+        let name = format!("{}/{id}/{k}", caller.tenant);
+        let derived = |ns: &uuid::Uuid| uuid::Uuid::new_v5(ns, name.as_bytes()).to_string();
+        request.message_id = MessageId::parse(derived(&MESSAGE_NS))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
+        request.turn_id = TurnId::parse(derived(&TURN_NS))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
+        // Accepted before: answer from that turn's events instead of posting again.
+        replay = state
+            .memory
+            .message_accepted(&caller.tenant, &id, &request.message_id)
+            .await?;
+    }
+    if replay {
+        after = 0;
+        tracing::info!(conversation = %id, turn = %request.turn_id, "idempotent retry of an accepted message");
+    } else {
+        state
+            .runtime
+            .submit(&request, Some(&crate::request_id::traceparent()))
+            .await
+            .map_err(|e| ApiError::unavailable("the event bus", &e))?;
+    }
     let events_url = format!("/v1/conversations/{id}/events?after={after}");
     tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
 

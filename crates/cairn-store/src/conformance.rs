@@ -200,7 +200,14 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     s.create_conversation(&m).await.unwrap();
     let r1 = request(&m, "one");
     let r2 = request(&m, "two");
+    assert!(!s.message_accepted(&t, &m.id, &r1.message_id).await.unwrap());
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::New);
+    assert!(s.message_accepted(&t, &m.id, &r1.message_id).await.unwrap());
+    assert!(
+        !s.message_accepted(&tenant("globex"), &m.id, &r1.message_id)
+            .await
+            .unwrap()
+    );
     assert_eq!(s.enqueue_turn(&r2).await.unwrap(), Enqueued::New);
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
     let pending = s.pending_turns(&t, &m.id).await.unwrap();

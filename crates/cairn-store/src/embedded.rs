@@ -778,6 +778,22 @@ impl MemoryStore for EmbeddedStore {
             .map(|_| ())
     }
 
+    async fn message_accepted(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let seen_key = format!("{}\0{message_id}", key(tenant, id));
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(SEEN).map_err(r)?;
+                Ok(t.get(seen_key.as_str()).map_err(r)?.is_some())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn relayed_until(
         &self,
         tenant: &TenantId,

@@ -830,6 +830,18 @@ impl MemoryStore for RedisStore {
         Ok(())
     }
 
+    async fn message_accepted(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        c.sismember(self.k(tenant, id, "seen"), message_id.as_str())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn relayed_until(
         &self,
         tenant: &TenantId,

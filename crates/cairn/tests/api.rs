@@ -552,3 +552,61 @@ async fn search_returns_the_callers_ranked_chunks_with_citations() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_with_an_idempotency_key_runs_one_turn() {
+    let (mut s, _dir) = server().await;
+    let c = s.client(&s.token("acme", "ana"));
+    let conv = c.new_conversation().await;
+    let post = |key: &'static str, conv: String| {
+        let c = &c;
+        async move {
+            c.send(
+                c.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/conversations/{conv}/messages?wait=true"),
+                )
+                .header("idempotency-key", key)
+                .json(&json!({"content": "My order number is 4417."})),
+            )
+            .await
+        }
+    };
+    let first = post("order-4417:try", conv.clone()).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let again = post("order-4417:try", conv.clone()).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    for field in ["message_id", "turn_id"] {
+        assert_eq!(first.body[field], again.body[field], "{field}");
+    }
+    assert_eq!(
+        first.body["answer"]["content"],
+        again.body["answer"]["content"]
+    );
+    let history = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+    assert_eq!(
+        history.body["items"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        history.body
+    );
+
+    // The same key in another conversation is another message.
+    let other = c.new_conversation().await;
+    let elsewhere = post("order-4417:try", other).await;
+    assert_ne!(elsewhere.body["message_id"], first.body["message_id"]);
+
+    let bad = c
+        .send(
+            c.req(
+                reqwest::Method::POST,
+                &format!("/v1/conversations/{conv}/messages"),
+            )
+            .header("idempotency-key", "has space")
+            .json(&json!({"content": "hi"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body["error"]["code"], "invalid_field", "{:?}", bad.body);
+    s.stop().await;
+}

@@ -232,12 +232,15 @@ async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
 
     cluster.broker_down(-1).unwrap();
     let started = std::time::Instant::now();
-    let r = api
-        .post(
+    // The client sends an idempotency key, so it can retry safely.
+    let lost = api
+        .req(
+            reqwest::Method::POST,
             &format!("/v1/conversations/{conv}/messages"),
-            json!({"content": "lost?"}),
         )
-        .await;
+        .header("idempotency-key", "second-question")
+        .json(&json!({"content": "second question"}));
+    let r = api.send(lost).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "unavailable", "{:?}", r.body);
     assert!(
@@ -262,12 +265,14 @@ async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
     cluster.broker_up(-1).unwrap();
     let mut answered = None;
     for _ in 0..60 {
-        let r = api
-            .post(
+        let retry = api
+            .req(
+                reqwest::Method::POST,
                 &format!("/v1/conversations/{conv}/messages?wait=true"),
-                json!({"content": "second question"}),
             )
-            .await;
+            .header("idempotency-key", "second-question")
+            .json(&json!({"content": "second question"}));
+        let r = api.send(retry).await;
         if r.status == 200 {
             answered = Some(r.body);
             break;

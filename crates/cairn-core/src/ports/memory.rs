@@ -106,6 +106,15 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// seen before (at-least-once delivery makes duplicates normal).
     async fn enqueue_turn(&self, request: &TurnRequest) -> Result<Enqueued, StoreError>;
 
+    /// True when a request with `message_id` was accepted into the conversation's
+    /// queue (it is answered, running or waiting).
+    async fn message_accepted(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError>;
+
     /// The queued requests, oldest first (the head may be in flight).
     async fn pending_turns(
         &self,
