@@ -799,14 +799,7 @@ impl MemoryStore for EmbeddedStore {
         tenant: &TenantId,
         id: &ConversationId,
     ) -> Result<u64, StoreError> {
-        let k = key(tenant, id);
-        self.db
-            .read(move |txn| {
-                let t = txn.open_table(RELAYED).map_err(r)?;
-                Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
-            })
-            .await
-            .map_err(unavailable)
+        self.counter(RELAYED, tenant, id).await
     }
 
     async fn set_relayed_until(
@@ -897,6 +890,23 @@ fn done_key(group: &str, event_id: &str) -> String {
 }
 
 impl EmbeddedStore {
+    /// A per-conversation counter of `table` (0 when there is none).
+    async fn counter(
+        &self,
+        table: TableDefinition<'static, &'static str, u64>,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<u64, StoreError> {
+        let k = key(tenant, id);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(table).map_err(r)?;
+                Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     pub(crate) async fn acquire(
         &self,
         k: String,
@@ -1121,14 +1131,7 @@ impl EventStream for EmbeddedStore {
         tenant: &TenantId,
         id: &ConversationId,
     ) -> Result<u64, StoreError> {
-        let k = key(tenant, id);
-        self.db
-            .read(move |txn| {
-                let t = txn.open_table(EVENT_SEQ).map_err(r)?;
-                Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
-            })
-            .await
-            .map_err(unavailable)
+        self.counter(EVENT_SEQ, tenant, id).await
     }
 
     fn subscribe(
