@@ -33,5 +33,5 @@ pub mod supervisor;
 pub mod turn;
 
 pub use catalog::{ToolCatalog, ToolProvider};
-pub use runtime::{Role, Runtime};
+pub use runtime::Runtime;
 pub use settings::{AgentDeps, AgentSettings, Relay};

@@ -7,6 +7,7 @@ use crate::settings::AgentDeps;
 use crate::supervisor::{ConversationSupervisor, SupervisorMsg};
 use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
+use cairn_core::config::ServerRole;
 use cairn_core::envelope::{DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusError, EventBus, Topics};
 use ractor::{Actor, ActorRef};
@@ -25,7 +26,7 @@ pub struct Runtime {
     ingestion: Option<Ingestion>,
     /// True when documents are ingested (here or by worker replicas).
     ingests: bool,
-    role: Role,
+    role: ServerRole,
 }
 
 /// A task awaited (once) at shutdown.
@@ -44,24 +45,6 @@ struct Ingestion {
 #[error("cannot start the conversation supervisor: {0}")]
 pub struct StartError(String);
 
-/// What a process runs (`cairn serve --role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The HTTP API only: it publishes to the bus; workers do the rest.
-    Api,
-    /// The actors and bridges only.
-    Worker,
-    /// Both (the default).
-    All,
-}
-
-impl Role {
-    /// True when this role runs the actors and bridges.
-    pub fn runs_actors(self) -> bool {
-        matches!(self, Role::Worker | Role::All)
-    }
-}
-
 impl Runtime {
     /// Starts the supervisor (which resumes unfinished conversations) and the
     /// bridges, reading the bus with `max_in_flight` records in progress per bridge.
@@ -75,10 +58,10 @@ impl Runtime {
             bus,
             topics,
             memory: deps.memory.clone(),
-            dedup_ttl: std::time::Duration::from_secs(24 * 3600),
+            dedup_ttl: cairn_core::config::BusConfig::default().dedup_ttl,
             max_in_flight,
         };
-        Self::start_with(deps, ctx, None, Role::All).await
+        Self::start_with(deps, ctx, None, ServerRole::All).await
     }
 
     /// Like [`start`](Self::start), plus the ingestion actors (parse/chunk actor,
@@ -88,7 +71,7 @@ impl Runtime {
         deps: AgentDeps,
         ctx: Consuming,
         ingestion: Option<(IngestDeps, usize)>,
-        role: Role,
+        role: ServerRole,
     ) -> Result<Runtime, StartError> {
         let (bus, topics) = (ctx.bus.clone(), ctx.topics.clone());
         let ingests = ingestion.is_some();
@@ -176,7 +159,7 @@ impl Runtime {
     }
 
     /// What this process runs.
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> ServerRole {
         self.role
     }
 

@@ -267,6 +267,13 @@ pub enum ServerRole {
     All,
 }
 
+impl ServerRole {
+    /// True when this role runs the actors and bus bridges.
+    pub fn runs_actors(self) -> bool {
+        matches!(self, ServerRole::Worker | ServerRole::All)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

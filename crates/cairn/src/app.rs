@@ -5,7 +5,7 @@ use crate::secret;
 use anyhow::Context;
 use cairn_actors::bridge::Consuming;
 use cairn_actors::ingestion::{IngestDeps, IngestSettings};
-use cairn_actors::{AgentDeps, AgentSettings, Relay, Role, Runtime, ToolCatalog};
+use cairn_actors::{AgentDeps, AgentSettings, Relay, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
 use cairn_bus::{EmbeddedBus, KafkaBus, KafkaSettings};
@@ -307,12 +307,7 @@ pub async fn build(
         dedup_ttl: config.bus.dedup_ttl,
         max_in_flight: config.bus.max_in_flight,
     };
-    let role = match config.server.role {
-        ServerRole::Api => Role::Api,
-        ServerRole::Worker => Role::Worker,
-        ServerRole::All => Role::All,
-    };
-    let runtime = Runtime::start_with(deps, consuming, ingestion, role).await?;
+    let runtime = Runtime::start_with(deps, consuming, ingestion, config.server.role).await?;
     let (auth, dev_secret) = authenticator(config, env)?;
     let sweeper = (!config.memory.retention.is_zero()).then(|| {
         let memory = memory.clone();
@@ -387,7 +382,7 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = if self.state.runtime.role() == Role::Worker {
+        let router = if self.state.runtime.role() == ServerRole::Worker {
             cairn_api::router::health_router(self.state.clone())
         } else {
             cairn_api::router(self.state.clone())
