@@ -34,8 +34,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -327,11 +327,8 @@ impl EventBus for KafkaBus {
             partitions: Vec::new(),
             partition_count,
         });
-        let owned = Arc::new(Mutex::new(BTreeSet::new()));
         let context = Rebalances {
             topic: topic.to_owned(),
-            partition_count,
-            owned: owned.clone(),
             tx,
         };
         let session = s.session_timeout.as_millis().max(1000);
@@ -367,7 +364,6 @@ impl EventBus for KafkaBus {
             consumer,
             topic: topic.to_owned(),
             records: records_rx,
-            owned,
             assignment: rx,
             poller,
         }))
@@ -464,7 +460,7 @@ pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<Rebalances>>,
     topic: String,
     records: mpsc::Receiver<Result<BusRecord, BusError>>,
-    owned: Arc<Mutex<BTreeSet<u32>>>,
+    /// The current assignment, kept by the rebalance callbacks.
     assignment: watch::Receiver<Assignment>,
     poller: tokio::task::JoinHandle<()>,
 }
@@ -481,10 +477,7 @@ impl KafkaConsumer {
     }
 
     fn owns(&self, partition: u32) -> bool {
-        self.owned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&partition)
+        self.assignment.borrow().partitions.contains(&partition)
     }
 }
 
@@ -524,30 +517,27 @@ impl BusConsumer for KafkaConsumer {
 /// Tracks the assignment and commits stored offsets before partitions are revoked.
 struct Rebalances {
     topic: String,
-    partition_count: u32,
-    owned: Arc<Mutex<BTreeSet<u32>>>,
+    /// The assignment (ascending partitions), changed in place on every rebalance.
     tx: watch::Sender<Assignment>,
 }
 
 impl Rebalances {
     fn update(&self, tpl: &TopicPartitionList, add: bool) {
-        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-        for e in tpl.elements_for_topic(&self.topic) {
-            let Ok(p) = u32::try_from(e.partition()) else {
-                continue;
-            };
-            if add {
-                owned.insert(p);
-            } else {
-                owned.remove(&p);
+        self.tx.send_modify(|a| {
+            for e in tpl.elements_for_topic(&self.topic) {
+                let Ok(p) = u32::try_from(e.partition()) else {
+                    continue;
+                };
+                match (a.partitions.binary_search(&p), add) {
+                    (Err(i), true) => a.partitions.insert(i, p),
+                    (Ok(i), false) => {
+                        a.partitions.remove(i);
+                    }
+                    _ => {}
+                }
             }
-        }
-        let a = Assignment {
-            partitions: owned.iter().copied().collect(),
-            partition_count: self.partition_count,
-        };
-        tracing::info!(topic = %self.topic, partitions = ?a.partitions, "kafka assignment changed");
-        self.tx.send_replace(a);
+            tracing::info!(topic = %self.topic, partitions = ?a.partitions, "kafka assignment changed");
+        });
     }
 }
 
