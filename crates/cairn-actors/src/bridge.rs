@@ -206,12 +206,8 @@ async fn pump<F>(
                 let memory = ctx.memory.clone();
                 lookups.push_back(Box::pin(async move {
                     let Ok(rec) = &r else { return (r, false) };
-                    let ids = [rec.envelope.event_id.clone()];
-                    match memory.events_done(group, &ids).await {
-                        Ok(done) => {
-                            let done = done.first().copied().unwrap_or(false);
-                            (r, done)
-                        }
+                    match memory.event_done(group, &rec.envelope.event_id).await {
+                        Ok(done) => (r, done),
                         Err(e) => {
                             tracing::warn!(error = %e, "dedup check failed; working on the record (downstream dedups too)");
                             (r, false)

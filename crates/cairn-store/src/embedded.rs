@@ -822,22 +822,13 @@ impl MemoryStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
-    async fn events_done(
-        &self,
-        group: &str,
-        event_ids: &[String],
-    ) -> Result<Vec<bool>, StoreError> {
-        let keys: Vec<String> = event_ids.iter().map(|id| done_key(group, id)).collect();
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
+        let k = done_key(group, event_id);
         self.db
             .read(move |txn| {
                 let t = txn.open_table(DONE_EVENTS).map_err(r)?;
-                let now = now_ms();
-                keys.iter()
-                    .map(|k| {
-                        let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
-                        Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now))
-                    })
-                    .collect()
+                let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
+                Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now_ms()))
             })
             .await
             .map_err(unavailable)

@@ -871,25 +871,11 @@ impl MemoryStore for RedisStore {
         Ok(())
     }
 
-    async fn events_done(
-        &self,
-        group: &str,
-        event_ids: &[String],
-    ) -> Result<Vec<bool>, StoreError> {
-        if event_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = event_ids
-            .iter()
-            .map(|id| self.global(&format!("done:{group}:{id}")))
-            .collect();
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
-        let found: Vec<Option<u8>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut c)
+        c.exists(self.global(&format!("done:{group}:{event_id}")))
             .await
-            .map_err(unavailable)?;
-        Ok(found.into_iter().map(|v| v.is_some()).collect())
+            .map_err(unavailable)
     }
 
     async fn mark_event_done(

@@ -222,11 +222,9 @@ pub trait MemoryStore: Send + Sync + 'static {
         event_id: u64,
     ) -> Result<(), StoreError>;
 
-    /// For each of `event_ids`, true when consumer `group` finished that bus event
-    /// within the dedup window (see [`mark_event_done`](Self::mark_event_done)).
-    /// One call for a batch: consumers check every record they read.
-    async fn events_done(&self, group: &str, event_ids: &[String])
-    -> Result<Vec<bool>, StoreError>;
+    /// True when consumer `group` finished the bus event `event_id` within the
+    /// dedup window (see [`mark_event_done`](Self::mark_event_done)).
+    async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError>;
 
     /// Records that `group` finished `event_id`; remembered for `ttl`, so a
     /// redelivery inside that window is skipped.
