@@ -8,9 +8,9 @@
 //! respawns the actor, and the new actor resumes the turn from its checkpoint.
 //!
 //! Turns run only under the conversation's writer lease (one writer per
-//! conversation across replicas). The actor takes the lease before its first turn,
-//! reloads the queue and checkpoint from the store then (another replica may have
-//! moved them on), renews it while it lives, and gives it up when it stops. Every
+//! conversation across replicas). The actor asks for the lease as it starts and
+//! loads the queue and checkpoint from the store once it holds it (another replica
+//! may have moved them on while it waited), renews it while it lives, and gives it up when it stops. Every
 //! turn write carries the lease's fencing token; if the lease is lost, the actor
 //! stops and the store rejects whatever its turn task still tries to write.
 //!
@@ -124,7 +124,7 @@ impl Actor for ConversationActor {
         _myself: ActorRef<Self::Msg>,
         args: ConversationArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (queue, checkpoint) = load_queue(&args.deps, &args.key).await?;
+        // The queue and checkpoint are loaded once the lease is held (below).
         let relay = args.deps.relay.clone().map(|relay| {
             let (deps, key) = (args.deps.clone(), args.key.clone());
             tokio::spawn(async move { relay_events(deps, key, relay).await }).abort_handle()
@@ -133,8 +133,8 @@ impl Actor for ConversationActor {
             key: args.key,
             deps: args.deps,
             supervisor: args.supervisor,
-            queue,
-            checkpoint,
+            queue: VecDeque::new(),
+            checkpoint: None,
             running: None,
             handled: 0,
             lease: None,
@@ -148,7 +148,7 @@ impl Actor for ConversationActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        start_next(&myself, state);
+        acquire(&myself, state);
         Ok(())
     }
 
@@ -426,16 +426,21 @@ async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
     flush(pending.take()).await;
 }
 
+/// Starts waiting for the lease, unless the actor holds it or already waits.
+fn acquire(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
+    if state.lease.is_none() && state.acquiring.is_none() {
+        let (deps, key, me) = (state.deps.clone(), state.key.clone(), myself.clone());
+        state.acquiring = Some(tokio::spawn(acquire_lease(deps, key, me)).abort_handle());
+    }
+}
+
 /// Starts the head of the queue if nothing runs.
 fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
     if state.running.is_some() || state.queue.is_empty() {
         return;
     }
     let Some(fence) = state.lease else {
-        if state.acquiring.is_none() {
-            let (deps, key, me) = (state.deps.clone(), state.key.clone(), myself.clone());
-            state.acquiring = Some(tokio::spawn(acquire_lease(deps, key, me)).abort_handle());
-        }
+        acquire(myself, state);
         return;
     };
     let Some(request) = state.queue.front().cloned() else {
