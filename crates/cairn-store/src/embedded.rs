@@ -81,6 +81,17 @@ fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbError> {
     serde_json::from_slice(bytes).map_err(|e| DbError(format!("corrupt record: {e}")))
 }
 
+/// Decodes the (JSON) values of a range read, at most `limit` of them.
+fn dec_range<K: redb::Key + 'static, T: DeserializeOwned>(
+    range: redb::Range<'_, K, &'static [u8]>,
+    limit: usize,
+) -> Result<Vec<T>, DbError> {
+    range
+        .take(limit)
+        .map(|item| dec(item.map_err(r)?.1.value()))
+        .collect()
+}
+
 /// Flattens a write's storage and logical outcomes.
 fn flat<T>(r: Result<Result<T, StoreError>, DbError>) -> Result<T, StoreError> {
     r.map_err(unavailable)?
@@ -445,16 +456,8 @@ impl MemoryStore for EmbeddedStore {
         self.db
             .read(move |txn| {
                 let t = txn.open_table(MESSAGES).map_err(r)?;
-                let mut out = Vec::new();
-                for item in t
-                    .range((k.as_str(), from_seq)..=(k.as_str(), u64::MAX))
-                    .map_err(r)?
-                    .take(limit)
-                {
-                    let (_, v) = item.map_err(r)?;
-                    out.push(dec(v.value())?);
-                }
-                Ok(out)
+                let range = t.range((k.as_str(), from_seq)..=(k.as_str(), u64::MAX));
+                dec_range(range.map_err(r)?, limit)
             })
             .await
             .map_err(unavailable)
@@ -540,14 +543,8 @@ impl MemoryStore for EmbeddedStore {
         self.db
             .read(move |txn| {
                 let t = txn.open_table(PENDING).map_err(r)?;
-                let mut out = Vec::new();
-                for item in t
-                    .range((k.as_str(), 0)..=(k.as_str(), u64::MAX))
-                    .map_err(r)?
-                {
-                    out.push(dec(item.map_err(r)?.1.value())?);
-                }
-                Ok(out)
+                let range = t.range((k.as_str(), 0)..=(k.as_str(), u64::MAX));
+                dec_range(range.map_err(r)?, usize::MAX)
             })
             .await
             .map_err(unavailable)
@@ -1030,16 +1027,8 @@ impl DocumentStore for EmbeddedStore {
             .read(move |txn| {
                 let t = txn.open_table(DOCUMENTS).map_err(r)?;
                 let lo_ref = lo.as_ref().map(String::as_str);
-                let mut out = Vec::new();
-                for item in t
-                    .range::<&str>((lo_ref, Bound::Excluded(hi.as_str())))
-                    .map_err(r)?
-                    .take(limit)
-                {
-                    let (_, v) = item.map_err(r)?;
-                    out.push(dec(v.value())?);
-                }
-                Ok(out)
+                let range = t.range::<&str>((lo_ref, Bound::Excluded(hi.as_str())));
+                dec_range(range.map_err(r)?, limit)
             })
             .await
             .map_err(unavailable)
@@ -1100,18 +1089,11 @@ impl EventStream for EmbeddedStore {
         self.db
             .read(move |txn| {
                 let t = txn.open_table(EVENTS).map_err(r)?;
-                let mut out = Vec::new();
                 if after == u64::MAX {
-                    return Ok(out);
+                    return Ok(Vec::new());
                 }
-                for item in t
-                    .range((k.as_str(), after + 1)..=(k.as_str(), u64::MAX))
-                    .map_err(r)?
-                    .take(limit)
-                {
-                    out.push(dec(item.map_err(r)?.1.value())?);
-                }
-                Ok(out)
+                let range = t.range((k.as_str(), after + 1)..=(k.as_str(), u64::MAX));
+                dec_range(range.map_err(r)?, limit)
             })
             .await
             .map_err(unavailable)
