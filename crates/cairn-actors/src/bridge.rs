@@ -95,16 +95,28 @@ pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, f: &Fa
         ("cairn.dlq.reason", f.reason.to_owned()),
         ("cairn.dlq.attempts", f.attempts.max(1).to_string()),
     ];
+    publish_until_durable(bus, &topics.dlq, &rec.key, &envelope, &headers).await;
+    tracing::warn!(topic = %rec.topic, offset = rec.offset, class = f.class, reason = f.reason, "record sent to the DLQ");
+}
+
+/// Publishes `envelope`, retrying with backoff (50 ms doubling to 5 s) until the
+/// bus holds it: for work already accepted, which must not be dropped.
+pub async fn publish_until_durable(
+    bus: &dyn EventBus,
+    topic: &str,
+    key: &str,
+    envelope: &Envelope,
+    headers: &[(&str, String)],
+) {
     let mut delay = Duration::from_millis(50);
     while let Err(e) = bus
-        .publish_with_headers(&topics.dlq, &rec.key, &envelope, &headers)
+        .publish_with_headers(topic, key, envelope, headers)
         .await
     {
-        tracing::error!(error = %e, "cannot write to the DLQ; retrying");
+        tracing::error!(error = %e, topic, "cannot publish; retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
-    tracing::warn!(topic = %rec.topic, offset = rec.offset, class = f.class, reason = f.reason, "record sent to the DLQ");
 }
 
 /// Where a DLQ record came from.
@@ -299,12 +311,7 @@ pub async fn run_router(ctx: Consuming) {
                     return;
                 }
             };
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = ctx.bus.publish(to, &rec.key, &rec.envelope).await {
-                tracing::error!(error = %e, "router cannot forward; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-            }
+            publish_until_durable(ctx.bus.as_ref(), to, &rec.key, &rec.envelope, &[]).await;
         })
     })
     .await;

@@ -17,6 +17,7 @@
 //! While it lives, the actor also republishes its conversation's stored events on
 //! the bus (`conversation_events`) when a relay is configured.
 
+use crate::bridge::publish_until_durable;
 use crate::settings::{AgentDeps, Relay};
 use crate::supervisor::{ConvKey, SupervisorMsg};
 use crate::turn::run_turn;
@@ -407,16 +408,8 @@ async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
             continue;
         };
         let envelope = Envelope::new(CONVERSATION_EVENT, t.clone(), data);
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = relay
-            .bus
-            .publish(&relay.topic, id.as_str(), &envelope)
-            .await
-        {
-            tracing::warn!(conversation = %id, error = %e, "cannot publish a conversation event; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        let bus = relay.bus.as_ref();
+        publish_until_durable(bus, &relay.topic, id.as_str(), &envelope, &[]).await;
         pending = Some(n);
         if flushed_at.elapsed() >= RELAY_FLUSH {
             flush(pending.take()).await;
