@@ -32,6 +32,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
@@ -202,49 +203,57 @@ impl KafkaBus {
         Ok(())
     }
 
-    /// The names of the cluster's topics.
-    async fn topic_names(&self) -> Result<std::collections::HashSet<String>, BusError> {
+    /// Fetches the cluster's metadata (of `topic` only, when given) on the
+    /// blocking pool and hands it to `read`.
+    async fn with_metadata<T: Send + 'static>(
+        &self,
+        topic: Option<String>,
+        timeout: Duration,
+        read: impl FnOnce(&Metadata) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
             let md = producer
                 .client()
-                .fetch_metadata(None, Duration::from_secs(10))
+                .fetch_metadata(topic.as_deref(), timeout)
                 .map_err(unavailable)?;
-            Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
+            read(&md)
         })
         .await
         .map_err(unavailable)?
     }
 
+    /// The names of the cluster's topics.
+    async fn topic_names(&self) -> Result<std::collections::HashSet<String>, BusError> {
+        self.with_metadata(None, Duration::from_secs(10), |md| {
+            Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+    }
+
     /// How many partitions `topic` has.
     pub async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
-        let producer = self.producer.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let md = producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(unavailable)?;
+        let name = topic.to_owned();
+        self.with_metadata(Some(name.clone()), Duration::from_secs(10), move |md| {
             let t = md
                 .topics()
                 .iter()
-                .find(|t| t.name() == topic)
-                .ok_or_else(|| BusError::Unavailable(format!("topic {topic} is missing")))?;
+                .find(|t| t.name() == name)
+                .ok_or_else(|| BusError::Unavailable(format!("topic {name} is missing")))?;
             if let Some(e) = t.error() {
                 return Err(BusError::Unavailable(format!(
-                    "topic {topic}: {}",
+                    "topic {name}: {}",
                     RDKafkaErrorCode::from(e)
                 )));
             }
             match u32::try_from(t.partitions().len()) {
                 Ok(0) | Err(_) => Err(BusError::Unavailable(format!(
-                    "topic {topic} has no partitions"
+                    "topic {name} has no partitions"
                 ))),
                 Ok(n) => Ok(n),
             }
         })
         .await
-        .map_err(unavailable)?
     }
 }
 
@@ -256,16 +265,9 @@ impl EventBus for KafkaBus {
 
     /// A metadata request to the cluster, answered within two seconds.
     async fn ping(&self) -> Result<(), BusError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| BusError::Unavailable(format!("no broker answers: {e}")))
-        })
-        .await
-        .map_err(unavailable)?
+        self.with_metadata(None, Duration::from_secs(2), |_| Ok(()))
+            .await
+            .map_err(|e| BusError::Unavailable(format!("no broker answers: {e}")))
     }
 
     async fn publish(&self, topic: &str, key: &str, envelope: &Envelope) -> Result<(), BusError> {
