@@ -20,8 +20,7 @@
 use base64::Engine;
 use cairn_core::ports::{ChunkRecord, DocumentRecord, DocumentStore, JobStatus, VectorPoint};
 use cairn_core::{DocumentSubmission, TenantId};
-use cairn_retrieval::chunk::ParsedDocument;
-use cairn_retrieval::formats::parse_bytes;
+use cairn_retrieval::isolation::DocumentParser;
 use cairn_retrieval::knowledge::{DocumentMeta, KnowledgeBase, Prepared};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
@@ -49,6 +48,8 @@ pub struct IngestDeps {
     pub kb: KnowledgeBase,
     /// Where job status goes.
     pub documents: Arc<dyn DocumentStore>,
+    /// How uploads are parsed (in a child process in the service).
+    pub parser: DocumentParser,
     /// Settings.
     pub settings: IngestSettings,
 }
@@ -298,15 +299,24 @@ async fn prepare(
             stem.replace(['-', '_'], " ")
         })
         .unwrap_or_else(|| sub.document_id.clone());
-    let (format, content) = (sub.format.clone(), sub.content_base64.clone());
-    let parsed = tokio::task::spawn_blocking(move || -> Result<ParsedDocument, String> {
-        let bytes = base64::engine::general_purpose::STANDARD
+    let content = sub.content_base64.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        base64::engine::general_purpose::STANDARD
             .decode(content)
-            .map_err(|e| format!("the content is not valid base64: {e}"))?;
-        parse_bytes(&format, &bytes, &fallback_title).map_err(|e| e.to_string())
+            .map_err(|e| format!("the content is not valid base64: {e}"))
     })
     .await
-    .unwrap_or_else(|e| Err(format!("the parser crashed: {e}")));
+    .unwrap_or_else(|e| Err(format!("decoding stopped: {e}")));
+    // A parser failure of any kind (refused, crashed, timed out) is final for
+    // this upload: the job is recorded as failed and the record is done.
+    let parsed = match bytes {
+        Ok(bytes) => deps
+            .parser
+            .parse(&sub.format, bytes, &fallback_title)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(reason) => Err(reason),
+    };
     let doc = match parsed {
         Ok(doc) => doc,
         Err(reason) => return job.fail(reason).await.map(|_| None),

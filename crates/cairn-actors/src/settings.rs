@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct AgentSettings {
     /// Model calls allowed per turn.
     pub max_steps: u32,
+    /// Tool calls run from one model step.
+    pub max_tool_calls_per_step: u32,
     /// Deadline of one tool call.
     pub tool_timeout: Duration,
     /// Starts allowed for one turn before it is failed as crashing.
@@ -40,6 +42,7 @@ impl AgentSettings {
     pub fn from_config(c: &Config) -> Self {
         Self {
             max_steps: c.agent.max_steps,
+            max_tool_calls_per_step: c.agent.max_tool_calls_per_step,
             tool_timeout: c.agent.tool_timeout,
             max_turn_attempts: c.agent.max_turn_attempts,
             idle_passivation: c.agent.idle_passivation,

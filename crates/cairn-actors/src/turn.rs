@@ -112,7 +112,12 @@ pub async fn run_turn(
         };
         let response = match call_model(deps, &cp, &request).await? {
             Ok(r) => r,
-            Err(e) => return fail(deps, &cp, "model_error", e.to_string()).await,
+            Err(e) => {
+                // The provider's words stay in the log; the user gets a code.
+                tracing::warn!(turn = %cp.request.turn_id, error = %e, "model call failed");
+                let (code, message) = e.for_users();
+                return fail(deps, &cp, code, message.to_owned()).await;
+            }
         };
         cp.model_calls += 1;
         if let Some(u) = response.usage {
@@ -130,13 +135,23 @@ pub async fn run_turn(
             usage: response.usage,
         });
         let mut called = Vec::with_capacity(response.tool_calls.len());
+        let allowed = settings.max_tool_calls_per_step as usize;
         for (j, call) in response.tool_calls.into_iter().enumerate() {
             let index = base + 1 + j as u32;
             called.push(tool_called(&cp, index, &call));
+            // Every call the model made gets a result (providers refuse a next
+            // request with an unanswered call); those past the bound are not run.
+            let outcome = (j >= allowed).then(|| ToolOutcome {
+                is_error: true,
+                content: format!(
+                    "Not run: at most {allowed} tool calls are run per step; call fewer tools at once."
+                ),
+                duration_ms: 0,
+            });
             cp.steps.push(Step::Tool {
                 index,
                 call,
-                outcome: None,
+                outcome,
             });
         }
         // The step and its `tool.called` events are written together.
@@ -252,6 +267,7 @@ async fn run_tool_step(
         Some(tool) => {
             let ctx = ToolContext {
                 tenant_id: cp.request.tenant_id.clone(),
+                user_id: cp.request.user_id.clone(),
                 conversation_id: cp.request.conversation_id.clone(),
                 idempotency_key: idempotency_key(&turn, index),
                 deadline,

@@ -15,8 +15,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
-/// Scope that allows reading every conversation of the tenant.
+/// Scope that allows reading every conversation of the caller's tenant (not
+/// posting into or deleting other users' conversations).
 pub const ADMIN_SCOPE: &str = "admin";
+/// Scope for what acts on the whole service rather than one tenant (reloading
+/// the MCP servers every tenant shares). Operators hold it; tenants' admins do not.
+pub const OPERATOR_SCOPE: &str = "operator";
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +31,8 @@ pub struct Caller {
     pub user: UserId,
     /// Granted scopes.
     pub scopes: Vec<String>,
+    /// When the token expires (`exp`, seconds since the epoch): open streams end then.
+    pub expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -132,10 +138,12 @@ impl Authenticator {
         if let Some(list) = claims.get("scopes").and_then(Value::as_array) {
             scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
         }
+        let expires_at = claims.get("exp").and_then(Value::as_i64);
         Ok(Caller {
             tenant,
             user,
             scopes,
+            expires_at,
         })
     }
 

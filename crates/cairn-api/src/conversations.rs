@@ -43,22 +43,52 @@ pub fn conversation_json(m: &ConversationMeta) -> Value {
     })
 }
 
-/// Loads a conversation the caller may see: same tenant (always), and its own
-/// unless the caller has the admin scope. Anything else is "not found".
+/// What a request does to a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads it (metadata, transcript, events): its owner, or an `admin` of the
+    /// same tenant.
+    Read,
+    /// Changes it (posts a message, deletes it): its owner only.
+    Write,
+}
+
+/// Loads a conversation the caller may use for `access`: same tenant (always),
+/// its own, or any of the tenant's for reading with the admin scope. Anything
+/// else is "not found".
 pub async fn load_owned(
     state: &AppState,
     caller: &Caller,
     id: &ConversationId,
+    access: Access,
 ) -> ApiResult<ConversationMeta> {
     let meta = state
         .memory
         .get_conversation(&caller.tenant, id)
         .await?
         .ok_or_else(ApiError::conversation_not_found)?;
-    if meta.owner != caller.user && !caller.has_scope(ADMIN_SCOPE) {
+    let admin_read = access == Access::Read && caller.has_scope(ADMIN_SCOPE);
+    if meta.owner != caller.user && !admin_read {
         return Err(ApiError::conversation_not_found());
     }
     Ok(meta)
+}
+
+/// Refuses a new conversation past `agent.max_conversations_per_user` (429).
+pub async fn check_conversation_quota(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    let max = state.settings.max_conversations_per_user;
+    let held = state
+        .memory
+        .count_conversations(&caller.tenant, &caller.user)
+        .await?;
+    if held >= max {
+        return Err(ApiError::new(
+            ErrorCode::TooManyConversations,
+            format!("this user holds {held} conversations, the most allowed; delete some first"),
+        )
+        .with_details(json!({"limit": max})));
+    }
+    Ok(())
 }
 
 /// `POST /v1/conversations` → 201.
@@ -88,6 +118,7 @@ pub async fn create(
         })?,
         None => ConversationId::generate(),
     };
+    check_conversation_quota(&state, &caller).await?;
     let meta = ConversationMeta::new(id, caller.tenant.clone(), caller.user.clone(), title);
     state.memory.create_conversation(&meta).await?;
     Ok((StatusCode::CREATED, Json(conversation_json(&meta))))
@@ -140,7 +171,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let meta = load_owned(&state, &caller, &conversation_id(&id)?).await?;
+    let meta = load_owned(&state, &caller, &conversation_id(&id)?, Access::Read).await?;
     Ok(Json(conversation_json(&meta)))
 }
 
@@ -151,7 +182,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = conversation_id(&id)?;
-    load_owned(&state, &caller, &id).await?;
+    load_owned(&state, &caller, &id, Access::Write).await?;
     if !state
         .memory
         .delete_conversation(&caller.tenant, &id)
@@ -159,5 +190,6 @@ pub async fn delete(
     {
         return Err(ApiError::conversation_not_found());
     }
+    crate::streams::announce_deleted(&state, &caller.tenant, &id);
     Ok(StatusCode::NO_CONTENT)
 }

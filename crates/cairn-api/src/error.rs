@@ -37,6 +37,12 @@ pub enum ErrorCode {
     Conflict,
     /// `?wait=true` gave up before the turn ended (the turn goes on).
     TurnTimeout,
+    /// The conversation's queue holds `agent.max_queued_messages` already.
+    QueueFull,
+    /// The user holds `agent.max_conversations_per_user` conversations already.
+    TooManyConversations,
+    /// The user (or this process) has as many open event streams as allowed.
+    TooManyStreams,
     /// A dependency (store, bus) is unavailable; retry later.
     Unavailable,
     /// A bug; the request id helps find it in the logs.
@@ -58,6 +64,7 @@ impl ErrorCode {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
+            QueueFull | TooManyConversations | TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -81,6 +88,9 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             Conflict => "conflict",
             TurnTimeout => "turn_timeout",
+            QueueFull => "queue_full",
+            TooManyConversations => "too_many_conversations",
+            TooManyStreams => "too_many_streams",
             Unavailable => "unavailable",
             Internal => "internal",
         }

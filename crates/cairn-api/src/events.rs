@@ -2,17 +2,22 @@
 //! conversation's events; every event's `id` is its position in the stream, so a
 //! client that reconnects with `Last-Event-ID` (or `?after=`) gets every later
 //! event exactly once, also across server restarts (events are stored).
+//!
+//! A stream counts against the caller's stream limits while it is open, and the
+//! server closes it (with an `error` event, code `token_expired` or
+//! `conversation_deleted`) when the token expires or the conversation is deleted.
 
 use crate::auth::Caller;
-use crate::conversations::load_owned;
+use crate::conversations::{Access, load_owned};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::{conversation_id, query_u64};
 use crate::state::AppState;
+use crate::streams::{StreamEnd, StreamPermit, stream_end};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use cairn_core::StoredEvent;
 use cairn_core::ports::StoreError;
+use cairn_core::{ConversationMeta, StoredEvent};
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
@@ -38,27 +43,60 @@ pub fn sse_error(message: &str) -> Event {
         .data(json!({"code": "unavailable", "message": message}).to_string())
 }
 
+/// What keeps an SSE response honest: the permit that counts it against the
+/// stream limits (released when the response ends), and the future that ends
+/// it early (token expiry, deletion of the conversation).
+pub struct StreamGuard {
+    /// Counted against `server.max_streams_per_user` / `server.max_streams`.
+    pub permit: StreamPermit,
+    /// Resolves when the stream must close.
+    pub end: std::pin::Pin<Box<dyn Future<Output = StreamEnd> + Send>>,
+}
+
+impl StreamGuard {
+    /// Takes a permit for `caller` (or 429) and watches `meta` and the token.
+    pub fn open(state: &AppState, caller: &Caller, meta: &ConversationMeta) -> ApiResult<Self> {
+        Ok(Self {
+            permit: state.streams.acquire(caller)?,
+            end: Box::pin(stream_end(state, caller, meta)),
+        })
+    }
+}
+
 /// Stored events as an SSE response with keep-alives. The stream ends when the
 /// server closes, after a store error (sent as an `error` event carrying
-/// `on_error`), and, with `until_terminal`, right after the first terminal event —
-/// checked before pulling again, so the response closes without waiting for
-/// another event.
+/// `on_error`), when `guard` ends it (an `error` event with code
+/// `token_expired` or `conversation_deleted`), and, with `until_terminal`, right
+/// after the first terminal event — checked before pulling again, so the
+/// response closes without waiting for another event.
 pub fn sse_response<S>(
     state: &AppState,
     events: S,
     until_terminal: bool,
     on_error: &'static str,
+    guard: StreamGuard,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<S>>
 where
     S: Stream<Item = Result<StoredEvent, StoreError>> + Send + 'static,
 {
+    let StreamGuard { permit, end } = guard;
     let stream = futures::stream::unfold(
-        (Box::pin(events), false),
-        move |(mut inner, done)| async move {
+        (Box::pin(events), end, permit, false),
+        move |(mut inner, mut end, permit, done)| async move {
             if done {
                 return None;
             }
-            let (ev, done) = match inner.next().await? {
+            let next = tokio::select! {
+                next = inner.next() => next,
+                why = &mut end => {
+                    let ev = Event::default().event("error").data(
+                        json!({"code": why.code(), "message": "the server closed this stream"})
+                            .to_string(),
+                    );
+                    return Some((Ok(ev), (inner, end, permit, true)));
+                }
+            };
+            let (ev, done) = match next? {
                 Ok(e) => {
                     let terminal = until_terminal && e.event.is_terminal();
                     (sse_event(&e), terminal)
@@ -68,7 +106,7 @@ where
                     (sse_error(on_error), true)
                 }
             };
-            Some((Ok::<_, Infallible>(ev), (inner, done)))
+            Some((Ok::<_, Infallible>(ev), (inner, end, permit, done)))
         },
     )
     .take_until(state.closed());
@@ -84,7 +122,8 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id = conversation_id(&id)?;
-    load_owned(&state, &caller, &id).await?;
+    let meta = load_owned(&state, &caller, &id, Access::Read).await?;
+    let guard = StreamGuard::open(&state, &caller, &meta)?;
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -105,5 +144,6 @@ pub async fn stream(
         events,
         false,
         "the event store is unavailable; reconnect with Last-Event-ID",
+        guard,
     ))
 }

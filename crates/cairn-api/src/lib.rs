@@ -9,6 +9,8 @@
 //!   `sub`, `exp` required) and token minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`streams`]: open-stream limits per user and process, and the end of a
+//!   stream when its token expires or its conversation is deleted.
 //! - [`search`]: `GET /v1/search` over the knowledge base.
 //! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
 //! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
@@ -29,6 +31,7 @@ pub mod request_id;
 pub mod router;
 pub mod search;
 pub mod state;
+pub mod streams;
 pub mod tools;
 
 pub use router::router;

@@ -11,9 +11,9 @@
 //!   base with document id, title, section and score.
 
 use crate::auth::Caller;
-use crate::conversations::load_owned;
+use crate::conversations::{Access, check_conversation_quota, load_owned};
 use crate::error::ApiError;
-use crate::messages::{turn_events, until_terminal};
+use crate::messages::{admit, turn_events, until_terminal};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -22,7 +22,7 @@ use cairn_core::ports::{SearchFilter, SearchMode};
 use cairn_core::{ConversationId, ConversationMeta, TurnEvent, TurnRequest};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::StreamableHttpService;
@@ -89,7 +89,7 @@ impl CairnMcp {
             Some(c) => ConversationId::parse(c).map_err(|e| e.to_string())?,
             None => ConversationId::generate(),
         };
-        match load_owned(state, caller, &id).await {
+        match load_owned(state, caller, &id, Access::Write).await {
             Ok(_) => {}
             Err(_)
                 if state
@@ -99,6 +99,9 @@ impl CairnMcp {
                     .map_err(|e| e.to_string())?
                     .is_none() =>
             {
+                check_conversation_quota(state, caller)
+                    .await
+                    .map_err(|e| e.message)?;
                 let title = Some(args.question.chars().take(80).collect());
                 let meta = ConversationMeta::new(
                     id.clone(),
@@ -114,6 +117,11 @@ impl CairnMcp {
             }
             Err(_) => return Err(format!("no conversation {id} for this caller")),
         }
+        // The same limits as REST: length, queue room, open streams.
+        admit(state, caller, &id, &args.question, "question")
+            .await
+            .map_err(|e| e.message)?;
+        let _permit = state.streams.acquire(caller).map_err(|e| e.message)?;
         let after = state
             .events
             .last_event_id(&caller.tenant, &id)
@@ -169,9 +177,6 @@ impl CairnMcp {
             Ok(c) => c,
             Err(e) => return error(e),
         };
-        if args.question.trim().is_empty() {
-            return error("`question` must not be empty");
-        }
         match self.run_turn(&caller, args).await {
             Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
             Err(e) => error(e),
@@ -222,9 +227,11 @@ impl CairnMcp {
 #[tool_handler]
 impl ServerHandler for CairnMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "Cairn answers questions from its knowledge base and tools, with citations.",
-        )
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("cairn", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Cairn answers questions from its knowledge base and tools, with citations.",
+            )
     }
 }
 
@@ -238,11 +245,33 @@ pub fn service(state: AppState) -> StreamableHttpService<CairnMcp, LocalSessionM
             stop.cancel();
         }
     });
+    // rmcp defaults to loopback hosts only (DNS-rebinding protection for
+    // servers without auth); behind a load balancer or a DNS name that refuses
+    // every real request. Every /mcp request carries a token, so any host is
+    // accepted unless `server.allowed_hosts` names them.
+    let hosts = state.settings.allowed_hosts.clone();
+    let config = if hosts.is_empty() {
+        StreamableHttpServerConfig::default().disable_allowed_hosts()
+    } else {
+        StreamableHttpServerConfig::default().with_allowed_hosts(hosts)
+    };
     StreamableHttpService::new(
         move || Ok(CairnMcp::new(state.clone())),
         Default::default(),
-        StreamableHttpServerConfig::default().with_cancellation_token(stop),
+        config.with_cancellation_token(stop),
     )
+}
+
+/// Answers a successful session `DELETE` with 200 instead of rmcp's 202: the
+/// MCP clients (the official Python SDK among them) expect 200 or 204 and report
+/// "Session termination failed: 202" otherwise.
+pub async fn session_delete_ok(request: Request, next: Next) -> Response {
+    let delete = request.method() == http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if delete && response.status() == http::StatusCode::ACCEPTED {
+        *response.status_mut() = http::StatusCode::OK;
+    }
+    response
 }
 
 /// Refuses `/mcp` requests without a valid token, with the API's error contract.

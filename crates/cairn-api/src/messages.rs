@@ -8,8 +8,9 @@
 //! retry of an accepted message is answered from that message's turn.
 
 use crate::auth::Caller;
-use crate::conversations::load_owned;
+use crate::conversations::{Access, load_owned};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::StreamGuard;
 use crate::events::sse_response;
 use crate::extract::{JsonBody, conversation_id, query_u64};
 use crate::state::AppState;
@@ -24,8 +25,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-/// Longest message, in characters.
-pub const MAX_CONTENT_CHARS: usize = 32_000;
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;
 
@@ -86,21 +85,15 @@ pub async fn post(
     JsonBody(body): JsonBody<PostMessage>,
 ) -> ApiResult<Response> {
     let id = conversation_id(&id)?;
-    load_owned(&state, &caller, &id).await?;
-    if body.content.trim().is_empty() {
-        return Err(
-            ApiError::new(ErrorCode::InvalidField, "`content` must not be empty")
-                .with_details(json!({"field": "content"})),
-        );
-    }
-    if body.content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            format!("`content` is longer than {MAX_CONTENT_CHARS} characters"),
-        )
-        .with_details(json!({"field": "content", "max": MAX_CONTENT_CHARS})));
-    }
+    let meta = load_owned(&state, &caller, &id, Access::Write).await?;
+    admit(&state, &caller, &id, &body.content, "content").await?;
     let key = idempotency_key(&headers)?;
+    // A streamed or waited-for answer holds a follower of the event stream.
+    let guard = if wants_sse(&headers) || flag(&q, "wait") {
+        Some(StreamGuard::open(&state, &caller, &meta)?)
+    } else {
+        None
+    };
     let mut after = state.events.last_event_id(&caller.tenant, &id).await?;
     let mut request = TurnRequest::new(
         caller.tenant.clone(),
@@ -138,13 +131,19 @@ pub async fn post(
     let turn = request.turn_id.clone();
     let turn_events = turn_events(&state, &request, after);
 
-    if wants_sse(&headers) {
+    let (sse_guard, _wait_guard) = if wants_sse(&headers) {
+        (guard, None)
+    } else {
+        (None, guard)
+    };
+    if let Some(guard) = sse_guard {
         // Stream the turn's events in the response; end after its terminal event.
         let mut resp = sse_response(
             &state,
             turn_events,
             true,
             "the event store is unavailable; follow the conversation's events_url",
+            guard,
         )
         .into_response();
         if let Ok(v) = request.message_id.as_str().parse() {
@@ -183,6 +182,49 @@ pub async fn post(
         })),
     )
         .into_response())
+}
+
+/// Checks a user message before it goes into a turn, the same way on every
+/// path (REST, MCP `ask`): not empty, at most `agent.max_message_chars`
+/// characters, and room in the conversation's queue
+/// (`agent.max_queued_messages`, 429 `queue_full`). `field` names the field in
+/// errors.
+pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    id: &cairn_core::ConversationId,
+    content: &str,
+    field: &str,
+) -> ApiResult<()> {
+    if content.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`{field}` must not be empty"),
+        )
+        .with_details(json!({"field": field})));
+    }
+    let max = state.settings.max_message_chars;
+    // Counting stops one past the limit: the cost is bounded by the limit, not
+    // by what was sent.
+    if content.chars().take(max + 1).count() > max {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`{field}` is longer than {max} characters"),
+        )
+        .with_details(json!({"field": field, "max": max})));
+    }
+    let queued = state.memory.pending_turns(&caller.tenant, id).await?.len();
+    let limit = state.settings.max_queued_messages as usize;
+    if queued >= limit {
+        return Err(ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "this conversation already has {queued} messages waiting; wait for the answers"
+            ),
+        )
+        .with_details(json!({"limit": limit})));
+    }
+    Ok(())
 }
 
 /// The events of `request`'s turn after event `after` (store errors pass through).
@@ -282,8 +324,16 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let id = conversation_id(&id)?;
-    load_owned(&state, &caller, &id).await?;
+    load_owned(&state, &caller, &id, Access::Read).await?;
     let from = query_u64(&q, "from")?.unwrap_or(0);
+    // Sequence numbers are list indexes (signed 64-bit in Redis).
+    if from > i64::MAX as u64 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`from` must be at most {}", i64::MAX),
+        )
+        .with_details(json!({"field": "from"})));
+    }
     let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::new(
@@ -297,7 +347,7 @@ pub async fn list(
         .messages(&caller.tenant, &id, from, limit as usize)
         .await?;
     let next_from = (items.len() as u64 == limit)
-        .then(|| items.last().map(|m| m.seq + 1))
+        .then(|| items.last().and_then(|m| m.seq.checked_add(1)))
         .flatten();
     Ok(Json(json!({ "items": items, "next_from": next_from })))
 }

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         );
     let mcp = Router::new()
         .nest_service("/mcp", crate::mcp::service(state.clone()))
+        .layer(axum::middleware::from_fn(crate::mcp::session_delete_ok))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::mcp::require_token,

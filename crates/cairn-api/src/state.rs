@@ -19,6 +19,17 @@ pub struct ApiSettings {
     pub max_document_bytes: usize,
     /// Scope needed to add or delete documents; `None` means any caller may.
     pub ingest_scope: Option<String>,
+    /// Longest user message in characters (`agent.max_message_chars`).
+    pub max_message_chars: usize,
+    /// Queued messages per conversation (`agent.max_queued_messages`).
+    pub max_queued_messages: u32,
+    /// Conversations per user (`agent.max_conversations_per_user`).
+    pub max_conversations_per_user: u64,
+    /// How often an open stream re-checks that its conversation still exists
+    /// (`server.stream_recheck`).
+    pub stream_recheck: Duration,
+    /// `Host` names `/mcp` answers (`server.allowed_hosts`; empty: any).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Re-reads the `[mcp]` settings (from the config file and the environment).
@@ -48,6 +59,10 @@ pub struct AppState {
     /// Status of components the API does not own (e.g. the knowledge base),
     /// merged into `/health` under `components`.
     pub extra_health: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// Open streams per user and process.
+    pub streams: Arc<crate::streams::StreamLimiter>,
+    /// Deletions announced to this process's open streams.
+    pub deleted: tokio::sync::broadcast::Sender<(cairn_core::TenantId, cairn_core::ConversationId)>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

@@ -1,8 +1,10 @@
 //! `GET /v1/tools`: the tools the caller's tenant may use (built-in and MCP), and
-//! each MCP server's health. `POST /v1/admin/tools/reload` (admin scope): re-read
-//! the `[mcp]` section of the config file and restart the servers.
+//! the health of each MCP server the tenant may use (errors without URLs or
+//! header values). `POST /v1/admin/tools/reload` (`operator` scope: the servers
+//! are shared by every tenant): re-read the `[mcp]` section of the config file
+//! and restart the servers.
 
-use crate::auth::{ADMIN_SCOPE, Caller};
+use crate::auth::{Caller, OPERATOR_SCOPE};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 use axum::Json;
@@ -47,10 +49,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 
 /// `POST /v1/admin/tools/reload`.
 pub async fn reload(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    if !caller.has_scope(ADMIN_SCOPE) {
+    if !caller.has_scope(OPERATOR_SCOPE) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
-            "reloading tools needs the `admin` scope",
+            "reloading tools restarts every tenant's MCP servers and needs the `operator` scope",
         ));
     }
     let (Some(hub), Some(source)) = (state.tools.as_ref(), state.tools_source.as_ref()) else {

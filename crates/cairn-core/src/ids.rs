@@ -18,7 +18,15 @@ pub struct InvalidId {
 /// Longest identifier accepted from outside.
 pub const MAX_ID_LEN: usize = 128;
 
-fn validate(kind: &'static str, s: &str) -> Result<(), InvalidId> {
+/// Characters allowed in every identifier besides ASCII letters and digits.
+const SAFE: &[u8] = b"-_.@";
+/// User ids are issued by identity providers (`auth0|abc123`,
+/// `google-oauth2|123`, `samlp|corp|ana`, base64url, e-mail with `+`), so they
+/// also take `| : + =`. None of these is a separator in a store key: user ids
+/// are the last part of Redis keys and NUL-separated in the embedded store.
+const SAFE_USER: &[u8] = b"-_.@|:+=";
+
+fn validate(kind: &'static str, s: &str, extra: &'static [u8]) -> Result<(), InvalidId> {
     if s.is_empty() {
         return Err(InvalidId {
             kind,
@@ -33,11 +41,15 @@ fn validate(kind: &'static str, s: &str) -> Result<(), InvalidId> {
     }
     if !s
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
     {
         return Err(InvalidId {
             kind,
-            reason: "only ASCII letters, digits and - _ . @ are allowed",
+            reason: if extra == SAFE_USER {
+                "only ASCII letters, digits and - _ . @ | : + = are allowed"
+            } else {
+                "only ASCII letters, digits and - _ . @ are allowed"
+            },
         });
     }
     Ok(())
@@ -45,6 +57,9 @@ fn validate(kind: &'static str, s: &str) -> Result<(), InvalidId> {
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        string_id!($(#[$doc])* $name, $kind, SAFE);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $extra:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -54,7 +69,7 @@ macro_rules! string_id {
             /// Parses an identifier received from outside the process.
             pub fn parse(s: impl Into<String>) -> Result<Self, InvalidId> {
                 let s = s.into();
-                validate($kind, &s)?;
+                validate($kind, &s, $extra)?;
                 Ok(Self(s))
             }
             /// A new time-ordered identifier (UUIDv7).
@@ -98,7 +113,8 @@ string_id!(
 string_id!(
     /// The end user (`sub` claim) who owns conversations.
     UserId,
-    "user id"
+    "user id",
+    SAFE_USER
 );
 string_id!(
     /// A conversation; one ConversationActor serves it.
@@ -130,6 +146,27 @@ mod tests {
         assert!(ConversationId::parse("a/b").is_err());
         assert!(ConversationId::parse("a:b").is_err());
         assert!(ConversationId::parse("x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn user_ids_take_what_identity_providers_issue() {
+        for sub in [
+            "auth0|abc123",
+            "google-oauth2|1234567890",
+            "samlp|corp|ana@example.com",
+            "ana+support@example.com",
+            "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ=",
+            "urn:user:42",
+        ] {
+            assert!(UserId::parse(sub).is_ok(), "{sub}");
+        }
+        // Still refused: separators of store keys and anything unprintable.
+        for sub in ["a\0b", "a b", "a/b", "a{b}", "é", "a\nb"] {
+            assert!(UserId::parse(sub).is_err(), "{sub:?}");
+        }
+        // Other ids keep the narrow set.
+        assert!(TenantId::parse("a|b").is_err());
+        assert!(ConversationId::parse("a:b").is_err());
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl ProviderClient {
             if status.is_success() {
                 return Ok(resp);
             }
-            let mut text = resp.text().await.unwrap_or_default();
+            let mut text = redact(resp.text().await.unwrap_or_default(), headers);
             if text.len() > MAX_ERROR_BODY {
                 let mut cut = MAX_ERROR_BODY;
                 while !text.is_char_boundary(cut) {
@@ -94,6 +94,21 @@ impl ProviderClient {
             .notify(|e, delay| tracing::warn!(error = %e, ?delay, "model call failed; retrying"))
             .await
     }
+}
+
+/// Removes the request's credentials (header values, with or without a
+/// `Bearer ` prefix) from a provider's error body before it is logged:
+/// providers echo rejected keys back.
+fn redact(mut body: String, headers: &HeaderMap) -> String {
+    for value in headers.values() {
+        let Ok(v) = value.to_str() else { continue };
+        for secret in [v, v.strip_prefix("Bearer ").unwrap_or(v)] {
+            if secret.len() >= 8 {
+                body = body.replace(secret, "<redacted>");
+            }
+        }
+    }
+    body
 }
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent). reqwest is

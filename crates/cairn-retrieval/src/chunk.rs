@@ -11,7 +11,7 @@ use std::ops::Range;
 
 /// A parsed document: its text and its blocks (paragraphs, lists, code, tables)
 /// in order, each under the headings that precede it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ParsedDocument {
     /// Title (the first level-1 heading, or the one given).
     pub title: String,
@@ -22,7 +22,7 @@ pub struct ParsedDocument {
 }
 
 /// One block of content.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     /// Headings above it, outermost first.
     pub section_path: Vec<String>,
@@ -206,10 +206,18 @@ fn words(text: &str, range: Range<usize>) -> Vec<Range<usize>> {
 pub fn chunk(doc: &ParsedDocument, settings: ChunkSettings) -> Vec<ChunkDraft> {
     let max = settings.max_tokens.max(8);
     let overlap = settings.overlap_tokens.min(max / 2);
-    // Byte offset → character offset, for citations.
-    let char_at = |byte: usize| doc.text[..byte].chars().count();
+    // Byte offset → character offset, for citations. Chunk starts only move
+    // forward, so one cursor counts each character of the text once (linear in
+    // the document, whatever the number of chunks).
+    let mut cursor = (0usize, 0usize);
+    let mut char_at = move |byte: usize| {
+        let (from_byte, from_char) = if byte >= cursor.0 { cursor } else { (0, 0) };
+        let chars = from_char + doc.text[from_byte..byte].chars().count();
+        cursor = (byte, chars);
+        chars
+    };
     let mut out: Vec<ChunkDraft> = Vec::new();
-    let emit = |out: &mut Vec<ChunkDraft>, path: &[String], range: Range<usize>, page| {
+    let mut emit = |out: &mut Vec<ChunkDraft>, path: &[String], range: Range<usize>, page| {
         let text = doc.text[range.clone()].trim();
         if text.is_empty() {
             return;
@@ -217,12 +225,13 @@ pub fn chunk(doc: &ParsedDocument, settings: ChunkSettings) -> Vec<ChunkDraft> {
         // Trim the range to the trimmed text so offsets point at it exactly.
         let lead = doc.text[range.clone()].len() - doc.text[range.clone()].trim_start().len();
         let start = range.start + lead;
-        let end = start + text.len();
+        let start = char_at(start);
+        let end = start + text.chars().count();
         out.push(ChunkDraft {
             section_path: path.to_vec(),
             text: text.to_owned(),
-            start: char_at(start),
-            end: char_at(end),
+            start,
+            end,
             page,
         });
     };
@@ -342,6 +351,22 @@ mod tests {
         assert_eq!(&doc.text[doc.blocks[1].range.clone()], "d e f\n");
         assert!(chunk(&parse_text("  \n\n", "t"), ChunkSettings::default()).is_empty());
         assert!(chunk(&parse_markdown("", "t"), ChunkSettings::default()).is_empty());
+    }
+
+    #[test]
+    fn chunking_is_linear_in_the_document() {
+        // One 10 MB paragraph: the old offset lookup rescanned the text for every
+        // chunk (≈44,000 chunks × 10 MB); a linear pass takes well under a second
+        // in release. The bound here only separates linear from quadratic in a
+        // debug build on a loaded 2-core machine.
+        let doc = parse_text(&"a ".repeat(5_000_000), "t");
+        let started = std::time::Instant::now();
+        let chunks = chunk(&doc, ChunkSettings::default());
+        let took = started.elapsed();
+        assert!(chunks.len() > 40_000, "{}", chunks.len());
+        let last = chunks.last().expect("chunks");
+        assert_eq!(last.end, doc.text.trim_end().chars().count());
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! HTML, DOCX and PDF into [`ParsedDocument`]s: the text a reader would see, in
 //! blocks under their headings (pages for PDF). A corrupt, encrypted or empty
 //! file is an error for that document, never a panic.
+//!
+//! Uploaded documents choose their own shape, so nothing here recurses over
+//! their nesting (the HTML walk keeps an explicit stack) and compressed parts
+//! are measured against [`ParseLimits::max_decompressed_bytes`] before they are
+//! inflated. Third-party parsers (pdf-extract) can still overflow a stack or
+//! loop on a crafted file; [`crate::isolation`] runs them in a child process.
 
 use crate::chunk::{Block, ParsedDocument, parse_markdown, parse_text};
 use std::io::Read;
 
 /// Why a document could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ParseError {
     /// The format is not supported.
     #[error("unsupported document type `{0}` (supported: md, txt, html, pdf, docx)")]
@@ -23,6 +29,43 @@ pub enum ParseError {
     /// The file has no text.
     #[error("the document has no text")]
     Empty,
+    /// Compressed parts inflate beyond the limit (a decompression bomb, or just
+    /// too much text).
+    #[error("the document decompresses to more than {0} MB")]
+    Decompressed(u64),
+    /// The parser process crashed (stack overflow, out of memory, a bug in a
+    /// parser): the file is not retried.
+    #[error("the parser crashed on this document ({0})")]
+    Crashed(String),
+    /// The parser took longer than the limit.
+    #[error("parsing took longer than {0} s")]
+    TimedOut(u64),
+}
+
+/// Bounds on what one document may cost to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Largest upload (`knowledge.max_document_bytes`).
+    pub max_bytes: u64,
+    /// Most bytes the compressed parts of one document (DOCX zip entries, PDF
+    /// streams) may inflate to, in total (`knowledge.max_decompressed_bytes`).
+    pub max_decompressed_bytes: u64,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: MAX_BYTES,
+            max_decompressed_bytes: MAX_DECOMPRESSED_BYTES,
+        }
+    }
+}
+
+/// Default cap on decompressed bytes per document: 100 MB.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 100 * 1024 * 1024;
+
+fn mb(bytes: u64) -> u64 {
+    bytes.div_ceil(1024 * 1024)
 }
 
 /// Default size limit: 10 MB.
@@ -108,14 +151,25 @@ pub fn format_of(kind: &str) -> Option<&'static str> {
 }
 
 /// Parses a document by its type (`md`, `markdown`, `txt`, `html`, `htm`, `pdf`,
-/// `docx`).
+/// `docx`) with the default limits.
 pub fn parse_bytes(
     kind: &str,
     bytes: &[u8],
     fallback_title: &str,
 ) -> Result<ParsedDocument, ParseError> {
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(ParseError::TooLarge(MAX_BYTES / 1024 / 1024));
+    parse_bytes_limited(kind, bytes, fallback_title, ParseLimits::default())
+}
+
+/// Parses a document by its type within `limits`, in this process. Prefer
+/// [`crate::isolation::DocumentParser`] for untrusted PDFs.
+pub fn parse_bytes_limited(
+    kind: &str,
+    bytes: &[u8],
+    fallback_title: &str,
+    limits: ParseLimits,
+) -> Result<ParsedDocument, ParseError> {
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(ParseError::TooLarge(mb(limits.max_bytes)));
     }
     let utf8 = || {
         String::from_utf8(bytes.to_vec())
@@ -125,8 +179,8 @@ pub fn parse_bytes(
         "md" | "markdown" => parse_markdown(&utf8()?, fallback_title),
         "txt" | "text" => parse_text(&utf8()?, fallback_title),
         "html" | "htm" => parse_html(&utf8()?, fallback_title)?,
-        "docx" => parse_docx(bytes, fallback_title)?,
-        "pdf" => parse_pdf(bytes, fallback_title)?,
+        "docx" => parse_docx(bytes, fallback_title, limits)?,
+        "pdf" => parse_pdf(bytes, fallback_title, limits)?,
         other => return Err(ParseError::Unsupported(other.to_owned())),
     };
     if doc.blocks.is_empty() {
@@ -156,44 +210,81 @@ pub fn parse_html(html: &str, fallback_title: &str) -> Result<ParsedDocument, Pa
     const SKIP: &[&str] = &[
         "script", "style", "nav", "header", "footer", "noscript", "template",
     ];
-    fn walk(el: ElementRef<'_>, b: &mut DocBuilder) {
-        let name = el.value().name();
-        if SKIP.contains(&name) {
-            return;
-        }
-        if let Some(level) = name
-            .strip_prefix('h')
-            .and_then(|l| l.parse::<usize>().ok())
-            .filter(|l| (1..=6).contains(l))
-        {
-            b.heading(level, &el.text().collect::<String>());
-            return;
-        }
-        if BLOCKS.contains(&name) {
-            let text: String = el.text().collect();
-            let text = if name == "pre" { text } else { collapse(&text) };
-            b.block(&text, None);
-            return;
-        }
-        // Loose text directly inside containers (e.g. a div with text) is a block too.
-        let mut loose = String::new();
-        for child in el.children() {
-            match child.value() {
-                Node::Element(_) => {
-                    if !loose.trim().is_empty() {
-                        b.block(&collapse(&loose), None);
+    /// One step of the walk: enter an element, or flush the loose text gathered
+    /// in a container when its children are done.
+    enum Step<'a> {
+        Enter(ElementRef<'a>),
+        Text(&'a str),
+        Flush { loose: bool },
+    }
+    // An explicit stack instead of recursion: the nesting depth of an uploaded
+    // page is the uploader's choice, the depth of a thread's stack is not.
+    // `loose` holds one text buffer per open container.
+    fn walk(root: ElementRef<'_>, b: &mut DocBuilder) {
+        let mut stack = vec![Step::Enter(root)];
+        let mut loose: Vec<String> = Vec::new();
+        while let Some(step) = stack.pop() {
+            let el = match step {
+                Step::Flush { loose: emit } => {
+                    let text = loose.pop().unwrap_or_default();
+                    if emit && !text.trim().is_empty() {
+                        b.block(&collapse(&text), None);
                     }
-                    loose.clear();
-                    if let Some(c) = ElementRef::wrap(child) {
-                        walk(c, b);
-                    }
+                    continue;
                 }
-                Node::Text(t) => loose.push_str(t),
-                _ => {}
+                Step::Text(t) => {
+                    if let Some(pending) = loose.last_mut() {
+                        pending.push_str(t);
+                    }
+                    continue;
+                }
+                Step::Enter(el) => el,
+            };
+            // Text that came before this element in its container is a block.
+            if let Some(pending) = loose.last_mut() {
+                if !pending.trim().is_empty() {
+                    b.block(&collapse(pending), None);
+                }
+                pending.clear();
             }
-        }
-        if !loose.trim().is_empty() && name != "html" && name != "head" {
-            b.block(&collapse(&loose), None);
+            let name = el.value().name();
+            if SKIP.contains(&name) {
+                continue;
+            }
+            if let Some(level) = name
+                .strip_prefix('h')
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| (1..=6).contains(l))
+            {
+                b.heading(level, &el.text().collect::<String>());
+                continue;
+            }
+            if BLOCKS.contains(&name) {
+                let text: String = el.text().collect();
+                let text = if name == "pre" { text } else { collapse(&text) };
+                b.block(&text, None);
+                continue;
+            }
+            // Loose text directly inside containers (e.g. a div with text) is a
+            // block too. Children are pushed in reverse so they pop in order;
+            // text nodes between elements are gathered by `Text` steps.
+            loose.push(String::new());
+            stack.push(Step::Flush {
+                loose: name != "html" && name != "head",
+            });
+            let mut children: Vec<Step<'_>> = Vec::new();
+            for child in el.children() {
+                match child.value() {
+                    Node::Element(_) => {
+                        if let Some(c) = ElementRef::wrap(child) {
+                            children.push(Step::Enter(c));
+                        }
+                    }
+                    Node::Text(t) => children.push(Step::Text(&t.text)),
+                    _ => {}
+                }
+            }
+            stack.extend(children.into_iter().rev());
         }
     }
     let title = scraper::Selector::parse("title")
@@ -215,7 +306,11 @@ pub fn parse_html(html: &str, fallback_title: &str) -> Result<ParsedDocument, Pa
 
 /// DOCX: paragraphs of `word/document.xml`; `Heading N` / `Title` styles make
 /// sections.
-pub fn parse_docx(bytes: &[u8], fallback_title: &str) -> Result<ParsedDocument, ParseError> {
+pub fn parse_docx(
+    bytes: &[u8],
+    fallback_title: &str,
+    limits: ParseLimits,
+) -> Result<ParsedDocument, ParseError> {
     use quick_xml::events::Event;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
         // Password-protected Office files are OLE containers, not zip archives.
@@ -226,12 +321,18 @@ pub fn parse_docx(bytes: &[u8], fallback_title: &str) -> Result<ParsedDocument, 
         }
     })?;
     let mut xml = String::new();
+    // Read one byte past the cap: the declared size in the zip directory is the
+    // uploader's claim, the inflated stream is the truth.
+    let cap = limits.max_decompressed_bytes;
     archive
         .by_name("word/document.xml")
         .map_err(|_| ParseError::Corrupt("no word/document.xml in the archive".into()))?
-        .take(MAX_BYTES * 4)
+        .take(cap.saturating_add(1))
         .read_to_string(&mut xml)
         .map_err(|e| ParseError::Corrupt(e.to_string()))?;
+    if xml.len() as u64 > cap {
+        return Err(ParseError::Decompressed(mb(cap)));
+    }
     let mut reader = quick_xml::Reader::from_str(&xml);
     let mut b = DocBuilder::new();
     let mut para = String::new();
@@ -303,12 +404,17 @@ pub fn parse_docx(bytes: &[u8], fallback_title: &str) -> Result<ParsedDocument, 
 
 /// PDF: the text of each page, in paragraphs, with page numbers. Encrypted files
 /// are refused.
-pub fn parse_pdf(bytes: &[u8], fallback_title: &str) -> Result<ParsedDocument, ParseError> {
+pub fn parse_pdf(
+    bytes: &[u8],
+    fallback_title: &str,
+    limits: ParseLimits,
+) -> Result<ParsedDocument, ParseError> {
     let doc = pdf_extract::Document::load_mem(bytes)
         .map_err(|e| ParseError::Corrupt(format!("not a readable PDF: {e}")))?;
     if doc.is_encrypted() {
         return Err(ParseError::Encrypted);
     }
+    check_pdf_streams(&doc, limits.max_decompressed_bytes)?;
     let pages = pdf_extract::extract_text_from_mem_by_pages(bytes)
         .map_err(|e| ParseError::Corrupt(format!("cannot extract text: {e}")))?;
     let mut b = DocBuilder::new();
@@ -319,4 +425,38 @@ pub fn parse_pdf(bytes: &[u8], fallback_title: &str) -> Result<ParsedDocument, P
         }
     }
     b.finish(fallback_title)
+}
+
+/// Measures what the Flate streams of a PDF inflate to, in total, without
+/// keeping them, and refuses the document past `cap`. pdf-extract inflates
+/// every content stream it draws with no bound of its own.
+fn check_pdf_streams(doc: &pdf_extract::Document, cap: u64) -> Result<(), ParseError> {
+    use pdf_extract::Object;
+    let mut total: u64 = 0;
+    for object in doc.objects.values() {
+        let Object::Stream(stream) = object else {
+            continue;
+        };
+        let flate = match stream.dict.get(b"Filter") {
+            Ok(Object::Name(name)) => name.as_slice() == b"FlateDecode",
+            Ok(Object::Array(filters)) => filters
+                .iter()
+                .any(|f| matches!(f, Object::Name(n) if n.as_slice() == b"FlateDecode")),
+            _ => false,
+        };
+        if !flate {
+            total = total.saturating_add(stream.content.len() as u64);
+        } else {
+            let left = cap.saturating_sub(total).saturating_add(1);
+            let mut inflater = flate2::read::ZlibDecoder::new(stream.content.as_slice()).take(left);
+            // A corrupt stream stops counting where it breaks; pdf-extract decides
+            // what to make of it.
+            let n = std::io::copy(&mut inflater, &mut std::io::sink()).unwrap_or(0);
+            total = total.saturating_add(n);
+        }
+        if total > cap {
+            return Err(ParseError::Decompressed(mb(cap)));
+        }
+    }
+    Ok(())
 }

@@ -192,6 +192,8 @@ impl KnowledgeBase {
     }
 
     /// Chunks a parsed document, or finds that the stored version is the same.
+    /// Hashing and chunking are CPU work linear in the document (up to the
+    /// upload limit), so they run on the blocking pool, never on a runtime worker.
     pub async fn prepare(
         &self,
         tenant: &TenantId,
@@ -199,7 +201,16 @@ impl KnowledgeBase {
         doc: &ParsedDocument,
     ) -> Result<Prepared, VectorError> {
         let title = meta.title.clone().unwrap_or_else(|| doc.title.clone());
-        let version = document_version(meta, &title, &doc.text);
+        let (meta, doc, settings) = (meta.clone(), doc.clone(), self.settings);
+        let (version, drafts) = {
+            let (meta, title) = (meta.clone(), title.clone());
+            tokio::task::spawn_blocking(move || {
+                let version = document_version(&meta, &title, &doc.text);
+                (version, chunk(&doc, settings))
+            })
+            .await
+            .map_err(|e| VectorError::Invalid(format!("chunking stopped: {e}")))?
+        };
         let existing = self
             .store
             .document_version(tenant, &meta.document_id)
@@ -208,7 +219,7 @@ impl KnowledgeBase {
             return Ok(Prepared::Unchanged);
         }
         let date = meta.date.unwrap_or_else(Utc::now);
-        let records: Vec<ChunkRecord> = chunk(doc, self.settings)
+        let records: Vec<ChunkRecord> = drafts
             .into_iter()
             .enumerate()
             .map(|(i, c)| ChunkRecord {

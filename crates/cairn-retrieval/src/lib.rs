@@ -24,6 +24,8 @@
 //!   `search_knowledge` tool.
 //! - [`formats`]: HTML, DOCX and PDF parsing (plus Markdown and text by type),
 //!   with size limits and clear errors for corrupt, encrypted or empty files.
+//! - [`isolation`]: parsing in a child process with memory, CPU and time
+//!   limits, so a crafted document fails alone instead of crashing the service.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
 pub mod bm25;
@@ -31,6 +33,7 @@ pub mod chunk;
 pub mod conformance;
 pub mod edge;
 pub mod formats;
+pub mod isolation;
 pub mod knowledge;
 pub mod minilm;
 pub mod payload;

@@ -179,6 +179,7 @@ async fn the_search_knowledge_tool_returns_passages_of_the_callers_tenant() {
     let tool = SearchKnowledgeTool::new(kb, 3);
     let ctx = |t: &str| ToolContext {
         tenant_id: tenant(t),
+        user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::generate(),
         idempotency_key: "t:1".into(),
         deadline: std::time::Duration::from_secs(5),

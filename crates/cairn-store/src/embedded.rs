@@ -15,7 +15,9 @@ use cairn_core::*;
 use cairn_redb::{Db, DbError};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -44,6 +46,12 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const RELAYED: TableDefinition<&str, u64> = TableDefinition::new("relayed_events");
 /// `group \0 event_id` → expiry (ms since the epoch): bus events a consumer finished.
 const DONE_EVENTS: TableDefinition<&str, u64> = TableDefinition::new("done_events");
+/// (expiry, `group \0 event_id`) → (): [`DONE_EVENTS`] in expiry order, so that
+/// pruning finds the expired rows of every consumer group without a scan.
+const DONE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("done_events_expiry");
+/// Expired dedup rows removed per write (bounded work per call; the table
+/// shrinks faster than it grows as long as rows expire).
+const DONE_PRUNE_BATCH: usize = 64;
 /// `tenant \0 document` → the document record (JSON), in id order per tenant.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
@@ -133,7 +141,16 @@ impl EmbeddedStore {
                 txn.open_table(EVENT_SEQ).map_err(r)?;
                 txn.open_table(DOCUMENTS).map_err(r)?;
                 txn.open_table(LEASES).map_err(r)?;
-                txn.open_table(DONE_EVENTS).map_err(r)?;
+                let done = txn.open_table(DONE_EVENTS).map_err(r)?;
+                let mut expiry = txn.open_table(DONE_EXPIRY).map_err(r)?;
+                // Data dirs written before the expiry index existed: index them once.
+                if expiry.is_empty().map_err(r)? && !done.is_empty().map_err(r)? {
+                    for row in done.iter().map_err(r)? {
+                        let (k, v) = row.map_err(r)?;
+                        expiry.insert((v.value(), k.value()), ()).map_err(r)?;
+                    }
+                }
+                drop((done, expiry));
                 txn.open_table(RELAYED).map_err(r)?;
                 Ok(())
             })
@@ -422,6 +439,27 @@ impl MemoryStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
+    async fn count_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+    ) -> Result<u64, StoreError> {
+        let lo = owner_key(tenant, owner, "");
+        let hi = format!("{tenant}\0{owner}\u{1}");
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(OWNER_INDEX).map_err(r)?;
+                let mut n = 0u64;
+                for row in t.range(lo.as_str()..hi.as_str()).map_err(r)? {
+                    row.map_err(r)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn delete_conversation(
         &self,
         tenant: &TenantId,
@@ -668,13 +706,35 @@ impl MemoryStore for EmbeddedStore {
                         .remove(k.as_str())
                         .map_err(r)?;
                     let mut pending = txn.open_table(PENDING).map_err(r)?;
-                    pending
-                        .retain_in((k.as_str(), 0)..=(k.as_str(), u64::MAX), |_, v| {
-                            serde_json::from_slice::<TurnRequest>(v)
-                                .map(|req| req.turn_id != turn)
-                                .unwrap_or(true)
-                        })
-                        .map_err(r)?;
+                    // Turns run in queue order, so the finished one is the head:
+                    // O(1) in the queue length. Anything else is searched for.
+                    let head = pending
+                        .range((k.as_str(), 0)..=(k.as_str(), u64::MAX))
+                        .map_err(r)?
+                        .next()
+                        .transpose()
+                        .map_err(r)?
+                        .map(|(key, v)| {
+                            let seq = key.value().1;
+                            let is_turn = serde_json::from_slice::<TurnRequest>(v.value())
+                                .is_ok_and(|req| req.turn_id == turn);
+                            (seq, is_turn)
+                        });
+                    match head {
+                        Some((seq, true)) => {
+                            pending.remove((k.as_str(), seq)).map_err(r)?;
+                        }
+                        Some((_, false)) => {
+                            pending
+                                .retain_in((k.as_str(), 0)..=(k.as_str(), u64::MAX), |_, v| {
+                                    serde_json::from_slice::<TurnRequest>(v)
+                                        .map(|req| req.turn_id != turn)
+                                        .unwrap_or(true)
+                                })
+                                .map_err(r)?;
+                        }
+                        None => {}
+                    }
                     drop(pending);
                     Ok(Ok(append_event_in(txn, &k, event, retention)?))
                 })
@@ -842,21 +902,27 @@ impl MemoryStore for EmbeddedStore {
             .write(move |txn| {
                 let now = now_ms();
                 let mut t = txn.open_table(DONE_EVENTS).map_err(r)?;
+                let mut by_expiry = txn.open_table(DONE_EXPIRY).map_err(r)?;
                 let expires = u64::try_from(now.saturating_add(ttl_ms(ttl))).unwrap_or(0);
-                t.insert(k.as_str(), expires).map_err(r)?;
-                // Event ids are UUIDv7 (time-ordered): drop a few expired entries
-                // of the table on every write, so it stays bounded.
+                if let Some(old) = t.insert(k.as_str(), expires).map_err(r)? {
+                    by_expiry.remove((old.value(), k.as_str())).map_err(r)?;
+                }
+                by_expiry.insert((expires, k.as_str()), ()).map_err(r)?;
+                // Drop the oldest expired rows, whatever their consumer group.
                 let now = u64::try_from(now).unwrap_or(0);
-                let expired: Vec<String> = t
-                    .iter()
+                let expired: Vec<(u64, String)> = by_expiry
+                    .range((0, "")..(now.saturating_add(1), ""))
                     .map_err(r)?
-                    .take(64)
+                    .take(DONE_PRUNE_BATCH)
                     .filter_map(|e| e.ok())
-                    .filter(|(_, v)| v.value() <= now)
-                    .map(|(k, _)| k.value().to_owned())
+                    .map(|(k, _)| {
+                        let (at, key) = k.value();
+                        (at, key.to_owned())
+                    })
                     .collect();
-                for k in expired {
-                    t.remove(k.as_str()).map_err(r)?;
+                for (at, key) in expired {
+                    by_expiry.remove((at, key.as_str())).map_err(r)?;
+                    t.remove(key.as_str()).map_err(r)?;
                 }
                 Ok(())
             })

@@ -6,6 +6,8 @@
 //! - [`redis_store::RedisStore`]: Redis, for production and for several replicas.
 //!   Conversation keys share one hash tag so each multi-key update is one Lua script.
 //! - [`follow`]: the read-then-wait loop both adapters use to tail an event stream.
+//! - `xread_hub`: the Redis adapter's one blocking `XREAD` per process for all
+//!   followers (Redis connections stay bounded whatever the number of streams).
 //! - [`conformance`]: the shared suite; each adapter's tests run every case of it.
 //!
 //! [`MemoryStore`]: cairn_core::ports::MemoryStore
@@ -15,6 +17,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod follow;
 pub mod redis_store;
+mod xread_hub;
 
 pub use embedded::EmbeddedStore;
 pub use redis_store::RedisStore;

@@ -30,6 +30,7 @@
 //! cluster proxy) for now.
 
 use crate::follow::{EventWaiter, follow};
+use crate::xread_hub::{Registration, XreadHub};
 use async_trait::async_trait;
 use cairn_core::ids::*;
 use cairn_core::ports::{
@@ -38,8 +39,8 @@ use cairn_core::ports::{
 use cairn_core::*;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -47,8 +48,10 @@ use std::time::Duration;
 /// The Redis store. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
     conn: ConnectionManager,
+    /// One blocking XREAD for every follower of this process (bounded Redis
+    /// connections whatever the number of open streams).
+    hub: XreadHub,
     prefix: Arc<str>,
     event_retention: u64,
 }
@@ -222,8 +225,15 @@ if ARGV[1] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
 end
 redis.call('DEL', KEYS[3])
-for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-  if string.find(item, ARGV[3], 1, true) then redis.call('LREM', KEYS[4], 1, item) end
+-- Turns run in queue order, so the finished one is the head: O(1). A request
+-- that is not the head (only after manual surgery) is searched for.
+local head = redis.call('LINDEX', KEYS[4], 0)
+if head and string.find(head, ARGV[3], 1, true) then
+  redis.call('LPOP', KEYS[4])
+else
+  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if string.find(item, ARGV[3], 1, true) then redis.call('LREM', KEYS[4], 1, item) break end
+  end
 end
 if redis.call('LLEN', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
 local id = redis.call('INCR', KEYS[7])
@@ -231,6 +241,45 @@ redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], id .. '-1', 'e', ARGV[6])
 return id"
     ))
 });
+
+/// Deletes a conversation's keys if it is still stale and idle, in one step:
+/// a message accepted meanwhile (queued) or a turn in flight keeps it.
+/// KEYS: the conversation's keys (`CONVERSATION_KEYS` order), then owner index,
+/// `updated`, `active`. ARGV: member, conversation id, cutoff (ms).
+static PURGE_IF_STALE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = #KEYS
+local score = redis.call('ZSCORE', KEYS[n - 1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[n - 1], ARGV[1])
+  return 0
+end
+if score and tonumber(score) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('LLEN', KEYS[4]) > 0 or redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
+for i = 1, n - 3 do redis.call('DEL', KEYS[i]) end
+redis.call('ZREM', KEYS[n - 2], ARGV[2])
+redis.call('ZREM', KEYS[n - 1], ARGV[1])
+redis.call('SREM', KEYS[n], ARGV[1])
+return 1",
+    )
+});
+
+/// Every per-conversation key suffix, in the order the scripts index them
+/// (`meta` first, `pending` 4th, `checkpoint` 6th).
+const CONVERSATION_KEYS: [&str; 11] = [
+    "meta",
+    "msgs",
+    "summary",
+    "pending",
+    "seen",
+    "checkpoint",
+    "evseq",
+    "events",
+    "lease",
+    "fence",
+    "relayed",
+];
 
 static APPEND_EVENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -259,7 +308,7 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(Self {
-            client,
+            hub: XreadHub::start(client, conn.clone()),
             conn,
             prefix: prefix.into(),
             event_retention: event_retention.max(1),
@@ -304,23 +353,7 @@ impl RedisStore {
         let member = format!("{t}/{id}");
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .del(
-                [
-                    "meta",
-                    "msgs",
-                    "summary",
-                    "pending",
-                    "seen",
-                    "checkpoint",
-                    "evseq",
-                    "events",
-                    "lease",
-                    "fence",
-                    "relayed",
-                ]
-                .map(|s| self.k(t, id, s))
-                .to_vec(),
-            )
+            .del(CONVERSATION_KEYS.map(|s| self.k(t, id, s)).to_vec())
             .zrem(self.owner_key(t, &meta.owner), id.as_str())
             .zrem(self.global("updated"), &member)
             .srem(self.global("active"), &member);
@@ -459,6 +492,17 @@ impl MemoryStore for RedisStore {
         Ok(out)
     }
 
+    async fn count_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+    ) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        c.zcard(self.owner_key(tenant, owner))
+            .await
+            .map_err(unavailable)
+    }
+
     async fn delete_conversation(
         &self,
         tenant: &TenantId,
@@ -503,6 +547,11 @@ impl MemoryStore for RedisStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Redis list indexes are signed: an index past i64::MAX would wrap to
+        // a negative one and count from the end of the list.
+        if from_seq > i64::MAX as u64 {
             return Ok(Vec::new());
         }
         let mut c = self.conn.clone();
@@ -757,19 +806,30 @@ impl MemoryStore for RedisStore {
             let Some((t, id)) = split_member(&m) else {
                 continue;
             };
-            match self.load_meta(&t, &id).await? {
-                Some(meta) if meta.updated_at < before => {
-                    self.delete_keys(&meta).await?;
-                    n += 1;
-                }
-                Some(_) => {}
-                None => {
-                    let _: () = c
-                        .zrem(self.global("updated"), &m)
-                        .await
-                        .map_err(unavailable)?;
-                }
+            let Some(meta) = self.load_meta(&t, &id).await? else {
+                let _: () = c
+                    .zrem(self.global("updated"), &m)
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            };
+            // The check and the delete run as one script: a message accepted
+            // after the read above is seen there and keeps the conversation.
+            let mut script = PURGE_IF_STALE.prepare_invoke();
+            for suffix in CONVERSATION_KEYS {
+                script.key(self.k(&t, &id, suffix));
             }
+            let deleted: i64 = script
+                .key(self.owner_key(&t, &meta.owner))
+                .key(self.global("updated"))
+                .key(self.global("active"))
+                .arg(&m)
+                .arg(id.as_str())
+                .arg(before.timestamp_millis())
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            n += deleted.max(0) as u64;
         }
         Ok(n)
     }
@@ -1074,57 +1134,32 @@ impl EventStream for RedisStore {
         after: u64,
     ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
         let waiter = XreadWaiter {
-            client: self.client.clone(),
+            hub: self.hub.clone(),
             key: self.k(&tenant, &id, "events"),
-            conn: None,
+            registration: None,
         };
         follow(self.clone(), tenant, id, after, waiter)
     }
 }
 
-/// Waits with `XREAD BLOCK` on a connection of its own (a blocking read would
-/// stall every other command on the shared connection).
+/// Waits through the process's [`XreadHub`]: no Redis connection of its own.
 struct XreadWaiter {
-    client: redis::Client,
+    hub: XreadHub,
     key: String,
-    conn: Option<MultiplexedConnection>,
+    registration: Option<Registration>,
 }
-
-/// Longest single block; the loop simply blocks again.
-const BLOCK_MS: u64 = 5_000;
 
 #[async_trait]
 impl EventWaiter for XreadWaiter {
     async fn wait(&mut self, after: u64) -> Result<Vec<StoredEvent>, StoreError> {
-        if self.conn.is_none() {
-            let cfg = AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
-            self.conn = Some(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await
-                    .map_err(unavailable)?,
-            );
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Unavailable("no connection".into()));
-        };
-        let r: Result<redis::Value, _> = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(BLOCK_MS)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(format!("{after}-1"))
-            .query_async(conn)
-            .await;
-        match r {
-            Ok(_) => Ok(Vec::new()),
-            Err(e) => {
-                self.conn = None; // reconnect on the next wait
-                Err(unavailable(e))
+        match self.registration.as_mut() {
+            Some(r) => r.wait(after).await,
+            None => {
+                let mut r = self.hub.register(self.key.clone(), after).await;
+                r.wait(after).await;
+                self.registration = Some(r);
             }
         }
+        Ok(Vec::new())
     }
 }

@@ -11,14 +11,18 @@
 //! - [`McpTool`] is one server tool behind the `Tool` port. A call checks the
 //!   tenant (`allowed_tenants`), validates the arguments against the tool's input
 //!   schema before anything is sent, carries the idempotency key `turn_id:step` in
-//!   the request's `_meta` (`idempotency_key`), and has a deadline (the server's
+//!   the request's `_meta` (`idempotency_key`) beside the caller's `tenant_id`
+//!   and `user_id`, and has a deadline (the server's
 //!   `timeout`): when it passes, the server is sent a cancellation and the agent
 //!   gets a tool error. Progress notifications extend the deadline, up to
 //!   `mcp.max_call_duration`. Results longer than `mcp.max_result_bytes` are cut
 //!   with a note. `isError` results are observations; protocol errors are logged,
 //!   count towards the breaker, and reach the agent as tool errors.
-//! - [`McpHost::status`] is what `GET /v1/tools` shows: each server's health and
-//!   the tools the caller's tenant may use.
+//! - [`McpHost::status`] is what `GET /v1/tools` shows: the health of each
+//!   server the caller's tenant may use and its tools, with errors scrubbed of
+//!   URLs and header values.
+//! - stdio servers start with a cleared environment: [`INHERITED_ENV`] plus
+//!   exactly what their `env` table names.
 
 use async_trait::async_trait;
 use cairn_actors::ToolProvider;
@@ -37,6 +41,14 @@ use tokio::sync::Notify;
 
 /// Key of the idempotency key in a call's `_meta`.
 pub const IDEMPOTENCY_META_KEY: &str = "idempotency_key";
+/// Key of the calling tenant in a call's `_meta`.
+pub const TENANT_META_KEY: &str = "tenant_id";
+/// Key of the calling user in a call's `_meta`.
+pub const USER_META_KEY: &str = "user_id";
+/// The variables a stdio server inherits from Cairn's environment; everything
+/// else it gets comes from its `env` table. Cairn's own secrets (the JWT secret,
+/// model, embeddings and Qdrant keys, the Kafka password) stay with Cairn.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG"];
 /// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
@@ -70,6 +82,8 @@ struct ServerState {
 /// One configured server.
 struct Server {
     config: McpServerConfig,
+    /// Values that must never reach a tenant: header values and the URL.
+    secrets: Vec<String>,
     state: RwLock<ServerState>,
     /// The server said its tool list changed.
     list_changed: Arc<Notify>,
@@ -107,6 +121,31 @@ impl Server {
         tracing::warn!(server = %self.config.name, failures = s.consecutive_failures, error = %error, health = ?s.health, "MCP server failed");
         s.last_error = Some(error);
     }
+}
+
+/// An error message fit for tenants: every URL (`scheme://…` up to the next
+/// space) becomes `<url>` and every known secret `<redacted>`.
+pub fn scrub(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_owned();
+    for secret in secrets {
+        out = out.replace(secret.as_str(), "<redacted>");
+    }
+    let mut scrubbed = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("://") {
+        // Back up over the scheme.
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
+            .map_or(rest.len(), |i| at + i);
+        scrubbed.push_str(&rest[..start]);
+        scrubbed.push_str("<url>");
+        rest = &rest[end..];
+    }
+    scrubbed.push_str(rest);
+    scrubbed
 }
 
 /// True when `allowed` (a server's `allowed_tenants`) lets `tenant` in.
@@ -163,8 +202,16 @@ impl McpHost {
                 .iter()
                 .map(|(h, var)| (h.clone(), env(var)))
                 .collect();
+            let secrets = headers
+                .iter()
+                .filter_map(|(_, v)| v.clone())
+                .chain(c.url.clone())
+                .chain(c.env.values().cloned())
+                .filter(|v| v.len() >= 4)
+                .collect();
             let server = Arc::new(Server {
                 config: c.clone(),
+                secrets,
                 state: RwLock::new(ServerState {
                     health: Health::Starting,
                     peer: None,
@@ -204,13 +251,16 @@ impl McpHost {
         }
     }
 
-    /// Each server's status, with the tools `tenant` may use.
+    /// The status of each server `tenant` may use, with its tools; errors are
+    /// scrubbed of URLs and header values (they can hold credentials). Servers
+    /// closed to the tenant are not listed at all.
     pub fn status(&self, tenant: &TenantId) -> Vec<ServerStatus> {
         self.servers
             .iter()
+            .filter(|s| s.tenant_allowed(tenant))
             .map(|s| {
                 let st = s.read();
-                let tools = if s.tenant_allowed(tenant) && st.health == Health::Healthy {
+                let tools = if st.health == Health::Healthy {
                     st.tools.iter().map(|t| t.spec.clone()).collect()
                 } else {
                     Vec::new()
@@ -219,7 +269,7 @@ impl McpHost {
                     name: s.config.name.clone(),
                     health: st.health,
                     consecutive_failures: st.consecutive_failures,
-                    last_error: st.last_error.clone(),
+                    last_error: st.last_error.as_deref().map(|e| scrub(e, &s.secrets)),
                     tools,
                 }
             })
@@ -372,7 +422,13 @@ async fn connect(
     match c.transport {
         McpTransport::Stdio => {
             let mut cmd = tokio::process::Command::new(c.command.as_deref().unwrap_or_default());
-            cmd.args(&c.args).envs(&c.env).kill_on_drop(true);
+            cmd.args(&c.args).env_clear().kill_on_drop(true);
+            for var in INHERITED_ENV {
+                if let Some(value) = std::env::var_os(var) {
+                    cmd.env(var, value);
+                }
+            }
+            cmd.envs(&c.env);
             if let Some(dir) = &c.cwd {
                 cmd.current_dir(dir);
             }
@@ -515,6 +571,8 @@ impl Tool for McpTool {
         };
         let mut meta = RequestMetaObject::new();
         meta.insert(IDEMPOTENCY_META_KEY.into(), json!(ctx.idempotency_key));
+        meta.insert(TENANT_META_KEY.into(), json!(ctx.tenant_id.as_str()));
+        meta.insert(USER_META_KEY.into(), json!(ctx.user_id.as_str()));
         let options = PeerRequestOptions::with_timeout(self.timeout)
             .reset_timeout_on_progress()
             .with_max_total_timeout(self.settings.max_call_duration)

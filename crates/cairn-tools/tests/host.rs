@@ -48,6 +48,7 @@ fn tenant(t: &str) -> TenantId {
 fn ctx(t: &str, key: &str) -> ToolContext {
     ToolContext {
         tenant_id: tenant(t),
+        user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("c1").unwrap(),
         idempotency_key: key.into(),
         deadline: Duration::from_secs(5),

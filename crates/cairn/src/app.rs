@@ -15,6 +15,8 @@ use cairn_core::ports::{
 };
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
+use cairn_retrieval::formats::ParseLimits;
+use cairn_retrieval::isolation::{ChildParser, DocumentParser};
 use cairn_retrieval::knowledge::{KnowledgeBase, SearchKnowledgeTool};
 use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder, QdrantServerStore};
 use cairn_store::{EmbeddedStore, RedisStore};
@@ -149,6 +151,29 @@ pub fn authenticator(
     Ok((Authenticator::new(&s.bytes, &config.auth), s.generated))
 }
 
+/// How uploads are parsed: in a child `cairn parse-document` process when this
+/// process is the `cairn` binary (the service), on the blocking pool otherwise
+/// (test binaries and tools that embed the runtime have no such command).
+pub fn document_parser(config: &Config) -> DocumentParser {
+    let k = &config.knowledge;
+    let limits = ParseLimits {
+        max_bytes: k.max_document_bytes as u64,
+        max_decompressed_bytes: k.max_decompressed_bytes,
+    };
+    match std::env::current_exe() {
+        Ok(program) if program.file_stem().is_some_and(|s| s == "cairn") => {
+            DocumentParser::Child(ChildParser {
+                program,
+                args: vec!["parse-document".into()],
+                limits,
+                timeout: k.parse_timeout,
+                memory_bytes: k.parse_memory_mb.saturating_mul(1024 * 1024),
+            })
+        }
+        _ => DocumentParser::InProcess(limits),
+    }
+}
+
 /// Opens the stores, the bus and the model, and starts the runtime. `extra_tools`
 /// join the built-in ones (tests use it).
 pub async fn build(
@@ -159,7 +184,7 @@ pub async fn build(
 ) -> anyhow::Result<App> {
     cairn_llm::http::install_crypto_provider();
     let dir = &config.server.data_dir;
-    std::fs::create_dir_all(dir)
+    crate::datadir::create_private(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let cache_bytes = config.server.embedded_cache_mb.max(1) * 1024 * 1024;
     type Stores = (
@@ -198,6 +223,9 @@ pub async fn build(
         .unwrap_or_else(|| config.bus.topic_prefix.clone());
     let topics = Topics::with_prefix(&prefix);
     let kafka = !config.kafka.brokers.is_empty();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if kafka && config.knowledge.enabled && config.knowledge.qdrant_url.is_none() {
         tracing::warn!(
             "Kafka with the embedded knowledge store: each replica keeps its own knowledge base; \
@@ -292,6 +320,7 @@ pub async fn build(
             IngestDeps {
                 kb: kb.clone(),
                 documents: documents.clone(),
+                parser: document_parser(config),
                 settings: IngestSettings {
                     embed_workers: config.knowledge.embed_workers,
                     embed_batch: config.knowledge.embed_batch,
@@ -361,8 +390,20 @@ pub async fn build(
             sse_keepalive: config.server.sse_keepalive,
             max_document_bytes: config.knowledge.max_document_bytes,
             ingest_scope: Some(config.auth.ingest_scope.clone()).filter(|s| !s.is_empty()),
+            max_message_chars: config.agent.max_message_chars,
+            max_queued_messages: config.agent.max_queued_messages,
+            max_conversations_per_user: config.agent.max_conversations_per_user,
+            stream_recheck: config.server.stream_recheck,
+            allowed_hosts: config.server.allowed_hosts.clone(),
         }),
+        streams: cairn_api::streams::StreamLimiter::new(
+            config.server.max_streams_per_user,
+            config.server.max_streams,
+        ),
+        deleted: tokio::sync::broadcast::channel(256).0,
     };
+    crate::datadir::restrict(dir)
+        .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
     Ok(App {
         state,
         knowledge,

@@ -7,9 +7,11 @@
 //! - [`secret`]: the JWT secret — configured, from an environment variable, or
 //!   generated once in the data dir for development.
 //! - [`builtin_tools`]: tools every conversation gets.
+//! - [`datadir`]: the data dir made private (0700, files 0600).
 //! - [`ingest`]: `cairn ingest` / `cairn search` over the embedded knowledge base.
 
 pub mod app;
 pub mod builtin_tools;
+pub mod datadir;
 pub mod ingest;
 pub mod secret;

@@ -44,6 +44,38 @@ struct Common {
     data_dir: Option<PathBuf>,
 }
 
+/// Arguments of the hidden `parse-document` command.
+#[derive(Args)]
+struct ParseDocumentArgs {
+    #[arg(long)]
+    format: String,
+    #[arg(long, default_value = "")]
+    title: String,
+    #[arg(long)]
+    max_bytes: u64,
+    #[arg(long)]
+    max_decompressed_bytes: u64,
+    #[arg(long)]
+    memory_bytes: u64,
+    #[arg(long)]
+    cpu_seconds: u64,
+}
+
+impl From<ParseDocumentArgs> for cairn_retrieval::isolation::ChildArgs {
+    fn from(a: ParseDocumentArgs) -> Self {
+        Self {
+            format: a.format,
+            title: a.title,
+            limits: cairn_retrieval::formats::ParseLimits {
+                max_bytes: a.max_bytes,
+                max_decompressed_bytes: a.max_decompressed_bytes,
+            },
+            memory_bytes: a.memory_bytes,
+            cpu_seconds: a.cpu_seconds,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
@@ -114,6 +146,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         limit: usize,
     },
+    /// Internal: parse one document from stdin into JSON on stdout, within
+    /// limits (the service runs this as a child process per upload).
+    #[command(hide = true)]
+    ParseDocument(ParseDocumentArgs),
     /// MCP tools from the configured servers (`[[mcp.servers]]`).
     Tools {
         #[command(flatten)]
@@ -123,6 +159,9 @@ enum Command {
         /// The tenant whose tools to use.
         #[arg(long, default_value = "default", global = true)]
         tenant: String,
+        /// The user the calls are made for (sent to the server with the tenant).
+        #[arg(long, default_value = "cli", global = true)]
+        user: String,
     },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
@@ -195,11 +234,31 @@ fn load_config(common: &Common, listen: Option<&String>) -> anyhow::Result<Confi
     Ok(config)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The document parser child runs before any runtime or logger exists: it
+    // limits itself, parses one document from stdin and exits.
+    if let Command::ParseDocument(args) = cli.command {
+        let code = cairn_retrieval::isolation::child_main(args.into());
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
+        Command::ParseDocument(_) => Ok(ExitCode::from(2)),
         Command::Serve {
             common,
             listen,
@@ -227,7 +286,8 @@ async fn main() -> ExitCode {
             common,
             action,
             tenant,
-        } => tools(&common, action, &tenant).await,
+            user,
+        } => tools(&common, action, &tenant, &user).await,
         Command::Token {
             common,
             sub,
@@ -401,7 +461,12 @@ fn ingest_report(s: &cairn::ingest::IngestSummary) -> ExitCode {
     }
 }
 
-async fn tools(common: &Common, action: ToolsAction, tenant: &str) -> anyhow::Result<ExitCode> {
+async fn tools(
+    common: &Common,
+    action: ToolsAction,
+    tenant: &str,
+    user: &str,
+) -> anyhow::Result<ExitCode> {
     use cairn_actors::ToolProvider;
     cairn_llm::http::install_crypto_provider();
     let config = load_config(common, None)?;
@@ -440,6 +505,7 @@ async fn tools(common: &Common, action: ToolsAction, tenant: &str) -> anyhow::Re
             };
             let ctx = cairn_core::ports::ToolContext {
                 tenant_id: tenant.clone(),
+                user_id: UserId::parse(user)?,
                 conversation_id: ConversationId::parse("cli")?,
                 idempotency_key: format!("cli:{}", uuid::Uuid::now_v7()),
                 deadline: config.agent.tool_timeout,

@@ -57,7 +57,7 @@ pub fn resolve(
             generated: true,
         });
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::datadir::create_private(data_dir)?;
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();

@@ -6,6 +6,13 @@
 //! call with a key applies the change and stores its result under the key, in the
 //! same transaction; a repeated call with the same key (a resumed turn) returns
 //! the stored result and changes nothing.
+//!
+//! Every ticket belongs to a tenant. Each call must carry the caller's tenant in
+//! `_meta.tenant_id` (Cairn sends it with every call, beside `user_id`), and
+//! every read and write is scoped by it: another tenant's ticket behaves
+//! exactly like a ticket that does not exist. Idempotency keys are per tenant.
+//! A call without a tenant is refused. Sample tickets of a new store belong to
+//! the tenant `default`.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -29,16 +36,25 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     c.execute_batch(
         "CREATE TABLE IF NOT EXISTS tickets (
             id INTEGER PRIMARY KEY, customer TEXT NOT NULL, subject TEXT NOT NULL,
-            status TEXT NOT NULL, notes TEXT NOT NULL DEFAULT '[]', updated_at TEXT NOT NULL);
+            status TEXT NOT NULL, notes TEXT NOT NULL DEFAULT '[]', updated_at TEXT NOT NULL,
+            tenant TEXT NOT NULL DEFAULT 'default');
          CREATE TABLE IF NOT EXISTS applied_calls (
             key TEXT PRIMARY KEY, result TEXT NOT NULL, at TEXT NOT NULL);",
     )?;
+    // Stores written before tickets had tenants: their tickets go to `default`.
+    let has_tenant: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('tickets') WHERE name = 'tenant'")?
+        .exists([])?;
+    if !has_tenant {
+        c.execute_batch("ALTER TABLE tickets ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';")?;
+    }
+    c.execute_batch("CREATE INDEX IF NOT EXISTS tickets_by_tenant ON tickets (tenant, id);")?;
     if fresh {
         c.execute_batch(
-            "INSERT INTO tickets (customer, subject, status, updated_at) VALUES
-             ('ana@example.com', 'Refund for a damaged vase', 'open', datetime('now')),
-             ('bo@example.com', 'Cannot reset my password', 'pending', datetime('now')),
-             ('ana@example.com', 'Change delivery address', 'solved', datetime('now'));",
+            "INSERT INTO tickets (customer, subject, status, updated_at, tenant) VALUES
+             ('ana@example.com', 'Refund for a damaged vase', 'open', datetime('now'), 'default'),
+             ('bo@example.com', 'Cannot reset my password', 'pending', datetime('now'), 'default'),
+             ('ana@example.com', 'Change delivery address', 'solved', datetime('now'), 'default');",
         )?;
     }
     Ok(c)
@@ -58,11 +74,26 @@ fn ticket_json(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
 
 const COLUMNS: &str = "id, customer, subject, status, notes, updated_at";
 
-/// One ticket.
-pub fn get(c: &Connection, id: i64) -> Result<Value, String> {
+/// Adds a ticket for `tenant`; returns it.
+pub fn create(
+    c: &Connection,
+    tenant: &str,
+    customer: &str,
+    subject: &str,
+) -> Result<Value, String> {
+    c.execute(
+        "INSERT INTO tickets (customer, subject, status, updated_at, tenant) VALUES (?1, ?2, 'open', datetime('now'), ?3)",
+        params![customer, subject, tenant],
+    )
+    .map_err(|e| e.to_string())?;
+    get(c, tenant, c.last_insert_rowid())
+}
+
+/// One ticket of `tenant`.
+pub fn get(c: &Connection, tenant: &str, id: i64) -> Result<Value, String> {
     c.query_row(
-        &format!("SELECT {COLUMNS} FROM tickets WHERE id = ?1"),
-        [id],
+        &format!("SELECT {COLUMNS} FROM tickets WHERE id = ?1 AND tenant = ?2"),
+        params![id, tenant],
         ticket_json,
     )
     .optional()
@@ -70,30 +101,36 @@ pub fn get(c: &Connection, id: i64) -> Result<Value, String> {
     .ok_or_else(|| format!("there is no ticket {id}"))
 }
 
-/// Tickets, newest first, optionally by status and customer.
+/// Tickets of `tenant`, newest first, optionally by status and customer.
 pub fn list(
     c: &Connection,
+    tenant: &str,
     status: Option<&str>,
     customer: Option<&str>,
     limit: u32,
 ) -> Result<Value, String> {
     let mut stmt = c
         .prepare(&format!(
-            "SELECT {COLUMNS} FROM tickets WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR customer = ?2)
+            "SELECT {COLUMNS} FROM tickets WHERE tenant = ?4 AND (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR customer = ?2)
              ORDER BY id DESC LIMIT ?3"
         ))
         .map_err(|e| e.to_string())?;
     let rows = stmt
-        .query_map(params![status, customer, limit.clamp(1, 100)], ticket_json)
+        .query_map(
+            params![status, customer, limit.clamp(1, 100), tenant],
+            ticket_json,
+        )
         .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(json!({ "tickets": rows }))
 }
 
-/// Applies an update once per `key`: a repeated key returns the first result.
+/// Applies an update to a ticket of `tenant` once per `key`: a repeated key
+/// (of the same tenant) returns the first result.
 pub fn update(
     c: &mut Connection,
+    tenant: &str,
     key: Option<&str>,
     id: i64,
     status: Option<&str>,
@@ -108,7 +145,8 @@ pub fn update(
         return Err("give a status, a note, or both".into());
     }
     let tx = c.transaction().map_err(|e| e.to_string())?;
-    if let Some(k) = key {
+    let key = key.map(|k| format!("{tenant}\u{0}{k}"));
+    if let Some(k) = &key {
         let done: Option<String> = tx
             .query_row(
                 "SELECT result FROM applied_calls WHERE key = ?1",
@@ -123,18 +161,18 @@ pub fn update(
             return Ok(v);
         }
     }
-    let current = get(&tx, id)?;
+    let current = get(&tx, tenant, id)?;
     let mut notes = current["notes"].as_array().cloned().unwrap_or_default();
     if let Some(n) = note {
         notes.push(json!(n));
     }
     tx.execute(
-        "UPDATE tickets SET status = COALESCE(?2, status), notes = ?3, updated_at = datetime('now') WHERE id = ?1",
-        params![id, status, Value::Array(notes).to_string()],
+        "UPDATE tickets SET status = COALESCE(?2, status), notes = ?3, updated_at = datetime('now') WHERE id = ?1 AND tenant = ?4",
+        params![id, status, Value::Array(notes).to_string(), tenant],
     )
     .map_err(|e| e.to_string())?;
-    let result = json!({ "ticket": get(&tx, id)?, "replayed": false });
-    if let Some(k) = key {
+    let result = json!({ "ticket": get(&tx, tenant, id)?, "replayed": false });
+    if let Some(k) = &key {
         tx.execute(
             "INSERT INTO applied_calls (key, result, at) VALUES (?1, ?2, datetime('now'))",
             params![k, result.to_string()],
@@ -210,6 +248,15 @@ impl Tickets {
     }
 }
 
+/// The caller's tenant from a call's `_meta` (`tenant_id`, sent by Cairn).
+fn tenant_of(meta: &RequestMetaObject) -> Result<String, String> {
+    meta.get("tenant_id")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| "this server needs the caller's tenant in _meta.tenant_id".to_owned())
+}
+
 fn reply(r: Result<Value, String>) -> CallToolResult {
     match r {
         Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
@@ -221,19 +268,36 @@ fn reply(r: Result<Value, String>) -> CallToolResult {
 impl Tickets {
     /// Looks a ticket up.
     #[tool(description = "Look up a support ticket by number.")]
-    async fn get_ticket(&self, Parameters(a): Parameters<GetArgs>) -> CallToolResult {
-        reply(self.with_db(move |c| get(c, a.id)).await)
+    async fn get_ticket(
+        &self,
+        Parameters(a): Parameters<GetArgs>,
+        meta: RequestMetaObject,
+    ) -> CallToolResult {
+        let tenant = match tenant_of(&meta) {
+            Ok(t) => t,
+            Err(e) => return reply(Err(e)),
+        };
+        reply(self.with_db(move |c| get(c, &tenant, a.id)).await)
     }
 
     /// Lists tickets.
     #[tool(
         description = "List support tickets, newest first, optionally by status or customer email."
     )]
-    async fn list_tickets(&self, Parameters(a): Parameters<ListArgs>) -> CallToolResult {
+    async fn list_tickets(
+        &self,
+        Parameters(a): Parameters<ListArgs>,
+        meta: RequestMetaObject,
+    ) -> CallToolResult {
+        let tenant = match tenant_of(&meta) {
+            Ok(t) => t,
+            Err(e) => return reply(Err(e)),
+        };
         reply(
             self.with_db(move |c| {
                 list(
                     c,
+                    &tenant,
                     a.status.as_deref(),
                     a.customer.as_deref(),
                     a.limit.unwrap_or(20),
@@ -252,6 +316,10 @@ impl Tickets {
         Parameters(a): Parameters<UpdateArgs>,
         meta: RequestMetaObject,
     ) -> CallToolResult {
+        let tenant = match tenant_of(&meta) {
+            Ok(t) => t,
+            Err(e) => return reply(Err(e)),
+        };
         let key = meta
             .get("idempotency_key")
             .and_then(Value::as_str)
@@ -260,6 +328,7 @@ impl Tickets {
             self.with_db(move |c| {
                 update(
                     c,
+                    &tenant,
                     key.as_deref(),
                     a.id,
                     a.status.as_deref(),

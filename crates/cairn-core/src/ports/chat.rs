@@ -95,6 +95,40 @@ pub enum ModelError {
     Config(String),
 }
 
+impl ModelError {
+    /// What a tenant's user is told: a stable code and a short sentence, never
+    /// the provider's body, URL or anything that could hold a key (the full
+    /// error goes to the logs).
+    pub fn for_users(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Http { status: 429, .. } => (
+                "model_rate_limited",
+                "The model provider is rate-limiting requests; try again shortly.",
+            ),
+            Self::Http { status, .. } if *status >= 500 => (
+                "model_unavailable",
+                "The model provider failed to answer; try again later.",
+            ),
+            Self::Http { .. } => (
+                "model_rejected",
+                "The model provider refused the request; an operator has the details.",
+            ),
+            Self::Transport(_) => (
+                "model_unreachable",
+                "The model provider could not be reached; try again later.",
+            ),
+            Self::Protocol(_) => (
+                "model_error",
+                "The model provider's answer could not be understood.",
+            ),
+            Self::Config(_) => (
+                "model_misconfigured",
+                "The model is not configured correctly; an operator must fix it.",
+            ),
+        }
+    }
+}
+
 /// A chat model with tool calling.
 #[async_trait]
 pub trait ChatModel: Send + Sync + 'static {

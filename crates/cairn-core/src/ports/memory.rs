@@ -66,6 +66,14 @@ pub trait MemoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ConversationMeta>, StoreError>;
 
+    /// How many conversations `owner` holds in `tenant` (bounded per user by
+    /// `agent.max_conversations_per_user`).
+    async fn count_conversations(
+        &self,
+        tenant: &TenantId,
+        owner: &UserId,
+    ) -> Result<u64, StoreError>;
+
     /// Deletes a conversation with its transcript, summary, queue, checkpoint and
     /// events. Returns false when it did not exist.
     async fn delete_conversation(

@@ -1,7 +1,7 @@
 //! The Tool port: something the agent can call, with a JSON Schema for its input,
 //! a deadline and an idempotency key.
 
-use crate::ids::{ConversationId, TenantId};
+use crate::ids::{ConversationId, TenantId, UserId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +23,9 @@ pub struct ToolSpec {
 pub struct ToolContext {
     /// The calling tenant.
     pub tenant_id: TenantId,
+    /// The user on whose behalf the call runs (sent to MCP servers beside the
+    /// tenant, so they can scope data and audit).
+    pub user_id: UserId,
     /// The conversation.
     pub conversation_id: ConversationId,
     /// `turn_id:step`; identical when a resumed turn repeats an unfinished call, so

@@ -59,6 +59,7 @@ async fn measure(
         .ok_or("no echo tool")?;
     let ctx = ToolContext {
         tenant_id: tenant,
+        user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("bench")?,
         idempotency_key: "bench:1".into(),
         deadline: Duration::from_secs(10),

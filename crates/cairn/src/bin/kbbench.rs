@@ -156,6 +156,7 @@ async fn ingest(
     let deps = IngestDeps {
         kb: kb.clone(),
         documents: documents_store.clone(),
+        parser: cairn_retrieval::isolation::DocumentParser::InProcess(Default::default()),
         settings: IngestSettings {
             embed_workers: workers,
             embed_batch: batch,
