@@ -40,7 +40,14 @@ pub enum ParseError {
     /// The parser took longer than the limit.
     #[error("parsing took longer than {0} s")]
     TimedOut(u64),
+    /// Elements are nested deeper than the limit (building the tree of such a
+    /// page takes time quadratic in its depth).
+    #[error("the document nests elements deeper than {0} levels")]
+    TooDeep(usize),
 }
+
+/// Deepest element nesting accepted in HTML (real pages stay far below 100).
+pub const MAX_HTML_DEPTH: usize = 512;
 
 /// Bounds on what one document may cost to parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +201,7 @@ pub fn parse_bytes_limited(
 /// left out.
 pub fn parse_html(html: &str, fallback_title: &str) -> Result<ParsedDocument, ParseError> {
     use scraper::{ElementRef, Html, Node};
+    html_depth_within(html, MAX_HTML_DEPTH)?;
     let page = Html::parse_document(html);
     let mut b = DocBuilder::new();
     const BLOCKS: &[&str] = &[
@@ -457,6 +465,71 @@ fn check_pdf_streams(doc: &pdf_extract::Document, cap: u64) -> Result<(), ParseE
         if total > cap {
             return Err(ParseError::Decompressed(mb(cap)));
         }
+    }
+    Ok(())
+}
+
+/// Refuses HTML nested deeper than `max`, in one linear pass of the tokenizer
+/// (before the tree builder, whose scope checks make deep nesting quadratic).
+/// Depth counts elements that must be closed; void elements and those whose
+/// end tag is optional (`p`, `li`, `td`, …) are left out, so pages that never
+/// close their paragraphs are not mistaken for deep ones.
+fn html_depth_within(html: &str, max: usize) -> Result<(), ParseError> {
+    use html5ever::tendril::StrTendril;
+    use html5ever::tokenizer::states::RawKind;
+    use html5ever::tokenizer::{
+        BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer,
+    };
+    use std::cell::Cell;
+    const UNCOUNTED: &[&str] = &[
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr", "p", "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "thead",
+        "tbody", "tfoot", "colgroup", "rb", "rt", "rtc", "rp", "html", "head", "body",
+    ];
+    struct Depth {
+        now: Cell<usize>,
+        deepest: Cell<usize>,
+    }
+    impl TokenSink for Depth {
+        type Handle = ();
+        fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+            if let Token::TagToken(tag) = token {
+                let name: &str = &tag.name;
+                if tag.self_closing || UNCOUNTED.contains(&name) {
+                    return TokenSinkResult::Continue;
+                }
+                if tag.kind == TagKind::StartTag {
+                    self.now.set(self.now.get() + 1);
+                    self.deepest.set(self.deepest.get().max(self.now.get()));
+                    match name {
+                        "script" => return TokenSinkResult::RawData(RawKind::ScriptData),
+                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                            return TokenSinkResult::RawData(RawKind::Rawtext);
+                        }
+                        "title" | "textarea" => return TokenSinkResult::RawData(RawKind::Rcdata),
+                        "plaintext" => return TokenSinkResult::Plaintext,
+                        _ => {}
+                    }
+                } else {
+                    self.now.set(self.now.get().saturating_sub(1));
+                }
+            }
+            TokenSinkResult::Continue
+        }
+    }
+    let input = BufferQueue::default();
+    input.push_back(StrTendril::from_slice(html));
+    let tokenizer = Tokenizer::new(
+        Depth {
+            now: Cell::new(0),
+            deepest: Cell::new(0),
+        },
+        Default::default(),
+    );
+    let _ = tokenizer.feed(&input);
+    tokenizer.end();
+    if tokenizer.sink.deepest.get() > max {
+        return Err(ParseError::TooDeep(max));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cairn_retrieval::formats::{ParseError, parse_bytes};
+use cairn_retrieval::formats::{ParseError, ParseLimits, parse_bytes, parse_bytes_limited};
 use std::io::Write;
 
 fn block_texts(doc: &cairn_retrieval::chunk::ParsedDocument) -> Vec<(Vec<String>, String)> {
@@ -113,18 +113,24 @@ fn bad_docx_files_get_clear_errors() {
 /// A one-page PDF with `text`, xref offsets computed.
 fn pdf(text: &str) -> Vec<u8> {
     let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_owned(),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_owned(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
-    ];
+    pdf_of(&[
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_vec(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()).into_bytes(),
+    ])
+}
+
+/// A PDF of these objects (numbered from 1; the first is the catalog).
+fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(o);
+        out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend_from_slice(
@@ -187,4 +193,108 @@ fn bad_pdfs_and_other_limits() {
         parse_bytes("md", b"   \n\n", "x").unwrap_err(),
         ParseError::Empty
     );
+}
+
+#[test]
+fn deeply_nested_html_fails_fast_instead_of_crashing() {
+    // 200,000 nested divs overflowed the stack of the recursive walk and
+    // aborted the process; the tree builder alone is quadratic in the depth.
+    let deep = format!(
+        "<html><body>{}x{}</body></html>",
+        "<div>".repeat(200_000),
+        "</div>".repeat(200_000)
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        parse_bytes("html", deep.as_bytes(), "x").unwrap_err(),
+        ParseError::TooDeep(cairn_retrieval::formats::MAX_HTML_DEPTH)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // Unclosed paragraphs and list items are not depth.
+    let flat = format!(
+        "<html><body><ul>{}</ul></body></html>",
+        "<li><p>item ".repeat(5_000)
+    );
+    assert!(parse_bytes("html", flat.as_bytes(), "x").is_ok());
+}
+
+#[test]
+fn nesting_within_the_limit_needs_no_deep_stack() {
+    // 500 levels (under the cap) walked on a thread with a 64 KiB stack: the
+    // walk keeps its own stack, so the thread's depth does not grow with the page.
+    let html = format!(
+        "<html><body>{}<p>deep text</p>{}</body></html>",
+        "<div><section>".repeat(250),
+        "</section></div>".repeat(250)
+    );
+    let doc = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || cairn_retrieval::formats::parse_html(&html, "t"))
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+        .unwrap();
+    assert!(doc.text.contains("deep text"));
+}
+
+#[test]
+fn decompression_bombs_are_refused() {
+    let limits = ParseLimits {
+        max_decompressed_bytes: 1024 * 1024,
+        ..ParseLimits::default()
+    };
+    // DOCX: 8 MB of XML that zips to a few KB.
+    let para = "<w:p><w:r><w:t>aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa</w:t></w:r></w:p>";
+    let xml = format!(
+        r#"<w:document xmlns:w="w"><w:body>{}</w:body></w:document>"#,
+        para.repeat(8 * 1024 * 1024 / para.len())
+    );
+    let bomb = docx(&xml);
+    assert!(bomb.len() < 200 * 1024, "{}", bomb.len());
+    assert_eq!(
+        parse_bytes_limited("docx", &bomb, "x", limits).unwrap_err(),
+        ParseError::Decompressed(1)
+    );
+    // PDF: a Flate content stream of 8 MB of spaces.
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&vec![b' '; 8 * 1024 * 1024]).unwrap();
+    let stream = z.finish().unwrap();
+    let mut content = format!(
+        "<< /Length {} /Filter /FlateDecode >>\nstream\n",
+        stream.len()
+    )
+    .into_bytes();
+    content.extend_from_slice(&stream);
+    content.extend_from_slice(b"\nendstream");
+    let bomb = pdf_of(&[
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".to_vec(),
+        content,
+    ]);
+    assert_eq!(
+        parse_bytes_limited("pdf", &bomb, "x", limits).unwrap_err(),
+        ParseError::Decompressed(1)
+    );
+    // Under the default cap (100 MB) the same DOCX is fine.
+    assert!(parse_bytes("docx", &bomb_docx_ok(), "x").is_ok());
+}
+
+fn bomb_docx_ok() -> Vec<u8> {
+    let para = "<w:p><w:r><w:t>aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa</w:t></w:r></w:p>";
+    docx(&format!(
+        r#"<w:document xmlns:w="w"><w:body>{}</w:body></w:document>"#,
+        para.repeat(2 * 1024 * 1024 / para.len())
+    ))
+}
+
+/// A PDF whose form XObject draws itself (`tests/fixtures/self-invoking-xobject.pdf`):
+/// pdf-extract recurses until the stack overflows. The crate's child-process
+/// parser is proved against it in `crates/cairn/tests/hardening.rs`.
+#[test]
+fn the_self_invoking_pdf_fixture_is_well_formed() {
+    // The file itself is valid: it is the parser's recursion that breaks on it.
+    let bytes = include_bytes!("fixtures/self-invoking-xobject.pdf");
+    let doc = pdf_extract::Document::load_mem(bytes).unwrap();
+    assert_eq!(doc.get_pages().len(), 1);
 }

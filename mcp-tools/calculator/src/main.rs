@@ -15,5 +15,5 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     mcp_tool_kit::init_logging();
     let cli = Cli::parse();
-    mcp_tool_kit::serve(cli.listen.listen(), Calculator::default).await
+    mcp_tool_kit::serve(&cli.listen, Calculator::default).await
 }

@@ -9,7 +9,8 @@
 //! differ). Redirects are followed by hand, at most `max_redirects`, and each
 //! target goes through the same checks. Only `http`/`https`; an optional host
 //! allow-list (`--allow-host example.com` also allows its subdomains); the body
-//! is read up to `max_bytes` and the whole fetch has a timeout.
+//! is read up to `max_bytes` and the whole fetch has a timeout. Proxies from the
+//! environment are never used (a proxy would resolve the name again).
 
 use futures::StreamExt;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -46,7 +47,14 @@ impl Default for Settings {
     }
 }
 
-/// True for addresses that must not be reached from outside input.
+/// True for addresses that must not be reached from outside input: loopback,
+/// private, link-local, CGNAT, benchmarking (198.18.0.0/15), IETF protocol
+/// assignments (192.0.0.0/24), reserved (240.0.0.0/4), documentation,
+/// multicast, unspecified; in IPv6 also unique-local, site-local (fec0::/10),
+/// and every form that carries an IPv4 address a gateway would reach
+/// (IPv4-mapped and -compatible, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`,
+/// 6to4 `2002::/16`), judged by that IPv4 address; Teredo (`2001::/32`) is
+/// refused whole.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -60,17 +68,46 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 (CGNAT)
                 || o[0] == 0
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15
+                || o[0] >= 240 // 240.0.0.0/4 reserved (and broadcast)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // NAT64 (well-known and local-use prefixes): the last 32 bits.
+            if (s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
+                || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001)
+            {
+                return is_internal(embedded(s[6], s[7]));
+            }
+            // 6to4: bits 16..48.
+            if s[0] == 0x2002 {
+                return is_internal(embedded(s[1], s[2]));
+            }
+            // IPv4-compatible (deprecated ::a.b.c.d, not :: or ::1).
+            if s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
+                return is_internal(embedded(s[6], s[7]));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
                 || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0000) // 2001::/32 Teredo
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32 documentation
+                || s[0] == 0x0100 && s[1..4] == [0, 0, 0] // 100::/64 discard
         }
     }
 }
@@ -120,41 +157,97 @@ async fn check(settings: &Settings, url: &reqwest::Url) -> Result<(String, Socke
     Ok((bare, addrs[0]))
 }
 
-/// Readable text of an HTML page: the title and the body's text, whitespace collapsed.
+/// Collects the text of a page from the tokenizer's stream.
+#[derive(Default)]
+struct TextSink {
+    state: std::cell::RefCell<TextState>,
+}
+
+#[derive(Default)]
+struct TextState {
+    title: String,
+    in_title: bool,
+    /// Open elements whose content is not shown (script, style, …).
+    hidden: usize,
+    text: String,
+}
+
+/// Elements whose content a reader never sees.
+const HIDDEN: [&str; 4] = ["script", "style", "noscript", "template"];
+
+impl html5ever::tokenizer::TokenSink for TextSink {
+    type Handle = ();
+
+    fn process_token(
+        &self,
+        token: html5ever::tokenizer::Token,
+        _line: u64,
+    ) -> html5ever::tokenizer::TokenSinkResult<()> {
+        use html5ever::tokenizer::states::RawKind;
+        use html5ever::tokenizer::{TagKind, Token, TokenSinkResult};
+        let mut st = self.state.borrow_mut();
+        match token {
+            Token::TagToken(tag) => {
+                let name: &str = &tag.name;
+                let start = tag.kind == TagKind::StartTag;
+                if HIDDEN.contains(&name) && !tag.self_closing {
+                    if start {
+                        st.hidden += 1;
+                    } else {
+                        st.hidden = st.hidden.saturating_sub(1);
+                    }
+                }
+                if name == "title" {
+                    st.in_title = start && !tag.self_closing;
+                }
+                // What the tree builder would tell the tokenizer: the content of
+                // these elements is raw text, not markup.
+                if start && !tag.self_closing {
+                    match name {
+                        "script" => return TokenSinkResult::RawData(RawKind::ScriptData),
+                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                            return TokenSinkResult::RawData(RawKind::Rawtext);
+                        }
+                        "title" | "textarea" => return TokenSinkResult::RawData(RawKind::Rcdata),
+                        "plaintext" => return TokenSinkResult::Plaintext,
+                        _ => {}
+                    }
+                }
+            }
+            Token::CharacterTokens(t) => {
+                if st.in_title {
+                    st.title.push_str(&t);
+                } else if st.hidden == 0 {
+                    st.text.push_str(&t);
+                    st.text.push(' ');
+                }
+            }
+            _ => {}
+        }
+        TokenSinkResult::Continue
+    }
+}
+
+/// Readable text of an HTML page: the title and the text outside scripts,
+/// styles and templates, whitespace collapsed. It runs the HTML tokenizer
+/// only (no tree), so it is linear in the page size whatever the nesting.
 pub fn readable_text(html: &str) -> String {
-    let doc = scraper::Html::parse_document(html);
-    let skip = ["script", "style", "noscript", "template"];
+    use html5ever::tendril::StrTendril;
+    use html5ever::tokenizer::{BufferQueue, Tokenizer};
+    let input = BufferQueue::default();
+    input.push_back(StrTendril::from_slice(html));
+    let tokenizer = Tokenizer::new(TextSink::default(), Default::default());
+    let _ = tokenizer.feed(&input);
+    tokenizer.end();
+    let st = tokenizer.sink.state.into_inner();
+    let collapse = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut out = String::new();
-    if let Ok(sel) = scraper::Selector::parse("title")
-        && let Some(t) = doc.select(&sel).next()
-    {
-        out.push_str(
-            &t.text()
-                .collect::<String>()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+    let title = collapse(&st.title);
+    if !title.is_empty() {
+        out.push_str(&title);
         out.push_str("\n\n");
     }
-    let body = scraper::Selector::parse("body")
-        .ok()
-        .and_then(|s| doc.select(&s).next());
-    let root = body.map(|b| *b).unwrap_or_else(|| *doc.root_element());
-    let mut words: Vec<String> = Vec::new();
-    for node in root.descendants() {
-        if let Some(text) = node.value().as_text() {
-            let hidden = node.ancestors().any(|a| {
-                a.value()
-                    .as_element()
-                    .is_some_and(|e| skip.contains(&e.name()))
-            });
-            if !hidden {
-                words.extend(text.split_whitespace().map(str::to_owned));
-            }
-        }
-    }
-    out.push_str(&words.join(" "));
+    out.push_str(&collapse(&st.text));
     out
 }
 
@@ -176,7 +269,10 @@ async fn fetch_inner(settings: &Settings, url: &str) -> Result<String, String> {
     let mut url = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
     for _ in 0..=settings.max_redirects {
         let (host, addr) = check(settings, &url).await?;
+        // No proxy: a proxy from HTTP(S)_PROXY would resolve the host again
+        // and reach whatever it likes, defeating the checked, pinned address.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .resolve(&host, addr)
             .user_agent("cairn-http-fetch/0.1")

@@ -42,8 +42,5 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_millis(cli.timeout_ms),
         ..Settings::default()
     };
-    mcp_tool_kit::serve(cli.listen.listen(), move || {
-        HttpFetch::new(settings.clone())
-    })
-    .await
+    mcp_tool_kit::serve(&cli.listen, move || HttpFetch::new(settings.clone())).await
 }

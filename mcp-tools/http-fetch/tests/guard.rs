@@ -136,11 +136,91 @@ fn address_classes() {
         "fe80::1",
         "fd00::1",
         "::ffff:10.0.0.1",
+        // Forms of IPv6 that carry an internal IPv4 address to a gateway.
+        "64:ff9b::10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a9fe:a9fe",
+        "2002:a00:1::1",
+        "2002:7f00:1::",
+        "::10.0.0.1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "fec0::1",
+        // IPv4 special-purpose ranges.
+        "192.0.0.8",
+        "198.18.0.1",
+        "198.19.255.254",
+        "240.0.0.1",
+        "255.255.255.255",
     ];
     for a in internal {
         assert!(is_internal(a.parse::<IpAddr>().unwrap()), "{a}");
     }
-    for a in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+    for a in [
+        "93.184.216.34",
+        "1.1.1.1",
+        "2606:4700:4700::1111",
+        // The same gateways in front of public addresses stay usable.
+        "64:ff9b::5db8:d822",
+        "2002:5db8:d822::1",
+        "198.20.0.1",
+    ] {
         assert!(!is_internal(a.parse::<IpAddr>().unwrap()), "{a}");
     }
+}
+
+#[test]
+fn readable_text_is_linear_in_the_nesting() {
+    // Every text node used to look up all its ancestors: quadratic in depth.
+    let depth = 20_000;
+    let html = format!(
+        "<html><body>{}word{}<script>hidden()</script></body></html>",
+        "<div>x ".repeat(depth),
+        "</div>".repeat(depth)
+    );
+    let started = std::time::Instant::now();
+    let text = mcp_http_fetch::readable_text(&html);
+    assert!(text.starts_with("x x"), "{}", &text[..20]);
+    assert!(text.contains("word") && !text.contains("hidden"));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_in_the_environment_is_not_used() {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    let port = site().await;
+    // A "proxy" that answers everything itself: if it were used, the page
+    // would come from it.
+    let proxy_app = axum::Router::new().fallback(|| async { "FROM THE PROXY" });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, proxy_app).await.unwrap() });
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-http-fetch"));
+    cmd.args(["--allow-ip", "127.0.0.1"])
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env("http_proxy", format!("http://127.0.0.1:{proxy}"))
+        .env("ALL_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let client = ().serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let r = client
+        .peer()
+        .call_tool(
+            CallToolRequestParams::new("fetch").with_arguments(
+                serde_json::json!({"url": format!("http://127.0.0.1:{port}/page")})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let text = r.content[0].as_text().unwrap().text.clone();
+    assert!(text.contains("Send it back within 30 days."), "{text}");
+    assert!(!text.contains("FROM THE PROXY"), "{text}");
+    client.cancel().await.unwrap();
 }

@@ -32,5 +32,5 @@ async fn main() -> anyhow::Result<()> {
         max_rows: cli.max_rows,
         timeout: Duration::from_millis(cli.timeout_ms),
     };
-    mcp_tool_kit::serve(cli.listen.listen(), move || Sqlite::new(settings.clone())).await
+    mcp_tool_kit::serve(&cli.listen, move || Sqlite::new(settings.clone())).await
 }

@@ -13,5 +13,5 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     mcp_tool_kit::init_logging();
     let cli = Cli::parse();
-    mcp_tool_kit::serve(cli.listen.listen(), mcp_template::Template::default).await
+    mcp_tool_kit::serve(&cli.listen, mcp_template::Template::default).await
 }

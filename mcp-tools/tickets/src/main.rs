@@ -22,5 +22,5 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     mcp_tickets::open(&cli.db)?;
     let db = cli.db;
-    mcp_tool_kit::serve(cli.listen.listen(), move || Tickets::new(db.clone())).await
+    mcp_tool_kit::serve(&cli.listen, move || Tickets::new(db.clone())).await
 }

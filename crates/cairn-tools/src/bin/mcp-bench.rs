@@ -30,7 +30,9 @@ fn server(
         env: Default::default(),
         cwd: None,
         url,
-        headers: Default::default(),
+        // The fixture's default bearer token (`Bearer fixture-token-…`), named here
+        // and resolved by the environment lookup below.
+        headers: [("Authorization".to_owned(), "FIXTURE_AUTH".to_owned())].into(),
         timeout: Duration::from_secs(10),
         allowed_tenants: vec!["*".into()],
         allowed_tools: vec![],
@@ -47,7 +49,9 @@ async fn measure(
         servers: vec![s],
         ..McpConfig::default()
     };
-    let host = McpHost::start(&config, &|_| None);
+    let host = McpHost::start(&config, &|name| {
+        (name == "FIXTURE_AUTH").then(|| "Bearer fixture-token-0123456789".to_owned())
+    });
     if !host.wait_ready(Duration::from_secs(20)).await {
         return Err(format!("{label}: the server did not come up").into());
     }
@@ -59,7 +63,7 @@ async fn measure(
         .ok_or("no echo tool")?;
     let ctx = ToolContext {
         tenant_id: tenant,
-        user_id: cairn_core::UserId::parse("ana").unwrap(),
+        user_id: cairn_core::UserId::parse("ana")?,
         conversation_id: ConversationId::parse("bench")?,
         idempotency_key: "bench:1".into(),
         deadline: Duration::from_secs(10),

@@ -4,8 +4,11 @@
 //! to `$FIXTURE_LOG` when the host cancels it), `progress` (reports progress while
 //! it works), `huge` (a very large result), `fail` (an `isError` result) and
 //! `crash` (the process exits), `reveal` (lists `secret` from then on and sends
-//! `notifications/tools/list_changed`). With `--exit-at-start` it exits before serving;
-//! with `--http ADDR` it serves streamable HTTP at `/mcp` instead of stdio.
+//! `notifications/tools/list_changed`), `meta` (the call's whole `_meta`), `env`
+//! (the names of its environment variables). With `--exit-at-start` it exits
+//! before serving; with `--http ADDR` it serves streamable HTTP at `/mcp` instead
+//! of stdio, with the bearer token from `$MCP_AUTH_TOKEN` (default
+//! `fixture-token-0123456789`).
 
 use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -91,6 +94,20 @@ impl Fixture {
             .and_then(|v| v.as_str())
             .unwrap_or("none")
             .to_owned()
+    }
+
+    #[tool(description = "Return the whole `_meta` of this call (tenant, user, key).")]
+    fn meta(&self, Parameters(_): Parameters<Nothing>, meta: RequestMetaObject) -> String {
+        serde_json::to_string(&meta).unwrap_or_default()
+    }
+
+    #[tool(description = "Return the names of the environment variables this process sees.")]
+    fn env(&self, Parameters(_): Parameters<Nothing>) -> String {
+        let mut names: Vec<String> = std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.join(",")
     }
 
     #[tool(description = "Sleep for ms milliseconds.")]
@@ -229,7 +246,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--http") {
         let addr = args.get(i + 1).cloned().unwrap_or_default();
-        mcp_tool_kit::serve(mcp_tool_kit::Listen::Http(addr), make).await?;
+        let token = std::env::var("MCP_AUTH_TOKEN")
+            .unwrap_or_else(|_| "fixture-token-0123456789".to_owned());
+        let access = mcp_tool_kit::HttpAccess {
+            token,
+            allowed_hosts: Vec::new(),
+        };
+        mcp_tool_kit::serve_http(&addr, access, make).await?;
         return Ok(());
     }
     let running = make().serve(rmcp::transport::stdio()).await?;
