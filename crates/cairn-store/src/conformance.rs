@@ -693,6 +693,122 @@ pub async fn finished_events_are_remembered_for_their_ttl<S: Store>(s: S) {
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh store; `$retention` is the event retention it
 /// was opened with.
+pub async fn conversations_are_counted_per_owner<S: Store>(s: S) {
+    let t = tenant("acme");
+    for _ in 0..3 {
+        s.create_conversation(&meta(&t, &user("ana")))
+            .await
+            .unwrap();
+    }
+    s.create_conversation(&meta(&t, &user("bo"))).await.unwrap();
+    s.create_conversation(&meta(&tenant("globex"), &user("ana")))
+        .await
+        .unwrap();
+    // User ids as identity providers issue them.
+    s.create_conversation(&meta(&t, &user("auth0|abc123")))
+        .await
+        .unwrap();
+    assert_eq!(s.count_conversations(&t, &user("ana")).await.unwrap(), 3);
+    assert_eq!(s.count_conversations(&t, &user("bo")).await.unwrap(), 1);
+    assert_eq!(
+        s.count_conversations(&t, &user("auth0|abc123"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.count_conversations(&t, &user("auth0")).await.unwrap(), 0);
+    assert_eq!(s.count_conversations(&t, &user("nobody")).await.unwrap(), 0);
+}
+
+/// Median time of finishing a turn with `queued` requests waiting behind it.
+async fn finish_time<S: Store>(s: &S, queued: usize) -> Duration {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    let requests: Vec<TurnRequest> = (0..queued + 21)
+        .map(|i| {
+            request(
+                &m,
+                &format!("message {i} with some text to make it a realistic size"),
+            )
+        })
+        .collect();
+    for r in &requests {
+        s.enqueue_turn(r).await.unwrap();
+    }
+    let mut times = Vec::new();
+    for r in requests.iter().take(21) {
+        let started = std::time::Instant::now();
+        s.finish_turn(
+            &t,
+            &m.id,
+            &r.turn_id,
+            None,
+            &started_event(&r.turn_id),
+            None,
+        )
+        .await
+        .unwrap();
+        times.push(started.elapsed());
+    }
+    assert_eq!(s.pending_turns(&t, &m.id).await.unwrap().len(), queued);
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn started_event(turn: &TurnId) -> TurnEvent {
+    started(turn)
+}
+
+pub async fn finishing_a_turn_is_independent_of_the_queue_length<S: Store>(s: S) {
+    // The finished turn is the head of its queue: removing it must not scan
+    // (and decode) every waiting request.
+    let short = finish_time(&s, 5).await;
+    let long = finish_time(&s, 5_000).await;
+    assert!(
+        long < short * 4 + Duration::from_millis(2),
+        "finishing with 5,000 queued took {long:?}, with 5 {short:?}"
+    );
+}
+
+pub async fn retention_keeps_conversations_with_queued_work<S: Store>(s: S) {
+    // A message accepted (202) into an idle conversation must not be deleted
+    // by the retention sweep that found it idle a moment before.
+    let t = tenant("acme");
+    let mut old = meta(&t, &user("ana"));
+    old.created_at = Utc::now() - ChronoDuration::days(40);
+    old.updated_at = old.created_at;
+    s.create_conversation(&old).await.unwrap();
+    s.enqueue_turn(&request(&old, "are you there?"))
+        .await
+        .unwrap();
+    let purged = s
+        .purge_inactive(Utc::now() - ChronoDuration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(purged, 0);
+    assert!(s.get_conversation(&t, &old.id).await.unwrap().is_some());
+    assert_eq!(s.pending_turns(&t, &old.id).await.unwrap().len(), 1);
+}
+
+pub async fn reading_from_the_last_sequence_number_is_empty<S: Store>(s: S) {
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    s.create_conversation(&m).await.unwrap();
+    for text in ["a", "b"] {
+        s.append_message(&t, &m.id, &Message::new(Role::User, text))
+            .await
+            .unwrap();
+    }
+    for from in [u64::MAX, i64::MAX as u64, i64::MAX as u64 + 1, 2] {
+        assert!(
+            s.messages(&t, &m.id, from, 100).await.unwrap().is_empty(),
+            "from {from}"
+        );
+    }
+    assert_eq!(s.messages(&t, &m.id, 1, 100).await.unwrap()[0].content, "b");
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr, $retention:expr) => {
@@ -711,6 +827,10 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; leases_fence_stale_writers);
         $crate::conformance_tests!(@case $make; finished_events_are_remembered_for_their_ttl);
         $crate::conformance_tests!(@case $make; relay_progress_only_moves_forward);
+        $crate::conformance_tests!(@case $make; conversations_are_counted_per_owner);
+        $crate::conformance_tests!(@case $make; finishing_a_turn_is_independent_of_the_queue_length);
+        $crate::conformance_tests!(@case $make; retention_keeps_conversations_with_queued_work);
+        $crate::conformance_tests!(@case $make; reading_from_the_last_sequence_number_is_empty);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

@@ -791,7 +791,28 @@ impl MemoryStore for EmbeddedStore {
             let deleted = self
                 .db
                 .write(move |txn| match write_meta_get(txn, &k)? {
-                    Some(m) if m.updated_at < before => delete_in(txn, &k),
+                    Some(m) if m.updated_at < before => {
+                        // A message accepted meanwhile (queued) or a turn in
+                        // flight keeps the conversation.
+                        let queued = txn
+                            .open_table(PENDING)
+                            .map_err(r)?
+                            .range((k.as_str(), 0)..=(k.as_str(), u64::MAX))
+                            .map_err(r)?
+                            .next()
+                            .is_some();
+                        let running = txn
+                            .open_table(CHECKPOINT)
+                            .map_err(r)?
+                            .get(k.as_str())
+                            .map_err(r)?
+                            .is_some();
+                        if queued || running {
+                            Ok(false)
+                        } else {
+                            delete_in(txn, &k)
+                        }
+                    }
                     _ => Ok(false),
                 })
                 .await
@@ -944,6 +965,15 @@ fn done_key(group: &str, event_id: &str) -> String {
 }
 
 impl EmbeddedStore {
+    /// Rows of the bus dedup table (all consumer groups); for tests and
+    /// diagnostics of its pruning.
+    pub async fn dedup_rows(&self) -> Result<u64, StoreError> {
+        self.db
+            .read(|txn| Ok(txn.open_table(DONE_EVENTS).map_err(r)?.len().map_err(r)?))
+            .await
+            .map_err(unavailable)
+    }
+
     /// A per-conversation counter of `table` (0 when there is none).
     async fn counter(
         &self,

@@ -81,3 +81,33 @@ async fn survives_a_restart() {
     assert_eq!(msgs[0].content, "remember me");
     assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_rows_expire_in_every_consumer_group() {
+    // The pruning used to look at the first 64 keys in key order only: the
+    // rows of the groups sorting after them (here `z-…`) were never removed.
+    let (s, _dir) = fresh().await;
+    let short = std::time::Duration::from_millis(1);
+    for group in ["a-router", "m-ingest", "z-conversations"] {
+        for i in 0..100 {
+            s.mark_event_done(group, &format!("e{i:03}"), short)
+                .await
+                .unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Every later write removes a batch of expired rows, oldest first.
+    let long = std::time::Duration::from_secs(3600);
+    for i in 0..10 {
+        s.mark_event_done("a-router", &format!("live{i}"), long)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.dedup_rows().await.unwrap(),
+        10,
+        "only the live rows remain"
+    );
+    assert!(s.event_done("a-router", "live3").await.unwrap());
+    assert!(!s.event_done("z-conversations", "e001").await.unwrap());
+}

@@ -99,9 +99,11 @@ async fn tools_are_listed_namespaced_and_called_with_the_idempotency_key() {
             "fx.add",
             "fx.crash",
             "fx.echo",
+            "fx.env",
             "fx.fail",
             "fx.huge",
             "fx.key",
+            "fx.meta",
             "fx.progress",
             "fx.reveal",
             "fx.sleep"
@@ -127,7 +129,7 @@ async fn tools_are_listed_namespaced_and_called_with_the_idempotency_key() {
     assert_eq!(out.content, "the order does not exist");
     let status = host.status(&tenant("acme"));
     assert_eq!(status[0].health, Health::Healthy);
-    assert_eq!(status[0].tools.len(), 9);
+    assert_eq!(status[0].tools.len(), 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +296,9 @@ async fn tenants_and_tool_lists_restrict_what_is_offered() {
     names.sort();
     assert_eq!(names, ["fx.add", "fx.echo"]);
     assert!(host.tools_for(&tenant("globex")).is_empty());
-    assert!(host.status(&tenant("globex"))[0].tools.is_empty());
+    // A tenant does not even see that a server closed to it exists.
+    assert!(host.status(&tenant("globex")).is_empty());
+    assert_eq!(host.status(&tenant("acme")).len(), 1);
     // Even holding the tool, another tenant's call is refused.
     let echo = tool(&host, "acme", "fx.echo");
     let r = echo.call(json!({"text": "hi"}), &ctx("globex", "k")).await;
@@ -326,4 +330,96 @@ async fn a_changed_tool_list_is_picked_up() {
         .await
         .unwrap();
     assert_eq!(out.content, "found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_travels_in_meta_and_the_environment_stays_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server("fx", &dir.path().join("log"), &[]);
+    s.env.insert("TOOL_SETTING".into(), "on".into());
+    let host = started(settings(vec![s])).await;
+    let out = tool(&host, "acme", "fx.meta")
+        .call(json!({}), &ctx("acme", "turn-9:1"))
+        .await
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&out.content).unwrap();
+    assert_eq!(meta["tenant_id"], "acme");
+    assert_eq!(meta["user_id"], "ana");
+    assert_eq!(meta["idempotency_key"], "turn-9:1");
+    // The server sees PATH, HOME, LANG (when Cairn has them) and its env table:
+    // none of the test process's other variables (cargo's, CAIRN_*, secrets).
+    let out = tool(&host, "acme", "fx.env")
+        .call(json!({}), &ctx("acme", "k"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = out.content.split(',').collect();
+    assert!(
+        names.contains(&"TOOL_SETTING") && names.contains(&"FIXTURE_LOG"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"PATH"), "{names:?}");
+    for name in &names {
+        assert!(
+            ["PATH", "HOME", "LANG", "TOOL_SETTING", "FIXTURE_LOG"].contains(name),
+            "the server inherited {name}"
+        );
+    }
+    assert!(!names.iter().any(|n| n.starts_with("CARGO")), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_is_closed_until_tenants_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut closed = server("fx", &dir.path().join("log"), &[]);
+    closed.allowed_tenants = Vec::new();
+    let host = started(settings(vec![closed])).await;
+    assert!(host.tools_for(&tenant("acme")).is_empty());
+    assert!(host.status(&tenant("acme")).is_empty());
+    // The config default is that empty list, and validation says so.
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(&file, "[[mcp.servers]]\nname = \"fx\"\ncommand = \"x\"\n").unwrap();
+    let cfg =
+        cairn_core::config::Config::load(Some(&file), Vec::<(String, String)>::new()).unwrap();
+    assert!(cfg.mcp.servers[0].allowed_tenants.is_empty());
+    assert!(
+        cfg.warnings()[0].contains("no allowed_tenants"),
+        "{:?}",
+        cfg.warnings()
+    );
+}
+
+#[test]
+fn errors_shown_to_tenants_carry_no_urls_or_secrets() {
+    let e = "cannot connect: error sending request for url (https://user:pa55@tools.internal:8443/mcp?key=abc): Bearer s3cr3t-token refused";
+    let shown = cairn_tools::scrub(e, &["s3cr3t-token".to_owned()]);
+    assert!(
+        !shown.contains("pa55") && !shown.contains("tools.internal"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cr3t-token"), "{shown}");
+    assert!(
+        shown.contains("<url>") && shown.contains("cannot connect"),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_servers_status_hides_its_url_from_tenants() {
+    let mut s = server("remote", std::path::Path::new("/dev/null"), &[]);
+    s.transport = McpTransport::Http;
+    s.url = Some("http://admin:hunter22@127.0.0.1:9/mcp".into());
+    s.headers = [("Authorization".to_owned(), "REMOTE_AUTH".to_owned())].into();
+    let host = McpHost::start(&settings(vec![s]), &|name| {
+        (name == "REMOTE_AUTH").then(|| "Bearer very-secret-value".to_owned())
+    });
+    eventually("the server fails", || {
+        host.status(&tenant("acme"))[0].last_error.is_some()
+    })
+    .await;
+    let shown = host.status(&tenant("acme"))[0].last_error.clone().unwrap();
+    assert!(
+        !shown.contains("hunter22") && !shown.contains("127.0.0.1:9"),
+        "{shown}"
+    );
+    assert!(!shown.contains("very-secret-value"), "{shown}");
 }

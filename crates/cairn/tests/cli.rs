@@ -286,7 +286,7 @@ fn tools_list_and_call_the_configured_mcp_servers() {
     std::fs::write(
         &config,
         format!(
-            "[[mcp.servers]]\nname = \"calculator\"\ncommand = \"{}\"\n",
+            "[[mcp.servers]]\nname = \"calculator\"\ncommand = \"{}\"\nallowed_tenants = [\"*\"]\n",
             calculator.display()
         ),
     )
@@ -353,7 +353,7 @@ async fn mcp_servers_reload_from_the_config_file() {
         let mut s = String::new();
         for (name, bin) in servers {
             s.push_str(&format!(
-                "[[mcp.servers]]\nname = \"{name}\"\ncommand = \"{}\"\n\n",
+                "[[mcp.servers]]\nname = \"{name}\"\ncommand = \"{}\"\nallowed_tenants = [\"*\"]\n\n",
                 bin.display()
             ));
         }
@@ -398,7 +398,7 @@ async fn mcp_servers_reload_from_the_config_file() {
             &cairn_core::UserId::parse("root").unwrap(),
             &cairn_core::TenantId::parse("default").unwrap(),
             std::time::Duration::from_secs(600),
-            &["admin".to_owned()],
+            &["operator".to_owned()],
         )
         .unwrap();
     let servers = |http: reqwest::Client, token: String, base: String| async move {
