@@ -42,6 +42,18 @@ fi
 export CAIRN_TEST_MCP_EVERYTHING="$EVERYTHING"
 echo "==> MCP reference server at $CAIRN_TEST_MCP_EVERYTHING"
 
+# The official MCP Python SDK from PyPI, for the interop test of Cairn's /mcp
+# (a venv in a cache outside the clone, pinned).
+PY_MCP_VERSION="2.3.0"
+PY_MCP_DIR="$HOME/.cache/cairn/py-mcp"
+if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION')" 2>/dev/null; then
+  echo "==> installing the mcp Python SDK $PY_MCP_VERSION"
+  python3 -m venv "$PY_MCP_DIR" && "$PY_MCP_DIR/bin/pip" install -q "mcp==$PY_MCP_VERSION" \
+    || echo "warning: the mcp Python SDK could not be installed; the interop test will fail" >&2
+fi
+export CAIRN_TEST_PYTHON_MCP="$PY_MCP_DIR/bin/python"
+echo "==> MCP Python SDK at $CAIRN_TEST_PYTHON_MCP"
+
 # tansu, a Kafka-protocol broker from crates.io, for the tests against a real broker
 # process (built once into a cache outside the clone: about 10 minutes on 2 cores).
 TANSU_VERSION="0.6.0"
