@@ -20,12 +20,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Open streams: the process total, and per (tenant, user).
+#[derive(Debug, Default)]
+struct OpenStreams {
+    total: usize,
+    per_user: HashMap<(TenantId, UserId), usize>,
+}
+
 /// Open-stream counts.
 #[derive(Debug)]
 pub struct StreamLimiter {
     per_user: usize,
     total: usize,
-    open: Mutex<(usize, HashMap<(TenantId, UserId), usize>)>,
+    open: Mutex<OpenStreams>,
 }
 
 /// One open stream; released on drop.
@@ -41,7 +48,7 @@ impl StreamLimiter {
         Arc::new(Self {
             per_user,
             total,
-            open: Mutex::new((0, HashMap::new())),
+            open: Mutex::new(OpenStreams::default()),
         })
     }
 
@@ -49,7 +56,7 @@ impl StreamLimiter {
     pub fn acquire(self: &Arc<Self>, caller: &Caller) -> Result<StreamPermit, ApiError> {
         let key = (caller.tenant.clone(), caller.user.clone());
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = open.1.get(&key).copied().unwrap_or(0);
+        let mine = open.per_user.get(&key).copied().unwrap_or(0);
         if mine >= self.per_user {
             return Err(ApiError::new(
                 ErrorCode::TooManyStreams,
@@ -57,15 +64,15 @@ impl StreamLimiter {
             )
             .with_details(json!({"limit": self.per_user, "scope": "user"})));
         }
-        if open.0 >= self.total {
+        if open.total >= self.total {
             return Err(ApiError::new(
                 ErrorCode::TooManyStreams,
                 "this server holds as many open streams as it allows; retry later",
             )
             .with_details(json!({"limit": self.total, "scope": "server"})));
         }
-        open.0 += 1;
-        *open.1.entry(key.clone()).or_insert(0) += 1;
+        open.total += 1;
+        *open.per_user.entry(key.clone()).or_insert(0) += 1;
         Ok(StreamPermit {
             limiter: self.clone(),
             key,
@@ -74,18 +81,18 @@ impl StreamLimiter {
 
     /// Streams open now (all users).
     pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut open = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.0 = open.0.saturating_sub(1);
-        if let Some(n) = open.1.get_mut(&self.key) {
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_user.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.1.remove(&self.key);
+                open.per_user.remove(&self.key);
             }
         }
     }

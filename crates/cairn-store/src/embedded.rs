@@ -969,7 +969,7 @@ impl EmbeddedStore {
     /// diagnostics of its pruning.
     pub async fn dedup_rows(&self) -> Result<u64, StoreError> {
         self.db
-            .read(|txn| Ok(txn.open_table(DONE_EVENTS).map_err(r)?.len().map_err(r)?))
+            .read(|txn| txn.open_table(DONE_EVENTS).map_err(r)?.len().map_err(r))
             .await
             .map_err(unavailable)
     }

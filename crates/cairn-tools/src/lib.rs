@@ -627,9 +627,11 @@ impl Tool for McpTool {
             }
             Err(e) => {
                 tracing::warn!(server = %self.server, tool = %self.tool, error = %e, "MCP call failed");
+                // The observation lands in the tenant's transcript: no URLs.
                 Err(ToolError::Failed(format!(
-                    "{} is unavailable: {e}",
-                    self.server
+                    "{} is unavailable: {}",
+                    self.server,
+                    scrub(&e.to_string(), &[])
                 )))
             }
         }

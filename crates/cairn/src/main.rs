@@ -379,7 +379,11 @@ async fn serve(
             &UserId::parse("dev")?,
             &TenantId::parse("default")?,
             Duration::from_secs(24 * 3600),
-            &["admin".to_owned(), config.auth.ingest_scope.clone()],
+            &[
+                "admin".to_owned(),
+                "operator".to_owned(),
+                config.auth.ingest_scope.clone(),
+            ],
         )?;
         println!(
             "\nDevelopment mode: no [auth] configured, so a secret was generated in {}.\n\

@@ -86,9 +86,7 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 ))
             };
             // NAT64 (well-known and local-use prefixes): the last 32 bits.
-            if (s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
-                || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001)
-            {
+            if s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 0x0001) {
                 return is_internal(embedded(s[6], s[7]));
             }
             // 6to4: bits 16..48.
