@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{Client, Reply, Server, config};
-use serde_json::{Value, json};
-use std::time::Duration;
+use common::{Client, Reply, Server, config, finished};
+use serde_json::json;
 
 fn assert_error(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{:?}", r.body);
@@ -18,20 +17,6 @@ fn assert_error(r: &Reply, status: u16, code: &str) {
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
-}
-
-/// Polls a document until its job is done or failed.
-async fn finished(c: &Client, id: &str) -> Value {
-    for _ in 0..600 {
-        let r = c.get(&format!("/v1/documents/{id}")).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let status = r.body["job"]["status"].as_str().unwrap().to_owned();
-        if status == "done" || status == "failed" {
-            return r.body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("document {id} did not finish");
 }
 
 async fn search_ids(c: &Client, q: &str) -> Vec<String> {

@@ -119,19 +119,6 @@ impl Binary {
     }
 }
 
-async fn finished(c: &Client, id: &str) -> Value {
-    for _ in 0..1500 {
-        let r = c.get(&format!("/v1/documents/{id}")).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let status = r.body["job"]["status"].as_str().unwrap().to_owned();
-        if status == "done" || status == "failed" {
-            return r.body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("document {id} did not finish");
-}
-
 /// The answer (or failure) of one `/tool …` turn, with its tool output.
 async fn tool_turn(c: &Client, text: &str) -> (String, bool) {
     let conv = c.new_conversation().await;
@@ -623,4 +610,54 @@ async fn the_child_parser_survives_what_crashes_pdf_extract() {
         ParseError::TimedOut(1)
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fetch_behind_cairn_ignores_proxies_and_embedded_internal_addresses() {
+    // A page, and a "proxy" that would answer in its place if it were used.
+    let page = axum::Router::new().route(
+        "/page",
+        axum::routing::get(|| async {
+            axum::response::Html("<html><head><title>Returns</title></head><body><p>Within 30 days.</p></body></html>")
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, page).await.unwrap() });
+    let proxy = axum::Router::new().fallback(|| async { "FROM THE PROXY" });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, proxy).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let fetch = bin_dir().join("mcp-http-fetch");
+    assert!(fetch.exists(), "build the workspace first");
+    let config = format!(
+        "[[mcp.servers]]\nname = \"web\"\ncommand = \"{}\"\nargs = [\"--allow-ip\", \"127.0.0.1\"]\n\
+         env = {{ HTTP_PROXY = \"http://127.0.0.1:{proxy_port}\", http_proxy = \"http://127.0.0.1:{proxy_port}\" }}\n\
+         allowed_tenants = [\"acme\"]\n",
+        fetch.display()
+    );
+    let s = Binary::start(dir.path(), &config, &[]).await;
+    let c = s.client("acme", "ana", &[]);
+    for _ in 0..500 {
+        if c.get("/v1/tools").await.body["servers"][0]["health"] == "healthy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (out, is_error) = tool_turn(
+        &c,
+        &format!(r#"/tool web.fetch {{"url": "http://127.0.0.1:{site}/page"}}"#),
+    )
+    .await;
+    assert!(!is_error && out.contains("Within 30 days."), "{out}");
+    assert!(!out.contains("FROM THE PROXY"), "{out}");
+    // Loopback behind the NAT64 prefix is still loopback.
+    let (out, is_error) = tool_turn(
+        &c,
+        &format!(r#"/tool web.fetch {{"url": "http://[64:ff9b::7f00:1]:{site}/page"}}"#),
+    )
+    .await;
+    assert!(is_error && out.contains("refused"), "{out}");
 }

@@ -245,6 +245,20 @@ pub async fn collect_sse(
     }
 }
 
+/// Polls a document until its job is done or failed (at most 30 s).
+pub async fn finished(c: &Client, id: &str) -> Value {
+    for _ in 0..1500 {
+        let r = c.get(&format!("/v1/documents/{id}")).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let status = r.body["job"]["status"].as_str().unwrap().to_owned();
+        if status == "done" || status == "failed" {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("document {id} did not finish");
+}
+
 pub fn is_terminal(kind: &str) -> bool {
     kind == "answer.completed" || kind == "turn.failed"
 }
