@@ -148,6 +148,17 @@ pub async fn run_turn(
                 ),
                 duration_ms: 0,
             });
+            if let Some(o) = &outcome {
+                // Streams see every call end, run or not.
+                called.push(TurnEvent::ToolCompleted {
+                    turn_id: cp.request.turn_id.clone(),
+                    step: index,
+                    tool: call.name.clone(),
+                    is_error: true,
+                    output: o.content.clone(),
+                    duration_ms: 0,
+                });
+            }
             cp.steps.push(Step::Tool {
                 index,
                 call,

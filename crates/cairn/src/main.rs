@@ -635,6 +635,16 @@ async fn ask_in(
         let meta = ConversationMeta::new(id.clone(), tenant.clone(), user.clone(), title);
         state.memory.create_conversation(&meta).await?;
     }
+    // The same admission as the HTTP paths: length and queue room.
+    let caller = cairn_api::auth::Caller {
+        tenant: tenant.clone(),
+        user: user.clone(),
+        scopes: Vec::new(),
+        expires_at: None,
+    };
+    cairn_api::messages::admit(state, &caller, &id, question, "question")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let after = state.events.last_event_id(&tenant, &id).await?;
     let request = TurnRequest::new(tenant.clone(), id.clone(), user, question.to_owned());
     state.runtime.submit(&request, None).await?;
