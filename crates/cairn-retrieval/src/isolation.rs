@@ -140,10 +140,19 @@ impl ChildParser {
                 }
                 out
             };
+            // Drained to the end (a child blocked on a full pipe would look like
+            // a stalled parser), of which the first 4 KiB are kept for the log.
             let read_err = async {
                 let mut err = Vec::new();
-                if let Some(stderr) = stderr.take() {
-                    let _ = stderr.take(4096).read_to_end(&mut err).await;
+                if let Some(mut stderr) = stderr.take() {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stderr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let room = 4096usize.saturating_sub(err.len());
+                        err.extend_from_slice(&buf[..n.min(room)]);
+                    }
                 }
                 err
             };
