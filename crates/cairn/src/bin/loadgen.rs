@@ -128,6 +128,9 @@ async fn start_replica(
         env.push(("CAIRN_KAFKA__PARTITIONS".into(), "12".into()));
         env.push(("CAIRN_KNOWLEDGE__ENABLED".into(), "false".into()));
     }
+    // One benchmark user drives every conversation with `?wait=true`, each an
+    // open stream: lift the per-user stream bound (default 16) for the run.
+    env.push(("CAIRN_SERVER__MAX_STREAMS_PER_USER".into(), "100000".into()));
     let config = Config::load(None, env)?;
     let app = app::build(&config, &|_| None, ToolCatalog::new(), None).await?;
     let token = app.state.auth.mint(
