@@ -88,12 +88,16 @@ pub async fn post(
     let meta = load_owned(&state, &caller, &id, Access::Write).await?;
     admit(&state, &caller, &id, &body.content, "content").await?;
     let key = idempotency_key(&headers)?;
-    // A streamed or waited-for answer holds a follower of the event stream.
-    let guard = if wants_sse(&headers) || flag(&q, "wait") {
-        Some(StreamGuard::open(&state, &caller, &meta)?)
-    } else {
-        None
-    };
+    // A streamed or waited-for answer holds a follower of the event stream:
+    // both count against the stream limits; only a stream, which may outlive
+    // `server.wait_timeout`, also watches for token expiry and deletion.
+    let sse = wants_sse(&headers);
+    let sse_guard = sse
+        .then(|| StreamGuard::open(&state, &caller, &meta))
+        .transpose()?;
+    let _wait_permit = (!sse && flag(&q, "wait"))
+        .then(|| state.streams.acquire(&caller))
+        .transpose()?;
     let mut after = state.events.last_event_id(&caller.tenant, &id).await?;
     let mut request = TurnRequest::new(
         caller.tenant.clone(),
@@ -131,11 +135,6 @@ pub async fn post(
     let turn = request.turn_id.clone();
     let turn_events = turn_events(&state, &request, after);
 
-    let (sse_guard, _wait_guard) = if wants_sse(&headers) {
-        (guard, None)
-    } else {
-        (None, guard)
-    };
     if let Some(guard) = sse_guard {
         // Stream the turn's events in the response; end after its terminal event.
         let mut resp = sse_response(
