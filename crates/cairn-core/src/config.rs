@@ -62,6 +62,8 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     /// MCP servers whose tools agents may use.
     pub mcp: McpConfig,
+    /// The alert pipeline: routes, receivers, silences' defaults, built-in rules.
+    pub alerts: crate::alerts_config::AlertsConfig,
 }
 
 /// `[mcp]`
@@ -758,6 +760,7 @@ impl Config {
                 return bad(&key("timeout"), "must be above zero");
             }
         }
+        self.alerts.validate()?;
         if self.knowledge.fusion_k == 0 {
             return bad("knowledge.fusion_k", "must be at least 1");
         }

@@ -372,6 +372,31 @@ pub enum TurnEvent {
         /// A readable explanation.
         reason: String,
     },
+    /// An alert about this conversation (the agent's escalation) is firing:
+    /// on-call was paged.
+    #[serde(rename = "alert.firing")]
+    AlertFiring {
+        /// The turn that raised it.
+        turn_id: TurnId,
+        /// The alert's fingerprint (`GET /v1/alerts`).
+        fingerprint: String,
+        /// The alert's name.
+        alertname: String,
+        /// Its severity.
+        severity: String,
+        /// Its summary.
+        summary: String,
+    },
+    /// That alert resolved.
+    #[serde(rename = "alert.resolved")]
+    AlertResolved {
+        /// The turn that raised it.
+        turn_id: TurnId,
+        /// The alert's fingerprint.
+        fingerprint: String,
+        /// The alert's name.
+        alertname: String,
+    },
 }
 
 impl TurnEvent {
@@ -383,7 +408,9 @@ impl TurnEvent {
             | TurnEvent::ToolCompleted { turn_id, .. }
             | TurnEvent::AnswerDelta { turn_id, .. }
             | TurnEvent::AnswerCompleted { turn_id, .. }
-            | TurnEvent::TurnFailed { turn_id, .. } => turn_id,
+            | TurnEvent::TurnFailed { turn_id, .. }
+            | TurnEvent::AlertFiring { turn_id, .. }
+            | TurnEvent::AlertResolved { turn_id, .. } => turn_id,
         }
     }
 
@@ -396,6 +423,8 @@ impl TurnEvent {
             TurnEvent::AnswerDelta { .. } => "answer.delta",
             TurnEvent::AnswerCompleted { .. } => "answer.completed",
             TurnEvent::TurnFailed { .. } => "turn.failed",
+            TurnEvent::AlertFiring { .. } => "alert.firing",
+            TurnEvent::AlertResolved { .. } => "alert.resolved",
         }
     }
 

@@ -24,12 +24,17 @@ pub const CONVERSATION_EVENT: &str = "conversation.event";
 /// Event type of a record written to the `dlq` topic.
 pub const DLQ_RECORD: &str = "dlq.record";
 
+/// Event type of an alert on the `alerts` topic; `data` is an
+/// [`Alert`](crate::alerts::Alert).
+pub const ALERT_RAISED: &str = "alert.raised";
+
 /// Every event type a consumer accepts; anything else goes to the DLQ.
 pub const EVENT_TYPES: &[&str] = &[
     USER_MESSAGE,
     DOCUMENT_SUBMITTED,
     CONVERSATION_EVENT,
     DLQ_RECORD,
+    ALERT_RAISED,
 ];
 
 /// A bus event.

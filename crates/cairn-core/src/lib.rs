@@ -2,22 +2,29 @@
 //! and the configuration types. It depends on no adapter.
 //!
 //! Module map:
+//! - [`alerts`]: alerts on the `alerts` topic and the label matchers of routes and silences.
+//! - [`alerts_config`]: the `[alerts]` section of the configuration.
 //! - [`ids`]: typed identifiers (tenant, user, conversation, turn, message).
 //! - [`domain`]: conversations, messages, turns, checkpoints and the events a turn emits.
 //! - [`envelope`]: the versioned JSON envelope every bus event travels in.
 //! - [`schemas`]: the JSON Schemas of the envelope and of every event type
 //!   (`schemas/` at the repository root), checked on consume by every bus adapter.
 //! - [`ports`]: the traits adapters implement — [`ports::MemoryStore`],
-//!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`].
+//!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`],
+//!   [`ports::RecordStore`].
+//! - [`signals`]: what the actors report for Cairn's own alert rules.
 //! - [`config`]: the one configuration struct, loaded from TOML plus `CAIRN_…`
 //!   environment overrides, validated with errors that name the offending key.
 
+pub mod alerts;
+pub mod alerts_config;
 pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod ids;
 pub mod ports;
 pub mod schemas;
+pub mod signals;
 
 pub use domain::*;
 pub use ids::*;

@@ -7,7 +7,7 @@
 //! and the consumer sends it to the DLQ instead of working on it.
 
 use crate::envelope::{
-    CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope, USER_MESSAGE,
+    ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope, USER_MESSAGE,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -30,6 +30,10 @@ const TYPES: &[(&str, &str)] = &[
     (
         DLQ_RECORD,
         include_str!("../../../schemas/events/dlq.record.v1.json"),
+    ),
+    (
+        ALERT_RAISED,
+        include_str!("../../../schemas/events/alert.raised.v1.json"),
     ),
 ];
 

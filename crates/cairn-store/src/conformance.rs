@@ -8,7 +8,8 @@
 
 use cairn_core::ids::*;
 use cairn_core::ports::{
-    DocumentRecord, DocumentStore, Enqueued, EventStream, JobStatus, MemoryStore, StoreError,
+    DocumentRecord, DocumentStore, Enqueued, EventStream, JobStatus, MemoryStore, RecordChange,
+    RecordStore, StoreError,
 };
 use cairn_core::*;
 use chrono::{Duration as ChronoDuration, Utc};
@@ -16,8 +17,8 @@ use futures::StreamExt;
 use std::time::Duration;
 
 /// What the suite needs of an adapter.
-pub trait Store: MemoryStore + EventStream + DocumentStore + Clone {}
-impl<T: MemoryStore + EventStream + DocumentStore + Clone> Store for T {}
+pub trait Store: MemoryStore + EventStream + DocumentStore + RecordStore + Clone {}
+impl<T: MemoryStore + EventStream + DocumentStore + RecordStore + Clone> Store for T {}
 
 fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
@@ -809,6 +810,42 @@ pub async fn reading_from_the_last_sequence_number_is_empty<S: Store>(s: S) {
     assert_eq!(s.messages(&t, &m.id, 1, 100).await.unwrap()[0].content, "b");
 }
 
+pub async fn records_are_written_in_batches_and_scanned_in_key_order<S: Store>(s: S) {
+    let put = |c: &str, k: &str, v: &str| RecordChange::put(c, k, v.to_owned());
+    s.write_records(vec![
+        put("a.one", "t1/002", "\"b\""),
+        put("a.one", "t1/001", "\"a\""),
+        put("a.one", "t2/001", "\"c\""),
+        put("a.two", "t1/001", "\"other collection\""),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_record("a.one", "t1/001").await.unwrap().as_deref(),
+        Some("\"a\"")
+    );
+    assert_eq!(s.get_record("a.one", "t9").await.unwrap(), None);
+    let keys = |rows: Vec<(String, String)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let t1 = s.scan_records("a.one", "t1/", None, 10).await.unwrap();
+    assert_eq!(keys(t1), ["t1/001", "t1/002"]);
+    let all = s.scan_records("a.one", "", None, 10).await.unwrap();
+    assert_eq!(keys(all), ["t1/001", "t1/002", "t2/001"]);
+    let page = s.scan_records("a.one", "", Some("t1/001"), 1).await.unwrap();
+    assert_eq!(keys(page), ["t1/002"]);
+    let none = s.scan_records("a.one", "t1/", Some("t1/002"), 10).await.unwrap();
+    assert!(none.is_empty());
+    // A put and a delete in one batch; the other collection is untouched.
+    s.write_records(vec![
+        RecordChange::delete("a.one", "t1/001"),
+        put("a.one", "t1/002", "\"b2\""),
+    ])
+    .await
+    .unwrap();
+    let t1 = s.scan_records("a.one", "t1/", None, 10).await.unwrap();
+    assert_eq!(t1, [("t1/002".to_owned(), "\"b2\"".to_owned())]);
+    assert!(s.get_record("a.two", "t1/001").await.unwrap().is_some());
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr, $retention:expr) => {
@@ -831,6 +868,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; finishing_a_turn_is_independent_of_the_queue_length);
         $crate::conformance_tests!(@case $make; retention_keeps_conversations_with_queued_work);
         $crate::conformance_tests!(@case $make; reading_from_the_last_sequence_number_is_empty);
+        $crate::conformance_tests!(@case $make; records_are_written_in_batches_and_scanned_in_key_order);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

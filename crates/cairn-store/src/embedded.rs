@@ -9,7 +9,8 @@ use crate::follow::{EventWaiter, follow};
 use async_trait::async_trait;
 use cairn_core::ids::*;
 use cairn_core::ports::{
-    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, StoreError,
+    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, RecordChange, RecordStore,
+    StoreError,
 };
 use cairn_core::*;
 use cairn_redb::{Db, DbError};
@@ -54,6 +55,9 @@ const DONE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("done
 const DONE_PRUNE_BATCH: usize = 64;
 /// `tenant \0 document` → the document record (JSON), in id order per tenant.
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+
+/// (collection, key) → JSON text: the [`RecordStore`] port.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
 /// The embedded store. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -140,6 +144,7 @@ impl EmbeddedStore {
                 txn.open_table(EVENTS).map_err(r)?;
                 txn.open_table(EVENT_SEQ).map_err(r)?;
                 txn.open_table(DOCUMENTS).map_err(r)?;
+                txn.open_table(RECORDS).map_err(r)?;
                 txn.open_table(LEASES).map_err(r)?;
                 let done = txn.open_table(DONE_EVENTS).map_err(r)?;
                 let mut expiry = txn.open_table(DONE_EXPIRY).map_err(r)?;
@@ -1262,5 +1267,84 @@ impl EventWaiter for LiveWaiter {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl RecordStore for EmbeddedStore {
+    async fn write_records(&self, changes: Vec<RecordChange>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |txn| {
+                let mut t = txn.open_table(RECORDS).map_err(r)?;
+                for c in &changes {
+                    let k = (c.collection.as_str(), c.key.as_str());
+                    match &c.value {
+                        Some(v) => {
+                            t.insert(k, v.as_bytes()).map_err(r)?;
+                        }
+                        None => {
+                            t.remove(k).map_err(r)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_record(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (collection, key) = (collection.to_owned(), key.to_owned());
+        let v = self
+            .db
+            .read(move |txn| {
+                let t = txn.open_table(RECORDS).map_err(r)?;
+                let v = t.get((collection.as_str(), key.as_str())).map_err(r)?;
+                Ok(v.map(|v| v.value().to_vec()))
+            })
+            .await
+            .map_err(unavailable)?;
+        v.map(|b| String::from_utf8(b).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn scan_records(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let (collection, prefix) = (collection.to_owned(), prefix.to_owned());
+        let after = after.map(str::to_owned);
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(RECORDS).map_err(r)?;
+                let c = collection.as_str();
+                let lo = match &after {
+                    Some(a) if a.as_str() >= prefix.as_str() => Bound::Excluded((c, a.as_str())),
+                    _ => Bound::Included((c, prefix.as_str())),
+                };
+                let mut out = Vec::new();
+                for row in t.range::<(&str, &str)>((lo, Bound::Unbounded)).map_err(r)? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, v) = row.map_err(r)?;
+                    let (kc, kk) = k.value();
+                    if kc != c || !kk.starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    let text = String::from_utf8(v.value().to_vec())
+                        .map_err(|e| DbError(format!("corrupt record: {e}")))?;
+                    out.push((kk.to_owned(), text));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
     }
 }

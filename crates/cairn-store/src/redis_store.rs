@@ -34,7 +34,8 @@ use crate::xread_hub::{Registration, XreadHub};
 use async_trait::async_trait;
 use cairn_core::ids::*;
 use cairn_core::ports::{
-    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, StoreError,
+    DocumentRecord, DocumentStore, Enqueued, EventStream, MemoryStore, RecordChange, RecordStore,
+    StoreError,
 };
 use cairn_core::*;
 use chrono::{DateTime, Utc};
@@ -164,6 +165,26 @@ redis.call('SADD', KEYS[3], ARGV[2])
 append_events(KEYS[4], KEYS[5], ARGV[3], 5)
 return 1"
     ))
+});
+
+/// Applies a batch of record changes: KEYS are (hash, ids) per change, ARGV
+/// (op, key, value) per change, op `p` (put) or `d` (delete).
+static WRITE_RECORDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local op, k, v = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if op == 'p' then
+    redis.call('HSET', h, k, v)
+    redis.call('ZADD', z, 0, k)
+  else
+    redis.call('HDEL', h, k)
+    redis.call('ZREM', z, k)
+  end
+end
+return 1",
+    )
 });
 
 static PUT_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
@@ -328,6 +349,15 @@ impl RedisStore {
         (
             format!("{}:{{docs/{tenant}}}:records", self.prefix),
             format!("{}:{{docs/{tenant}}}:ids", self.prefix),
+        )
+    }
+
+    /// A record collection's value hash and key index. Every collection shares
+    /// one hash tag, so a batch across collections is one script.
+    fn record_keys(&self, collection: &str) -> (String, String) {
+        (
+            format!("{}:{{records}}:{collection}:values", self.prefix),
+            format!("{}:{{records}}:{collection}:keys", self.prefix),
         )
     }
 
@@ -1161,5 +1191,79 @@ impl EventWaiter for XreadWaiter {
             }
         }
         Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl RecordStore for RedisStore {
+    async fn write_records(&self, changes: Vec<RecordChange>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut inv = WRITE_RECORDS.prepare_invoke();
+        for c in &changes {
+            let (h, z) = self.record_keys(&c.collection);
+            inv.key(h).key(z);
+            match &c.value {
+                Some(v) => inv.arg("p").arg(&c.key).arg(v),
+                None => inv.arg("d").arg(&c.key).arg(""),
+            };
+        }
+        let mut c = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_record(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (h, _) = self.record_keys(collection);
+        let mut c = self.conn.clone();
+        c.hget(h, key).await.map_err(unavailable)
+    }
+
+    async fn scan_records(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (h, z) = self.record_keys(collection);
+        let lo = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ => format!("[{prefix}"),
+        };
+        // Every key with the prefix sorts before prefix + 0xFF.
+        let mut hi = b"(".to_vec();
+        hi.extend_from_slice(prefix.as_bytes());
+        hi.push(0xff);
+        let hi = if prefix.is_empty() { b"+".to_vec() } else { hi };
+        let mut c = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(&z)
+            .arg(lo)
+            .arg(hi)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(h)
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 }

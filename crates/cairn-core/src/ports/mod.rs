@@ -6,10 +6,12 @@ mod bus;
 mod chat;
 mod knowledge;
 mod memory;
+mod records;
 mod tool;
 
 pub use bus::*;
 pub use chat::*;
 pub use knowledge::*;
 pub use memory::*;
+pub use records::*;
 pub use tool::*;
