@@ -7,6 +7,10 @@
 //! - The ingestion bridge consumes `ingestion_events` and hands each document to
 //!   the ingestion actor; its offset is committed once the document is stored or
 //!   recorded as failed.
+//! - The alerts bridge consumes `alerts` and hands each alert to the AlertActor;
+//!   its offset is committed once the pipeline stored it. Every alert is keyed
+//!   `alerts`, so one partition (one replica) runs the pipeline; on Kafka the
+//!   replica assigned that partition activates it and loads the stored state.
 //!
 //! All are at-least-once: an offset is committed only once its record's work is
 //! durable (forwarded, persisted in the conversation's queue, or written to the
@@ -41,6 +45,11 @@ pub const ROUTER_GROUP: &str = "cairn-router";
 pub const CONVERSATION_GROUP: &str = "cairn-conversations";
 /// Consumer group of the ingestion bridge.
 pub const INGESTION_GROUP: &str = "cairn-ingestion";
+/// Consumer group of the alerts bridge.
+pub const ALERTS_GROUP: &str = "cairn-alerts";
+/// The key of every record on `alerts`: one partition holds them all, so one
+/// replica at a time runs the pipeline.
+pub const ALERTS_KEY: &str = "alerts";
 
 /// Longest wait between delivery retries.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -61,7 +70,13 @@ pub struct Failure<'a> {
 /// Writes a record that failed permanently to the DLQ, with where it came from
 /// and why, in the record (`dlq.record`) and in `cairn.dlq.*` headers. Retries
 /// until the DLQ write is durable.
-pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, f: &Failure<'_>) {
+pub async fn to_dlq(
+    bus: &dyn EventBus,
+    topics: &Topics,
+    rec: &DlqSource,
+    f: &Failure<'_>,
+    signals: &cairn_core::signals::Signals,
+) {
     let tenant = rec
         .envelope
         .as_ref()
@@ -96,6 +111,10 @@ pub async fn to_dlq(bus: &dyn EventBus, topics: &Topics, rec: &DlqSource, f: &Fa
         ("cairn.dlq.attempts", f.attempts.max(1).to_string()),
     ];
     publish_until_durable(bus, &topics.dlq, &rec.key, &envelope, &headers).await;
+    signals.emit(cairn_core::signals::Signal::DlqRecord {
+        tenant: envelope.tenant_id.to_string(),
+        topic: rec.topic.clone(),
+    });
     tracing::warn!(topic = %rec.topic, offset = rec.offset, class = f.class, reason = f.reason, "record sent to the DLQ");
 }
 
@@ -162,6 +181,8 @@ pub struct Consuming {
     pub dedup_ttl: Duration,
     /// Records in progress at once, per bridge.
     pub max_in_flight: usize,
+    /// Where DLQ writes are reported (for the `DlqRecords` alert rule).
+    pub signals: cairn_core::signals::Signals,
 }
 
 impl Consuming {
@@ -172,7 +193,14 @@ impl Consuming {
             reason,
             attempts,
         };
-        to_dlq(self.bus.as_ref(), &self.topics, &DlqSource::from(rec), &f).await;
+        to_dlq(
+            self.bus.as_ref(),
+            &self.topics,
+            &DlqSource::from(rec),
+            &f,
+            &self.signals,
+        )
+        .await;
     }
 
     /// Subscribes, retrying until the bus answers.
@@ -251,7 +279,7 @@ async fn pump<F>(
                     in_flight.push_back(Box::pin(async move {
                         let src = DlqSource { topic, partition, offset, key, envelope: None, payload: Some(payload) };
                         let f = Failure { group, class: class.as_str(), reason: &reason, attempts: 1 };
-                        to_dlq(ctx.bus.as_ref(), &ctx.topics, &src, &f).await;
+                        to_dlq(ctx.bus.as_ref(), &ctx.topics, &src, &f, &ctx.signals).await;
                         (partition, offset)
                     }));
                 }
@@ -477,6 +505,9 @@ pub async fn run_ingestion_bridge(
                 attempt += 1;
             };
             let reason = format!("gave up after {MAX_ATTEMPTS} attempts: {reason}");
+            ctx.signals.emit(cairn_core::signals::Signal::IngestionFailed {
+                tenant: tenant.to_string(),
+            });
             let mut delay = Duration::from_millis(200);
             while let Err(e) = record_failure(documents.as_ref(), &tenant, &sub, &reason).await {
                 tracing::error!(error = %e, "cannot record a failed ingestion; retrying");
@@ -487,4 +518,84 @@ pub async fn run_ingestion_bridge(
         })
     })
     .await;
+}
+
+/// The alerts bridge: `alerts` → the AlertActor. An alert whose tenant label
+/// differs from its envelope's tenant, or that the pipeline refuses (full), goes
+/// to the DLQ; while the actor restarts, delivery is retried.
+pub async fn run_alerts_bridge(ctx: Consuming, pipeline: cairn_alerts::actor::AlertPipeline) {
+    let consumer = ctx.subscribe(&ctx.topics.alerts, ALERTS_GROUP).await;
+    let follow = match consumer.assignment() {
+        Some(rx) => Some(tokio::spawn(follow_alerts_assignment(rx, pipeline.clone()))),
+        None => {
+            pipeline.set_active(true);
+            None
+        }
+    };
+    let c = ctx.clone();
+    pump(consumer, ctx, ALERTS_GROUP, move |rec| {
+        let (ctx, pipeline) = (c.clone(), pipeline.clone());
+        Box::pin(async move {
+            let g = ALERTS_GROUP;
+            let alert: cairn_core::alerts::Alert = match serde_json::from_value(rec.envelope.data.clone()) {
+                Ok(a) if rec.envelope.kind == cairn_core::envelope::ALERT_RAISED => a,
+                Ok(_) => {
+                    let reason = format!("no alert pipeline for event type `{}`", rec.envelope.kind);
+                    ctx.dlq(&rec, g, "unknown_type", &reason, 1).await;
+                    return;
+                }
+                Err(e) => {
+                    ctx.dlq(&rec, g, "schema", &format!("not an alert: {e}"), 1).await;
+                    return;
+                }
+            };
+            if alert.tenant() != rec.envelope.tenant_id.as_str() {
+                let reason = "the alert's tenant label does not match its envelope";
+                ctx.dlq(&rec, g, "schema", reason, 1).await;
+                return;
+            }
+            let mut delay = Duration::from_millis(20);
+            let mut attempts = 1;
+            loop {
+                match pipeline.raise(vec![alert.clone()]).await {
+                    Ok(()) => return,
+                    Err(cairn_alerts::actor::RaiseError::Refused(e)) => {
+                        ctx.dlq(&rec, g, "permanent", &e.to_string(), attempts).await;
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "alert not taken yet; retrying"),
+                }
+                attempts += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        })
+    })
+    .await;
+    if let Some(f) = follow {
+        f.abort();
+    }
+}
+
+/// Runs the pipeline on this replica while it holds the partition of [`ALERTS_KEY`].
+async fn follow_alerts_assignment(
+    mut rx: tokio::sync::watch::Receiver<Assignment>,
+    pipeline: cairn_alerts::actor::AlertPipeline,
+) {
+    let mut held = false;
+    loop {
+        let a = rx.borrow_and_update().clone();
+        let owns = a.partition_count > 0
+            && a
+                .partitions
+                .contains(&cairn_core::ports::partition_for(ALERTS_KEY, a.partition_count));
+        if owns != held {
+            tracing::info!(active = owns, "alert pipeline ownership changed");
+            pipeline.set_active(owns);
+            held = owns;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -52,6 +52,8 @@ pub struct IngestDeps {
     pub parser: DocumentParser,
     /// Settings.
     pub settings: IngestSettings,
+    /// Where failed jobs are reported (the `IngestionFailures` alert rule).
+    pub signals: cairn_core::signals::Signals,
 }
 
 /// A message to the embedding pool.
@@ -207,7 +209,13 @@ async fn start(
 ) {
     let (deps, pool, me) = (state.deps.clone(), state.pool.clone(), me.clone());
     tokio::spawn(async move {
-        let prepared = match JobWriter::new(deps.documents.clone(), tenant.clone(), &sub).await {
+        let prepared = match JobWriter::new(
+            deps.documents.clone(),
+            tenant.clone(),
+            &sub,
+            deps.signals.clone(),
+        )
+        .await {
             Ok(Some(job)) => prepare(&deps, &tenant, &sub, job).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e),
@@ -227,6 +235,7 @@ struct JobWriter {
     documents: Arc<dyn DocumentStore>,
     tenant: TenantId,
     record: DocumentRecord,
+    signals: cairn_core::signals::Signals,
 }
 
 impl JobWriter {
@@ -236,6 +245,7 @@ impl JobWriter {
         documents: Arc<dyn DocumentStore>,
         tenant: TenantId,
         sub: &DocumentSubmission,
+        signals: cairn_core::signals::Signals,
     ) -> Result<Option<Self>, String> {
         let record = documents
             .get_document(&tenant, &sub.document_id)
@@ -246,6 +256,7 @@ impl JobWriter {
                 documents,
                 tenant,
                 record: r,
+                signals,
             }),
             _ => {
                 tracing::info!(document = %sub.document_id, job = %sub.job_id, "stale or finished ingestion job skipped");
@@ -267,6 +278,9 @@ impl JobWriter {
     async fn fail(mut self, reason: String) -> Result<(), String> {
         tracing::warn!(document = %self.record.document_id, reason = %reason, "ingestion failed");
         self.record.error = Some(reason);
+        self.signals.emit(cairn_core::signals::Signal::IngestionFailed {
+            tenant: self.tenant.to_string(),
+        });
         self.set(JobStatus::Failed).await.map(|_| ())
     }
 }

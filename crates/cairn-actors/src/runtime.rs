@@ -27,6 +27,22 @@ pub struct Runtime {
     /// True when documents are ingested (here or by worker replicas).
     ingests: bool,
     role: ServerRole,
+    /// The alert pipeline, when this process runs its bridge.
+    alerts: Option<cairn_alerts::actor::AlertPipeline>,
+}
+
+/// The envelope of an alert on `alerts`: tenant from the `tenant` label.
+pub fn alert_envelope(
+    alert: &cairn_core::alerts::Alert,
+    traceparent: Option<&str>,
+) -> Result<Envelope, BusError> {
+    let tenant = cairn_core::TenantId::parse(alert.tenant())
+        .map_err(|e| BusError::Unavailable(format!("the alert's tenant label: {e}")))?;
+    let data =
+        serde_json::to_value(alert).map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
+    let mut envelope = Envelope::new(cairn_core::envelope::ALERT_RAISED, tenant, data);
+    envelope.traceparent = traceparent.map(str::to_owned);
+    Ok(envelope)
 }
 
 /// A task awaited (once) at shutdown.
@@ -60,6 +76,7 @@ impl Runtime {
             memory: deps.memory.clone(),
             dedup_ttl: cairn_core::config::BusConfig::default().dedup_ttl,
             max_in_flight,
+            signals: deps.signals.clone(),
         };
         Self::start_with(deps, ctx, None, ServerRole::All).await
     }
@@ -85,6 +102,7 @@ impl Runtime {
                 ingestion: None,
                 ingests,
                 role,
+                alerts: None,
             });
         }
         let (supervisor, supervisor_task) =
@@ -132,7 +150,33 @@ impl Runtime {
             ingestion,
             ingests,
             role,
+            alerts: None,
         })
+    }
+
+    /// Runs the alert pipeline's bridge (consumer of `alerts`) in this process.
+    pub fn start_alerts(&mut self, ctx: Consuming, pipeline: cairn_alerts::actor::AlertPipeline) {
+        self.bridges
+            .push(tokio::spawn(crate::bridge::run_alerts_bridge(ctx, pipeline.clone())));
+        self.alerts = Some(pipeline);
+    }
+
+    /// Publishes an alert to `alerts` (key [`ALERTS_KEY`](crate::bridge::ALERTS_KEY));
+    /// returns once the bus holds it durably.
+    pub async fn publish_alert(
+        &self,
+        alert: &cairn_core::alerts::Alert,
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
+        let envelope = alert_envelope(alert, traceparent)?;
+        self.bus
+            .publish(&self.topics.alerts, crate::bridge::ALERTS_KEY, &envelope)
+            .await
+    }
+
+    /// The alert pipeline, when this process runs it.
+    pub fn alerts(&self) -> Option<&cairn_alerts::actor::AlertPipeline> {
+        self.alerts.as_ref()
     }
 
     /// Publishes an accepted document to `user_events` (keyed by document id);
@@ -242,6 +286,9 @@ impl Runtime {
     pub async fn shutdown(&self) {
         for b in &self.bridges {
             b.abort();
+        }
+        if let Some(p) = &self.alerts {
+            p.stop();
         }
         if let Some(i) = &self.ingestion {
             i.actor.stop(Some("shutdown".into()));

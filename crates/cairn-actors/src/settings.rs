@@ -79,6 +79,8 @@ pub struct AgentDeps {
     /// Where stored turn events are republished for downstream consumers
     /// (`conversation_events`), when a bus is there.
     pub relay: Option<Relay>,
+    /// Where turn outcomes and model calls are reported (the alert rules).
+    pub signals: cairn_core::signals::Signals,
 }
 
 /// The bus and topic that turn events are republished on.

@@ -230,8 +230,17 @@ async fn call_model(
     cp: &TurnCheckpoint,
     request: &ChatRequest,
 ) -> Result<Result<ChatResponse, ModelError>, StoreError> {
+    let tenant = cp.request.tenant_id.to_string();
+    let report = |r: &Result<ChatResponse, ModelError>| {
+        deps.signals.emit(cairn_core::signals::Signal::ModelCall {
+            tenant: tenant.clone(),
+            failed: r.is_err(),
+        });
+    };
     if !deps.settings.stream {
-        return Ok(deps.model.complete(request, None).await);
+        let r = deps.model.complete(request, None).await;
+        report(&r);
+        return Ok(r);
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let forwarder = {
@@ -253,6 +262,7 @@ async fn call_model(
         })
     };
     let result = deps.model.complete(request, Some(&tx)).await;
+    report(&result);
     drop(tx);
     // Every delta is written before the answer that follows it.
     match forwarder.await {
@@ -411,6 +421,10 @@ async fn complete(
             cp.fence,
         )
         .await?;
+    deps.signals.emit(cairn_core::signals::Signal::TurnEnded {
+        tenant: cp.request.tenant_id.to_string(),
+        failed: false,
+    });
     tracing::info!(
         turn = %cp.request.turn_id,
         model_calls = cp.model_calls,
@@ -428,6 +442,16 @@ async fn fail(
     reason: String,
 ) -> Result<(), StoreError> {
     tracing::warn!(turn = %cp.request.turn_id, code, reason = %reason, "turn failed");
+    deps.signals.emit(cairn_core::signals::Signal::TurnEnded {
+        tenant: cp.request.tenant_id.to_string(),
+        failed: true,
+    });
+    if code == "turn_crashed" {
+        deps.signals.emit(cairn_core::signals::Signal::TurnCrashed {
+            tenant: cp.request.tenant_id.to_string(),
+            conversation: cp.request.conversation_id.to_string(),
+        });
+    }
     let event = TurnEvent::TurnFailed {
         turn_id: cp.request.turn_id.clone(),
         code: code.to_owned(),

@@ -14,11 +14,13 @@
 //!   retrying delivery.
 //! - [`actor`]: the AlertActor (ractor) that drives the engine with the clock,
 //!   writes its changes, and sends notifications only once they are recorded.
+//! - [`escalate`]: the agent's built-in `escalate` tool.
 //! - [`rules`]: Cairn's own conditions (breakers, DLQ, failure rates, crash
 //!   loops) turned into firing and resolved alerts.
 
 pub mod actor;
 pub mod engine;
+pub mod escalate;
 pub mod notify;
 pub mod records;
 pub mod routing;

@@ -43,6 +43,12 @@ pub enum ErrorCode {
     TooManyConversations,
     /// The user (or this process) has as many open event streams as allowed.
     TooManyStreams,
+    /// The silence does not exist for this caller.
+    SilenceNotFound,
+    /// The alert pipeline is off (`alerts.enabled = false`).
+    AlertsDisabled,
+    /// A receiver refused a test notification or could not be reached.
+    ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
     Unavailable,
     /// A bug; the request id helps find it in the logs.
@@ -60,7 +66,10 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
-            ConversationNotFound | NotFound => StatusCode::NOT_FOUND,
+            ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled => {
+                StatusCode::NOT_FOUND
+            }
+            ReceiverFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +100,9 @@ impl ErrorCode {
             QueueFull => "queue_full",
             TooManyConversations => "too_many_conversations",
             TooManyStreams => "too_many_streams",
+            SilenceNotFound => "silence_not_found",
+            AlertsDisabled => "alerts_disabled",
+            ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
             Internal => "internal",
         }

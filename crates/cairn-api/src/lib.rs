@@ -14,10 +14,12 @@
 //! - [`search`]: `GET /v1/search` over the knowledge base.
 //! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
 //! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
+//! - [`alerts`]: `/v1/alerts` (raise, list, notification log, test) and `/v1/silences`.
 //! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
 
+pub mod alerts;
 pub mod auth;
 pub mod conversations;
 pub mod documents;

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::{conversations, documents, events, health, messages, request_id, search, tools};
+use crate::{alerts, conversations, documents, events, health, messages, request_id, search, tools};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -46,6 +46,17 @@ pub fn router(state: AppState) -> Router {
                     state.settings.max_document_bytes.saturating_add(64 * 1024),
                 ))
                 .get(documents::list),
+        )
+        .route("/alerts", get(alerts::list).post(alerts::raise))
+        .route("/alerts/notifications", get(alerts::notifications))
+        .route("/alerts/test", post(alerts::test))
+        .route(
+            "/silences",
+            get(alerts::silences).post(alerts::create_silence),
+        )
+        .route(
+            "/silences/{id}",
+            get(alerts::get_silence).delete(alerts::expire_silence),
         )
         .route("/tools", get(tools::list))
         .route("/admin/tools/reload", post(tools::reload))

@@ -63,6 +63,8 @@ pub struct AppState {
     pub streams: Arc<crate::streams::StreamLimiter>,
     /// Deletions announced to this process's open streams.
     pub deleted: tokio::sync::broadcast::Sender<(cairn_core::TenantId, cairn_core::ConversationId)>,
+    /// The alert surfaces (`/v1/alerts`, `/v1/silences`), when `alerts.enabled`.
+    pub alerts: Option<Arc<crate::alerts::AlertsApi>>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

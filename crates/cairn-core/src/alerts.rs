@@ -205,7 +205,9 @@ impl From<Matcher> for MatcherWire {
     }
 }
 
-fn valid_label_name(name: &str) -> bool {
+/// True for a Prometheus-style label name: letters, digits and `_`, not
+/// starting with a digit.
+pub fn valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -336,6 +336,10 @@ pub struct AuthConfig {
     pub leeway: Duration,
     /// Scope a token needs to add or delete documents; empty: any token may.
     pub ingest_scope: String,
+    /// Scope a token needs to raise alerts, manage silences and send test
+    /// notifications (`/v1/alerts`, `/v1/silences`); empty: any token may.
+    /// Reading a tenant's alerts needs no scope.
+    pub alerts_scope: String,
 }
 
 impl Default for AuthConfig {
@@ -348,6 +352,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway: Duration::from_secs(30),
             ingest_scope: "ingest".into(),
+            alerts_scope: "alerts".into(),
         }
     }
 }

@@ -276,6 +276,22 @@ impl McpHost {
             .collect()
     }
 
+    /// Each server's breaker: true while it is open, or while a server that
+    /// opened it is being tried again and has not recovered (the
+    /// `McpBreakerOpen` alert rule reads this).
+    pub fn breakers(&self) -> Vec<(String, bool)> {
+        let threshold = self.settings.breaker_failures.max(1);
+        self.servers
+            .iter()
+            .map(|s| {
+                let st = s.read();
+                let open = st.health == Health::BreakerOpen
+                    || (st.health != Health::Healthy && st.consecutive_failures >= threshold);
+                (s.config.name.clone(), open)
+            })
+            .collect()
+    }
+
     /// The settings the host runs with.
     pub fn settings(&self) -> &McpConfig {
         &self.settings

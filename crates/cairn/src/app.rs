@@ -4,6 +4,11 @@ use crate::builtin_tools::CurrentTime;
 use crate::secret;
 use anyhow::Context;
 use cairn_actors::bridge::Consuming;
+use cairn_alerts::actor::AlertPipeline;
+use cairn_alerts::escalate::EscalateTool;
+use cairn_alerts::rules::{AlertPublisher, RuleEngine};
+use cairn_alerts::AlertDeps;
+use cairn_core::signals::Signals;
 use cairn_actors::ingestion::{IngestDeps, IngestSettings};
 use cairn_actors::{AgentDeps, AgentSettings, Relay, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
@@ -11,7 +16,8 @@ use cairn_api::{ApiSettings, AppState};
 use cairn_bus::{EmbeddedBus, KafkaBus, KafkaSettings};
 use cairn_core::config::{Config, ServerRole};
 use cairn_core::ports::{
-    DenseEmbedder, DocumentStore, EventBus, EventStream, MemoryStore, Topics, VectorStore,
+    DenseEmbedder, DocumentStore, EventBus, EventStream, MemoryStore, RecordStore, Topics,
+    VectorStore,
 };
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
@@ -24,6 +30,34 @@ use cairn_tools::ToolHub;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Publishes alerts on the `alerts` topic, retrying until the bus holds them
+/// (the built-in rules and the `escalate` tool use it).
+pub struct BusPublisher {
+    /// The bus.
+    pub bus: Arc<dyn EventBus>,
+    /// The `alerts` topic.
+    pub topic: String,
+}
+
+#[async_trait::async_trait]
+impl AlertPublisher for BusPublisher {
+    async fn publish(&self, alert: cairn_core::alerts::Alert) {
+        match cairn_actors::runtime::alert_envelope(&alert, None) {
+            Ok(envelope) => {
+                cairn_actors::bridge::publish_until_durable(
+                    self.bus.as_ref(),
+                    &self.topic,
+                    cairn_actors::bridge::ALERTS_KEY,
+                    &envelope,
+                    &[],
+                )
+                .await
+            }
+            Err(e) => tracing::error!(error = %e, alert = alert.name(), "cannot publish an alert"),
+        }
+    }
+}
 
 /// A built service: the state the router serves, plus what start-up learned.
 pub struct App {
@@ -191,14 +225,20 @@ pub async fn build(
         Arc<dyn MemoryStore>,
         Arc<dyn EventStream>,
         Arc<dyn DocumentStore>,
+        Arc<dyn RecordStore>,
     );
-    let (memory, events, documents): Stores = match &config.redis.url {
+    let (memory, events, documents, records): Stores = match &config.redis.url {
         Some(url) => {
             let s =
                 RedisStore::connect(url, &config.redis.key_prefix, config.memory.event_retention)
                     .await
                     .with_context(|| "cannot connect to redis.url")?;
-            (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
+            (
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
+                Arc::new(s),
+            )
         }
         None => {
             let s = EmbeddedStore::open_and_init_with_cache(
@@ -213,7 +253,12 @@ pub async fn build(
                     dir.join(MEMORY_FILE).display()
                 )
             })?;
-            (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
+            (
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
+                Arc::new(s),
+            )
         }
     };
     let prefix = config
@@ -266,6 +311,29 @@ pub async fn build(
     }
     let mut tools = extra_tools;
     tools = tools.with(Arc::new(CurrentTime::default()));
+    let alerts_on = config.alerts.enabled;
+    let publisher: Arc<dyn AlertPublisher> = Arc::new(BusPublisher {
+        bus: bus.clone(),
+        topic: topics.alerts.clone(),
+    });
+    if alerts_on {
+        tools = tools.with(Arc::new(EscalateTool::new(publisher.clone())));
+    }
+    let channels = Arc::new(
+        cairn_alerts::notify::channels(
+            &config.alerts.receivers,
+            env,
+            config.alerts.delivery.timeout,
+            config.alerts.external_url.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+    );
+    let rules = (alerts_on && config.alerts.rules.enabled)
+        .then(|| RuleEngine::new(config.alerts.rules.clone()));
+    let signals = rules
+        .clone()
+        .map(|r| Signals::new(r))
+        .unwrap_or_default();
     let hub = (!config.mcp.servers.is_empty()).then(|| {
         // Header secrets: read through `env` now; a reload reads the process
         // environment for variables not seen at start.
@@ -314,6 +382,7 @@ pub async fn build(
             bus: bus.clone(),
             topic: topics.conversation_events.clone(),
         }),
+        signals: signals.clone(),
     };
     let ingestion = knowledge.as_ref().map(|kb| {
         (
@@ -325,6 +394,7 @@ pub async fn build(
                     embed_workers: config.knowledge.embed_workers,
                     embed_batch: config.knowledge.embed_batch,
                 },
+                signals: signals.clone(),
             },
             config.knowledge.ingest_concurrency,
         )
@@ -335,8 +405,33 @@ pub async fn build(
         memory: memory.clone(),
         dedup_ttl: config.bus.dedup_ttl,
         max_in_flight: config.bus.max_in_flight,
+        signals: signals.clone(),
     };
-    let runtime = Runtime::start_with(deps, consuming, ingestion, config.server.role).await?;
+    let mut runtime =
+        Runtime::start_with(deps, consuming.clone(), ingestion, config.server.role).await?;
+    if alerts_on && config.server.role.runs_actors() {
+        let deps = AlertDeps {
+            store: records.clone(),
+            events: Some(events.clone()),
+            channels: channels.clone(),
+            settings: Arc::new(cairn_alerts::Settings::new(&config.alerts)),
+            delivery: config.alerts.delivery.clone(),
+            clock: cairn_alerts::Clock::new(),
+            notification_retention: config.alerts.notification_retention,
+        };
+        let pipeline = AlertPipeline::start(deps, false)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        runtime.start_alerts(consuming, pipeline);
+    }
+    extra_health.insert(
+        "alerts".into(),
+        serde_json::json!({
+            "status": if alerts_on { "ok" } else { "disabled" },
+            "receivers": config.alerts.receivers.len(),
+            "rules": rules.is_some(),
+        }),
+    );
     let (auth, dev_secret) = authenticator(config, env)?;
     let sweeper = (!config.memory.retention.is_zero()).then(|| {
         let memory = memory.clone();
@@ -359,6 +454,12 @@ pub async fn build(
         })
     });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    if let Some(r) = rules.filter(|_| config.server.role.runs_actors()) {
+        let probe = hub.clone().map(|h| {
+            Arc::new(move || h.host().breakers()) as cairn_alerts::rules::BreakerProbe
+        });
+        tokio::spawn(r.run(publisher.clone(), probe, closing_rx.clone()));
+    }
     let maintainer = knowledge.clone().map(|kb| {
         let mut closed = closing_rx.clone();
         tokio::spawn(async move {
@@ -401,6 +502,14 @@ pub async fn build(
             config.server.max_streams,
         ),
         deleted: tokio::sync::broadcast::channel(256).0,
+        alerts: alerts_on.then(|| {
+            Arc::new(cairn_api::alerts::AlertsApi {
+                log: cairn_alerts::AlertLog::new(records.clone()),
+                channels: channels.clone(),
+                config: config.alerts.clone(),
+                scope: Some(config.auth.alerts_scope.clone()).filter(|s| !s.is_empty()),
+            })
+        }),
     };
     crate::datadir::restrict(dir)
         .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;

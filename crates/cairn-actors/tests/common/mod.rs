@@ -211,6 +211,7 @@ impl Harness {
             tools: Arc::new(tools),
             settings: Arc::new(settings),
             relay: None,
+            signals: Default::default(),
         };
         let runtime = Runtime::start(deps, Arc::new(bus.clone()), Topics::with_prefix(""), 64)
             .await

@@ -161,6 +161,7 @@ async fn ingest(
             embed_workers: workers,
             embed_batch: batch,
         },
+        signals: Default::default(),
     };
     let (pool_ref, pool_task) = start_embed_pool(kb.clone(), workers).await?;
     let (actor, actor_task) =
