@@ -45,11 +45,12 @@ echo "==> MCP reference server at $CAIRN_TEST_MCP_EVERYTHING"
 # The official MCP Python SDK from PyPI, for the interop test of Cairn's /mcp
 # (a venv in a cache outside the clone, pinned).
 PY_MCP_VERSION="2.3.0"
+PY_WEBHOOKS_VERSION="1.1.0"
 PY_MCP_DIR="$HOME/.cache/cairn/py-mcp"
-if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION')" 2>/dev/null; then
-  echo "==> installing the mcp Python SDK $PY_MCP_VERSION"
-  python3 -m venv "$PY_MCP_DIR" && "$PY_MCP_DIR/bin/pip" install -q "mcp==$PY_MCP_VERSION" \
-    || echo "warning: the mcp Python SDK could not be installed; the interop test will fail" >&2
+if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION' or m.version('standardwebhooks') != '$PY_WEBHOOKS_VERSION')" 2>/dev/null; then
+  echo "==> installing the mcp Python SDK $PY_MCP_VERSION and standardwebhooks $PY_WEBHOOKS_VERSION"
+  python3 -m venv "$PY_MCP_DIR" && "$PY_MCP_DIR/bin/pip" install -q "mcp==$PY_MCP_VERSION" "standardwebhooks==$PY_WEBHOOKS_VERSION" \
+    || echo "warning: the Python test clients could not be installed; the interop tests will fail" >&2
 fi
 export CAIRN_TEST_PYTHON_MCP="$PY_MCP_DIR/bin/python"
 echo "==> MCP Python SDK at $CAIRN_TEST_PYTHON_MCP"

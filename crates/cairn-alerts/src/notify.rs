@@ -252,6 +252,8 @@ pub fn channels(
     timeout: Duration,
     external_url: Option<String>,
 ) -> Result<Channels, String> {
+    // HTTPS receivers need a process-wide TLS crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
