@@ -12,7 +12,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const SECRET: &str = "hardening-test-secret-0123456789";
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_cairn"))
@@ -30,95 +29,6 @@ fn self_invoking_pdf() -> Vec<u8> {
 }
 
 /// A `cairn serve` process on a free port with `config` (TOML) and `env`.
-struct Binary {
-    child: tokio::process::Child,
-    base: String,
-    dir: PathBuf,
-    config: PathBuf,
-    env: Vec<(String, String)>,
-    auth: cairn_api::auth::Authenticator,
-}
-
-impl Binary {
-    async fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Binary {
-        let path = dir.join("cairn.toml");
-        std::fs::write(
-            &path,
-            format!("[auth]\njwt_secret_env = \"CAIRN_JWT_SECRET\"\n{config}"),
-        )
-        .unwrap();
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        env.push(("CAIRN_JWT_SECRET".into(), SECRET.into()));
-        let mut b = Binary {
-            child: tokio::process::Command::new("true").spawn().unwrap(),
-            base: String::new(),
-            dir: dir.join("data"),
-            config: path,
-            env,
-            auth: cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default()),
-        };
-        b.restart().await;
-        b
-    }
-
-    async fn restart(&mut self) {
-        let _ = self.child.kill().await;
-        let port = free_port();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CAIRN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-        ])
-        .arg(&self.config)
-        .arg("--data-dir")
-        .arg(&self.dir)
-        .envs(self.env.iter().cloned())
-        .env("CAIRN_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true);
-        self.child = cmd.spawn().unwrap();
-        self.base = format!("http://127.0.0.1:{port}");
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        wait_ready(&reqwest::Client::new(), &self.base).await;
-    }
-
-    fn token(&self, tenant: &str, user: &str, scopes: &[&str]) -> String {
-        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-        self.auth
-            .mint(
-                &cairn_core::UserId::parse(user).unwrap(),
-                &cairn_core::TenantId::parse(tenant).unwrap(),
-                Duration::from_secs(600),
-                &scopes,
-            )
-            .unwrap()
-    }
-
-    fn client(&self, tenant: &str, user: &str, scopes: &[&str]) -> Client {
-        Client {
-            base: self.base.clone(),
-            token: Some(self.token(tenant, user, scopes)),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn alive(&self) -> bool {
-        reqwest::get(format!("{}/live", self.base))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    }
-}
-
 /// The answer (or failure) of one `/tool …` turn, with its tool output.
 async fn tool_turn(c: &Client, text: &str) -> (String, bool) {
     let conv = c.new_conversation().await;

@@ -11,7 +11,7 @@ use cairn_core::{TenantId, UserId};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -331,3 +331,98 @@ pub async fn read_topic(
     }
     out
 }
+
+/// The JWT secret [`Binary`] servers run with.
+pub const SECRET: &str = "hardening-test-secret-0123456789";
+
+/// The real `cairn serve` binary on a free port, with a config file and a
+/// known JWT secret; `restart` kills it (SIGKILL) and starts it again.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub auth: cairn_api::auth::Authenticator,
+}
+
+impl Binary {
+    pub async fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Binary {
+        let path = dir.join("cairn.toml");
+        std::fs::write(
+            &path,
+            format!("[auth]\njwt_secret_env = \"CAIRN_JWT_SECRET\"\n{config}"),
+        )
+        .unwrap();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push(("CAIRN_JWT_SECRET".into(), SECRET.into()));
+        let mut b = Binary {
+            child: tokio::process::Command::new("true").spawn().unwrap(),
+            base: String::new(),
+            dir: dir.join("data"),
+            config: path,
+            env,
+            auth: cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default()),
+        };
+        b.restart().await;
+        b
+    }
+
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let port = free_port();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CAIRN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&self.config)
+        .arg("--data-dir")
+        .arg(&self.dir)
+        .envs(self.env.iter().cloned())
+        .env("CAIRN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+        self.child = cmd.spawn().unwrap();
+        self.base = format!("http://127.0.0.1:{port}");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        wait_ready(&reqwest::Client::new(), &self.base).await;
+    }
+
+    pub fn token(&self, tenant: &str, user: &str, scopes: &[&str]) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.auth
+            .mint(
+                &cairn_core::UserId::parse(user).unwrap(),
+                &cairn_core::TenantId::parse(tenant).unwrap(),
+                Duration::from_secs(600),
+                &scopes,
+            )
+            .unwrap()
+    }
+
+    pub fn client(&self, tenant: &str, user: &str, scopes: &[&str]) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: Some(self.token(tenant, user, scopes)),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn alive(&self) -> bool {
+        reqwest::get(format!("{}/live", self.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
