@@ -284,7 +284,7 @@ impl Default for AlertRulesConfig {
             model_failure_ratio: 0.5,
             model_failure_min: 5,
             ingestion_failures: 3,
-            crash_loop: 3,
+            crash_loop: 1,
             dlq_records: 1,
         }
     }

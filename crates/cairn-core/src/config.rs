@@ -897,6 +897,34 @@ mod tests {
             MemoryConfig::default().window_messages
         );
         assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.alerts, crate::alerts_config::AlertsConfig::default());
+        assert_eq!(c.auth.alerts_scope, "alerts");
+    }
+
+    #[test]
+    fn alert_routes_and_receivers_are_checked_naming_the_key() {
+        let invalid = |text: &str| {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let c: Config = table.try_into().unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let receiver = "[[alerts.receivers]]\nname = \"ops\"\nall_tenants = true\nwebhook = { url = \"http://h\" }\n";
+        let e = invalid(&format!("[alerts]\nreceiver = \"nobody\"\n{receiver}"));
+        assert!(e.contains("alerts.receiver") && e.contains("nobody"), "{e}");
+        let e = invalid(&format!("{receiver}[[alerts.routes]]\nmatchers = ['sev=~\"(\"']\n"));
+        assert!(e.contains("alerts.routes[0].matchers[0]"), "{e}");
+        let e = invalid(&format!(
+            "{receiver}[[alerts.routes]]\nmatchers = []\n[[alerts.routes.routes]]\nreceiver = \"pager\"\n"
+        ));
+        assert!(e.contains("alerts.routes[0].routes[0].receiver"), "{e}");
+        let e = invalid("[[alerts.receivers]]\nname = \"x\"\nwebhook = { url = \"http://h\" }\n");
+        assert!(e.contains("alerts.receivers[0].tenant"), "{e}");
+        let e = invalid("[[alerts.receivers]]\nname = \"x\"\ntenant = \"a\"\n");
+        assert!(e.contains("alerts.receivers[0].slack"), "{e}");
+        let e = invalid(&format!("{receiver}[alerts.delivery]\nfallback_receiver = \"gone\"\n"));
+        assert!(e.contains("alerts.delivery.fallback_receiver"), "{e}");
+        let e = invalid("[alerts]\ngroup_by = [\"...\", \"a\"]\n");
+        assert!(e.contains("alerts.group_by"), "{e}");
     }
 
     #[test]

@@ -263,3 +263,164 @@ async fn the_agent_escalates_once_with_a_conversation_link_even_when_its_turn_re
     assert_eq!(alerts[0]["conversationId"], conv.as_str());
     assert_eq!(alerts[0]["source"], "agent");
 }
+
+fn with_alerts(config: &mut cairn_core::config::Config, text: &str) {
+    let table: toml::Table = toml::from_str(text).unwrap();
+    config.alerts = table["alerts"].clone().try_into().unwrap();
+    config.validate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_api_is_tenant_scoped_and_speaks_the_error_contract() {
+    let (acme_hook, globex_hook) = (Hook::default(), Hook::default());
+    let (a_url, g_url) = (acme_hook.serve().await, globex_hook.serve().await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), None);
+    with_alerts(
+        &mut config,
+        &format!(
+            "[alerts]\ngroup_wait = \"100ms\"\ngroup_interval = \"300ms\"\nmax_alerts_per_request = 3\n\
+             [[alerts.receivers]]\nname = \"acme-hook\"\ntenant = \"acme\"\nmax_per_second = 100.0\nwebhook = {{ url = \"{a_url}\" }}\n\
+             [[alerts.receivers]]\nname = \"globex-hook\"\ntenant = \"globex\"\nmax_per_second = 100.0\nwebhook = {{ url = \"{g_url}\" }}\n\
+             [[alerts.routes]]\nmatchers = ['tenant=\"acme\"']\nreceiver = \"acme-hook\"\n\
+             [[alerts.routes]]\nmatchers = ['tenant=\"globex\"']\nreceiver = \"globex-hook\"\n"
+        ),
+    );
+    let mut s = Server::start(&config).await;
+    let acme = s.client(&s.token_with_scopes("acme", "pager", &["alerts"]));
+    let globex = s.client(&s.token_with_scopes("globex", "pager", &["alerts"]));
+    let reader = s.client(&s.token("acme", "viewer"));
+
+    // The token decides the tenant, whatever the labels say.
+    let r = acme
+        .post("/v1/alerts", json!([{"labels": {"alertname": "Quota", "tenant": "globex"}, "annotations": {"summary": "near the limit"}}]))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    acme_hook
+        .wait_for("acme's receiver is paged", |seen| !seen.is_empty())
+        .await;
+    assert_eq!(acme_hook.seen()[0].1["alerts"][0]["labels"]["tenant"], "acme");
+    let mine = reader.get("/v1/alerts").await;
+    assert_eq!(mine.status, 200);
+    assert_eq!(mine.body["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(mine.body["alerts"][0]["status"], "firing");
+    assert!(globex.get("/v1/alerts").await.body["alerts"].as_array().unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(globex_hook.seen().is_empty(), "globex's receiver never hears of acme");
+    // Filters.
+    let none = reader.get("/v1/alerts?state=resolved").await;
+    assert!(none.body["alerts"].as_array().unwrap().is_empty());
+    let hit = reader.get("/v1/alerts?filter=alertname%3D~%22Quo.*%22").await;
+    assert_eq!(hit.body["alerts"].as_array().unwrap().len(), 1);
+    let bad = reader.get("/v1/alerts?filter=alertname%3D~%22(%22").await;
+    assert_eq!((bad.status, bad.body["error"]["code"].as_str()), (400, Some("invalid_field")));
+
+    // The error contract.
+    let no_scope = reader.post("/v1/alerts", json!([{"labels": {"alertname": "X"}}])).await;
+    assert_eq!((no_scope.status, no_scope.body["error"]["code"].as_str()), (403, Some("forbidden")));
+    for (body, field) in [
+        (json!([{"labels": {"severity": "critical"}}]), "0.labels"),
+        (json!([{"labels": {"alertname": "X", "bad-name": "v"}}]), "0.labels"),
+        (json!([{"labels": {"alertname": "X"}, "startsAt": "2026-01-02T00:00:00Z", "endsAt": "2026-01-01T00:00:00Z"}]), "0.endsAt"),
+        (json!([{"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}]), "alerts"),
+    ] {
+        let r = acme.post("/v1/alerts", body).await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_field");
+        assert_eq!(r.body["error"]["details"]["field"], field, "{:?}", r.body);
+    }
+    let unknown = acme.post("/v1/alerts", json!([{"labels": {"alertname": "X"}, "extra": 1}])).await;
+    assert_eq!(unknown.status, 400, "{:?}", unknown.body);
+
+    // Silences: created, listed per tenant, expired; another tenant cannot see or expire them.
+    let sil = acme
+        .post("/v1/silences", json!({"matchers": ["alertname=\"Quota\""], "duration": "1h", "comment": "raising the quota"}))
+        .await;
+    assert_eq!(sil.status, 201, "{:?}", sil.body);
+    assert_eq!(sil.body["status"]["state"], "active");
+    assert_eq!(sil.body["createdBy"], "pager");
+    let id = sil.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(reader.get("/v1/silences").await.body["silences"].as_array().unwrap().len(), 1);
+    assert!(globex.get("/v1/silences").await.body["silences"].as_array().unwrap().is_empty());
+    let listed = reader.get("/v1/alerts").await;
+    assert_eq!(listed.body["alerts"][0]["silencedBy"][0], id.as_str());
+    let theirs = globex.delete(&format!("/v1/silences/{id}")).await;
+    assert_eq!((theirs.status, theirs.body["error"]["code"].as_str()), (404, Some("silence_not_found")));
+    let expired = acme.delete(&format!("/v1/silences/{id}")).await;
+    assert_eq!(expired.status, 200);
+    assert_eq!(expired.body["status"]["state"], "expired");
+    let bad = acme.post("/v1/silences", json!({"matchers": [], "duration": "1h", "comment": "x"})).await;
+    assert_eq!(bad.status, 400);
+    let bad = acme.post("/v1/silences", json!({"matchers": ["a=\"b\""], "comment": "x"})).await;
+    assert_eq!(bad.body["error"]["details"]["field"], "endsAt");
+
+    // Test notifications go to the tenant's own receivers only.
+    let t = acme.post("/v1/alerts/test", json!({"receiver": "acme-hook"})).await;
+    assert_eq!(t.status, 200, "{:?}", t.body);
+    assert_eq!(t.body["notification"]["status"], "sent");
+    acme_hook
+        .wait_for("the test notification", |seen| seen.iter().any(|(_, b)| b["groupLabels"]["alertname"] == "CairnTest"))
+        .await;
+    let other = acme.post("/v1/alerts/test", json!({"receiver": "globex-hook"})).await;
+    assert_eq!((other.status, other.body["error"]["details"]["field"].as_str()), (400, Some("receiver")));
+
+    // The notification log, per tenant, with a real Host name on the request.
+    let log = reader
+        .send(reader.req(reqwest::Method::GET, "/v1/alerts/notifications").header("host", "cairn.example.com"))
+        .await;
+    assert_eq!(log.status, 200, "{:?}", log.body);
+    let entries = log.body["notifications"].as_array().unwrap();
+    assert!(entries.len() >= 2);
+    assert!(entries.iter().all(|n| n["tenant"] == "acme" && n["status"] == "sent"));
+    assert!(globex.get("/v1/alerts/notifications").await.body["notifications"].as_array().unwrap().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_whose_breaker_opens_fires_an_alert_that_resolves_when_it_recovers() {
+    let hook_rx = Hook::default();
+    let url = hook_rx.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).parent().unwrap().join("mcp-fixture");
+    assert!(fixture.exists(), "build the workspace first (mcp-fixture)");
+    let flag = dir.path().join("healthy");
+    let mut config = common::config(&dir.path().join("data"), None);
+    let mcp: toml::Table = toml::from_str(&format!(
+        "breaker_failures = 2\nbreaker_cooldown = \"300ms\"\n[[servers]]\nname = \"flaky\"\ncommand = \"/bin/sh\"\n\
+         args = [\"-c\", \"test -f '{}' && exec '{}' || exit 1\"]\nallowed_tenants = [\"*\"]\n",
+        flag.display(),
+        fixture.display()
+    ))
+    .unwrap();
+    config.mcp = mcp.try_into().unwrap();
+    with_alerts(
+        &mut config,
+        &format!(
+            "[alerts]\nreceiver = \"ops\"\ngroup_wait = \"100ms\"\ngroup_interval = \"300ms\"\n\
+             [alerts.rules]\ncheck_interval = \"100ms\"\n\
+             [[alerts.receivers]]\nname = \"ops\"\nall_tenants = true\nmax_per_second = 100.0\nwebhook = {{ url = \"{url}\" }}\n"
+        ),
+    );
+    let mut s = Server::start(&config).await;
+    let breaker = |seen: &[(String, Value)], status: &str| {
+        seen.iter().any(|(_, b)| b["groupLabels"]["alertname"] == "McpBreakerOpen" && b["status"] == status)
+    };
+    hook_rx
+        .wait_for("McpBreakerOpen fires", |seen| breaker(seen, "firing"))
+        .await;
+    let firing = hook_rx.about("McpBreakerOpen")[0].1.clone();
+    assert_eq!(firing["alerts"][0]["labels"]["server"], "flaky");
+    assert_eq!(firing["alerts"][0]["labels"]["tenant"], "_system");
+    assert_eq!(firing["alerts"][0]["labels"]["severity"], "critical");
+    std::fs::write(&flag, "").unwrap();
+    hook_rx
+        .wait_for("McpBreakerOpen resolves once the server is back", |seen| breaker(seen, "resolved"))
+        .await;
+    // The operator sees it resolved; a tenant does not see `_system` alerts.
+    let op = s.client(&s.token_with_scopes("ops", "root", &["operator"]));
+    let all = op.get("/v1/alerts?filter=alertname%3D%22McpBreakerOpen%22").await;
+    assert_eq!(all.body["alerts"][0]["status"], "resolved", "{:?}", all.body);
+    let tenant = s.client(&s.token("acme", "ana"));
+    assert!(tenant.get("/v1/alerts").await.body["alerts"].as_array().unwrap().is_empty());
+    s.stop().await;
+}
