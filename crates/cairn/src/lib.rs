@@ -8,8 +8,10 @@
 //!   generated once in the data dir for development.
 //! - [`builtin_tools`]: tools every conversation gets.
 //! - [`datadir`]: the data dir made private (0700, files 0600).
+//! - [`alerts_cli`]: `cairn alerts …` against a running server.
 //! - [`ingest`]: `cairn ingest` / `cairn search` over the embedded knowledge base.
 
+pub mod alerts_cli;
 pub mod app;
 pub mod builtin_tools;
 pub mod datadir;

@@ -163,6 +163,29 @@ enum Command {
         #[arg(long, default_value = "cli", global = true)]
         user: String,
     },
+    /// Alerts, silences and the notification log of a running server.
+    Alerts {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: AlertsAction,
+        /// The server.
+        #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+        server: String,
+        /// Token (default: $CAIRN_TOKEN, else one minted with the configured
+        /// secret, with the alerts scope).
+        #[arg(long, env = "CAIRN_TOKEN", global = true)]
+        token: Option<String>,
+        /// The tenant (when minting a token).
+        #[arg(long, default_value = "default", global = true)]
+        tenant: String,
+        /// The user (when minting a token).
+        #[arg(long, default_value = "cli", global = true)]
+        user: String,
+        /// Print the API's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
         #[command(flatten)]
@@ -188,6 +211,58 @@ enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Lists the tenant's active and recently resolved alerts.
+    List {
+        /// `firing` or `resolved`.
+        #[arg(long)]
+        state: Option<String>,
+        /// A label matcher, e.g. 'severity="critical"' (repeatable).
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+    },
+    /// Shows the notification log, newest first.
+    Notifications {
+        /// Most entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Silences: `add MATCHER… --duration 2h --comment …`, `list`, `expire ID`.
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
+    /// Sends one test notification to a receiver, e.g. `cairn alerts test ops`.
+    Test {
+        /// The receiver's name (`[[alerts.receivers]]`).
+        receiver: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Creates a silence, e.g. `add 'alertname="DiskFull"' --duration 2h --comment "resizing"`.
+    Add {
+        /// Label matchers: name="v", name!="v", name=~"re", name!~"re".
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long it lasts.
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+    },
+    /// Lists silences.
+    List,
+    /// Ends a silence now.
+    Expire {
+        /// The silence id.
+        id: String,
     },
 }
 
@@ -288,6 +363,15 @@ async fn run(cli: Cli) -> ExitCode {
             tenant,
             user,
         } => tools(&common, action, &tenant, &user).await,
+        Command::Alerts {
+            common,
+            action,
+            server,
+            token,
+            tenant,
+            user,
+            json,
+        } => alerts(&common, action, &server, token, (&tenant, &user), json).await,
         Command::Token {
             common,
             sub,
@@ -410,6 +494,41 @@ async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Res
 
 /// The token for `--server` commands: the one given, else one valid for an hour
 /// minted with the configured (or generated) secret, with `scopes(config)`.
+async fn alerts(
+    common: &Common,
+    action: AlertsAction,
+    server: &str,
+    token: Option<String>,
+    (tenant, user): (&str, &str),
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
+    use cairn::alerts_cli::Action;
+    cairn_llm::http::install_crypto_provider();
+    let token = token_for_server(common, token, user, tenant, |c| {
+        vec![c.auth.alerts_scope.clone()]
+    })?;
+    let action = match action {
+        AlertsAction::List { state, filters } => Action::List { state, filters },
+        AlertsAction::Notifications { limit } => Action::Notifications { limit },
+        AlertsAction::Test { receiver } => Action::Test { receiver },
+        AlertsAction::Silence { action } => match action {
+            SilenceAction::Add {
+                matchers,
+                duration,
+                comment,
+            } => Action::SilenceAdd {
+                matchers,
+                duration,
+                comment,
+            },
+            SilenceAction::List => Action::SilenceList,
+            SilenceAction::Expire { id } => Action::SilenceExpire { id },
+        },
+    };
+    println!("{}", cairn::alerts_cli::run(server, &token, action, raw).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn token_for_server(
     common: &Common,
     token: Option<String>,

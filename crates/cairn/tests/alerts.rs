@@ -424,3 +424,55 @@ async fn an_mcp_server_whose_breaker_opens_fires_an_alert_that_resolves_when_it_
     assert!(tenant.get("/v1/alerts").await.body["alerts"].as_array().unwrap().is_empty());
     s.stop().await;
 }
+
+/// Runs `cairn alerts …` against `s`.
+async fn cli(s: &Binary, token: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("alerts")
+        .args(args)
+        .args(["--server", &s.base, "--token", token])
+        .env_remove("CAIRN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_alerts_manages_silences_and_tests_receivers() {
+    let receiver = Hook::default();
+    let url = receiver.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Binary::start(dir.path(), &alerts_config(&url), &[]).await;
+    let token = s.token("acme", "oncall", &["alerts"]);
+    let c = s.client("acme", "oncall", &["alerts"]);
+    let r = c
+        .post("/v1/alerts", json!([{"labels": {"alertname": "DiskFull", "instance": "db1"}, "annotations": {"summary": "95% used"}}]))
+        .await;
+    assert_eq!(r.status, 202);
+    let (ok, out) = cli(&s, &token, &["list"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("DiskFull") && out.contains("instance=db1") && out.contains("95% used"), "{out}");
+    let (ok, out) = cli(&s, &token, &["silence", "add", "alertname=\"DiskFull\"", "--duration", "2h", "--comment", "resizing the volume"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("active") && out.contains("resizing the volume"), "{out}");
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    let (_, out) = cli(&s, &token, &["list", "--state", "firing"]).await;
+    assert!(out.contains("(silenced)"), "{out}");
+    let (ok, out) = cli(&s, &token, &["silence", "expire", &id]).await;
+    assert!(ok && out.contains("expired"), "{out}");
+    let (ok, out) = cli(&s, &token, &["test", "ops"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("test notification sent to ops"), "{out}");
+    let (ok, out) = cli(&s, &token, &["test", "nobody"]).await;
+    assert!(!ok && out.contains("invalid_field"), "{out}");
+    let (ok, out) = cli(&s, &token, &["notifications"]).await;
+    assert!(ok && out.contains("sent"), "{out}");
+    let (ok, out) = cli(&s, &token, &["silence", "add", "bad matcher", "--comment", "x"]).await;
+    assert!(!ok && out.contains("invalid_field"), "{out}");
+}
