@@ -537,18 +537,21 @@ pub async fn run_alerts_bridge(ctx: Consuming, pipeline: cairn_alerts::actor::Al
         let (ctx, pipeline) = (c.clone(), pipeline.clone());
         Box::pin(async move {
             let g = ALERTS_GROUP;
-            let alert: cairn_core::alerts::Alert = match serde_json::from_value(rec.envelope.data.clone()) {
-                Ok(a) if rec.envelope.kind == cairn_core::envelope::ALERT_RAISED => a,
-                Ok(_) => {
-                    let reason = format!("no alert pipeline for event type `{}`", rec.envelope.kind);
-                    ctx.dlq(&rec, g, "unknown_type", &reason, 1).await;
-                    return;
-                }
-                Err(e) => {
-                    ctx.dlq(&rec, g, "schema", &format!("not an alert: {e}"), 1).await;
-                    return;
-                }
-            };
+            let alert: cairn_core::alerts::Alert =
+                match serde_json::from_value(rec.envelope.data.clone()) {
+                    Ok(a) if rec.envelope.kind == cairn_core::envelope::ALERT_RAISED => a,
+                    Ok(_) => {
+                        let reason =
+                            format!("no alert pipeline for event type `{}`", rec.envelope.kind);
+                        ctx.dlq(&rec, g, "unknown_type", &reason, 1).await;
+                        return;
+                    }
+                    Err(e) => {
+                        ctx.dlq(&rec, g, "schema", &format!("not an alert: {e}"), 1)
+                            .await;
+                        return;
+                    }
+                };
             if alert.tenant() != rec.envelope.tenant_id.as_str() {
                 let reason = "the alert's tenant label does not match its envelope";
                 ctx.dlq(&rec, g, "schema", reason, 1).await;
@@ -559,8 +562,12 @@ pub async fn run_alerts_bridge(ctx: Consuming, pipeline: cairn_alerts::actor::Al
             loop {
                 match pipeline.raise(vec![alert.clone()]).await {
                     Ok(()) => return,
+                    Err(cairn_alerts::actor::RaiseError::Refused(
+                        cairn_alerts::engine::Refused::Standby,
+                    )) => tracing::debug!("alert pipeline handed over; waiting"),
                     Err(cairn_alerts::actor::RaiseError::Refused(e)) => {
-                        ctx.dlq(&rec, g, "permanent", &e.to_string(), attempts).await;
+                        ctx.dlq(&rec, g, "permanent", &e.to_string(), attempts)
+                            .await;
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "alert not taken yet; retrying"),
@@ -586,9 +593,10 @@ async fn follow_alerts_assignment(
     loop {
         let a = rx.borrow_and_update().clone();
         let owns = a.partition_count > 0
-            && a
-                .partitions
-                .contains(&cairn_core::ports::partition_for(ALERTS_KEY, a.partition_count));
+            && a.partitions.contains(&cairn_core::ports::partition_for(
+                ALERTS_KEY,
+                a.partition_count,
+            ));
         if owns != held {
             tracing::info!(active = owns, "alert pipeline ownership changed");
             pipeline.set_active(owns);

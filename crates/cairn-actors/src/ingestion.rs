@@ -215,7 +215,8 @@ async fn start(
             &sub,
             deps.signals.clone(),
         )
-        .await {
+        .await
+        {
             Ok(Some(job)) => prepare(&deps, &tenant, &sub, job).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e),
@@ -278,9 +279,10 @@ impl JobWriter {
     async fn fail(mut self, reason: String) -> Result<(), String> {
         tracing::warn!(document = %self.record.document_id, reason = %reason, "ingestion failed");
         self.record.error = Some(reason);
-        self.signals.emit(cairn_core::signals::Signal::IngestionFailed {
-            tenant: self.tenant.to_string(),
-        });
+        self.signals
+            .emit(cairn_core::signals::Signal::IngestionFailed {
+                tenant: self.tenant.to_string(),
+            });
         self.set(JobStatus::Failed).await.map(|_| ())
     }
 }

@@ -157,7 +157,10 @@ impl Runtime {
     /// Runs the alert pipeline's bridge (consumer of `alerts`) in this process.
     pub fn start_alerts(&mut self, ctx: Consuming, pipeline: cairn_alerts::actor::AlertPipeline) {
         self.bridges
-            .push(tokio::spawn(crate::bridge::run_alerts_bridge(ctx, pipeline.clone())));
+            .push(tokio::spawn(crate::bridge::run_alerts_bridge(
+                ctx,
+                pipeline.clone(),
+            )));
         self.alerts = Some(pipeline);
     }
 

@@ -13,13 +13,13 @@ use crate::engine::{ConversationNotice, Engine, Refused, Settings};
 use crate::notify::{Channels, deliver};
 use crate::records::{
     ALERTS, AlertState, DeliveryStatus, GROUPS, GroupState, NOTIFICATIONS, NotificationRecord,
-    OUTBOX, Silence, SILENCES, scan_all,
+    OUTBOX, SILENCES, Silence, scan_all,
 };
+use cairn_core::TurnEvent;
 use cairn_core::alerts::{Alert, AlertSource};
 use cairn_core::alerts_config::DeliveryConfig;
 use cairn_core::ids::{ConversationId, TenantId, TurnId};
 use cairn_core::ports::{EventStream, RecordChange, RecordStore};
-use cairn_core::TurnEvent;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
@@ -118,7 +118,7 @@ pub enum After {
     /// Answer a raise.
     Reply(RpcReplyPort<Result<(), Refused>>),
     /// Send a notification.
-    Send(NotificationRecord),
+    Send(Box<NotificationRecord>),
 }
 
 /// The AlertActor.
@@ -136,6 +136,9 @@ pub struct AlertActorState {
     in_flight: HashMap<String, NotificationRecord>,
     silences_read: Option<tokio::time::Instant>,
     last_log_sweep: Option<tokio::time::Instant>,
+    /// Set when the pipeline was handed over: raises are refused (not taken)
+    /// until this replica is made active again.
+    standby: bool,
 }
 
 /// How often stored silences are re-read (they change through the API on any replica).
@@ -150,13 +153,24 @@ pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
 async fn load(deps: &AlertDeps) -> Result<(Engine, Vec<NotificationRecord>), String> {
     let store = deps.store.as_ref();
     let cap = deps.settings.max_active.saturating_mul(2).max(1000);
-    let alerts: Vec<AlertState> = scan_all(store, ALERTS, "", cap).await.map_err(|e| e.to_string())?;
-    let groups: Vec<GroupState> = scan_all(store, GROUPS, "", cap).await.map_err(|e| e.to_string())?;
-    let silences: Vec<Silence> = scan_all(store, SILENCES, "", 100_000).await.map_err(|e| e.to_string())?;
-    let outbox: Vec<String> = scan_all(store, OUTBOX, "", 1_000_000).await.map_err(|e| e.to_string())?;
+    let alerts: Vec<AlertState> = scan_all(store, ALERTS, "", cap)
+        .await
+        .map_err(|e| e.to_string())?;
+    let groups: Vec<GroupState> = scan_all(store, GROUPS, "", cap)
+        .await
+        .map_err(|e| e.to_string())?;
+    let silences: Vec<Silence> = scan_all(store, SILENCES, "", 100_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let outbox: Vec<String> = scan_all(store, OUTBOX, "", 1_000_000)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut unsent = Vec::new();
     for key in outbox {
-        if let Some(text) = store.get_record(NOTIFICATIONS, &key).await.map_err(|e| e.to_string())?
+        if let Some(text) = store
+            .get_record(NOTIFICATIONS, &key)
+            .await
+            .map_err(|e| e.to_string())?
             && let Ok(n) = serde_json::from_str::<NotificationRecord>(&text)
             && !n.status.is_final()
         {
@@ -166,12 +180,21 @@ async fn load(deps: &AlertDeps) -> Result<(Engine, Vec<NotificationRecord>), Str
     let mut engine = Engine::new(deps.settings.clone());
     let (na, ng) = (alerts.len(), groups.len());
     engine.load(alerts, groups, silences);
-    tracing::info!(alerts = na, groups = ng, unsent = unsent.len(), "alert pipeline state loaded");
+    tracing::info!(
+        alerts = na,
+        groups = ng,
+        unsent = unsent.len(),
+        "alert pipeline state loaded"
+    );
     Ok((engine, unsent))
 }
 
 impl AlertActor {
-    async fn activate(&self, myself: &ActorRef<AlertMsg>, st: &mut AlertActorState) -> Result<(), ActorProcessingErr> {
+    async fn activate(
+        &self,
+        myself: &ActorRef<AlertMsg>,
+        st: &mut AlertActorState,
+    ) -> Result<(), ActorProcessingErr> {
         if st.engine.is_some() {
             return Ok(());
         }
@@ -223,7 +246,10 @@ impl AlertActor {
             let r = if changes.is_empty() {
                 Ok(())
             } else {
-                store.write_records(changes.clone()).await.map_err(|e| e.to_string())
+                store
+                    .write_records(changes.clone())
+                    .await
+                    .map_err(|e| e.to_string())
             };
             let _ = me.send_message(AlertMsg::Written(r, changes, waiters));
         });
@@ -265,7 +291,10 @@ impl AlertActor {
     }
 
     async fn refresh_silences(&self, st: &mut AlertActorState) {
-        if st.silences_read.is_some_and(|t| t.elapsed() < SILENCE_REFRESH) {
+        if st
+            .silences_read
+            .is_some_and(|t| t.elapsed() < SILENCE_REFRESH)
+        {
             return;
         }
         st.silences_read = Some(tokio::time::Instant::now());
@@ -280,13 +309,18 @@ impl AlertActor {
     }
 
     fn failed_alert(n: &NotificationRecord, firing: bool, now: DateTime<Utc>) -> Alert {
-        let mut a = Alert::firing(NOTIFICATION_FAILED, &n.tenant, "warning", AlertSource::Pipeline)
-            .label("receiver", n.receiver.clone())
-            .annotation(
-                "summary",
-                format!("Notifications to receiver {} are failing", n.receiver),
-            )
-            .annotation("description", n.last_error.clone().unwrap_or_default());
+        let mut a = Alert::firing(
+            NOTIFICATION_FAILED,
+            &n.tenant,
+            "warning",
+            AlertSource::Pipeline,
+        )
+        .label("receiver", n.receiver.clone())
+        .annotation(
+            "summary",
+            format!("Notifications to receiver {} are failing", n.receiver),
+        )
+        .annotation("description", n.last_error.clone().unwrap_or_default());
         a.starts_at = now;
         if !firing {
             a.ends_at = Some(now);
@@ -349,6 +383,7 @@ impl Actor for AlertActor {
             in_flight: HashMap::new(),
             silences_read: None,
             last_log_sweep: None,
+            standby: false,
         })
     }
 
@@ -359,13 +394,20 @@ impl Actor for AlertActor {
         st: &mut AlertActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AlertMsg::Activate(true) => self.activate(&myself, st).await?,
+            AlertMsg::Activate(true) => {
+                st.standby = false;
+                self.activate(&myself, st).await?;
+            }
             AlertMsg::Activate(false) => {
+                st.standby = true;
                 if st.engine.take().is_some() {
                     tracing::info!("alert pipeline handed over to another replica");
                 }
                 st.in_flight.clear();
                 st.armed = None;
+            }
+            AlertMsg::Raise(_, reply) if st.standby => {
+                let _ = reply.send(Err(Refused::Standby));
             }
             AlertMsg::Raise(alerts, reply) => {
                 self.activate(&myself, st).await?;
@@ -392,11 +434,15 @@ impl Actor for AlertActor {
                 if st.engine.is_some() {
                     self.refresh_silences(st).await;
                     let now = st.deps.clock.now();
-                    let due = st.engine.as_mut().map(|e| e.flush_due(now)).unwrap_or_default();
+                    let due = st
+                        .engine
+                        .as_mut()
+                        .map(|e| e.flush_due(now))
+                        .unwrap_or_default();
                     for n in due {
                         tracing::info!(receiver = %n.receiver, group = %n.group_key, status = %n.message.status, alerts = n.message.alerts.len(), "notifying");
                         st.pending.extend(n.changes());
-                        st.waiters.push(After::Send(n));
+                        st.waiters.push(After::Send(Box::new(n)));
                     }
                     self.notices(st);
                 }
@@ -409,7 +455,7 @@ impl Actor for AlertActor {
                             After::Reply(r) => {
                                 let _ = r.send(Ok(()));
                             }
-                            After::Send(n) if st.engine.is_some() => self.send(&myself, st, n),
+                            After::Send(n) if st.engine.is_some() => self.send(&myself, st, *n),
                             After::Send(_) => {}
                         }
                     }
@@ -472,23 +518,35 @@ impl Actor for AlertActor {
                 if let Some(e) = st.engine.as_mut() {
                     let n = e.gc(now);
                     if n > 0 {
-                        tracing::debug!(dropped = n, "resolved alerts past alerts.retention dropped");
+                        tracing::debug!(
+                            dropped = n,
+                            "resolved alerts past alerts.retention dropped"
+                        );
                     }
                 }
-                if st.engine.is_some() && st.last_log_sweep.is_none_or(|t| t.elapsed() >= LOG_SWEEP_EVERY) {
+                if st.engine.is_some()
+                    && st
+                        .last_log_sweep
+                        .is_none_or(|t| t.elapsed() >= LOG_SWEEP_EVERY)
+                {
                     st.last_log_sweep = Some(tokio::time::Instant::now());
                     let store = st.deps.store.clone();
-                    let cutoff = now - chrono::Duration::from_std(st.deps.notification_retention).unwrap_or(chrono::Duration::MAX);
+                    let cutoff = now
+                        - chrono::Duration::from_std(st.deps.notification_retention)
+                            .unwrap_or(chrono::Duration::MAX);
                     tokio::spawn(sweep_log(store, cutoff));
                 }
             }
             AlertMsg::Status(reply) => {
-                let s = st.engine.as_ref().map_or(PipelineStatus::default(), |e| PipelineStatus {
-                    active: true,
-                    alerts: e.alert_count(),
-                    groups: e.group_count(),
-                    in_flight: st.in_flight.len(),
-                });
+                let s = st
+                    .engine
+                    .as_ref()
+                    .map_or(PipelineStatus::default(), |e| PipelineStatus {
+                        active: true,
+                        alerts: e.alert_count(),
+                        groups: e.group_count(),
+                        in_flight: st.in_flight.len(),
+                    });
                 let _ = reply.send(s);
             }
         }
@@ -500,13 +558,14 @@ impl Actor for AlertActor {
 
 /// Deletes finished log entries older than `cutoff`.
 async fn sweep_log(store: Arc<dyn RecordStore>, cutoff: DateTime<Utc>) {
-    let rows: Vec<NotificationRecord> = match scan_all(store.as_ref(), NOTIFICATIONS, "", 1_000_000).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot sweep the notification log");
-            return;
-        }
-    };
+    let rows: Vec<NotificationRecord> =
+        match scan_all(store.as_ref(), NOTIFICATIONS, "", 1_000_000).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep the notification log");
+                return;
+            }
+        };
     let old: Vec<RecordChange> = rows
         .iter()
         .filter(|n| n.status.is_final() && n.created_at < cutoff)
@@ -548,7 +607,11 @@ impl Actor for AlertSupervisor {
         (deps, current, active): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let _ = myself.send_message(SupMsg::Spawn);
-        Ok(SupervisorState { deps, current, active })
+        Ok(SupervisorState {
+            deps,
+            current,
+            active,
+        })
     }
 
     async fn handle(
@@ -557,7 +620,8 @@ impl Actor for AlertSupervisor {
         SupMsg::Spawn: SupMsg,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (actor, _) = Actor::spawn_linked(None, AlertActor, st.deps.clone(), myself.get_cell()).await?;
+        let (actor, _) =
+            Actor::spawn_linked(None, AlertActor, st.deps.clone(), myself.get_cell()).await?;
         if st.active.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = actor.send_message(AlertMsg::Activate(true));
         }
@@ -604,9 +668,10 @@ impl AlertPipeline {
     pub async fn start(deps: AlertDeps, active: bool) -> Result<Self, String> {
         let current = Arc::new(RwLock::new(None));
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(active));
-        let (supervisor, _) = Actor::spawn(None, AlertSupervisor, (deps, current.clone(), flag.clone()))
-            .await
-            .map_err(|e| format!("cannot start the alert supervisor: {e}"))?;
+        let (supervisor, _) =
+            Actor::spawn(None, AlertSupervisor, (deps, current.clone(), flag.clone()))
+                .await
+                .map_err(|e| format!("cannot start the alert supervisor: {e}"))?;
         let p = Self {
             current,
             supervisor,
@@ -622,7 +687,10 @@ impl AlertPipeline {
     }
 
     fn actor(&self) -> Option<ActorRef<AlertMsg>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes alerts; returns once they are stored.
@@ -641,7 +709,8 @@ impl AlertPipeline {
 
     /// Runs (or stops running) the pipeline on this replica.
     pub fn set_active(&self, active: bool) {
-        self.active.store(active, std::sync::atomic::Ordering::SeqCst);
+        self.active
+            .store(active, std::sync::atomic::Ordering::SeqCst);
         if let Some(a) = self.actor() {
             let _ = a.send_message(AlertMsg::Activate(active));
         }

@@ -77,6 +77,10 @@ pub enum Refused {
     /// No tenant label.
     #[error("the alert has no tenant label")]
     NoTenant,
+    /// This replica handed the pipeline over (its partition was revoked); the
+    /// new owner reads the alert again.
+    #[error("this replica does not run the alert pipeline now")]
+    Standby,
 }
 
 /// A conversation-stream event the pipeline owes (escalations).
@@ -121,7 +125,12 @@ impl Engine {
     }
 
     /// Restores stored state (after a restart or a takeover).
-    pub fn load(&mut self, alerts: Vec<AlertState>, groups: Vec<GroupState>, silences: Vec<Silence>) {
+    pub fn load(
+        &mut self,
+        alerts: Vec<AlertState>,
+        groups: Vec<GroupState>,
+        silences: Vec<Silence>,
+    ) {
         for a in alerts {
             self.alerts.insert(a.key(), a);
         }
@@ -256,7 +265,11 @@ impl Engine {
                 continue;
             };
             if !receiver_accepts(rc, tenant) {
-                tracing::debug!(receiver, tenant, "route skipped: the receiver belongs to another tenant");
+                tracing::debug!(
+                    receiver,
+                    tenant,
+                    "route skipped: the receiver belongs to another tenant"
+                );
                 continue;
             }
             let gkey = route.group_key(&receiver, labels);
@@ -292,12 +305,16 @@ impl Engine {
             return false;
         }
         self.refresh_inhibition(now);
-        self.settings.inhibit.iter().zip(&self.inhibition).any(|(rule, sources)| {
-            rule.is_target(&a.alert.labels)
-                && sources
-                    .get(&rule.equal_values(&a.alert.labels))
-                    .is_some_and(|fps| fps.iter().any(|f| *f != a.fingerprint))
-        })
+        self.settings
+            .inhibit
+            .iter()
+            .zip(&self.inhibition)
+            .any(|(rule, sources)| {
+                rule.is_target(&a.alert.labels)
+                    && sources
+                        .get(&rule.equal_values(&a.alert.labels))
+                        .is_some_and(|fps| fps.iter().any(|f| *f != a.fingerprint))
+            })
     }
 
     fn refresh_inhibition(&mut self, now: DateTime<Utc>) {
@@ -388,7 +405,11 @@ impl Engine {
         }
         let mut record = None;
         if notify {
-            let status = if firing.is_empty() { "resolved" } else { "firing" };
+            let status = if firing.is_empty() {
+                "resolved"
+            } else {
+                "firing"
+            };
             let total = firing.len() + if send_resolved { resolved.len() } else { 0 };
             let mut alerts = firing;
             if send_resolved {
@@ -423,15 +444,23 @@ impl Engine {
         }
         // What the receiver believes fires: what it was just told, plus alerts
         // it was told about that are muted now (their resolution is owed).
+        let before = g.notified_firing.clone();
         if notify || !gone.is_empty() || !muted_paged.is_empty() {
             let mut believed = if notify {
                 firing_set
             } else {
-                g.notified_firing.difference(&gone.iter().cloned().collect()).cloned().collect()
+                g.notified_firing
+                    .difference(&gone.iter().cloned().collect())
+                    .cloned()
+                    .collect()
             };
             believed.extend(muted_paged);
             g.notified_firing = believed;
         }
+        // Stored only when it changed: an unchanged group's evaluation (most of
+        // them, every group_interval) writes nothing. After a restart, a group
+        // whose stored next evaluation has passed is simply evaluated at once.
+        let changed = notify || !gone.is_empty() || g.notified_firing != before;
         if g.alerts.is_empty() {
             self.groups.remove(key);
         } else {
@@ -439,14 +468,19 @@ impl Engine {
             self.due.insert((g.next_flush, key.to_owned()));
             self.groups.insert(key.to_owned(), g);
         }
-        self.dirty.insert((GROUPS, key.to_owned()));
+        if changed {
+            self.dirty.insert((GROUPS, key.to_owned()));
+        }
         // Resolved escalations tell their conversation.
         for fp in &gone {
             if let Some(a) = self.alerts.get(&alert_key(&self.group_tenant(key), fp))
                 && a.alert.conversation_id.is_some()
                 && a.alert.turn_id.is_some()
                 && a.alert.source == AlertSource::Agent
-                && !self.notices.iter().any(|n| n.alert.fingerprint == *fp && !n.firing)
+                && !self
+                    .notices
+                    .iter()
+                    .any(|n| n.alert.fingerprint == *fp && !n.firing)
                 && a.alert.ends_at.is_some_and(|e| e > a.updated_at)
             {
                 // Timed out (not resolved by a raise, which noticed already).

@@ -74,12 +74,17 @@ impl Tool for EscalateTool {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let mut alert = Alert::firing(ESCALATION, ctx.tenant_id.as_str(), severity, AlertSource::Agent)
-            .label("conversation", ctx.conversation_id.to_string())
-            .label("escalation", ctx.idempotency_key.clone())
-            .annotation("summary", format!("The agent asks for a human: {reason}"))
-            .annotation("description", reason.clone())
-            .annotation("user", ctx.user_id.to_string());
+        let mut alert = Alert::firing(
+            ESCALATION,
+            ctx.tenant_id.as_str(),
+            severity,
+            AlertSource::Agent,
+        )
+        .label("conversation", ctx.conversation_id.to_string())
+        .label("escalation", ctx.idempotency_key.clone())
+        .annotation("summary", format!("The agent asks for a human: {reason}"))
+        .annotation("description", reason.clone())
+        .annotation("user", ctx.user_id.to_string());
         alert.conversation_id = Some(ctx.conversation_id.to_string());
         alert.turn_id = Some(turn_id).filter(|t| !t.is_empty());
         let fingerprint = alert.fingerprint();

@@ -70,9 +70,17 @@ pub trait Channel: Send + Sync + 'static {
 pub type Channels = HashMap<String, Arc<dyn Channel>>;
 
 enum Kind {
-    Slack { url: String },
-    Webhook { url: String, signer: Option<standardwebhooks::Webhook> },
-    PagerDuty { url: String, routing_key: String },
+    Slack {
+        url: String,
+    },
+    Webhook {
+        url: String,
+        signer: Option<standardwebhooks::Webhook>,
+    },
+    PagerDuty {
+        url: String,
+        routing_key: String,
+    },
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -136,7 +144,8 @@ impl Notifier {
         };
         // A burst of one: notifications are spaced evenly.
         let per_minute = (rc.max_per_second * 60.0).round().clamp(1.0, 600_000.0) as u32;
-        let quota = governor::Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        let quota =
+            governor::Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
         Ok(Self {
             kind,
             receiver: rc.name.clone(),
@@ -186,7 +195,10 @@ impl Channel for Notifier {
         let _ = url;
         req = req
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, concat!("cairn/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("cairn/", env!("CARGO_PKG_VERSION")),
+            )
             .body(body);
         let resp = req.send().await.map_err(|e| SendError::Retry {
             reason: transport_class(&e),
@@ -242,7 +254,11 @@ pub fn retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Builds every configured receiver.
@@ -311,7 +327,8 @@ pub async fn deliver(
             Err(SendError::Retry { reason, after }) => {
                 if n.attempts >= policy.max_attempts {
                     n.status = DeliveryStatus::Failed;
-                    n.last_error = Some(format!("{reason} (gave up after {} attempts)", n.attempts));
+                    n.last_error =
+                        Some(format!("{reason} (gave up after {} attempts)", n.attempts));
                     report(n);
                     return;
                 }
@@ -336,7 +353,9 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Escapes text for Slack mrkdwn.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn severity_of(n: &NotificationRecord) -> String {
@@ -375,7 +394,12 @@ fn title(n: &NotificationRecord) -> String {
         .message
         .group_labels
         .get("alertname")
-        .or_else(|| n.message.alerts.first().and_then(|a| a.alert.labels.get("alertname")))
+        .or_else(|| {
+            n.message
+                .alerts
+                .first()
+                .and_then(|a| a.alert.labels.get("alertname"))
+        })
         .cloned()
         .unwrap_or_else(|| "alerts".into());
     let firing = n
@@ -529,7 +553,11 @@ pub fn pagerduty_body(n: &NotificationRecord, routing_key: &str, ext: Option<&st
         n.group_key.clone()
     } else {
         let labels = BTreeMap::from([("group".to_owned(), n.group_key.clone())]);
-        format!("{}/{}", n.tenant.chars().take(64).collect::<String>(), cairn_core::alerts::fingerprint(&labels))
+        format!(
+            "{}/{}",
+            n.tenant.chars().take(64).collect::<String>(),
+            cairn_core::alerts::fingerprint(&labels)
+        )
     };
     if n.message.status == "resolved" {
         return json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup});
@@ -585,7 +613,9 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(retry_after("2", now), Some(Duration::from_secs(2)));
         assert_eq!(
             retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
@@ -602,11 +632,23 @@ mod tests {
             ..DeliveryConfig::default()
         };
         let b1 = backoff(&p, 1, None);
-        assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100), "{b1:?}");
+        assert!(
+            b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+            "{b1:?}"
+        );
         let b3 = backoff(&p, 3, None);
-        assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400), "{b3:?}");
+        assert!(
+            b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+            "{b3:?}"
+        );
         assert!(backoff(&p, 30, None) <= Duration::from_secs(1));
-        assert_eq!(backoff(&p, 1, Some(Duration::from_millis(900))), Duration::from_millis(900));
-        assert_eq!(backoff(&p, 1, Some(Duration::from_secs(60))), Duration::from_secs(1));
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_millis(900))),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_secs(60))),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -240,7 +240,10 @@ pub fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(collection: &str, (key, text): (String, String)) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    collection: &str,
+    (key, text): (String, String),
+) -> Result<T, StoreError> {
     serde_json::from_str(&text)
         .map_err(|e| StoreError::Corrupt(format!("{collection} record {key}: {e}")))
 }
@@ -257,7 +260,12 @@ pub async fn scan_all<T: DeserializeOwned>(
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .scan_records(collection, prefix, after.as_deref(), PAGE.min(cap - out.len()))
+            .scan_records(
+                collection,
+                prefix,
+                after.as_deref(),
+                PAGE.min(cap - out.len()),
+            )
             .await?;
         let n = page.len();
         after = page.last().map(|(k, _)| k.clone());
@@ -318,7 +326,13 @@ impl AlertLog {
 
     /// Silences of `tenant` (all for `None`).
     pub async fn silences(&self, tenant: Option<&str>) -> Result<Vec<Silence>, StoreError> {
-        scan_all(self.store.as_ref(), SILENCES, &tenant_prefix(tenant), 100_000).await
+        scan_all(
+            self.store.as_ref(),
+            SILENCES,
+            &tenant_prefix(tenant),
+            100_000,
+        )
+        .await
     }
 
     /// One silence.
@@ -346,7 +360,13 @@ impl AlertLog {
         let limit = limit.min(MAX_LIST);
         let mut rows: Vec<NotificationRecord> = match tenant {
             Some(_) => {
-                scan_all(self.store.as_ref(), NOTIFICATIONS, &tenant_prefix(tenant), limit).await?
+                scan_all(
+                    self.store.as_ref(),
+                    NOTIFICATIONS,
+                    &tenant_prefix(tenant),
+                    limit,
+                )
+                .await?
             }
             None => scan_all(self.store.as_ref(), NOTIFICATIONS, "", 100_000).await?,
         };

@@ -51,7 +51,9 @@ impl Route {
         let timing = Timing {
             group_wait_ms: c.group_wait.map_or(parent.timing.group_wait_ms, ms),
             group_interval_ms: c.group_interval.map_or(parent.timing.group_interval_ms, ms),
-            repeat_interval_ms: c.repeat_interval.map_or(parent.timing.repeat_interval_ms, ms),
+            repeat_interval_ms: c
+                .repeat_interval
+                .map_or(parent.timing.repeat_interval_ms, ms),
         };
         let mut r = Route {
             matchers: c
@@ -258,7 +260,11 @@ receiver = "never"
                 .map(|r| (r.id.clone(), r.receiver.clone().unwrap()))
                 .collect::<Vec<_>>()
         };
-        let crit = labels(&[("alertname", "A"), ("severity", "critical"), ("tenant", "t")]);
+        let crit = labels(&[
+            ("alertname", "A"),
+            ("severity", "critical"),
+            ("tenant", "t"),
+        ]);
         assert_eq!(
             ids(&crit),
             [("0".into(), "audit".into()), ("1".into(), "pager".into())]

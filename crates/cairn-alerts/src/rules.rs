@@ -81,7 +81,10 @@ impl RuleEngine {
 
     fn counts(&self, now: Instant) -> Counts {
         let mut q = self.signals.lock().unwrap_or_else(|p| p.into_inner());
-        while q.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.config.window) {
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.config.window)
+        {
             q.pop_front();
         }
         let mut c = Counts::default();
@@ -100,8 +103,13 @@ impl RuleEngine {
                 Signal::IngestionFailed { tenant } => {
                     *c.ingestion.entry(tenant.clone()).or_default() += 1;
                 }
-                Signal::TurnCrashed { tenant, conversation } => {
-                    *c.crashes.entry((tenant.clone(), conversation.clone())).or_default() += 1;
+                Signal::TurnCrashed {
+                    tenant,
+                    conversation,
+                } => {
+                    *c.crashes
+                        .entry((tenant.clone(), conversation.clone()))
+                        .or_default() += 1;
                 }
                 Signal::DlqRecord { tenant, topic } => {
                     *c.dlq.entry((tenant.clone(), topic.clone())).or_default() += 1;
@@ -127,15 +135,21 @@ impl RuleEngine {
             }
         }
         for (tenant, (n, failed)) in &c.turns {
-            if *n >= cfg.turn_failure_min && f64::from(*failed) >= cfg.turn_failure_ratio * f64::from(*n) {
+            if *n >= cfg.turn_failure_min
+                && f64::from(*failed) >= cfg.turn_failure_ratio * f64::from(*n)
+            {
                 out.push(
-                    Alert::firing("TurnFailures", tenant, "warning", AlertSource::Rule)
-                        .annotation("summary", format!("{failed} of {n} turns failed in the last {window}")),
+                    Alert::firing("TurnFailures", tenant, "warning", AlertSource::Rule).annotation(
+                        "summary",
+                        format!("{failed} of {n} turns failed in the last {window}"),
+                    ),
                 );
             }
         }
         for (tenant, (n, failed)) in &c.model {
-            if *n >= cfg.model_failure_min && f64::from(*failed) >= cfg.model_failure_ratio * f64::from(*n) {
+            if *n >= cfg.model_failure_min
+                && f64::from(*failed) >= cfg.model_failure_ratio * f64::from(*n)
+            {
                 out.push(
                     Alert::firing("ModelFailures", tenant, "critical", AlertSource::Rule)
                         .annotation("summary", format!("{failed} of {n} model calls failed or timed out in the last {window}")),
@@ -146,7 +160,10 @@ impl RuleEngine {
             if *n >= cfg.ingestion_failures {
                 out.push(
                     Alert::firing("IngestionFailures", tenant, "warning", AlertSource::Rule)
-                        .annotation("summary", format!("{n} ingestion jobs failed in the last {window}")),
+                        .annotation(
+                            "summary",
+                            format!("{n} ingestion jobs failed in the last {window}"),
+                        ),
                 );
             }
         }
@@ -164,7 +181,12 @@ impl RuleEngine {
                 out.push(
                     Alert::firing("DlqRecords", tenant, "warning", AlertSource::Rule)
                         .label("topic", topic.clone())
-                        .annotation("summary", format!("{n} records from {topic} went to the DLQ in the last {window}")),
+                        .annotation(
+                            "summary",
+                            format!(
+                                "{n} records from {topic} went to the DLQ in the last {window}"
+                            ),
+                        ),
                 );
             }
         }
@@ -180,7 +202,8 @@ impl RuleEngine {
         mut closed: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut firing: HashMap<Key, Alert> = HashMap::new();
-        let mut tick = tokio::time::interval(self.config.check_interval.max(Duration::from_millis(10)));
+        let mut tick =
+            tokio::time::interval(self.config.check_interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -199,7 +222,11 @@ impl RuleEngine {
                     publisher.publish(a.clone()).await;
                 }
             }
-            let cleared: Vec<Key> = firing.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+            let cleared: Vec<Key> = firing
+                .keys()
+                .filter(|k| !seen.contains_key(*k))
+                .cloned()
+                .collect();
             for key in cleared {
                 if let Some(mut a) = firing.remove(&key) {
                     tracing::info!(alert = a.name(), tenant = a.tenant(), "alert rule resolved");
@@ -228,18 +255,37 @@ mod tests {
         };
         let r = RuleEngine::new(cfg);
         for failed in [true, true, false] {
-            r.emit(Signal::TurnEnded { tenant: "a".into(), failed });
+            r.emit(Signal::TurnEnded {
+                tenant: "a".into(),
+                failed,
+            });
         }
-        assert!(r.evaluate(Instant::now(), &[]).is_empty(), "below the minimum count");
-        r.emit(Signal::TurnEnded { tenant: "a".into(), failed: false });
+        assert!(
+            r.evaluate(Instant::now(), &[]).is_empty(),
+            "below the minimum count"
+        );
+        r.emit(Signal::TurnEnded {
+            tenant: "a".into(),
+            failed: false,
+        });
         let fired = r.evaluate(Instant::now(), &[]);
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].name(), "TurnFailures");
         assert_eq!(fired[0].tenant(), "a");
-        r.emit(Signal::TurnEnded { tenant: "b".into(), failed: true });
-        assert_eq!(r.evaluate(Instant::now(), &[]).len(), 1, "tenant b is below the minimum");
+        r.emit(Signal::TurnEnded {
+            tenant: "b".into(),
+            failed: true,
+        });
+        assert_eq!(
+            r.evaluate(Instant::now(), &[]).len(),
+            1,
+            "tenant b is below the minimum"
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(r.evaluate(Instant::now(), &[]).is_empty(), "the window moved on");
+        assert!(
+            r.evaluate(Instant::now(), &[]).is_empty(),
+            "the window moved on"
+        );
         let breakers = [("tickets".to_owned(), true), ("calc".to_owned(), false)];
         let fired = r.evaluate(Instant::now(), &breakers);
         assert_eq!(fired.len(), 1);

@@ -78,9 +78,18 @@ fn receiver(toml_text: &str) -> ReceiverConfig {
 }
 
 fn channel(rc: &ReceiverConfig, env: &[(&str, String)]) -> Arc<dyn Channel> {
-    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     let lookup = move |k: &str| env.get(k).cloned();
-    let mut c = notify::channels(std::slice::from_ref(rc), &lookup, Duration::from_secs(5), Some("https://cairn.example.com".into())).unwrap();
+    let mut c = notify::channels(
+        std::slice::from_ref(rc),
+        &lookup,
+        Duration::from_secs(5),
+        Some("https://cairn.example.com".into()),
+    )
+    .unwrap();
     c.remove(&rc.name).unwrap()
 }
 
@@ -112,13 +121,21 @@ fn check_block_kit(body: &Value) -> Result<usize, String> {
                     if b["text"]["type"] != "plain_text" {
                         return Err("header text is not plain_text".into());
                     }
-                    let n = b["text"]["text"].as_str().ok_or("header without text")?.chars().count();
+                    let n = b["text"]["text"]
+                        .as_str()
+                        .ok_or("header without text")?
+                        .chars()
+                        .count();
                     if n == 0 || n > 150 {
                         return Err(format!("header of {n} chars"));
                     }
                 }
                 "section" => {
-                    let n = b["text"]["text"].as_str().ok_or("section without text")?.chars().count();
+                    let n = b["text"]["text"]
+                        .as_str()
+                        .ok_or("section without text")?
+                        .chars()
+                        .count();
                     if n == 0 || n > 3000 {
                         return Err(format!("section text of {n} chars"));
                     }
@@ -127,7 +144,11 @@ fn check_block_kit(body: &Value) -> Result<usize, String> {
                             return Err(format!("{} fields", fields.len()));
                         }
                         for f in fields {
-                            let n = f["text"].as_str().ok_or("field without text")?.chars().count();
+                            let n = f["text"]
+                                .as_str()
+                                .ok_or("field without text")?
+                                .chars()
+                                .count();
                             if n == 0 || n > 2000 {
                                 return Err(format!("field of {n} chars"));
                             }
@@ -161,15 +182,24 @@ struct SlackWire {
 
 async fn slack_hook(State(w): State<SlackWire>, headers: HeaderMap, body: Bytes) -> Response {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let valid = headers.get("content-type").is_some_and(|v| v == "application/json")
+    let valid = headers
+        .get("content-type")
+        .is_some_and(|v| v == "application/json")
         && check_block_kit(&parsed).is_ok();
     let (status, retry) = if valid {
         let mut s = w.script.lock().unwrap();
-        if s.is_empty() { (200, None) } else { s.remove(0) }
+        if s.is_empty() {
+            (200, None)
+        } else {
+            s.remove(0)
+        }
     } else {
         (400, None)
     };
-    w.seen.lock().unwrap().push((Instant::now(), status, parsed));
+    w.seen
+        .lock()
+        .unwrap()
+        .push((Instant::now(), status, parsed));
     let text = match status {
         200 => "ok",
         400 => "invalid_blocks",
@@ -186,14 +216,27 @@ async fn slack_hook(State(w): State<SlackWire>, headers: HeaderMap, body: Bytes)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_waits_out_retry_after_retries_5xx_and_delivers_once_within_limits() {
     let wire = SlackWire::default();
-    let base = serve(Router::new().route("/services/T0/B0/x", post(slack_hook)).with_state(wire.clone())).await;
-    let rc = receiver("name = \"ops\"\nall_tenants = true\nmax_per_second = 20.0\nslack = { url_env = \"SLACK_URL\" }");
+    let base = serve(
+        Router::new()
+            .route("/services/T0/B0/x", post(slack_hook))
+            .with_state(wire.clone()),
+    )
+    .await;
+    let rc = receiver(
+        "name = \"ops\"\nall_tenants = true\nmax_per_second = 20.0\nslack = { url_env = \"SLACK_URL\" }",
+    );
     let ch = channel(&rc, &[("SLACK_URL", format!("{base}/services/T0/B0/x"))]);
     // First message: accepted at once.
     let reports = Arc::new(Mutex::new(Vec::new()));
     let r = reports.clone();
-    deliver(ch.clone(), record(3, "firing"), policy(), move |n| r.lock().unwrap().push(n)).await;
-    assert_eq!(reports.lock().unwrap().last().unwrap().status, DeliveryStatus::Sent);
+    deliver(ch.clone(), record(3, "firing"), policy(), move |n| {
+        r.lock().unwrap().push(n)
+    })
+    .await;
+    assert_eq!(
+        reports.lock().unwrap().last().unwrap().status,
+        DeliveryStatus::Sent
+    );
     // Second: 429 (Retry-After: 2), then 500, then accepted.
     *wire.script.lock().unwrap() = vec![(429, Some("2")), (500, None)];
     reports.lock().unwrap().clear();
@@ -203,16 +246,36 @@ async fn slack_waits_out_retry_after_retries_5xx_and_delivers_once_within_limits
     deliver(ch.clone(), n, policy(), move |n| r.lock().unwrap().push(n)).await;
     let reports = reports.lock().unwrap().clone();
     let statuses: Vec<DeliveryStatus> = reports.iter().map(|n| n.status).collect();
-    assert_eq!(statuses, [DeliveryStatus::Retrying, DeliveryStatus::Retrying, DeliveryStatus::Sent]);
-    assert_eq!(reports[0].last_error.as_deref(), Some("HTTP 429: rate_limited"));
-    assert_eq!(reports[1].last_error.as_deref(), Some("HTTP 500: internal_error"));
+    assert_eq!(
+        statuses,
+        [
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Sent
+        ]
+    );
+    assert_eq!(
+        reports[0].last_error.as_deref(),
+        Some("HTTP 429: rate_limited")
+    );
+    assert_eq!(
+        reports[1].last_error.as_deref(),
+        Some("HTTP 500: internal_error")
+    );
     assert!(reports.iter().all(|n| n.id == id));
     assert_eq!(reports[2].attempts, 3);
     let seen = wire.seen.lock().unwrap().clone();
     let statuses: Vec<u16> = seen.iter().map(|s| s.1).collect();
-    assert_eq!(statuses, [200, 429, 500, 200], "accepted exactly once after the failures");
+    assert_eq!(
+        statuses,
+        [200, 429, 500, 200],
+        "accepted exactly once after the failures"
+    );
     let waited = seen[2].0 - seen[1].0;
-    assert!(waited >= Duration::from_secs(2), "Retry-After honoured: waited {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "Retry-After honoured: waited {waited:?}"
+    );
     // Colour, links and escaping.
     let body = &seen[0].2;
     assert_eq!(body["attachments"][0]["color"], "#E01E5A");
@@ -226,13 +289,20 @@ async fn slack_waits_out_retry_after_retries_5xx_and_delivers_once_within_limits
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_500_alerts_fits_in_one_slack_message() {
     let wire = SlackWire::default();
-    let base = serve(Router::new().route("/hook", post(slack_hook)).with_state(wire.clone())).await;
+    let base = serve(
+        Router::new()
+            .route("/hook", post(slack_hook))
+            .with_state(wire.clone()),
+    )
+    .await;
     let rc = receiver("name = \"ops\"\nall_tenants = true\nslack = { url_env = \"SLACK_URL\" }");
     let ch = channel(&rc, &[("SLACK_URL", format!("{base}/hook"))]);
     let mut big = record(500, "firing");
     // Long texts are cut to Slack's limits, not rejected.
     for a in &mut big.message.alerts {
-        a.alert.annotations.insert("description".into(), "x".repeat(5000));
+        a.alert
+            .annotations
+            .insert("description".into(), "x".repeat(5000));
         for i in 0..20 {
             a.alert.labels.insert(format!("l{i}"), "y".repeat(3000));
         }
@@ -240,7 +310,10 @@ async fn a_group_of_500_alerts_fits_in_one_slack_message() {
     let body = notify::slack_body(&big, None);
     let blocks = check_block_kit(&body).unwrap();
     assert!(blocks <= SLACK_MAX_BLOCKS);
-    assert!(body.to_string().contains("…and 480 more alerts in this group"));
+    assert!(
+        body.to_string()
+            .contains("…and 480 more alerts in this group")
+    );
     ch.send(&big).await.unwrap();
     let resolved = notify::slack_body(&record(2, "resolved"), None);
     assert_eq!(resolved["attachments"][0]["color"], "#2EB67D");
@@ -259,7 +332,10 @@ fn python() -> String {
 async fn webhooks_are_signed_so_that_the_python_standardwebhooks_package_verifies_them() {
     use tokio::io::AsyncBufReadExt;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/webhook_receiver.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/webhook_receiver.py"
+    );
     let mut child = tokio::process::Command::new(python())
         .args([script, secret, "2"])
         .stdout(std::process::Stdio::piped())
@@ -278,7 +354,11 @@ async fn webhooks_are_signed_so_that_the_python_standardwebhooks_package_verifie
     ch.send(&n).await.unwrap();
     let line: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     assert_eq!(line["ok"], true, "{line}");
-    assert_eq!(line["id"], n.id.as_str(), "webhook-id is the notification id");
+    assert_eq!(
+        line["id"],
+        n.id.as_str(),
+        "webhook-id is the notification id"
+    );
     let body = &line["body"];
     assert_eq!(body["version"], "4");
     assert_eq!(body["groupKey"], "acme/root/ops/abc");
@@ -286,9 +366,15 @@ async fn webhooks_are_signed_so_that_the_python_standardwebhooks_package_verifie
     assert_eq!(body["receiver"], "ops");
     assert_eq!(body["groupLabels"]["alertname"], "DiskFull");
     assert_eq!(body["commonLabels"]["alertname"], "DiskFull");
-    assert!(body["commonLabels"].get("instance").is_none(), "instance differs between the alerts");
+    assert!(
+        body["commonLabels"].get("instance").is_none(),
+        "instance differs between the alerts"
+    );
     assert_eq!(body["alerts"].as_array().unwrap().len(), 2);
-    assert_eq!(body["alerts"][0]["fingerprint"], n.message.alerts[0].fingerprint.as_str());
+    assert_eq!(
+        body["alerts"][0]["fingerprint"],
+        n.message.alerts[0].fingerprint.as_str()
+    );
     assert_eq!(body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     assert_eq!(body["externalURL"], "https://cairn.example.com");
     // A tampered body with the original signature is refused.
@@ -318,7 +404,11 @@ fn signatures_match_the_standard_webhooks_test_vector() {
     // timestamp 1614265330, body {"test": 2432232314}.
     let signer = standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     let sig = signer
-        .sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#)
+        .sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        )
         .unwrap();
     assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
 }
@@ -330,7 +420,11 @@ struct PagerDutyWire {
 
 async fn pd_enqueue(State(w): State<PagerDutyWire>, body: Bytes) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"status": "invalid event", "message": "Event object is invalid"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"status": "invalid event", "message": "Event object is invalid"})),
+        )
+            .into_response();
     };
     let action = v["event_action"].as_str().unwrap_or("");
     let dedup = v["dedup_key"].as_str().unwrap_or("").to_owned();
@@ -346,13 +440,17 @@ async fn pd_enqueue(State(w): State<PagerDutyWire>, body: Bytes) -> Response {
     }
     if action == "trigger" {
         let p = &v["payload"];
-        if p["summary"].as_str().is_none_or(|s| s.is_empty() || s.len() > 1024) {
+        if p["summary"]
+            .as_str()
+            .is_none_or(|s| s.is_empty() || s.len() > 1024)
+        {
             errors.push("payload.summary");
         }
         if p["source"].as_str().is_none_or(str::is_empty) {
             errors.push("payload.source");
         }
-        if !["critical", "error", "warning", "info"].contains(&p["severity"].as_str().unwrap_or("")) {
+        if !["critical", "error", "warning", "info"].contains(&p["severity"].as_str().unwrap_or(""))
+        {
             errors.push("payload.severity");
         }
     }
@@ -360,32 +458,55 @@ async fn pd_enqueue(State(w): State<PagerDutyWire>, body: Bytes) -> Response {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}))).into_response();
     }
     w.events.lock().unwrap().push(v);
-    (StatusCode::ACCEPTED, axum::Json(json!({"status": "success", "message": "Event processed", "dedup_key": dedup}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "success", "message": "Event processed", "dedup_key": dedup})),
+    )
+        .into_response()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagerduty_gets_trigger_then_resolve_with_the_group_as_dedup_key() {
     let wire = PagerDutyWire::default();
-    let base = serve(Router::new().route("/v2/enqueue", post(pd_enqueue)).with_state(wire.clone())).await;
+    let base = serve(
+        Router::new()
+            .route("/v2/enqueue", post(pd_enqueue))
+            .with_state(wire.clone()),
+    )
+    .await;
     let rc = receiver(&format!(
         "name = \"pd\"\nall_tenants = true\nmax_per_second = 50.0\npagerduty = {{ routing_key_env = \"PD_KEY\", url = \"{base}/v2/enqueue\" }}"
     ));
-    let ch = channel(&rc, &[("PD_KEY", "R0UT1NGKEY0123456789012345678901".into())]);
+    let ch = channel(
+        &rc,
+        &[("PD_KEY", "R0UT1NGKEY0123456789012345678901".into())],
+    );
     ch.send(&record(2, "firing")).await.unwrap();
     ch.send(&record(2, "resolved")).await.unwrap();
     let events = wire.events.lock().unwrap().clone();
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["event_action"], "trigger");
     assert_eq!(events[0]["payload"]["severity"], "critical");
-    assert!(events[0]["payload"]["summary"].as_str().unwrap().contains("DiskFull"));
-    assert_eq!(events[0]["links"][0]["href"], "https://runbooks.example.com/disk");
+    assert!(
+        events[0]["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("DiskFull")
+    );
+    assert_eq!(
+        events[0]["links"][0]["href"],
+        "https://runbooks.example.com/disk"
+    );
     assert_eq!(events[1]["event_action"], "resolve");
     assert_eq!(events[0]["dedup_key"], events[1]["dedup_key"]);
     // A wrong key is a permanent 400: failed after one attempt, no retries.
     let bad = channel(&rc, &[("PD_KEY", "wrong".into())]);
     let reports = Arc::new(Mutex::new(Vec::new()));
     let r = reports.clone();
-    deliver(bad, record(1, "firing"), policy(), move |n| r.lock().unwrap().push(n)).await;
+    deliver(bad, record(1, "firing"), policy(), move |n| {
+        r.lock().unwrap().push(n)
+    })
+    .await;
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].status, DeliveryStatus::Failed);
@@ -396,7 +517,9 @@ async fn pagerduty_gets_trigger_then_resolve_with_the_group_as_dedup_key() {
 #[test]
 fn a_missing_secret_names_the_config_key() {
     let rc = receiver("name = \"ops\"\nall_tenants = true\nslack = { url_env = \"NOPE\" }");
-    let err = notify::channels(&[rc], &|_| None, Duration::from_secs(1), None).err().unwrap();
+    let err = notify::channels(&[rc], &|_| None, Duration::from_secs(1), None)
+        .err()
+        .unwrap();
     assert!(err.contains("alerts.receivers[0].slack.url_env"), "{err}");
     assert!(err.contains("NOPE"));
 }

@@ -233,7 +233,11 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<NotificationRecord>) -> Notificat
 async fn none(rx: &mut mpsc::UnboundedReceiver<NotificationRecord>) {
     quiet(150).await;
     if let Ok(n) = rx.try_recv() {
-        panic!("unexpected notification: {} {:?}", n.message.status, n.message.alerts.len());
+        panic!(
+            "unexpected notification: {} {:?}",
+            n.message.status,
+            n.message.alerts.len()
+        );
     }
 }
 
@@ -297,20 +301,33 @@ async fn grouping_and_timing(kind: Kind) {
     assert_eq!(names(&repeat).len(), 2);
     assert_ne!(repeat.id, second.id, "each notification has its own id");
     // One resolves: the receiver hears it at the next interval.
-    h.pipeline.raise(vec![resolved(alert("Disk", "a"))]).await.unwrap();
+    h.pipeline
+        .raise(vec![resolved(alert("Disk", "a"))])
+        .await
+        .unwrap();
     advance(Duration::from_secs(300)).await;
     let partly = next(&mut h.rx).await;
     assert_eq!(partly.message.status, "firing");
     assert_eq!(
         names(&partly),
-        [("b".into(), "firing".into()), ("a".into(), "resolved".into())]
+        [
+            ("b".into(), "firing".into()),
+            ("a".into(), "resolved".into())
+        ]
     );
-    h.pipeline.raise(vec![resolved(alert("Disk", "b"))]).await.unwrap();
+    h.pipeline
+        .raise(vec![resolved(alert("Disk", "b"))])
+        .await
+        .unwrap();
     advance(Duration::from_secs(300)).await;
     let done = next(&mut h.rx).await;
     assert_eq!(done.message.status, "resolved");
     assert_eq!(names(&done), [("b".into(), "resolved".into())]);
-    assert_eq!(h.pipeline.status().await.groups, 0, "an empty group is removed");
+    assert_eq!(
+        h.pipeline.status().await.groups,
+        0,
+        "an empty group is removed"
+    );
     advance(Duration::from_secs(3600)).await;
     none(&mut h.rx).await;
     // The log holds every notification, sent.
@@ -318,7 +335,11 @@ async fn grouping_and_timing(kind: Kind) {
     let log = AlertLog::new(h.store.clone());
     let entries = log.notifications(Some("acme"), 100).await.unwrap();
     assert_eq!(entries.len(), 5);
-    assert!(entries.iter().all(|e| e.status == DeliveryStatus::Sent && e.attempts == 1));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.status == DeliveryStatus::Sent && e.attempts == 1)
+    );
     assert_eq!(entries[0].id, done.id, "newest first");
     h.pipeline.stop();
 }
@@ -329,7 +350,10 @@ async fn silences_and_inhibition(kind: Kind) {
     let log = AlertLog::new(h.store.clone());
     h.pipeline.raise(vec![alert("Cpu", "a")]).await.unwrap();
     advance(Duration::from_secs(30)).await;
-    assert_eq!(names(&next(&mut h.rx).await), [("a".into(), "firing".into())]);
+    assert_eq!(
+        names(&next(&mut h.rx).await),
+        [("a".into(), "firing".into())]
+    );
     // Silence it (and anything else named Cpu) after the page.
     let now = chrono::Utc::now();
     log.put_silence(&Silence {
@@ -349,21 +373,34 @@ async fn silences_and_inhibition(kind: Kind) {
     advance(Duration::from_secs(300)).await;
     none(&mut h.rx).await;
     // The paged alert resolves while silenced: the receiver still hears it.
-    h.pipeline.raise(vec![resolved(alert("Cpu", "a"))]).await.unwrap();
+    h.pipeline
+        .raise(vec![resolved(alert("Cpu", "a"))])
+        .await
+        .unwrap();
     advance(Duration::from_secs(300)).await;
     let r = next(&mut h.rx).await;
     assert_eq!(r.message.status, "resolved");
     assert_eq!(names(&r), [("a".into(), "resolved".into())]);
     // Inhibition: a critical alert of the same service mutes warnings.
-    let crit = Alert::firing("Down", "acme", "critical", AlertSource::Rule).label("service", "db").label("instance", "x");
-    let warn = Alert::firing("Slow", "acme", "warning", AlertSource::Rule).label("service", "db").label("instance", "y");
-    let other = Alert::firing("Slow", "acme", "warning", AlertSource::Rule).label("service", "web").label("instance", "z");
+    let crit = Alert::firing("Down", "acme", "critical", AlertSource::Rule)
+        .label("service", "db")
+        .label("instance", "x");
+    let warn = Alert::firing("Slow", "acme", "warning", AlertSource::Rule)
+        .label("service", "db")
+        .label("instance", "y");
+    let other = Alert::firing("Slow", "acme", "warning", AlertSource::Rule)
+        .label("service", "web")
+        .label("instance", "z");
     h.pipeline.raise(vec![crit, warn, other]).await.unwrap();
     advance(Duration::from_secs(30)).await;
     let mut got = vec![next(&mut h.rx).await, next(&mut h.rx).await];
     got.sort_by_key(|n| n.message.group_labels["alertname"].clone());
     assert_eq!(got[0].message.group_labels["alertname"], "Down");
-    assert_eq!(names(&got[1]), [("z".into(), "firing".into())], "db's warning is inhibited");
+    assert_eq!(
+        names(&got[1]),
+        [("z".into(), "firing".into())],
+        "db's warning is inhibited"
+    );
     none(&mut h.rx).await;
     h.pipeline.stop();
 }
@@ -420,7 +457,10 @@ async fn state_survives_a_restart(kind: Kind) {
     quiet(50).await;
     let log = AlertLog::new(store.clone());
     let pending = log.notifications(Some("acme"), 10).await.unwrap();
-    let retrying = pending.iter().find(|n| n.status == DeliveryStatus::Retrying).expect("a retrying entry");
+    let retrying = pending
+        .iter()
+        .find(|n| n.status == DeliveryStatus::Retrying)
+        .expect("a retrying entry");
     assert_eq!(retrying.last_error.as_deref(), Some("HTTP 503"));
     h.pipeline.stop();
     quiet(20).await;

@@ -26,6 +26,7 @@ use cairn_alerts::records::{
 use cairn_core::alerts::{Alert, AlertSource, Matcher, TENANT_LABEL, valid_label_name};
 use cairn_core::alerts_config::AlertsConfig;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_VALUE: usize = 1024;
 /// Longest annotation value, in bytes.
 pub const MAX_ANNOTATION: usize = 16 * 1024;
+/// Alerts of one request published at once.
+const PUBLISH_CONCURRENCY: usize = 64;
 /// Longest silence.
 pub const MAX_SILENCE_DAYS: i64 = 366;
 
@@ -136,7 +139,10 @@ fn check_map(
     }
     for (k, v) in m {
         if !valid_label_name(k) {
-            return Err(bad(&f, format!("`{k}` is not a valid name (letters, digits, _)")));
+            return Err(bad(
+                &f,
+                format!("`{k}` is not a valid name (letters, digits, _)"),
+            ));
         }
         if v.len() > max_value {
             return Err(bad(&f, format!("`{k}` is longer than {max_value} bytes")));
@@ -149,7 +155,10 @@ fn into_alert(p: PostedAlert, i: usize, tenant: &str) -> ApiResult<Alert> {
     check_map("labels", i, &p.labels, MAX_LABEL_VALUE)?;
     check_map("annotations", i, &p.annotations, MAX_ANNOTATION)?;
     if p.labels.get("alertname").is_none_or(String::is_empty) {
-        return Err(bad(&format!("{i}.labels"), "every alert needs an `alertname` label"));
+        return Err(bad(
+            &format!("{i}.labels"),
+            "every alert needs an `alertname` label",
+        ));
     }
     if p.generator_url.as_ref().is_some_and(|u| u.len() > 2048) {
         return Err(bad(&format!("{i}.generatorURL"), "longer than 2048 bytes"));
@@ -160,7 +169,9 @@ fn into_alert(p: PostedAlert, i: usize, tenant: &str) -> ApiResult<Alert> {
     }
     let mut labels = p.labels;
     labels.insert(TENANT_LABEL.into(), tenant.to_owned());
-    labels.entry("severity".into()).or_insert_with(|| "warning".into());
+    labels
+        .entry("severity".into())
+        .or_insert_with(|| "warning".into());
     Ok(Alert {
         labels,
         annotations: p.annotations,
@@ -183,8 +194,11 @@ pub async fn raise(
     require_scope(a, &caller)?;
     let max = a.config.max_alerts_per_request;
     if body.len() > max {
-        return Err(bad("alerts", format!("at most {max} alerts per request (alerts.max_alerts_per_request)"))
-            .with_details(json!({"field": "alerts", "limit": max})));
+        return Err(bad(
+            "alerts",
+            format!("at most {max} alerts per request (alerts.max_alerts_per_request)"),
+        )
+        .with_details(json!({"field": "alerts", "limit": max})));
     }
     let tenant = caller.tenant.to_string();
     let alerts: Vec<Alert> = body
@@ -192,16 +206,22 @@ pub async fn raise(
         .enumerate()
         .map(|(i, p)| into_alert(p, i, &tenant))
         .collect::<ApiResult<_>>()?;
-    for alert in &alerts {
-        state
-            .runtime
-            .publish_alert(alert, None)
-            .await
-            .map_err(|e| ApiError::unavailable("the event bus", &e))?;
-    }
+    // Published concurrently, so the bus batches the writes; 202 only once
+    // every one is durable.
+    let publishes = alerts.iter().cloned().map(|a| {
+        let runtime = state.runtime.clone();
+        async move { runtime.publish_alert(&a, None).await }
+    });
+    futures::stream::iter(publishes)
+        .buffered(PUBLISH_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await
+        .map_err(|e| ApiError::unavailable("the event bus", &e))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"accepted": alerts.len(), "fingerprints": alerts.iter().map(Alert::fingerprint).collect::<Vec<_>>()})),
+        Json(
+            json!({"accepted": alerts.len(), "fingerprints": alerts.iter().map(Alert::fingerprint).collect::<Vec<_>>()}),
+        ),
     ))
 }
 
@@ -245,9 +265,18 @@ pub async fn list(
         .map(|(_, v)| Matcher::parse(v).map_err(|e| bad("filter", e)))
         .collect::<ApiResult<_>>()?;
     let tenant = scope_of(&caller, &q);
-    let unavailable = |e: cairn_core::ports::StoreError| ApiError::unavailable("the alert store", &e);
-    let alerts = a.log.alerts(tenant.as_deref(), st, &matchers, limit(&q)?).await.map_err(unavailable)?;
-    let silences = a.log.silences(tenant.as_deref()).await.map_err(unavailable)?;
+    let unavailable =
+        |e: cairn_core::ports::StoreError| ApiError::unavailable("the alert store", &e);
+    let alerts = a
+        .log
+        .alerts(tenant.as_deref(), st, &matchers, limit(&q)?)
+        .await
+        .map_err(unavailable)?;
+    let silences = a
+        .log
+        .silences(tenant.as_deref())
+        .await
+        .map_err(unavailable)?;
     let now = Utc::now();
     Ok(Json(json!({
         "alerts": alerts.iter().map(|x| alert_json(x, &silences, now)).collect::<Vec<_>>()
@@ -286,7 +315,9 @@ pub async fn notifications(
         .notifications(scope_of(&caller, &q).as_deref(), limit(&q)?)
         .await
         .map_err(|e| ApiError::unavailable("the alert store", &e))?;
-    Ok(Json(json!({"notifications": rows.iter().map(notification_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"notifications": rows.iter().map(notification_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `POST /v1/alerts/test` body.
@@ -306,16 +337,26 @@ pub async fn test(
     require_scope(a, &caller)?;
     let rc = a.config.receivers.iter().find(|r| r.name == body.receiver);
     let allowed = rc.is_some_and(|r| {
-        caller.has_scope(OPERATOR_SCOPE) || cairn_alerts::routing::receiver_accepts(r, caller.tenant.as_str())
+        caller.has_scope(OPERATOR_SCOPE)
+            || cairn_alerts::routing::receiver_accepts(r, caller.tenant.as_str())
     });
     let (Some(rc), true, Some(channel)) = (rc, allowed, a.channels.get(&body.receiver)) else {
-        return Err(bad("receiver", format!("no receiver `{}` for this tenant", body.receiver)));
+        return Err(bad(
+            "receiver",
+            format!("no receiver `{}` for this tenant", body.receiver),
+        ));
     };
     let now = Utc::now();
     let tenant = caller.tenant.to_string();
     let alert = Alert::firing("CairnTest", &tenant, "info", AlertSource::Api)
-        .annotation("summary", "Test notification from Cairn: this receiver is reachable")
-        .annotation("description", format!("Sent by {} to check receiver {}", caller.user, rc.name));
+        .annotation(
+            "summary",
+            "Test notification from Cairn: this receiver is reachable",
+        )
+        .annotation(
+            "description",
+            format!("Sent by {} to check receiver {}", caller.user, rc.name),
+        );
     let fingerprint = alert.fingerprint();
     let mut n = NotificationRecord {
         id: uuid::Uuid::now_v7().to_string(),
@@ -331,7 +372,10 @@ pub async fn test(
         sent_at: None,
         message: Message {
             status: "firing".into(),
-            group_labels: BTreeMap::from([("alertname".to_owned(), "CairnTest".to_owned()), (TENANT_LABEL.to_owned(), tenant)]),
+            group_labels: BTreeMap::from([
+                ("alertname".to_owned(), "CairnTest".to_owned()),
+                (TENANT_LABEL.to_owned(), tenant),
+            ]),
             alerts: vec![AlertState {
                 alert,
                 fingerprint,
@@ -360,9 +404,14 @@ pub async fn test(
         Ok(()) => Ok(Json(json!({"notification": notification_json(&n)}))),
         Err(e) => Err(ApiError::new(
             ErrorCode::ReceiverFailed,
-            format!("receiver `{}` did not accept the test notification: {e}", rc.name),
+            format!(
+                "receiver `{}` did not accept the test notification: {e}",
+                rc.name
+            ),
         )
-        .with_details(json!({"receiver": rc.name, "error": e.to_string(), "notification_id": n.id}))),
+        .with_details(
+            json!({"receiver": rc.name, "error": e.to_string(), "notification_id": n.id}),
+        )),
     }
 }
 
@@ -427,7 +476,10 @@ pub async fn create_silence(
         })
         .collect::<ApiResult<_>>()?;
     if matchers.is_empty() || matchers.len() > MAX_LABELS {
-        return Err(bad("matchers", format!("between 1 and {MAX_LABELS} matchers")));
+        return Err(bad(
+            "matchers",
+            format!("between 1 and {MAX_LABELS} matchers"),
+        ));
     }
     if body.comment.trim().is_empty() || body.comment.len() > 4096 {
         return Err(bad("comment", "say why (at most 4096 bytes)"));
@@ -437,20 +489,32 @@ pub async fn create_silence(
     let ends_at = match (body.ends_at, &body.duration) {
         (Some(e), None) => e,
         (None, Some(d)) => {
-            let d = humantime::parse_duration(d).map_err(|e| bad("duration", format!("not a duration like 2h: {e}")))?;
+            let d = humantime::parse_duration(d)
+                .map_err(|e| bad("duration", format!("not a duration like 2h: {e}")))?;
             starts_at + chrono::Duration::from_std(d).map_err(|_| bad("duration", "too long"))?
         }
         _ => return Err(bad("endsAt", "give exactly one of `endsAt` and `duration`")),
     };
     if ends_at <= starts_at || ends_at <= now {
-        return Err(bad("endsAt", "the silence must end after it starts, in the future"));
+        return Err(bad(
+            "endsAt",
+            "the silence must end after it starts, in the future",
+        ));
     }
     if ends_at - starts_at > chrono::Duration::days(MAX_SILENCE_DAYS) {
-        return Err(bad("endsAt", format!("a silence lasts at most {MAX_SILENCE_DAYS} days")));
+        return Err(bad(
+            "endsAt",
+            format!("a silence lasts at most {MAX_SILENCE_DAYS} days"),
+        ));
     }
     let tenant = match body.tenant {
         Some(t) if caller.has_scope(OPERATOR_SCOPE) => t,
-        Some(_) => return Err(ApiError::new(ErrorCode::Forbidden, "only operators silence another tenant's alerts")),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only operators silence another tenant's alerts",
+            ));
+        }
         None => caller.tenant.to_string(),
     };
     let s = Silence {
@@ -459,11 +523,19 @@ pub async fn create_silence(
         matchers,
         starts_at,
         ends_at,
-        created_by: body.created_by.unwrap_or_else(|| caller.user.to_string()).chars().take(256).collect(),
+        created_by: body
+            .created_by
+            .unwrap_or_else(|| caller.user.to_string())
+            .chars()
+            .take(256)
+            .collect(),
         comment: body.comment,
         updated_at: now,
     };
-    a.log.put_silence(&s).await.map_err(|e| ApiError::unavailable("the alert store", &e))?;
+    a.log
+        .put_silence(&s)
+        .await
+        .map_err(|e| ApiError::unavailable("the alert store", &e))?;
     tracing::info!(silence = %s.id, tenant = %s.tenant, "silence created");
     Ok((StatusCode::CREATED, Json(silence_json(&s, now))))
 }
@@ -482,7 +554,9 @@ pub async fn silences(
         .await
         .map_err(|e| ApiError::unavailable("the alert store", &e))?;
     let now = Utc::now();
-    Ok(Json(json!({"silences": rows.iter().map(|s| silence_json(s, now)).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"silences": rows.iter().map(|s| silence_json(s, now)).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn find_silence(a: &AlertsApi, caller: &Caller, id: &str) -> ApiResult<Silence> {
@@ -539,7 +613,10 @@ pub async fn expire_silence(
     if s.ends_at > now {
         s.ends_at = now.max(s.starts_at);
         s.updated_at = now;
-        a.log.put_silence(&s).await.map_err(|e| ApiError::unavailable("the alert store", &e))?;
+        a.log
+            .put_silence(&s)
+            .await
+            .map_err(|e| ApiError::unavailable("the alert store", &e))?;
         tracing::info!(silence = %s.id, "silence expired");
     }
     Ok(Json(silence_json(&s, now)))

@@ -43,6 +43,16 @@ async fn components(state: &AppState) -> (bool, Value) {
     for (k, v) in state.extra_health.iter() {
         body["components"][k] = v.clone();
     }
+    // Whether this replica runs the alert pipeline now, and what it holds.
+    if let Some(p) = runtime.alerts() {
+        let s = p.status().await;
+        body["components"]["alerts"]["pipeline"] = json!({
+            "active": s.active,
+            "alerts": s.alerts,
+            "groups": s.groups,
+            "in_flight": s.in_flight,
+        });
+    }
     (ok, body)
 }
 

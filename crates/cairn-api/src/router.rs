@@ -3,7 +3,9 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::{alerts, conversations, documents, events, health, messages, request_id, search, tools};
+use crate::{
+    alerts, conversations, documents, events, health, messages, request_id, search, tools,
+};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};

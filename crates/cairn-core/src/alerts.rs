@@ -332,7 +332,11 @@ mod tests {
         assert!(Matcher::parse("severity=\"critical\"").unwrap().matches(&l));
         assert!(!Matcher::parse("severity!=critical").unwrap().matches(&l));
         assert!(Matcher::parse("alertname=~\"Mcp.*\"").unwrap().matches(&l));
-        assert!(!Matcher::parse("alertname=~\"Breaker\"").unwrap().matches(&l));
+        assert!(
+            !Matcher::parse("alertname=~\"Breaker\"")
+                .unwrap()
+                .matches(&l)
+        );
         assert!(Matcher::parse("alertname!~\"Turn.*\"").unwrap().matches(&l));
         // A missing label is the empty string.
         assert!(Matcher::parse("team=\"\"").unwrap().matches(&l));

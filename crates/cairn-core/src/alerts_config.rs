@@ -290,6 +290,9 @@ impl Default for AlertRulesConfig {
     }
 }
 
+/// Checks that a (config key, receiver name) pair names a known receiver.
+type ReceiverCheck<'a> = dyn Fn(String, &Option<String>) -> Result<(), ConfigError> + 'a;
+
 fn bad(key: String, message: impl Into<String>) -> ConfigError {
     ConfigError::Key {
         key,
@@ -339,7 +342,11 @@ impl AlertsConfig {
                     "set exactly one of `tenant` (the tenant whose alerts it gets) and `all_tenants = true` (an operator receiver)",
                 ));
             }
-            let kinds = [r.slack.is_some(), r.webhook.is_some(), r.pagerduty.is_some()];
+            let kinds = [
+                r.slack.is_some(),
+                r.webhook.is_some(),
+                r.pagerduty.is_some(),
+            ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 return Err(bad(
                     key("slack"),
@@ -347,18 +354,29 @@ impl AlertsConfig {
                 ));
             }
             if !(r.max_per_second > 0.0 && r.max_per_second <= 10_000.0) {
-                return Err(bad(key("max_per_second"), "must be above 0 and at most 10000"));
+                return Err(bad(
+                    key("max_per_second"),
+                    "must be above 0 and at most 10000",
+                ));
             }
             if let Some(s) = &r.slack
                 && s.url_env.is_empty()
             {
-                return Err(bad(key("slack.url_env"), "must name an environment variable"));
+                return Err(bad(
+                    key("slack.url_env"),
+                    "must name an environment variable",
+                ));
             }
             if let Some(w) = &r.webhook {
                 match (&w.url, &w.url_env) {
                     (Some(u), None) => check_url(key("webhook.url"), u)?,
                     (None, Some(e)) if !e.is_empty() => {}
-                    _ => return Err(bad(key("webhook.url"), "set exactly one of `url` and `url_env`")),
+                    _ => {
+                        return Err(bad(
+                            key("webhook.url"),
+                            "set exactly one of `url` and `url_env`",
+                        ));
+                    }
                 }
             }
             if let Some(p) = &r.pagerduty {
@@ -394,7 +412,10 @@ impl AlertsConfig {
             ("alerts.rules.check_interval", self.rules.check_interval),
             ("alerts.rules.window", self.rules.window),
             ("alerts.delivery.timeout", self.delivery.timeout),
-            ("alerts.delivery.initial_backoff", self.delivery.initial_backoff),
+            (
+                "alerts.delivery.initial_backoff",
+                self.delivery.initial_backoff,
+            ),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(bad(key.into(), "must be at least 10ms"));
@@ -407,17 +428,29 @@ impl AlertsConfig {
             ));
         }
         if self.delivery.max_attempts == 0 || self.delivery.max_attempts > 100 {
-            return Err(bad("alerts.delivery.max_attempts".into(), "must be between 1 and 100"));
+            return Err(bad(
+                "alerts.delivery.max_attempts".into(),
+                "must be between 1 and 100",
+            ));
         }
         if self.max_alerts_per_request == 0 {
-            return Err(bad("alerts.max_alerts_per_request".into(), "must be at least 1"));
+            return Err(bad(
+                "alerts.max_alerts_per_request".into(),
+                "must be at least 1",
+            ));
         }
         if self.max_active_alerts == 0 {
             return Err(bad("alerts.max_active_alerts".into(), "must be at least 1"));
         }
         for (key, r) in [
-            ("alerts.rules.turn_failure_ratio", self.rules.turn_failure_ratio),
-            ("alerts.rules.model_failure_ratio", self.rules.model_failure_ratio),
+            (
+                "alerts.rules.turn_failure_ratio",
+                self.rules.turn_failure_ratio,
+            ),
+            (
+                "alerts.rules.model_failure_ratio",
+                self.rules.model_failure_ratio,
+            ),
         ] {
             if !(r > 0.0 && r <= 1.0) {
                 return Err(bad(key.into(), "must be above 0 and at most 1"));
@@ -426,7 +459,7 @@ impl AlertsConfig {
         fn routes(
             list: &[RouteConfig],
             path: &str,
-            known: &dyn Fn(String, &Option<String>) -> Result<(), ConfigError>,
+            known: &ReceiverCheck<'_>,
             depth: usize,
         ) -> Result<(), ConfigError> {
             if depth > 16 {

@@ -911,7 +911,9 @@ mod tests {
         let receiver = "[[alerts.receivers]]\nname = \"ops\"\nall_tenants = true\nwebhook = { url = \"http://h\" }\n";
         let e = invalid(&format!("[alerts]\nreceiver = \"nobody\"\n{receiver}"));
         assert!(e.contains("alerts.receiver") && e.contains("nobody"), "{e}");
-        let e = invalid(&format!("{receiver}[[alerts.routes]]\nmatchers = ['sev=~\"(\"']\n"));
+        let e = invalid(&format!(
+            "{receiver}[[alerts.routes]]\nmatchers = ['sev=~\"(\"']\n"
+        ));
         assert!(e.contains("alerts.routes[0].matchers[0]"), "{e}");
         let e = invalid(&format!(
             "{receiver}[[alerts.routes]]\nmatchers = []\n[[alerts.routes.routes]]\nreceiver = \"pager\"\n"
@@ -921,7 +923,9 @@ mod tests {
         assert!(e.contains("alerts.receivers[0].tenant"), "{e}");
         let e = invalid("[[alerts.receivers]]\nname = \"x\"\ntenant = \"a\"\n");
         assert!(e.contains("alerts.receivers[0].slack"), "{e}");
-        let e = invalid(&format!("{receiver}[alerts.delivery]\nfallback_receiver = \"gone\"\n"));
+        let e = invalid(&format!(
+            "{receiver}[alerts.delivery]\nfallback_receiver = \"gone\"\n"
+        ));
         assert!(e.contains("alerts.delivery.fallback_receiver"), "{e}");
         let e = invalid("[alerts]\ngroup_by = [\"...\", \"a\"]\n");
         assert!(e.contains("alerts.group_by"), "{e}");

@@ -7,7 +7,8 @@
 //! and the consumer sends it to the DLQ instead of working on it.
 
 use crate::envelope::{
-    ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope, USER_MESSAGE,
+    ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope,
+    USER_MESSAGE,
 };
 use serde_json::Value;
 use std::collections::HashMap;

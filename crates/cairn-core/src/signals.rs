@@ -69,6 +69,10 @@ impl Signals {
 
 impl std::fmt::Debug for Signals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Signals(on)" } else { "Signals(off)" })
+        f.write_str(if self.0.is_some() {
+            "Signals(on)"
+        } else {
+            "Signals(off)"
+        })
     }
 }

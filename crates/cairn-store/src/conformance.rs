@@ -830,9 +830,15 @@ pub async fn records_are_written_in_batches_and_scanned_in_key_order<S: Store>(s
     assert_eq!(keys(t1), ["t1/001", "t1/002"]);
     let all = s.scan_records("a.one", "", None, 10).await.unwrap();
     assert_eq!(keys(all), ["t1/001", "t1/002", "t2/001"]);
-    let page = s.scan_records("a.one", "", Some("t1/001"), 1).await.unwrap();
+    let page = s
+        .scan_records("a.one", "", Some("t1/001"), 1)
+        .await
+        .unwrap();
     assert_eq!(keys(page), ["t1/002"]);
-    let none = s.scan_records("a.one", "t1/", Some("t1/002"), 10).await.unwrap();
+    let none = s
+        .scan_records("a.one", "t1/", Some("t1/002"), 10)
+        .await
+        .unwrap();
     assert!(none.is_empty());
     // A put and a delete in one batch; the other collection is untouched.
     s.write_records(vec![

@@ -58,7 +58,11 @@ pub async fn run(base: &str, token: &str, action: Action, raw: bool) -> anyhow::
             for f in filters {
                 q.append_pair("filter", f);
             }
-            (reqwest::Method::GET, format!("/v1/alerts?{}", q.finish()), None)
+            (
+                reqwest::Method::GET,
+                format!("/v1/alerts?{}", q.finish()),
+                None,
+            )
         }
         Action::Notifications { limit } => (
             reqwest::Method::GET,
@@ -75,18 +79,25 @@ pub async fn run(base: &str, token: &str, action: Action, raw: bool) -> anyhow::
             Some(json!({"matchers": matchers, "duration": duration, "comment": comment})),
         ),
         Action::SilenceList => (reqwest::Method::GET, "/v1/silences".to_owned(), None),
-        Action::SilenceExpire { id } => (reqwest::Method::DELETE, format!("/v1/silences/{id}"), None),
+        Action::SilenceExpire { id } => {
+            (reqwest::Method::DELETE, format!("/v1/silences/{id}"), None)
+        }
         Action::Test { receiver } => (
             reqwest::Method::POST,
             "/v1/alerts/test".to_owned(),
             Some(json!({ "receiver": receiver })),
         ),
     };
-    let mut req = http.request(method, format!("{base}{path}")).bearer_auth(token);
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.with_context(|| format!("cannot reach {base}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -143,7 +154,10 @@ fn render(action: &Action, body: &Value) -> String {
                     n["alerts"],
                     n["attempts"],
                     n["group_status"].as_str().unwrap_or_default(),
-                    n["last_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+                    n["last_error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
                 )
             })
             .collect(),
@@ -173,7 +187,11 @@ fn silence_line(s: &Value) -> String {
                         (_, Some(false)) => "!=",
                         _ => "=",
                     };
-                    format!("{}{op}{:?}", m["name"].as_str().unwrap_or_default(), m["value"].as_str().unwrap_or_default())
+                    format!(
+                        "{}{op}{:?}",
+                        m["name"].as_str().unwrap_or_default(),
+                        m["value"].as_str().unwrap_or_default()
+                    )
                 })
                 .collect()
         })

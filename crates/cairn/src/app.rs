@@ -4,13 +4,12 @@ use crate::builtin_tools::CurrentTime;
 use crate::secret;
 use anyhow::Context;
 use cairn_actors::bridge::Consuming;
+use cairn_actors::ingestion::{IngestDeps, IngestSettings};
+use cairn_actors::{AgentDeps, AgentSettings, Relay, Runtime, ToolCatalog};
+use cairn_alerts::AlertDeps;
 use cairn_alerts::actor::AlertPipeline;
 use cairn_alerts::escalate::EscalateTool;
 use cairn_alerts::rules::{AlertPublisher, RuleEngine};
-use cairn_alerts::AlertDeps;
-use cairn_core::signals::Signals;
-use cairn_actors::ingestion::{IngestDeps, IngestSettings};
-use cairn_actors::{AgentDeps, AgentSettings, Relay, Runtime, ToolCatalog};
 use cairn_api::auth::Authenticator;
 use cairn_api::{ApiSettings, AppState};
 use cairn_bus::{EmbeddedBus, KafkaBus, KafkaSettings};
@@ -19,6 +18,7 @@ use cairn_core::ports::{
     DenseEmbedder, DocumentStore, EventBus, EventStream, MemoryStore, RecordStore, Topics,
     VectorStore,
 };
+use cairn_core::signals::Signals;
 use cairn_llm::embeddings::OpenAiEmbedder;
 use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::formats::ParseLimits;
@@ -330,10 +330,7 @@ pub async fn build(
     );
     let rules = (alerts_on && config.alerts.rules.enabled)
         .then(|| RuleEngine::new(config.alerts.rules.clone()));
-    let signals = rules
-        .clone()
-        .map(|r| Signals::new(r))
-        .unwrap_or_default();
+    let signals = rules.clone().map(|r| Signals::new(r)).unwrap_or_default();
     let hub = (!config.mcp.servers.is_empty()).then(|| {
         // Header secrets: read through `env` now; a reload reads the process
         // environment for variables not seen at start.
@@ -455,9 +452,9 @@ pub async fn build(
     });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     if let Some(r) = rules.filter(|_| config.server.role.runs_actors()) {
-        let probe = hub.clone().map(|h| {
-            Arc::new(move || h.host().breakers()) as cairn_alerts::rules::BreakerProbe
-        });
+        let probe = hub
+            .clone()
+            .map(|h| Arc::new(move || h.host().breakers()) as cairn_alerts::rules::BreakerProbe);
         tokio::spawn(r.run(publisher.clone(), probe, closing_rx.clone()));
     }
     let maintainer = knowledge.clone().map(|kb| {

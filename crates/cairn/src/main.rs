@@ -525,7 +525,10 @@ async fn alerts(
             SilenceAction::Expire { id } => Action::SilenceExpire { id },
         },
     };
-    println!("{}", cairn::alerts_cli::run(server, &token, action, raw).await?);
+    println!(
+        "{}",
+        cairn::alerts_cli::run(server, &token, action, raw).await?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

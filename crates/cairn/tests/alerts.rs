@@ -103,7 +103,10 @@ async fn sigkill_before_sending_sends_after_restart_and_after_sending_repeats_on
         .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     s.restart().await;
-    assert!(receiver.about("Before").is_empty(), "killed before group_wait");
+    assert!(
+        receiver.about("Before").is_empty(),
+        "killed before group_wait"
+    );
     receiver
         .wait_for("the restarted process sends what was accepted", |_| {
             !receiver.about("Before").is_empty()
@@ -111,7 +114,10 @@ async fn sigkill_before_sending_sends_after_restart_and_after_sending_repeats_on
         .await;
     let before = receiver.about("Before");
     assert_eq!(before[0].1["alerts"][0]["labels"]["tenant"], "acme");
-    assert_eq!(before[0].1["alerts"][0]["annotations"]["summary"], "db down");
+    assert_eq!(
+        before[0].1["alerts"][0]["annotations"]["summary"],
+        "db down"
+    );
     // Received by the receiver but not answered (so not recorded): killed.
     receiver.hold.store(true, Ordering::SeqCst);
     let c = s.client("acme", "pager", &["alerts"]);
@@ -134,7 +140,10 @@ async fn sigkill_before_sending_sends_after_restart_and_after_sending_repeats_on
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = receiver.about("After");
     assert_eq!(after.len(), 2, "at most one repeat");
-    assert_eq!(after[0].0, after[1].0, "the repeat carries the same webhook-id");
+    assert_eq!(
+        after[0].0, after[1].0,
+        "the repeat carries the same webhook-id"
+    );
     assert!(!after[0].0.is_empty());
     assert_eq!(receiver.about("Before").len(), 1, "nothing else repeats");
     // The log says sent.
@@ -170,10 +179,12 @@ async fn chat(State(m): State<Model>, axum::Json(body): axum::Json<Value>) -> ax
             .as_array()
             .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "escalate"));
         assert!(offered, "escalate is offered to the model");
-        return axum::Json(json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+        return axum::Json(
+            json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "escalate",
              "arguments": "{\"reason\":\"The customer reports data loss after the upgrade\",\"severity\":\"critical\"}"}}
-        ]}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}));
+        ]}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}),
+        );
     }
     while m.hang.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -246,7 +257,10 @@ async fn the_agent_escalates_once_with_a_conversation_link_even_when_its_turn_re
             |ev| ev.iter().any(|e| e.1 == "answer.completed"),
         )
         .await;
-    assert!(events.iter().any(|e| e.1 == "answer.completed"), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e.1 == "answer.completed"),
+        "{events:#?}"
+    );
     // The conversation's event stream shows the escalation.
     let firing = events
         .iter()
@@ -256,8 +270,15 @@ async fn the_agent_escalates_once_with_a_conversation_link_even_when_its_turn_re
     assert_eq!(firing.2["severity"], "critical");
     // Several group intervals later: still one page.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(receiver.about("Escalation").len(), 1, "{:#?}", receiver.seen());
-    let listed = c.get("/v1/alerts?filter=alertname%3D%22Escalation%22").await;
+    assert_eq!(
+        receiver.about("Escalation").len(),
+        1,
+        "{:#?}",
+        receiver.seen()
+    );
+    let listed = c
+        .get("/v1/alerts?filter=alertname%3D%22Escalation%22")
+        .await;
     let alerts = listed.body["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0]["conversationId"], conv.as_str());
@@ -299,37 +320,72 @@ async fn the_alert_api_is_tenant_scoped_and_speaks_the_error_contract() {
     acme_hook
         .wait_for("acme's receiver is paged", |seen| !seen.is_empty())
         .await;
-    assert_eq!(acme_hook.seen()[0].1["alerts"][0]["labels"]["tenant"], "acme");
+    assert_eq!(
+        acme_hook.seen()[0].1["alerts"][0]["labels"]["tenant"],
+        "acme"
+    );
     let mine = reader.get("/v1/alerts").await;
     assert_eq!(mine.status, 200);
     assert_eq!(mine.body["alerts"].as_array().unwrap().len(), 1);
     assert_eq!(mine.body["alerts"][0]["status"], "firing");
-    assert!(globex.get("/v1/alerts").await.body["alerts"].as_array().unwrap().is_empty());
+    assert!(
+        globex.get("/v1/alerts").await.body["alerts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(globex_hook.seen().is_empty(), "globex's receiver never hears of acme");
+    assert!(
+        globex_hook.seen().is_empty(),
+        "globex's receiver never hears of acme"
+    );
     // Filters.
     let none = reader.get("/v1/alerts?state=resolved").await;
     assert!(none.body["alerts"].as_array().unwrap().is_empty());
-    let hit = reader.get("/v1/alerts?filter=alertname%3D~%22Quo.*%22").await;
+    let hit = reader
+        .get("/v1/alerts?filter=alertname%3D~%22Quo.*%22")
+        .await;
     assert_eq!(hit.body["alerts"].as_array().unwrap().len(), 1);
     let bad = reader.get("/v1/alerts?filter=alertname%3D~%22(%22").await;
-    assert_eq!((bad.status, bad.body["error"]["code"].as_str()), (400, Some("invalid_field")));
+    assert_eq!(
+        (bad.status, bad.body["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
 
     // The error contract.
-    let no_scope = reader.post("/v1/alerts", json!([{"labels": {"alertname": "X"}}])).await;
-    assert_eq!((no_scope.status, no_scope.body["error"]["code"].as_str()), (403, Some("forbidden")));
+    let no_scope = reader
+        .post("/v1/alerts", json!([{"labels": {"alertname": "X"}}]))
+        .await;
+    assert_eq!(
+        (no_scope.status, no_scope.body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     for (body, field) in [
         (json!([{"labels": {"severity": "critical"}}]), "0.labels"),
-        (json!([{"labels": {"alertname": "X", "bad-name": "v"}}]), "0.labels"),
-        (json!([{"labels": {"alertname": "X"}, "startsAt": "2026-01-02T00:00:00Z", "endsAt": "2026-01-01T00:00:00Z"}]), "0.endsAt"),
-        (json!([{"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}]), "alerts"),
+        (
+            json!([{"labels": {"alertname": "X", "bad-name": "v"}}]),
+            "0.labels",
+        ),
+        (
+            json!([{"labels": {"alertname": "X"}, "startsAt": "2026-01-02T00:00:00Z", "endsAt": "2026-01-01T00:00:00Z"}]),
+            "0.endsAt",
+        ),
+        (
+            json!([{"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}]),
+            "alerts",
+        ),
     ] {
         let r = acme.post("/v1/alerts", body).await;
         assert_eq!(r.status, 400, "{:?}", r.body);
         assert_eq!(r.body["error"]["code"], "invalid_field");
         assert_eq!(r.body["error"]["details"]["field"], field, "{:?}", r.body);
     }
-    let unknown = acme.post("/v1/alerts", json!([{"labels": {"alertname": "X"}, "extra": 1}])).await;
+    let unknown = acme
+        .post(
+            "/v1/alerts",
+            json!([{"labels": {"alertname": "X"}, "extra": 1}]),
+        )
+        .await;
     assert_eq!(unknown.status, 400, "{:?}", unknown.body);
 
     // Silences: created, listed per tenant, expired; another tenant cannot see or expire them.
@@ -340,39 +396,89 @@ async fn the_alert_api_is_tenant_scoped_and_speaks_the_error_contract() {
     assert_eq!(sil.body["status"]["state"], "active");
     assert_eq!(sil.body["createdBy"], "pager");
     let id = sil.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(reader.get("/v1/silences").await.body["silences"].as_array().unwrap().len(), 1);
-    assert!(globex.get("/v1/silences").await.body["silences"].as_array().unwrap().is_empty());
+    assert_eq!(
+        reader.get("/v1/silences").await.body["silences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        globex.get("/v1/silences").await.body["silences"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let listed = reader.get("/v1/alerts").await;
     assert_eq!(listed.body["alerts"][0]["silencedBy"][0], id.as_str());
     let theirs = globex.delete(&format!("/v1/silences/{id}")).await;
-    assert_eq!((theirs.status, theirs.body["error"]["code"].as_str()), (404, Some("silence_not_found")));
+    assert_eq!(
+        (theirs.status, theirs.body["error"]["code"].as_str()),
+        (404, Some("silence_not_found"))
+    );
     let expired = acme.delete(&format!("/v1/silences/{id}")).await;
     assert_eq!(expired.status, 200);
     assert_eq!(expired.body["status"]["state"], "expired");
-    let bad = acme.post("/v1/silences", json!({"matchers": [], "duration": "1h", "comment": "x"})).await;
+    let bad = acme
+        .post(
+            "/v1/silences",
+            json!({"matchers": [], "duration": "1h", "comment": "x"}),
+        )
+        .await;
     assert_eq!(bad.status, 400);
-    let bad = acme.post("/v1/silences", json!({"matchers": ["a=\"b\""], "comment": "x"})).await;
+    let bad = acme
+        .post(
+            "/v1/silences",
+            json!({"matchers": ["a=\"b\""], "comment": "x"}),
+        )
+        .await;
     assert_eq!(bad.body["error"]["details"]["field"], "endsAt");
 
     // Test notifications go to the tenant's own receivers only.
-    let t = acme.post("/v1/alerts/test", json!({"receiver": "acme-hook"})).await;
+    let t = acme
+        .post("/v1/alerts/test", json!({"receiver": "acme-hook"}))
+        .await;
     assert_eq!(t.status, 200, "{:?}", t.body);
     assert_eq!(t.body["notification"]["status"], "sent");
     acme_hook
-        .wait_for("the test notification", |seen| seen.iter().any(|(_, b)| b["groupLabels"]["alertname"] == "CairnTest"))
+        .wait_for("the test notification", |seen| {
+            seen.iter()
+                .any(|(_, b)| b["groupLabels"]["alertname"] == "CairnTest")
+        })
         .await;
-    let other = acme.post("/v1/alerts/test", json!({"receiver": "globex-hook"})).await;
-    assert_eq!((other.status, other.body["error"]["details"]["field"].as_str()), (400, Some("receiver")));
+    let other = acme
+        .post("/v1/alerts/test", json!({"receiver": "globex-hook"}))
+        .await;
+    assert_eq!(
+        (
+            other.status,
+            other.body["error"]["details"]["field"].as_str()
+        ),
+        (400, Some("receiver"))
+    );
 
     // The notification log, per tenant, with a real Host name on the request.
     let log = reader
-        .send(reader.req(reqwest::Method::GET, "/v1/alerts/notifications").header("host", "cairn.example.com"))
+        .send(
+            reader
+                .req(reqwest::Method::GET, "/v1/alerts/notifications")
+                .header("host", "cairn.example.com"),
+        )
         .await;
     assert_eq!(log.status, 200, "{:?}", log.body);
     let entries = log.body["notifications"].as_array().unwrap();
     assert!(entries.len() >= 2);
-    assert!(entries.iter().all(|n| n["tenant"] == "acme" && n["status"] == "sent"));
-    assert!(globex.get("/v1/alerts/notifications").await.body["notifications"].as_array().unwrap().is_empty());
+    assert!(
+        entries
+            .iter()
+            .all(|n| n["tenant"] == "acme" && n["status"] == "sent")
+    );
+    assert!(
+        globex.get("/v1/alerts/notifications").await.body["notifications"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     s.stop().await;
 }
 
@@ -381,7 +487,10 @@ async fn an_mcp_server_whose_breaker_opens_fires_an_alert_that_resolves_when_it_
     let hook_rx = Hook::default();
     let url = hook_rx.serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let fixture = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).parent().unwrap().join("mcp-fixture");
+    let fixture = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"))
+        .parent()
+        .unwrap()
+        .join("mcp-fixture");
     assert!(fixture.exists(), "build the workspace first (mcp-fixture)");
     let flag = dir.path().join("healthy");
     let mut config = common::config(&dir.path().join("data"), None);
@@ -403,7 +512,9 @@ async fn an_mcp_server_whose_breaker_opens_fires_an_alert_that_resolves_when_it_
     );
     let mut s = Server::start(&config).await;
     let breaker = |seen: &[(String, Value)], status: &str| {
-        seen.iter().any(|(_, b)| b["groupLabels"]["alertname"] == "McpBreakerOpen" && b["status"] == status)
+        seen.iter().any(|(_, b)| {
+            b["groupLabels"]["alertname"] == "McpBreakerOpen" && b["status"] == status
+        })
     };
     hook_rx
         .wait_for("McpBreakerOpen fires", |seen| breaker(seen, "firing"))
@@ -414,14 +525,27 @@ async fn an_mcp_server_whose_breaker_opens_fires_an_alert_that_resolves_when_it_
     assert_eq!(firing["alerts"][0]["labels"]["severity"], "critical");
     std::fs::write(&flag, "").unwrap();
     hook_rx
-        .wait_for("McpBreakerOpen resolves once the server is back", |seen| breaker(seen, "resolved"))
+        .wait_for("McpBreakerOpen resolves once the server is back", |seen| {
+            breaker(seen, "resolved")
+        })
         .await;
     // The operator sees it resolved; a tenant does not see `_system` alerts.
     let op = s.client(&s.token_with_scopes("ops", "root", &["operator"]));
-    let all = op.get("/v1/alerts?filter=alertname%3D%22McpBreakerOpen%22").await;
-    assert_eq!(all.body["alerts"][0]["status"], "resolved", "{:?}", all.body);
+    let all = op
+        .get("/v1/alerts?filter=alertname%3D%22McpBreakerOpen%22")
+        .await;
+    assert_eq!(
+        all.body["alerts"][0]["status"], "resolved",
+        "{:?}",
+        all.body
+    );
     let tenant = s.client(&s.token("acme", "ana"));
-    assert!(tenant.get("/v1/alerts").await.body["alerts"].as_array().unwrap().is_empty());
+    assert!(
+        tenant.get("/v1/alerts").await.body["alerts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     s.stop().await;
 }
 
@@ -457,10 +581,29 @@ async fn the_cli_lists_alerts_manages_silences_and_tests_receivers() {
     assert_eq!(r.status, 202);
     let (ok, out) = cli(&s, &token, &["list"]).await;
     assert!(ok, "{out}");
-    assert!(out.contains("DiskFull") && out.contains("instance=db1") && out.contains("95% used"), "{out}");
-    let (ok, out) = cli(&s, &token, &["silence", "add", "alertname=\"DiskFull\"", "--duration", "2h", "--comment", "resizing the volume"]).await;
+    assert!(
+        out.contains("DiskFull") && out.contains("instance=db1") && out.contains("95% used"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &s,
+        &token,
+        &[
+            "silence",
+            "add",
+            "alertname=\"DiskFull\"",
+            "--duration",
+            "2h",
+            "--comment",
+            "resizing the volume",
+        ],
+    )
+    .await;
     assert!(ok, "{out}");
-    assert!(out.contains("active") && out.contains("resizing the volume"), "{out}");
+    assert!(
+        out.contains("active") && out.contains("resizing the volume"),
+        "{out}"
+    );
     let id = out.split_whitespace().next().unwrap().to_owned();
     let (_, out) = cli(&s, &token, &["list", "--state", "firing"]).await;
     assert!(out.contains("(silenced)"), "{out}");
@@ -473,6 +616,11 @@ async fn the_cli_lists_alerts_manages_silences_and_tests_receivers() {
     assert!(!ok && out.contains("invalid_field"), "{out}");
     let (ok, out) = cli(&s, &token, &["notifications"]).await;
     assert!(ok && out.contains("sent"), "{out}");
-    let (ok, out) = cli(&s, &token, &["silence", "add", "bad matcher", "--comment", "x"]).await;
+    let (ok, out) = cli(
+        &s,
+        &token,
+        &["silence", "add", "bad matcher", "--comment", "x"],
+    )
+    .await;
     assert!(!ok && out.contains("invalid_field"), "{out}");
 }

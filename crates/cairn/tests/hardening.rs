@@ -12,7 +12,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_cairn"))
         .parent()

@@ -109,6 +109,8 @@ struct Cluster {
     redis: String,
     prefix: String,
     model_url: String,
+    /// More environment for every replica.
+    env: Vec<(String, String)>,
 }
 
 /// A `cairn serve` replica.
@@ -150,6 +152,7 @@ impl Replica {
             .env("CAIRN_LLM__MODEL", "test-model")
             .env("CAIRN_LLM__STREAM", "false")
             .env("CAIRN_LOG", "warn")
+            .envs(c.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         Replica {
@@ -191,6 +194,7 @@ async fn setup() -> (Broker, Model, Cluster) {
         redis: common::redis_url(),
         prefix: format!("k{}.", uuid::Uuid::new_v4().simple()),
         model_url,
+        env: Vec::new(),
     };
     (broker, model, cluster)
 }
@@ -440,5 +444,128 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
     assert!(
         seen.contains(&("answer.completed".into(), false)),
         "{seen:?}"
+    );
+}
+
+/// A webhook receiver: (webhook-id, body) of every request.
+async fn webhook_receiver() -> (Arc<std::sync::Mutex<Vec<(String, Value)>>>, String) {
+    let seen: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(
+            move |headers: axum::http::HeaderMap, Json(body): Json<Value>| {
+                let s = s.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    s.lock().unwrap().push((id, body));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (seen, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_runs_the_alert_pipeline_and_the_other_takes_over_from_the_stored_state() {
+    let (_broker, _model, mut cluster) = setup().await;
+    let (seen, url) = webhook_receiver().await;
+    cluster.env = vec![
+        ("CAIRN_ALERTS__RECEIVER".into(), "ops".into()),
+        ("CAIRN_ALERTS__GROUP_WAIT".into(), "300ms".into()),
+        ("CAIRN_ALERTS__GROUP_INTERVAL".into(), "500ms".into()),
+        (
+            "CAIRN_ALERTS__RECEIVERS".into(),
+            format!(
+                "[{{name = \"ops\", all_tenants = true, max_per_second = 100.0, webhook = {{ url = \"{url}\" }} }}]"
+            ),
+        ),
+    ];
+    let http = reqwest::Client::new();
+    let mut replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
+    for r in &replicas {
+        common::wait_ready(&http, &r.base).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let auth = cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default());
+    let token = auth
+        .mint(
+            &cairn_core::UserId::parse("pager").unwrap(),
+            &cairn_core::TenantId::parse("acme").unwrap(),
+            Duration::from_secs(600),
+            &["alerts".to_owned()],
+        )
+        .unwrap();
+    let raise = |base: String, name: &'static str| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/v1/alerts"))
+                .bearer_auth(&token)
+                .json(&json!([{"labels": {"alertname": name}}]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    };
+    let count = |name: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b["groupLabels"]["alertname"] == name)
+            .count()
+    };
+    let wait = |name: &'static str| {
+        let count = &count;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while count(name) == 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} was never notified"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Raised on each replica: each notified once, by whichever runs the pipeline.
+    raise(replicas[0].base.clone(), "First").await;
+    raise(replicas[1].base.clone(), "Second").await;
+    wait("First").await;
+    wait("Second").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((count("First"), count("Second")), (1, 1));
+    let mut active = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let h = get_json(&http, &format!("{}/health", r.base), None).await;
+        if h["components"]["alerts"]["pipeline"]["active"] == true {
+            active.push(i);
+        }
+    }
+    assert_eq!(active.len(), 1, "exactly one replica runs the pipeline");
+    let (dead, survivor) = (active[0], 1 - active[0]);
+    replicas[dead].kill();
+    // The survivor takes the partition, loads the stored groups (no repeat of
+    // First or Second) and notifies a new alert.
+    raise(replicas[survivor].base.clone(), "Third").await;
+    wait("Third").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((count("First"), count("Second"), count("Third")), (1, 1, 1));
+    let h = get_json(&http, &format!("{}/health", replicas[survivor].base), None).await;
+    assert_eq!(h["components"]["alerts"]["pipeline"]["active"], true);
+    assert!(
+        h["components"]["alerts"]["pipeline"]["alerts"]
+            .as_u64()
+            .unwrap()
+            >= 3
     );
 }

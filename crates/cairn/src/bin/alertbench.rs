@@ -59,8 +59,15 @@ struct Seen {
 async fn receive(State(s): State<Seen>, body: Bytes) -> &'static str {
     let now = Instant::now();
     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-        let name = v["groupLabels"]["alertname"].as_str().unwrap_or_default().to_owned();
-        s.first.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_insert(now);
+        let name = v["groupLabels"]["alertname"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        s.first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name)
+            .or_insert(now);
         *s.alerts.lock().unwrap_or_else(|p| p.into_inner()) +=
             v["alerts"].as_array().map_or(0, Vec::len);
     }
@@ -80,14 +87,26 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let mut env: Vec<(String, String)> = vec![
-        ("CAIRN_SERVER__DATA_DIR".into(), format!("\"{}\"", dir.path().display())),
-        ("CAIRN_AUTH__JWT_SECRET".into(), "cairn-alertbench-secret-0123456789".into()),
+        (
+            "CAIRN_SERVER__DATA_DIR".into(),
+            format!("\"{}\"", dir.path().display()),
+        ),
+        (
+            "CAIRN_AUTH__JWT_SECRET".into(),
+            "cairn-alertbench-secret-0123456789".into(),
+        ),
         ("CAIRN_KNOWLEDGE__ENABLED".into(), "false".into()),
-        ("CAIRN_SERVER__MAX_BODY_BYTES".into(), (64 * 1024 * 1024).to_string()),
+        (
+            "CAIRN_SERVER__MAX_BODY_BYTES".into(),
+            (64 * 1024 * 1024).to_string(),
+        ),
     ];
     if let Some(url) = &cli.redis {
         env.push(("CAIRN_REDIS__URL".into(), format!("\"{url}\"")));
-        env.push(("CAIRN_REDIS__KEY_PREFIX".into(), format!("\"alertbench-{}\"", uuid::Uuid::new_v4())));
+        env.push((
+            "CAIRN_REDIS__KEY_PREFIX".into(),
+            format!("\"alertbench-{}\"", uuid::Uuid::new_v4()),
+        ));
     }
     let mut config = Config::load(None, env)?;
     let alerts: toml::Table = toml::from_str(&format!(
@@ -100,7 +119,12 @@ async fn main() -> anyhow::Result<()> {
     config.alerts = alerts.try_into()?;
     config.validate()?;
     let app = app::build(&config, &|_| None, ToolCatalog::new(), None).await?;
-    let pipeline = app.state.runtime.alerts().context("the pipeline runs")?.clone();
+    let pipeline = app
+        .state
+        .runtime
+        .alerts()
+        .context("the pipeline runs")?
+        .clone();
     let token = app.state.auth.mint(
         &cairn_core::UserId::parse("bench")?,
         &cairn_core::TenantId::parse("bench")?,
@@ -114,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
-    let post = |batch: Vec<Value>| {
+    let post = move |batch: Vec<Value>| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
         async move {
             let r = http
@@ -133,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| json!({"labels": {"alertname": format!("load{}", i % cli.groups.max(1)), "instance": format!("i{i}"), "severity": "warning"},
                         "annotations": {"summary": format!("load alert {i}")}}))
         .collect();
-    let batches: Vec<Vec<Value>> = all.chunks(cli.batch.max(1)).map(<[Value]>::to_vec).collect();
+    let batches: Vec<Vec<Value>> = all
+        .chunks(cli.batch.max(1))
+        .map(<[Value]>::to_vec)
+        .collect();
     let started = Instant::now();
     let queue = Arc::new(Mutex::new(batches));
     let mut clients = Vec::new();
@@ -155,7 +182,10 @@ async fn main() -> anyhow::Result<()> {
         if pipeline.status().await.alerts >= cli.alerts {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the pipeline did not take every alert");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the pipeline did not take every alert"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ingested = started.elapsed();
@@ -163,14 +193,21 @@ async fn main() -> anyhow::Result<()> {
         if *seen.alerts.lock().unwrap_or_else(|p| p.into_inner()) >= cli.alerts {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "not every alert was notified");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "not every alert was notified"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let notified = started.elapsed();
     let rate = |d: Duration| cli.alerts as f64 / d.as_secs_f64();
     println!(
         "throughput ({}): {} alerts in {} groups, {} per request\n  accepted (on the bus): {:.0} alerts/s ({:.2} s)\n  into grouping (stored by the pipeline): {:.0} alerts/s ({:.2} s)\n  all notified to the webhook: {:.2} s (includes group_wait 1 s)",
-        if cli.redis.is_some() { "redis" } else { "embedded" },
+        if cli.redis.is_some() {
+            "redis"
+        } else {
+            "embedded"
+        },
         cli.alerts,
         cli.groups,
         cli.batch,
@@ -198,7 +235,12 @@ async fn main() -> anyhow::Result<()> {
     let mut h = Histogram::<u64>::new(3)?;
     for (name, t0) in &arrivals {
         let at = loop {
-            if let Some(t) = seen.first.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if let Some(t) = seen
+                .first
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+            {
                 break *t;
             }
             anyhow::ensure!(Instant::now() < deadline, "group {name} was never notified");

@@ -425,4 +425,3 @@ impl Binary {
             .is_ok_and(|r| r.status().is_success())
     }
 }
-
