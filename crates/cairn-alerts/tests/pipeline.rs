@@ -175,8 +175,16 @@ struct Harness {
     fails: Arc<Recording>,
 }
 
-async fn start(store: Arc<dyn RecordStore>, extra: &str) -> Harness {
-    let config: AlertsConfig = toml::from_str(&format!("{CONFIG}{extra}")).unwrap();
+async fn start(store: Arc<dyn RecordStore>) -> Harness {
+    start_with(store, |_| {}).await
+}
+
+async fn start_with(
+    store: Arc<dyn RecordStore>,
+    change: impl FnOnce(&mut AlertsConfig),
+) -> Harness {
+    let mut config: AlertsConfig = toml::from_str(CONFIG).unwrap();
+    change(&mut config);
     config.validate().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let (tx2, rx2) = mpsc::unbounded_channel();
@@ -271,7 +279,7 @@ fn names(n: &NotificationRecord) -> Vec<(String, String)> {
 
 async fn grouping_and_timing(kind: Kind) {
     let (_b, store) = backend(kind).await;
-    let mut h = start(store, "").await;
+    let mut h = start(store).await;
     h.pipeline.raise(vec![alert("Disk", "a")]).await.unwrap();
     advance(Duration::from_secs(29)).await;
     none(&mut h.rx).await;
@@ -346,7 +354,7 @@ async fn grouping_and_timing(kind: Kind) {
 
 async fn silences_and_inhibition(kind: Kind) {
     let (_b, store) = backend(kind).await;
-    let mut h = start(store, "").await;
+    let mut h = start(store).await;
     let log = AlertLog::new(h.store.clone());
     h.pipeline.raise(vec![alert("Cpu", "a")]).await.unwrap();
     advance(Duration::from_secs(30)).await;
@@ -407,7 +415,7 @@ async fn silences_and_inhibition(kind: Kind) {
 
 async fn tenants_stay_apart(kind: Kind) {
     let (_b, store) = backend(kind).await;
-    let mut h = start(store, "").await;
+    let mut h = start(store).await;
     // Both alerts carry team="acme", but only acme's reaches acme's receiver:
     // the other tenant's goes nowhere on that route.
     let mine = alert("Quota", "1").label("team", "acme");
@@ -433,7 +441,7 @@ async fn tenants_stay_apart(kind: Kind) {
 
 async fn state_survives_a_restart(kind: Kind) {
     let (_b, store) = backend(kind).await;
-    let mut h = start(store.clone(), "").await;
+    let mut h = start(store.clone()).await;
     h.pipeline.raise(vec![alert("Mem", "a")]).await.unwrap();
     advance(Duration::from_secs(30)).await;
     let first = next(&mut h.rx).await;
@@ -441,7 +449,7 @@ async fn state_survives_a_restart(kind: Kind) {
     quiet(20).await;
     // A new process: the firing group is known, so its next evaluation does
     // not page again (that waits for repeat_interval).
-    let mut h = start(store.clone(), "").await;
+    let mut h = start(store.clone()).await;
     advance(Duration::from_secs(600)).await;
     none(&mut h.rx).await;
     // A notification whose sends keep failing stays in the outbox; the next
@@ -464,7 +472,7 @@ async fn state_survives_a_restart(kind: Kind) {
     assert_eq!(retrying.last_error.as_deref(), Some("HTTP 503"));
     h.pipeline.stop();
     quiet(20).await;
-    let mut h = start(store.clone(), "").await;
+    let mut h = start(store.clone()).await;
     let resent = next(&mut h.rx).await;
     assert_eq!(resent.id, retrying.id);
     assert_eq!(names(&resent).len(), 2);
@@ -473,6 +481,45 @@ async fn state_survives_a_restart(kind: Kind) {
     let after = log.notifications(Some("acme"), 10).await.unwrap();
     let entry = after.iter().find(|n| n.id == retrying.id).unwrap();
     assert_eq!(entry.status, DeliveryStatus::Sent);
+    h.pipeline.stop();
+}
+
+async fn failures_page_the_fallback_receiver(kind: Kind) {
+    let (_b, store) = backend(kind).await;
+    let mut h = start_with(store, |c| {
+        c.delivery.fallback_receiver = Some("acme-team".into());
+        c.delivery.max_attempts = 2;
+    })
+    .await;
+    h.fails.fail.lock().unwrap().push(SendError::Permanent {
+        reason: "HTTP 404".into(),
+    });
+    h.pipeline.raise(vec![alert("Net", "a")]).await.unwrap();
+    advance(Duration::from_secs(30)).await;
+    quiet(50).await;
+    // The failure is recorded and pages the fallback (after its own group_wait).
+    advance(Duration::from_secs(30)).await;
+    let fallback = h.rx_by.get_mut("acme-team").unwrap();
+    let page = next(fallback).await;
+    assert_eq!(page.message.group_labels["alertname"], "NotificationFailed");
+    let a = &page.message.alerts[0].alert;
+    assert_eq!(a.labels["receiver"], "ops");
+    assert_eq!(a.annotations["description"], "HTTP 404");
+    let log = AlertLog::new(h.store.clone());
+    let entries = log.notifications(Some("acme"), 10).await.unwrap();
+    let failed = entries.iter().find(|n| n.receiver == "ops").unwrap();
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    assert_eq!(failed.attempts, 1, "a permanent error is not retried");
+    // The next notification to ops goes through (a new alert joins): the
+    // NotificationFailed alert resolves, and the fallback hears it.
+    h.pipeline.raise(vec![alert("Net", "b")]).await.unwrap();
+    advance(Duration::from_secs(300)).await;
+    let sent = next(&mut h.rx).await;
+    assert_eq!(names(&sent).len(), 2);
+    advance(Duration::from_secs(300)).await;
+    let fallback = h.rx_by.get_mut("acme-team").unwrap();
+    let resolved = next(fallback).await;
+    assert_eq!(resolved.message.status, "resolved");
     h.pipeline.stop();
 }
 
@@ -493,5 +540,6 @@ both!(
     grouping_and_timing,
     silences_and_inhibition,
     tenants_stay_apart,
-    state_survives_a_restart
+    state_survives_a_restart,
+    failures_page_the_fallback_receiver
 );
