@@ -172,12 +172,17 @@ fn check_block_kit(body: &Value) -> Result<usize, String> {
     Ok(count)
 }
 
+/// A scripted answer: status and optional `Retry-After`.
+type Scripted = (u16, Option<&'static str>);
+/// What the server saw: arrival, status given, body.
+type Arrival = (Instant, u16, Value);
+
 #[derive(Clone, Default)]
 struct SlackWire {
     /// Responses still to give, first to last (then `ok`).
-    script: Arc<Mutex<Vec<(u16, Option<&'static str>)>>>,
+    script: Arc<Mutex<Vec<Scripted>>>,
     /// (arrival, status given, body)
-    seen: Arc<Mutex<Vec<(Instant, u16, Value)>>>,
+    seen: Arc<Mutex<Vec<Arrival>>>,
 }
 
 async fn slack_hook(State(w): State<SlackWire>, headers: HeaderMap, body: Bytes) -> Response {

@@ -401,7 +401,7 @@ async fn silences_and_inhibition(kind: Kind) {
         .label("instance", "z");
     h.pipeline.raise(vec![crit, warn, other]).await.unwrap();
     advance(Duration::from_secs(30)).await;
-    let mut got = vec![next(&mut h.rx).await, next(&mut h.rx).await];
+    let mut got = [next(&mut h.rx).await, next(&mut h.rx).await];
     got.sort_by_key(|n| n.message.group_labels["alertname"].clone());
     assert_eq!(got[0].message.group_labels["alertname"], "Down");
     assert_eq!(
