@@ -292,4 +292,60 @@ mod tests {
         assert_eq!(fired[0].labels["server"], "tickets");
         assert_eq!(fired[0].tenant(), SYSTEM_TENANT);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_signal_kind_has_its_rule() {
+        let cfg = AlertRulesConfig {
+            model_failure_min: 2,
+            ingestion_failures: 2,
+            crash_loop: 1,
+            dlq_records: 1,
+            ..AlertRulesConfig::default()
+        };
+        let r = RuleEngine::new(cfg);
+        let t = || "acme".to_owned();
+        r.emit(Signal::ModelCall {
+            tenant: t(),
+            failed: true,
+        });
+        r.emit(Signal::ModelCall {
+            tenant: t(),
+            failed: false,
+        });
+        r.emit(Signal::IngestionFailed { tenant: t() });
+        r.emit(Signal::IngestionFailed { tenant: t() });
+        r.emit(Signal::TurnCrashed {
+            tenant: t(),
+            conversation: "c1".into(),
+        });
+        r.emit(Signal::DlqRecord {
+            tenant: t(),
+            topic: "user_events".into(),
+        });
+        let mut names: Vec<String> = r
+            .evaluate(Instant::now(), &[])
+            .iter()
+            .map(|a| {
+                assert_eq!(a.tenant(), "acme");
+                a.name().to_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "DlqRecords",
+                "IngestionFailures",
+                "ModelFailures",
+                "TurnCrashLoop"
+            ]
+        );
+        let crash = r
+            .evaluate(Instant::now(), &[])
+            .into_iter()
+            .find(|a| a.name() == "TurnCrashLoop")
+            .unwrap();
+        assert_eq!(crash.conversation_id.as_deref(), Some("c1"));
+        assert_eq!(crash.labels["conversation"], "c1");
+    }
 }

@@ -624,3 +624,78 @@ async fn the_cli_lists_alerts_manages_silences_and_tests_receivers() {
     .await;
     assert!(!ok && out.contains("invalid_field"), "{out}");
 }
+
+/// An OpenAI-wire model server that fails every call with a 500.
+async fn failing_model() -> String {
+    let app = axum::Router::new().route(
+        "/chat/completions",
+        post(|| async {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(
+                    json!({"error": {"message": "upstream exploded", "type": "server_error"}}),
+                ),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_provider_fires_model_and_turn_failure_alerts_for_the_tenant() {
+    let receiver = Hook::default();
+    let url = receiver.serve().await;
+    let model_url = failing_model().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), None);
+    config.llm.provider = cairn_core::config::Provider::Openai;
+    config.llm.base_url = Some(model_url);
+    config.llm.model = Some("test-model".into());
+    config.llm.max_retries = 0;
+    config.llm.stream = false;
+    with_alerts(
+        &mut config,
+        &format!(
+            "[alerts]\nreceiver = \"acme\"\ngroup_wait = \"100ms\"\ngroup_interval = \"300ms\"\n\
+             [alerts.rules]\ncheck_interval = \"100ms\"\nturn_failure_min = 2\nmodel_failure_min = 2\n\
+             [[alerts.receivers]]\nname = \"acme\"\ntenant = \"acme\"\nmax_per_second = 100.0\nwebhook = {{ url = \"{url}\" }}\n"
+        ),
+    );
+    let mut s = Server::start(&config).await;
+    let c = s.client(&s.token("acme", "ana"));
+    for _ in 0..2 {
+        let conv = c.new_conversation().await;
+        let r = c
+            .post(
+                &format!("/v1/conversations/{conv}/messages?wait=true"),
+                json!({"content": "hello"}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "failed", "{:?}", r.body);
+    }
+    receiver
+        .wait_for("ModelFailures and TurnFailures fire", |_| {
+            !receiver.about("ModelFailures").is_empty()
+                && !receiver.about("TurnFailures").is_empty()
+        })
+        .await;
+    let m = &receiver.about("ModelFailures")[0].1["alerts"][0];
+    assert_eq!(m["labels"]["tenant"], "acme");
+    assert!(
+        m["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 model calls failed")
+    );
+    // The provider's error body stays out of the alert.
+    assert!(
+        !receiver
+            .seen()
+            .iter()
+            .any(|(_, b)| b.to_string().contains("upstream exploded"))
+    );
+    s.stop().await;
+}
