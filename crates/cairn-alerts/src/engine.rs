@@ -14,7 +14,7 @@ use crate::records::{
     alert_key, json,
 };
 use crate::routing::{InhibitRule, Route, receiver_accepts};
-use cairn_core::alerts::{Alert, AlertSource, TENANT_LABEL, fingerprint};
+use cairn_core::alerts::{Alert, AlertSource};
 use cairn_core::alerts_config::{AlertsConfig, ReceiverConfig};
 use cairn_core::ports::RecordChange;
 use chrono::{DateTime, Duration, Utc};
@@ -543,16 +543,6 @@ impl Engine {
     /// Conversation events owed since the last call.
     pub fn take_notices(&mut self) -> Vec<ConversationNotice> {
         std::mem::take(&mut self.notices)
-    }
-
-    /// The fingerprint a group of `labels` has (for tests and listings).
-    pub fn labels_fingerprint(labels: &BTreeMap<String, String>) -> String {
-        fingerprint(labels)
-    }
-
-    /// The tenant label's value of an alert key.
-    pub fn tenant_of(labels: &BTreeMap<String, String>) -> &str {
-        labels.get(TENANT_LABEL).map_or("", String::as_str)
     }
 }
 

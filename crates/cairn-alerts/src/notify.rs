@@ -591,18 +591,22 @@ pub fn pagerduty_body(n: &NotificationRecord, routing_key: &str, ext: Option<&st
         .take(50)
         .map(|a| json!({"labels": a.alert.labels, "annotations": a.alert.annotations, "fingerprint": a.fingerprint}))
         .collect();
+    let mut payload = json!({
+        "summary": truncate(&summary, 1024),
+        "source": "cairn",
+        "severity": severity,
+        "class": n.tenant,
+        "custom_details": {"group_labels": n.message.group_labels, "alerts": firing, "total": n.message.total},
+    });
+    // Optional fields are left out rather than sent as null.
+    if let Some(g) = n.message.group_labels.get("alertname") {
+        payload["group"] = json!(g);
+    }
     json!({
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": dedup,
-        "payload": {
-            "summary": truncate(&summary, 1024),
-            "source": "cairn",
-            "severity": severity,
-            "group": n.message.group_labels.get("alertname"),
-            "class": n.tenant,
-            "custom_details": {"group_labels": n.message.group_labels, "alerts": firing, "total": n.message.total},
-        },
+        "payload": payload,
         "links": links,
     })
 }
