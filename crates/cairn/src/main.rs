@@ -467,6 +467,7 @@ async fn serve(
                 "admin".to_owned(),
                 "operator".to_owned(),
                 config.auth.ingest_scope.clone(),
+                config.auth.alerts_scope.clone(),
             ],
         )?;
         println!(
