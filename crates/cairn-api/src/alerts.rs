@@ -74,6 +74,11 @@ fn require_scope(a: &AlertsApi, caller: &Caller) -> ApiResult<()> {
     }
 }
 
+/// The alert store failed (logged with its cause, reported without it).
+fn store_down(e: cairn_core::ports::StoreError) -> ApiError {
+    ApiError::unavailable("the alert store", &e)
+}
+
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidField, message).with_details(json!({ "field": field }))
 }
@@ -265,18 +270,16 @@ pub async fn list(
         .map(|(_, v)| Matcher::parse(v).map_err(|e| bad("filter", e)))
         .collect::<ApiResult<_>>()?;
     let tenant = scope_of(&caller, &q);
-    let unavailable =
-        |e: cairn_core::ports::StoreError| ApiError::unavailable("the alert store", &e);
     let alerts = a
         .log
         .alerts(tenant.as_deref(), st, &matchers, limit(&q)?)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_down)?;
     let silences = a
         .log
         .silences(tenant.as_deref())
         .await
-        .map_err(unavailable)?;
+        .map_err(store_down)?;
     let now = Utc::now();
     Ok(Json(json!({
         "alerts": alerts.iter().map(|x| alert_json(x, &silences, now)).collect::<Vec<_>>()
@@ -314,7 +317,7 @@ pub async fn notifications(
         .log
         .notifications(scope_of(&caller, &q).as_deref(), limit(&q)?)
         .await
-        .map_err(|e| ApiError::unavailable("the alert store", &e))?;
+        .map_err(store_down)?;
     Ok(Json(
         json!({"notifications": rows.iter().map(notification_json).collect::<Vec<_>>()}),
     ))
@@ -532,10 +535,7 @@ pub async fn create_silence(
         comment: body.comment,
         updated_at: now,
     };
-    a.log
-        .put_silence(&s)
-        .await
-        .map_err(|e| ApiError::unavailable("the alert store", &e))?;
+    a.log.put_silence(&s).await.map_err(store_down)?;
     tracing::info!(silence = %s.id, tenant = %s.tenant, "silence created");
     Ok((StatusCode::CREATED, Json(silence_json(&s, now))))
 }
@@ -552,7 +552,7 @@ pub async fn silences(
         .log
         .silences(scope_of(&caller, &q).as_deref())
         .await
-        .map_err(|e| ApiError::unavailable("the alert store", &e))?;
+        .map_err(store_down)?;
     let now = Utc::now();
     Ok(Json(
         json!({"silences": rows.iter().map(|s| silence_json(s, now)).collect::<Vec<_>>()}),
@@ -568,7 +568,7 @@ async fn find_silence(a: &AlertsApi, caller: &Caller, id: &str) -> ApiResult<Sil
         a.log
             .silences(None)
             .await
-            .map_err(|e| ApiError::unavailable("the alert store", &e))?
+            .map_err(store_down)?
             .into_iter()
             .filter(|s| s.id == id)
             .map(|s| s.tenant)
@@ -577,12 +577,7 @@ async fn find_silence(a: &AlertsApi, caller: &Caller, id: &str) -> ApiResult<Sil
         vec![caller.tenant.to_string()]
     };
     for t in tenants {
-        if let Some(s) = a
-            .log
-            .silence(&t, id)
-            .await
-            .map_err(|e| ApiError::unavailable("the alert store", &e))?
-        {
+        if let Some(s) = a.log.silence(&t, id).await.map_err(store_down)? {
             return Ok(s);
         }
     }
@@ -613,10 +608,7 @@ pub async fn expire_silence(
     if s.ends_at > now {
         s.ends_at = now.max(s.starts_at);
         s.updated_at = now;
-        a.log
-            .put_silence(&s)
-            .await
-            .map_err(|e| ApiError::unavailable("the alert store", &e))?;
+        a.log.put_silence(&s).await.map_err(store_down)?;
         tracing::info!(silence = %s.id, "silence expired");
     }
     Ok(Json(silence_json(&s, now)))

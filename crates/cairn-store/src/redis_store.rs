@@ -361,6 +361,44 @@ impl RedisStore {
         )
     }
 
+    /// One page of a keyed collection: up to `limit` members of the sorted set
+    /// `ids` between the lex bounds `lo` and `hi` (ZRANGEBYLEX syntax), with their
+    /// values from the hash `values` (members without a value are skipped).
+    async fn lex_page(
+        &self,
+        values: &str,
+        ids: &str,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut c = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(ids)
+            .arg(lo)
+            .arg(hi)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(values)
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(keys
+            .into_iter()
+            .zip(found)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
     fn global(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
@@ -1042,25 +1080,11 @@ impl DocumentStore for RedisStore {
             return Ok(Vec::new());
         }
         let (records, ids) = self.doc_keys(tenant);
-        let mut c = self.conn.clone();
-        let lo = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
-        let page: Vec<String> = c
-            .zrangebylex_limit(ids, lo, "+", 0, limit as isize)
-            .await
-            .map_err(unavailable)?;
-        if page.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(records)
-            .arg(&page)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        values
+        let lo = after.map_or_else(|| b"-".to_vec(), |a| format!("({a}").into_bytes());
+        self.lex_page(&records, &ids, lo, b"+".to_vec(), limit)
+            .await?
             .into_iter()
-            .flatten()
-            .map(|v| serde_json::from_str(&v).map_err(corrupt))
+            .map(|(_, v)| serde_json::from_str(&v).map_err(corrupt))
             .collect()
     }
 
@@ -1240,30 +1264,6 @@ impl RecordStore for RedisStore {
         hi.extend_from_slice(prefix.as_bytes());
         hi.push(0xff);
         let hi = if prefix.is_empty() { b"+".to_vec() } else { hi };
-        let mut c = self.conn.clone();
-        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(&z)
-            .arg(lo)
-            .arg(hi)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(h)
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect())
+        self.lex_page(&h, &z, lo.into_bytes(), hi, limit).await
     }
 }

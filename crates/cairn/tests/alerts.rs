@@ -48,10 +48,7 @@ impl Hook {
         let app = axum::Router::new()
             .route("/hook", post(hook))
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        url
+        format!("{}/hook", serve_local(app).await)
     }
 
     fn seen(&self) -> Vec<(String, Value)> {
@@ -204,9 +201,7 @@ async fn the_agent_escalates_once_with_a_conversation_link_even_when_its_turn_re
     let app = axum::Router::new()
         .route("/chat/completions", post(chat))
         .with_state(model.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let model_url = serve_local(app).await;
     let receiver = Hook::default();
     let url = receiver.serve().await;
     let dir = tempfile::tempdir().unwrap();
@@ -638,10 +633,7 @@ async fn failing_model() -> String {
             )
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    serve_local(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -468,9 +468,7 @@ async fn webhook_receiver() -> (Arc<std::sync::Mutex<Vec<(String, Value)>>>, Str
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("{}/hook", common::serve_local(app).await);
     (seen, url)
 }
 

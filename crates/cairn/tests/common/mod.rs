@@ -264,6 +264,15 @@ pub fn is_terminal(kind: &str) -> bool {
 }
 
 /// A free loopback port (bound, then released).
+/// Serves `app` (a receiver or model server the test plays) on a free
+/// loopback port; returns `http://127.0.0.1:PORT`.
+pub async fn serve_local(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
