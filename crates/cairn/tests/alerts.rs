@@ -382,6 +382,43 @@ async fn the_alert_api_is_tenant_scoped_and_speaks_the_error_contract() {
         )
         .await;
     assert_eq!(unknown.status, 400, "{:?}", unknown.body);
+    // Too much of anything is refused: label values, label counts, regex size, matcher counts.
+    let long_value = "v".repeat(1025);
+    let r = acme
+        .post(
+            "/v1/alerts",
+            json!([{"labels": {"alertname": "X", "big": long_value}}]),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (400, Some("0.labels"))
+    );
+    let mut labels: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("l{i}"), json!("v"))).collect();
+    labels.insert("alertname".into(), json!("X"));
+    let r = acme.post("/v1/alerts", json!([{ "labels": labels }])).await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (400, Some("0.labels"))
+    );
+    let huge_regex = format!("alertname%3D~%22{}%22", "a".repeat(2000));
+    let r = reader.get(&format!("/v1/alerts?filter={huge_regex}")).await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (400, Some("filter"))
+    );
+    let matchers: Vec<String> = (0..65).map(|i| format!("l{i}=\"v\"")).collect();
+    let r = acme
+        .post(
+            "/v1/silences",
+            json!({"matchers": matchers, "duration": "1h", "comment": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (400, Some("matchers"))
+    );
 
     // Silences: created, listed per tenant, expired; another tenant cannot see or expire them.
     let sil = acme
