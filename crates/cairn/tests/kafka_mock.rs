@@ -37,6 +37,9 @@ fn setup(dir: &std::path::Path) -> (Cluster, Config, Topics) {
     config.kafka.session_timeout = Duration::from_secs(3);
     config.kafka.produce_timeout = Duration::from_secs(1);
     config.knowledge.enabled = false;
+    // These tests rewind and inspect the conversation groups on the mock cluster;
+    // the alerts consumer group (covered in kafka_tansu.rs) only adds rebalances.
+    config.alerts.enabled = false;
     (cluster, config, topics)
 }
 
