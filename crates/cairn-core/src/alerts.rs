@@ -29,6 +29,8 @@ pub enum AlertSource {
     Agent,
     /// The alert pipeline itself (`notification_failed`).
     Pipeline,
+    /// Support intelligence: a conversation needs a human.
+    Insights,
 }
 
 impl AlertSource {
@@ -39,6 +41,7 @@ impl AlertSource {
             AlertSource::Rule => "rule",
             AlertSource::Agent => "agent",
             AlertSource::Pipeline => "pipeline",
+            AlertSource::Insights => "insights",
         }
     }
 }

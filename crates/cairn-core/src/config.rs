@@ -64,6 +64,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// The alert pipeline: routes, receivers, silences' defaults, built-in rules.
     pub alerts: crate::alerts_config::AlertsConfig,
+    /// Support intelligence: analysers, PII policy, escalation.
+    pub insights: crate::insights_config::InsightsConfig,
 }
 
 /// `[mcp]`
@@ -766,6 +768,7 @@ impl Config {
             }
         }
         self.alerts.validate()?;
+        self.insights.validate()?;
         if self.knowledge.fusion_k == 0 {
             return bad("knowledge.fusion_k", "must be at least 1");
         }

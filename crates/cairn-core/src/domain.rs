@@ -228,6 +228,10 @@ pub struct TurnRequest {
     pub content: String,
     /// When the API accepted it.
     pub accepted_at: DateTime<Utc>,
+    /// PII found before the API redacted `content` (`redact_store`): types and
+    /// positions, never values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_pii: Option<crate::insights::PiiReport>,
 }
 
 impl TurnRequest {
@@ -246,6 +250,7 @@ impl TurnRequest {
             turn_id: TurnId::generate(),
             content,
             accepted_at: Utc::now(),
+            redacted_pii: None,
         }
     }
 }
@@ -397,6 +402,21 @@ pub enum TurnEvent {
         /// The alert's name.
         alertname: String,
     },
+    /// A message was analysed and the conversation's insights changed.
+    #[serde(rename = "insights.updated")]
+    InsightsUpdated {
+        /// The turn of the analysed message (for a `POST /v1/messages` message,
+        /// its message id).
+        turn_id: TurnId,
+        /// The message analysed.
+        message_id: MessageId,
+        /// Who wrote it.
+        sender: crate::insights::Sender,
+        /// Its analysis.
+        analysis: Box<crate::insights::Analysis>,
+        /// The conversation's insights after it.
+        insights: Box<crate::insights::ConversationInsights>,
+    },
 }
 
 impl TurnEvent {
@@ -410,7 +430,8 @@ impl TurnEvent {
             | TurnEvent::AnswerCompleted { turn_id, .. }
             | TurnEvent::TurnFailed { turn_id, .. }
             | TurnEvent::AlertFiring { turn_id, .. }
-            | TurnEvent::AlertResolved { turn_id, .. } => turn_id,
+            | TurnEvent::AlertResolved { turn_id, .. }
+            | TurnEvent::InsightsUpdated { turn_id, .. } => turn_id,
         }
     }
 
@@ -425,6 +446,7 @@ impl TurnEvent {
             TurnEvent::TurnFailed { .. } => "turn.failed",
             TurnEvent::AlertFiring { .. } => "alert.firing",
             TurnEvent::AlertResolved { .. } => "alert.resolved",
+            TurnEvent::InsightsUpdated { .. } => "insights.updated",
         }
     }
 

@@ -28,6 +28,11 @@ pub const DLQ_RECORD: &str = "dlq.record";
 /// [`Alert`](crate::alerts::Alert).
 pub const ALERT_RAISED: &str = "alert.raised";
 
+/// Event type of a message posted through `POST /v1/messages` (topic
+/// `user_events`, keyed by conversation): analysed, not answered; `data` is a
+/// [`SupportMessage`](crate::insights::SupportMessage).
+pub const SUPPORT_MESSAGE: &str = "support.message";
+
 /// Every event type a consumer accepts; anything else goes to the DLQ.
 pub const EVENT_TYPES: &[&str] = &[
     USER_MESSAGE,
@@ -35,6 +40,7 @@ pub const EVENT_TYPES: &[&str] = &[
     CONVERSATION_EVENT,
     DLQ_RECORD,
     ALERT_RAISED,
+    SUPPORT_MESSAGE,
 ];
 
 /// A bus event.

@@ -4,6 +4,9 @@
 //! Module map:
 //! - [`alerts`]: alerts on the `alerts` topic and the label matchers of routes and silences.
 //! - [`alerts_config`]: the `[alerts]` section of the configuration.
+//! - [`insights`]: the analysis of a message, a conversation's insights, PII
+//!   redaction and pseudonyms.
+//! - [`insights_config`]: the `[insights]` section of the configuration.
 //! - [`ids`]: typed identifiers (tenant, user, conversation, turn, message).
 //! - [`domain`]: conversations, messages, turns, checkpoints and the events a turn emits.
 //! - [`envelope`]: the versioned JSON envelope every bus event travels in.
@@ -22,6 +25,8 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod ids;
+pub mod insights;
+pub mod insights_config;
 pub mod ports;
 pub mod schemas;
 pub mod signals;

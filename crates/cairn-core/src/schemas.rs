@@ -8,7 +8,7 @@
 
 use crate::envelope::{
     ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope,
-    USER_MESSAGE,
+    SUPPORT_MESSAGE, USER_MESSAGE,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -36,7 +36,15 @@ const TYPES: &[(&str, &str)] = &[
         ALERT_RAISED,
         include_str!("../../../schemas/events/alert.raised.v1.json"),
     ),
+    (
+        SUPPORT_MESSAGE,
+        include_str!("../../../schemas/events/support.message.v1.json"),
+    ),
 ];
+
+/// The JSON Schema of an [`Analysis`](crate::insights::Analysis)
+/// (`schemas/insights.analysis.v1.json`).
+pub const ANALYSIS_SCHEMA: &str = include_str!("../../../schemas/insights.analysis.v1.json");
 
 /// Why a record was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,9 @@ use crate::http::{ProviderBase, Started, event_json, json_body, parse_arguments,
 use crate::names::ToolNames;
 use async_trait::async_trait;
 use cairn_core::config::LlmConfig;
-use cairn_core::ports::{ChatModel, ChatRequest, ChatResponse, DeltaSender, ModelError};
+use cairn_core::ports::{
+    ChatModel, ChatRequest, ChatResponse, DeltaSender, JsonSchemaSpec, ModelError,
+};
 use cairn_core::{Role, ToolCall, Usage};
 use futures::StreamExt;
 use reqwest::header::AUTHORIZATION;
@@ -111,6 +113,33 @@ struct PartialCall {
 impl ChatModel for OpenAiModel {
     fn provider(&self) -> &'static str {
         "openai"
+    }
+
+    /// `response_format: {"type": "json_schema", "json_schema": {name, schema,
+    /// strict: true}}`, not streamed.
+    async fn complete_json(
+        &self,
+        req: &ChatRequest,
+        schema: &JsonSchemaSpec,
+    ) -> Result<(String, Option<Usage>), ModelError> {
+        let Started { resp, .. } = self
+            .base
+            .send("openai", &self.url, req, None, |n, _| {
+                let mut body = self.body(req, n, false);
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": schema.name, "schema": schema.schema, "strict": true},
+                });
+                body
+            })
+            .await?;
+        let v = json_body(resp).await?;
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| {
+                ModelError::Protocol("no choices[0].message.content in response".into())
+            })?;
+        Ok((content.to_owned(), usage_of(&v)))
     }
 
     async fn complete(

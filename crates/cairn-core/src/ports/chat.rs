@@ -129,6 +129,15 @@ impl ModelError {
     }
 }
 
+/// A JSON Schema the answer of [`ChatModel::complete_json`] must follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonSchemaSpec {
+    /// A name for the schema (`[a-zA-Z0-9_-]{1,64}`), as providers require.
+    pub name: String,
+    /// The schema.
+    pub schema: Value,
+}
+
 /// A chat model with tool calling.
 #[async_trait]
 pub trait ChatModel: Send + Sync + 'static {
@@ -147,4 +156,20 @@ pub trait ChatModel: Send + Sync + 'static {
         request: &ChatRequest,
         deltas: Option<&DeltaSender>,
     ) -> Result<ChatResponse, ModelError>;
+
+    /// One model call whose answer is JSON following `schema` (structured
+    /// output, enforced by the provider where it can). Returns the answer's
+    /// text (the caller validates it) and the usage. Providers without
+    /// structured output answer [`ModelError::Config`].
+    async fn complete_json(
+        &self,
+        request: &ChatRequest,
+        schema: &JsonSchemaSpec,
+    ) -> Result<(String, Option<Usage>), ModelError> {
+        let _ = (request, schema);
+        Err(ModelError::Config(format!(
+            "the `{}` provider has no structured output",
+            self.provider()
+        )))
+    }
 }

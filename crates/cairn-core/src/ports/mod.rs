@@ -2,6 +2,7 @@
 //! Each port has an embedded adapter (no external service) and a production one,
 //! and both pass the same conformance suite.
 
+mod analyzer;
 mod bus;
 mod chat;
 mod knowledge;
@@ -9,6 +10,7 @@ mod memory;
 mod records;
 mod tool;
 
+pub use analyzer::*;
 pub use bus::*;
 pub use chat::*;
 pub use knowledge::*;
