@@ -7,6 +7,9 @@
 //! - The ingestion bridge consumes `ingestion_events` and hands each document to
 //!   the ingestion actor; its offset is committed once the document is stored or
 //!   recorded as failed.
+//! - The insights bridge consumes `user_events` too, in its own group, and hands
+//!   every user and support message to the InsightsActor; its offset is
+//!   committed once the analysis is stored.
 //! - The alerts bridge consumes `alerts` and hands each alert to the AlertActor;
 //!   its offset is committed once the pipeline stored it. Every alert is keyed
 //!   `alerts`, so one partition (one replica) runs the pipeline; on Kafka the
@@ -26,7 +29,7 @@ use crate::ingestion::{IngestMsg, MAX_ATTEMPTS, record_failure, retry_delay, sub
 use crate::supervisor::SupervisorMsg;
 use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
-use cairn_core::envelope::{DLQ_RECORD, DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
+use cairn_core::envelope::{DLQ_RECORD, DOCUMENT_SUBMITTED, Envelope, SUPPORT_MESSAGE, USER_MESSAGE};
 use cairn_core::ports::{
     Assignment, BusConsumer, BusError, BusRecord, DocumentStore, Enqueued, EventBus, MemoryStore,
     Topics,
@@ -47,6 +50,8 @@ pub const CONVERSATION_GROUP: &str = "cairn-conversations";
 pub const INGESTION_GROUP: &str = "cairn-ingestion";
 /// Consumer group of the alerts bridge.
 pub const ALERTS_GROUP: &str = "cairn-alerts";
+/// Consumer group of the insights bridge (a second reader of `user_events`).
+pub const INSIGHTS_GROUP: &str = "cairn-insights";
 /// The key of every record on `alerts`: one partition holds them all, so one
 /// replica at a time runs the pipeline.
 pub const ALERTS_KEY: &str = "alerts";
@@ -332,6 +337,8 @@ pub async fn run_router(ctx: Consuming) {
             let to = match rec.envelope.kind.as_str() {
                 USER_MESSAGE => &ctx.topics.reasoning_tasks,
                 DOCUMENT_SUBMITTED => &ctx.topics.ingestion_events,
+                // Analysed by the insights bridge, never answered.
+                SUPPORT_MESSAGE => return,
                 other => {
                     let reason = format!("no route for event type `{other}`");
                     ctx.dlq(&rec, ROUTER_GROUP, "unknown_type", &reason, 1)
@@ -606,4 +613,101 @@ async fn follow_alerts_assignment(
             return;
         }
     }
+}
+
+/// The job of an insights-bridge record; `Ok(None)` for records it ignores
+/// (documents), `Err` for records that cannot be analysed.
+fn insights_job(
+    rec: &BusRecord,
+) -> Result<Option<crate::insights::InsightsJob>, String> {
+    use crate::insights::InsightsJob;
+    use cairn_core::insights::{Sender, SupportMessage};
+    let e = &rec.envelope;
+    let job = match e.kind.as_str() {
+        USER_MESSAGE => {
+            let r: TurnRequest = serde_json::from_value(e.data.clone())
+                .map_err(|err| format!("not a turn request: {err}"))?;
+            InsightsJob {
+                tenant: r.tenant_id,
+                conversation: r.conversation_id,
+                message_id: r.message_id,
+                turn_id: r.turn_id,
+                user: r.user_id,
+                sender: Sender::Customer,
+                text: r.content,
+                support_channel: None,
+                known_pii: r.redacted_pii,
+                accepted_at: r.accepted_at,
+            }
+        }
+        SUPPORT_MESSAGE => {
+            let m: SupportMessage = serde_json::from_value(e.data.clone())
+                .map_err(|err| format!("not a support message: {err}"))?;
+            let turn_id = cairn_core::TurnId::parse(m.message_id.as_str())
+                .map_err(|err| format!("message id: {err}"))?;
+            InsightsJob {
+                tenant: m.tenant_id,
+                conversation: m.conversation_id,
+                message_id: m.message_id,
+                turn_id,
+                user: m.user_id,
+                sender: m.sender,
+                text: m.message,
+                support_channel: Some(m.channel),
+                known_pii: m.redacted_pii,
+                accepted_at: m.accepted_at,
+            }
+        }
+        _ => return Ok(None),
+    };
+    if job.tenant != e.tenant_id {
+        return Err("the message's tenant does not match its envelope".into());
+    }
+    Ok(Some(job))
+}
+
+/// The insights bridge: `user_events` (group `cairn-insights`) → the
+/// InsightsActor. Records are handed over in offset order; a failed analysis
+/// (a store or model outage) is retried with backoff until it is stored.
+pub async fn run_insights_bridge(
+    ctx: Consuming,
+    actor: ActorRef<crate::insights::InsightsMsg>,
+) {
+    let consumer = ctx.subscribe(&ctx.topics.user_events, INSIGHTS_GROUP).await;
+    let c = ctx.clone();
+    pump(consumer, ctx, INSIGHTS_GROUP, move |rec| {
+        let (ctx, actor) = (c.clone(), actor.clone());
+        let job = insights_job(&rec);
+        let first = match &job {
+            Ok(Some(j)) => Some(crate::insights::submit_job(&actor, j.clone())),
+            _ => None,
+        };
+        Box::pin(async move {
+            let g = INSIGHTS_GROUP;
+            let job = match job {
+                Ok(Some(j)) => j,
+                Ok(None) => return,
+                Err(reason) => {
+                    ctx.dlq(&rec, g, "schema", &reason, 1).await;
+                    return;
+                }
+            };
+            let mut pending = first;
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let rx = match pending.take() {
+                    Some(rx) => rx,
+                    None => crate::insights::submit_job(&actor, job.clone()),
+                };
+                match rx.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => tracing::warn!(error = %e, conversation = %job.conversation, "analysis not stored; retrying"),
+                    Err(_) => tracing::warn!("the insights actor stopped before answering; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        })
+    })
+    .await;
 }

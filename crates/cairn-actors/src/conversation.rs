@@ -398,6 +398,11 @@ async fn relay_events(deps: AgentDeps, key: ConvKey, relay: Relay) {
             }
         };
         let n = stored.id;
+        if matches!(stored.event, cairn_core::TurnEvent::InsightsUpdated { .. }) {
+            // The InsightsActor publishes its own events.
+            pending = Some(n);
+            continue;
+        }
         let data = ConversationEvent {
             conversation_id: id.clone(),
             id: stored.id,

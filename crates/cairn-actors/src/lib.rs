@@ -20,12 +20,15 @@
 //! - [`ingestion`]: the parse-and-chunk actor and the embedding worker pool (a
 //!   ractor factory) that turn `ingestion_events` into stored chunks, with job
 //!   status in the DocumentStore.
+//! - [`insights`]: `InsightsActor`, which analyses every user and support
+//!   message off the turn's path and keeps each conversation's insights.
 //! - [`runtime`]: starts and stops all of the above; the API's entry point.
 
 pub mod bridge;
 pub mod catalog;
 pub mod conversation;
 pub mod ingestion;
+pub mod insights;
 pub mod memory;
 pub mod runtime;
 pub mod settings;
@@ -34,4 +37,4 @@ pub mod turn;
 
 pub use catalog::{ToolCatalog, ToolProvider};
 pub use runtime::Runtime;
-pub use settings::{AgentDeps, AgentSettings, Relay};
+pub use settings::{AgentDeps, AgentSettings, PiiGuard, Relay};

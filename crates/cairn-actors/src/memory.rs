@@ -36,7 +36,7 @@ pub async fn load_context(
     let keep_from = recent.len() - window;
     let leaving: Vec<Message> = recent.drain(..keep_from).collect();
     let covers_until = leaving.last().map_or(summary.covers_until, |m| m.seq + 1);
-    let text = summarize(deps, &summary.text, &leaving).await;
+    let text = summarize(deps, tenant, &summary.text, &leaving).await;
     let new = Summary { text, covers_until };
     deps.memory.save_summary(tenant, id, &new).await?;
     tracing::debug!(conversation = %id, covers_until, "summary rolled over");
@@ -102,12 +102,12 @@ pub fn extractive_summary(old: &str, leaving: &[Message], max_chars: usize) -> S
     bound(&all.join("\n"), max_chars)
 }
 
-async fn summarize(deps: &AgentDeps, old: &str, leaving: &[Message]) -> String {
+async fn summarize(deps: &AgentDeps, tenant: &TenantId, old: &str, leaving: &[Message]) -> String {
     let max = deps.settings.summary_max_chars;
     if !deps.model.is_llm() {
         return extractive_summary(old, leaving, max);
     }
-    let request = ChatRequest {
+    let mut request = ChatRequest {
         system: format!(
             "You maintain the running summary of a support conversation. Merge the new messages \
              into the summary. Keep names, numbers, decisions and open questions. Answer with the \
@@ -123,8 +123,20 @@ async fn summarize(deps: &AgentDeps, old: &str, leaving: &[Message]) -> String {
         )],
         tools: Vec::new(),
     };
+    // Under `redact_model` the summariser is a model call like any other.
+    let mut pseudonyms = cairn_core::insights::Pseudonyms::new();
+    if let Some(g) = deps.pii.as_ref().filter(|g| g.masks(tenant)) {
+        for m in &mut request.messages {
+            let found = g.scanner.scan(&m.content);
+            m.content = pseudonyms.mask(&m.content, &found);
+        }
+    }
     match deps.model.complete(&request, None).await {
-        Ok(r) if !r.content.trim().is_empty() => r.content.trim().chars().take(max).collect(),
+        Ok(r) if !r.content.trim().is_empty() => pseudonyms
+            .restore(r.content.trim())
+            .chars()
+            .take(max)
+            .collect(),
         Ok(_) => extractive_summary(old, leaving, max),
         Err(e) => {
             tracing::warn!(error = %e, "LLM summary failed; using the extractive summary");

@@ -29,6 +29,8 @@ pub struct Runtime {
     role: ServerRole,
     /// The alert pipeline, when this process runs its bridge.
     alerts: Option<cairn_alerts::actor::AlertPipeline>,
+    /// The InsightsActor, when this process runs it.
+    insights: Option<ActorRef<crate::insights::InsightsMsg>>,
 }
 
 /// The envelope of an alert on `alerts`: tenant from the `tenant` label.
@@ -103,6 +105,7 @@ impl Runtime {
                 ingests,
                 role,
                 alerts: None,
+                insights: None,
             });
         }
         let (supervisor, supervisor_task) =
@@ -151,7 +154,31 @@ impl Runtime {
             ingests,
             role,
             alerts: None,
+            insights: None,
         })
+    }
+
+    /// Starts the InsightsActor and its bridge (a second consumer group on
+    /// `user_events`) in this process; nothing in the API role.
+    pub async fn start_insights(
+        &mut self,
+        ctx: Consuming,
+        deps: crate::insights::InsightsDeps,
+    ) -> Result<(), StartError> {
+        if !self.role.runs_actors() {
+            return Ok(());
+        }
+        let ctx = Consuming {
+            max_in_flight: deps.config.concurrency.max(1),
+            ..ctx
+        };
+        let (actor, _task) = crate::insights::start_insights_actor(deps)
+            .await
+            .map_err(|e| StartError(format!("insights actor: {e}")))?;
+        self.bridges
+            .push(tokio::spawn(crate::bridge::run_insights_bridge(ctx, actor.clone())));
+        self.insights = Some(actor);
+        Ok(())
     }
 
     /// Runs the alert pipeline's bridge (consumer of `alerts`) in this process.
@@ -243,6 +270,35 @@ impl Runtime {
             .await
     }
 
+    /// Publishes a `POST /v1/messages` message to `user_events` (keyed by
+    /// conversation); returns once the bus holds it durably.
+    pub async fn submit_support(
+        &self,
+        message: &cairn_core::insights::SupportMessage,
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
+        let data = serde_json::to_value(message)
+            .map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
+        let mut envelope = Envelope::new(
+            cairn_core::envelope::SUPPORT_MESSAGE,
+            message.tenant_id.clone(),
+            data,
+        );
+        envelope.traceparent = traceparent.map(str::to_owned);
+        if uuid::Uuid::parse_str(message.message_id.as_str())
+            .is_ok_and(|u| u.get_version_num() == 7)
+        {
+            envelope.event_id = message.message_id.to_string();
+        }
+        self.bus
+            .publish(
+                &self.topics.user_events,
+                message.conversation_id.as_str(),
+                &envelope,
+            )
+            .await
+    }
+
     /// Live conversation actors (0 in the API role).
     pub async fn live_conversations(&self) -> usize {
         let Some((supervisor, _)) = &self.supervisor else {
@@ -292,6 +348,9 @@ impl Runtime {
         }
         if let Some(p) = &self.alerts {
             p.stop();
+        }
+        if let Some(a) = &self.insights {
+            a.stop(Some("shutdown".into()));
         }
         if let Some(i) = &self.ingestion {
             i.actor.stop(Some("shutdown".into()));

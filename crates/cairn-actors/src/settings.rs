@@ -81,6 +81,31 @@ pub struct AgentDeps {
     pub relay: Option<Relay>,
     /// Where turn outcomes and model calls are reported (the alert rules).
     pub signals: cairn_core::signals::Signals,
+    /// Keeps PII from the model under the `redact_model` policy (`None`: the
+    /// model sees text as stored).
+    pub pii: Option<Arc<PiiGuard>>,
+}
+
+/// The `redact_model` policy in a turn: the model sees stable placeholders
+/// (`<EMAIL_1>`) instead of PII values, tools see placeholders unless listed in
+/// `insights.pii_tools`, and the answer has the values restored for the user.
+pub struct PiiGuard {
+    /// Finds the PII to mask.
+    pub scanner: Arc<dyn cairn_core::insights::PiiScanner>,
+    /// `[insights]`: the policy per tenant and `pii_tools`.
+    pub config: Arc<cairn_core::insights_config::InsightsConfig>,
+}
+
+impl PiiGuard {
+    /// True when `tenant`'s turns mask PII from the model.
+    pub fn masks(&self, tenant: &cairn_core::TenantId) -> bool {
+        self.config.policy_for(tenant.as_str()) == cairn_core::insights::PiiPolicy::RedactModel
+    }
+
+    /// True when `tool` may see PII values.
+    pub fn tool_sees_pii(&self, tool: &str) -> bool {
+        self.config.pii_tools.iter().any(|t| t == tool)
+    }
 }
 
 /// The bus and topic that turn events are republished on.

@@ -12,6 +12,7 @@ use crate::settings::AgentDeps;
 use cairn_core::ports::{
     ChatMessage, ChatRequest, ChatResponse, ModelError, StoreError, ToolContext,
 };
+use cairn_core::insights::Pseudonyms;
 use cairn_core::*;
 use chrono::Utc;
 use serde_json::json;
@@ -81,7 +82,20 @@ pub async fn run_turn(
     let context = memory::context_messages(&summary, &recent);
     let tools = deps.tools.specs_for(&cp.request.tenant_id);
 
+    // Under `redact_model`, PII is masked from the model (and from tools not
+    // allowed to see it); the same values get the same placeholders all turn.
+    let guard = deps
+        .pii
+        .as_ref()
+        .filter(|g| g.masks(&cp.request.tenant_id))
+        .cloned();
+
     loop {
+        let pseudonyms = guard.as_ref().map(|g| {
+            let mut all = context.clone();
+            all.extend(step_messages(&cp.steps));
+            mask_messages(g, &all).1
+        });
         // Act: run tool calls recorded but not completed (after a step, or a crash).
         let unfinished: Vec<usize> = cp
             .steps
@@ -91,7 +105,14 @@ pub async fn run_turn(
             .map(|(i, _)| i)
             .collect();
         for i in unfinished {
-            run_tool_step(deps, &mut cp, i).await?;
+            let restore = match (&guard, &pseudonyms) {
+                (Some(g), Some(p)) => match &cp.steps[i] {
+                    Step::Tool { call, .. } if g.tool_sees_pii(&call.name) => Some(p),
+                    _ => None,
+                },
+                _ => None,
+            };
+            run_tool_step(deps, &mut cp, i, restore).await?;
         }
 
         if cp.model_calls >= settings.max_steps {
@@ -105,12 +126,19 @@ pub async fn run_turn(
         // Think.
         let mut messages = context.clone();
         messages.extend(step_messages(&cp.steps));
+        let mut pseudonyms = None;
+        if let Some(g) = &guard {
+            let (masked, p) = mask_messages(g, &messages);
+            messages = masked;
+            pseudonyms = Some(p);
+        }
         let request = ChatRequest {
             system: settings.system_prompt.clone(),
             messages,
             tools: tools.clone(),
         };
-        let response = match call_model(deps, &cp, &request).await? {
+        // Streamed fragments could split a placeholder: a masked turn is not streamed.
+        let response = match call_model(deps, &cp, &request, guard.is_none()).await? {
             Ok(r) => r,
             Err(e) => {
                 // The provider's words stay in the log; the user gets a code.
@@ -124,6 +152,10 @@ pub async fn run_turn(
             cp.usage.add(u);
         }
         if response.tool_calls.is_empty() {
+            let mut response = response;
+            if let Some(p) = &pseudonyms {
+                response.content = p.restore(&response.content);
+            }
             return complete(deps, cp, response).await;
         }
         let base = cp.steps.len() as u32;
@@ -229,6 +261,7 @@ async fn call_model(
     deps: &AgentDeps,
     cp: &TurnCheckpoint,
     request: &ChatRequest,
+    may_stream: bool,
 ) -> Result<Result<ChatResponse, ModelError>, StoreError> {
     let tenant = cp.request.tenant_id.to_string();
     let report = |r: &Result<ChatResponse, ModelError>| {
@@ -237,7 +270,7 @@ async fn call_model(
             failed: r.is_err(),
         });
     };
-    if !deps.settings.stream {
+    if !deps.settings.stream || !may_stream {
         let r = deps.model.complete(request, None).await;
         report(&r);
         return Ok(r);
@@ -272,10 +305,39 @@ async fn call_model(
     Ok(result)
 }
 
+/// `messages` with PII replaced by placeholders (text and tool-call
+/// arguments), and the mapping that restores them.
+fn mask_messages(
+    guard: &crate::settings::PiiGuard,
+    messages: &[ChatMessage],
+) -> (Vec<ChatMessage>, Pseudonyms) {
+    let mut p = Pseudonyms::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut m = m.clone();
+        let found = guard.scanner.scan(&m.content);
+        if !found.is_empty() {
+            m.content = p.mask(&m.content, &found);
+        }
+        for c in &mut m.tool_calls {
+            let raw = c.arguments.to_string();
+            let found = guard.scanner.scan(&raw);
+            if !found.is_empty()
+                && let Ok(v) = serde_json::from_str(&p.mask(&raw, &found))
+            {
+                c.arguments = v;
+            }
+        }
+        out.push(m);
+    }
+    (out, p)
+}
+
 async fn run_tool_step(
     deps: &AgentDeps,
     cp: &mut TurnCheckpoint,
     i: usize,
+    restore: Option<&Pseudonyms>,
 ) -> Result<(), StoreError> {
     let Step::Tool { index, call, .. } = cp.steps[i].clone() else {
         return Ok(());
@@ -297,7 +359,13 @@ async fn run_tool_step(
             // progress may extend it up to a cap); this guard only stops a tool
             // that does not.
             let guard = tool.max_duration(deadline) + GUARD_MARGIN;
-            match tokio::time::timeout(guard, tool.call(call.arguments.clone(), &ctx)).await {
+            // A tool allowed to see PII gets the values behind the placeholders.
+            let arguments = match restore {
+                Some(p) => serde_json::from_str(&p.restore(&call.arguments.to_string()))
+                    .unwrap_or_else(|_| call.arguments.clone()),
+                None => call.arguments.clone(),
+            };
+            match tokio::time::timeout(guard, tool.call(arguments, &ctx)).await {
                 Ok(Ok(out)) => (out.is_error, out.content),
                 Ok(Err(e)) => (true, e.to_string()),
                 Err(_) => (

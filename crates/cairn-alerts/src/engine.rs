@@ -181,7 +181,9 @@ impl Engine {
         if alert.ends_at.is_none() {
             alert.ends_at = match alert.source {
                 AlertSource::Api => Some(now + self.settings.resolve_timeout),
-                AlertSource::Agent => Some(now + self.settings.escalation_timeout),
+                AlertSource::Agent | AlertSource::Insights => {
+                    Some(now + self.settings.escalation_timeout)
+                }
                 AlertSource::Rule | AlertSource::Pipeline => None,
             };
         }

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     SilenceNotFound,
     /// The alert pipeline is off (`alerts.enabled = false`).
     AlertsDisabled,
+    /// Support intelligence is off (`insights.enabled = false`).
+    InsightsDisabled,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -66,7 +68,8 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
-            ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled => {
+            ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
+            | InsightsDisabled => {
                 StatusCode::NOT_FOUND
             }
             ReceiverFailed => StatusCode::BAD_GATEWAY,
@@ -102,6 +105,7 @@ impl ErrorCode {
             TooManyStreams => "too_many_streams",
             SilenceNotFound => "silence_not_found",
             AlertsDisabled => "alerts_disabled",
+            InsightsDisabled => "insights_disabled",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
             Internal => "internal",

@@ -15,6 +15,9 @@
 //! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
 //! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
 //! - [`alerts`]: `/v1/alerts` (raise, list, notification log, test) and `/v1/silences`.
+//! - [`insights`]: `POST /v1/messages`, `POST /v1/analyze`,
+//!   `GET /v1/conversations/{id}/insights`, analyses on transcript items, and
+//!   redaction before the bus under `redact_store`.
 //! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
@@ -27,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod insights;
 pub mod mcp;
 pub mod messages;
 pub mod request_id;

@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_core::ports::{SearchFilter, SearchMode};
-use cairn_core::{ConversationId, ConversationMeta, TurnEvent, TurnRequest};
+use cairn_core::{ConversationId, ConversationMeta, TurnEvent};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -127,10 +127,11 @@ impl CairnMcp {
             .last_event_id(&caller.tenant, &id)
             .await
             .map_err(|e| e.to_string())?;
-        let request = TurnRequest::new(
-            caller.tenant.clone(),
-            id.clone(),
-            caller.user.clone(),
+        let request = crate::messages::new_request(
+            state,
+            &caller.tenant,
+            &id,
+            &caller.user,
             args.question,
         );
         state

@@ -1,6 +1,7 @@
 //! Messages: `POST /v1/conversations/{id}/messages` (202 with a turn handle;
 //! `?wait=true` for the answer; `Accept: text/event-stream` to stream the turn)
-//! and `GET /v1/conversations/{id}/messages` (the transcript).
+//! and `GET /v1/conversations/{id}/messages` (the transcript, each analysed
+//! message with its `analysis`).
 //!
 //! A post may carry `Idempotency-Key`: the message and turn ids are then derived
 //! from it (per tenant and conversation), so a client that retries — e.g. after a
@@ -36,7 +37,7 @@ const MESSAGE_NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_3a8e_52d4_4b7a_9c0e_
 const TURN_NS: uuid::Uuid = uuid::Uuid::from_u128(0x0b9e_7d61_c2a3_4f58_8e1b_6a7c_9d0e_2f3a);
 
 /// The client's idempotency key, if it sent a usable one.
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -99,12 +100,7 @@ pub async fn post(
         .then(|| state.streams.acquire(&caller))
         .transpose()?;
     let mut after = state.events.last_event_id(&caller.tenant, &id).await?;
-    let mut request = TurnRequest::new(
-        caller.tenant.clone(),
-        id.clone(),
-        caller.user.clone(),
-        body.content,
-    );
+    let mut request = new_request(&state, &caller.tenant, &id, &caller.user, body.content);
     let mut replay = false;
     if let Some(k) = &key {
         let name = format!("{}/{id}/{k}", caller.tenant);
@@ -181,6 +177,25 @@ pub async fn post(
         })),
     )
         .into_response())
+}
+
+/// A turn request for an admitted message, on every path (REST, MCP `ask`,
+/// `cairn ask`): under the `redact_store` PII policy its content is redacted
+/// here, before it reaches the bus, and `redacted_pii` says what was found.
+pub fn new_request(
+    state: &AppState,
+    tenant: &cairn_core::TenantId,
+    id: &cairn_core::ConversationId,
+    user: &cairn_core::UserId,
+    content: String,
+) -> TurnRequest {
+    let (content, redacted_pii) = match &state.insights {
+        Some(i) => i.for_store(tenant, content),
+        None => (content, None),
+    };
+    let mut request = TurnRequest::new(tenant.clone(), id.clone(), user.clone(), content);
+    request.redacted_pii = redacted_pii;
+    request
 }
 
 /// Checks a user message before it goes into a turn, the same way on every
@@ -348,5 +363,6 @@ pub async fn list(
     let next_from = (items.len() as u64 == limit)
         .then(|| items.last().and_then(|m| m.seq.checked_add(1)))
         .flatten();
+    let items = crate::insights::attach_analyses(&state, &caller.tenant, &id, items).await?;
     Ok(Json(json!({ "items": items, "next_from": next_from })))
 }

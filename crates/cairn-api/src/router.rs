@@ -4,7 +4,8 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, conversations, documents, events, health, messages, request_id, search, tools,
+    alerts, conversations, documents, events, health, insights, messages, request_id, search,
+    tools,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -38,6 +39,12 @@ pub fn router(state: AppState) -> Router {
             get(messages::list).post(messages::post),
         )
         .route("/conversations/{id}/events", get(events::stream))
+        .route(
+            "/conversations/{id}/insights",
+            get(insights::conversation_insights),
+        )
+        .route("/messages", post(insights::post_message))
+        .route("/analyze", post(insights::analyze))
         .route("/search", get(search::search))
         .route(
             "/documents",

@@ -65,6 +65,8 @@ pub struct AppState {
     pub deleted: tokio::sync::broadcast::Sender<(cairn_core::TenantId, cairn_core::ConversationId)>,
     /// The alert surfaces (`/v1/alerts`, `/v1/silences`), when `alerts.enabled`.
     pub alerts: Option<Arc<crate::alerts::AlertsApi>>,
+    /// The support-intelligence surfaces, when `insights.enabled`.
+    pub insights: Option<Arc<crate::insights::InsightsApi>>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

@@ -158,6 +158,11 @@ impl KnowledgeBase {
         self.dense.as_ref().map(|d| d.name().to_owned())
     }
 
+    /// The dense embedder, when there is one (shared with the intent classifier).
+    pub fn dense(&self) -> Option<Arc<dyn DenseEmbedder>> {
+        self.dense.clone()
+    }
+
     /// The vector store's backend name (`qdrant-edge`, `qdrant`).
     pub fn backend(&self) -> &'static str {
         self.store.backend()

@@ -87,6 +87,81 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// How often the knowledge store's housekeeping (index building) runs after writes.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(15);
 
+/// The stores the InsightsActor writes.
+struct InsightsStores {
+    memory: Arc<dyn MemoryStore>,
+    events: Arc<dyn EventStream>,
+    records: Arc<dyn RecordStore>,
+}
+
+/// What [`start_insights`] hands the API.
+struct InsightsParts {
+    analyzer: Arc<dyn cairn_core::ports::Analyzer>,
+    scanner: Arc<dyn cairn_core::insights::PiiScanner>,
+    intent_model: String,
+}
+
+/// Builds the analysers (offline; the LLM analyser on top when a part asks for
+/// it) and starts the InsightsActor and its bridge. Intent uses MiniLM when
+/// `knowledge.minilm_dir` is set (the model retrieval loads, shared), and
+/// lexical matching otherwise.
+async fn start_insights(
+    config: &Config,
+    knowledge: Option<&KnowledgeBase>,
+    model: Arc<dyn cairn_core::ports::ChatModel>,
+    runtime: &mut Runtime,
+    consuming: Consuming,
+    stores: InsightsStores,
+) -> anyhow::Result<InsightsParts> {
+    let k = &config.knowledge;
+    let embedder: Option<Arc<dyn DenseEmbedder>> = match (&k.minilm_dir, knowledge) {
+        (Some(_), Some(kb)) if k.embeddings_base_url.is_none() => kb.dense(),
+        (Some(dir), None) => Some(Arc::new(MiniLmEmbedder::load(dir).map_err(|e| {
+            anyhow::anyhow!("knowledge.minilm_dir: cannot load the MiniLM model: {e}")
+        })?)),
+        _ => None,
+    };
+    let offline = Arc::new(
+        cairn_insights::OfflineAnalyzer::new(&config.insights, embedder)
+            .map_err(|e| anyhow::anyhow!("insights.taxonomy_file: {e}"))?,
+    );
+    let intent_model = offline.classifier("").model();
+    let analyzer: Arc<dyn cairn_core::ports::Analyzer> = if config.insights.parts.uses_llm() {
+        if !model.is_llm() {
+            tracing::warn!("insights.parts asks for the LLM but none is configured: analyses stay offline");
+        }
+        Arc::new(cairn_insights::llm::LlmAnalyzer::new(
+            offline.clone(),
+            model,
+            config.insights.clone(),
+        ))
+    } else {
+        offline.clone()
+    };
+    let scanner: Arc<dyn cairn_core::insights::PiiScanner> = Arc::new(offline.recognizer().clone());
+    let deps = cairn_actors::insights::InsightsDeps {
+        analyzer: analyzer.clone(),
+        scanner: scanner.clone(),
+        memory: stores.memory,
+        events: stores.events,
+        records: stores.records,
+        bus: consuming.bus.clone(),
+        topics: consuming.topics.clone(),
+        alerts_enabled: config.alerts.enabled,
+        config: Arc::new(config.insights.clone()),
+    };
+    runtime
+        .start_insights(consuming, deps)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(intent = %intent_model, analyzer = analyzer.name(), "support intelligence on");
+    Ok(InsightsParts {
+        analyzer,
+        scanner,
+        intent_model,
+    })
+}
+
 /// Opens the knowledge base in the data dir: hybrid with MiniLM when
 /// `knowledge.minilm_dir` is set, BM25 only (with a warning) otherwise. The two
 /// kinds live in separate folders because a store's vector layout is fixed.
@@ -368,6 +443,7 @@ pub async fn build(
     } else {
         None
     };
+    let analysis_model = model.clone();
     let deps = AgentDeps {
         memory: memory.clone(),
         events: events.clone(),
@@ -380,6 +456,19 @@ pub async fn build(
             topic: topics.conversation_events.clone(),
         }),
         signals: signals.clone(),
+        pii: (config.insights.enabled
+            && (config.insights.pii == cairn_core::insights::PiiPolicy::RedactModel
+                || config.insights.tenants.values().any(|t| {
+                    t.pii == Some(cairn_core::insights::PiiPolicy::RedactModel)
+                })))
+        .then(|| {
+            Arc::new(cairn_actors::PiiGuard {
+                scanner: Arc::new(cairn_insights::PiiRecognizer::new(
+                    config.insights.pii_threshold,
+                )),
+                config: Arc::new(config.insights.clone()),
+            })
+        }),
     };
     let ingestion = knowledge.as_ref().map(|kb| {
         (
@@ -419,8 +508,44 @@ pub async fn build(
         let pipeline = AlertPipeline::start(deps, false)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        runtime.start_alerts(consuming, pipeline);
+        runtime.start_alerts(consuming.clone(), pipeline);
     }
+    let insights = match config.insights.enabled {
+        true => {
+            let i = start_insights(
+                config,
+                knowledge.as_ref(),
+                analysis_model,
+                &mut runtime,
+                consuming,
+                InsightsStores {
+                    memory: memory.clone(),
+                    events: events.clone(),
+                    records: records.clone(),
+                },
+            )
+            .await?;
+            extra_health.insert(
+                "insights".into(),
+                serde_json::json!({
+                    "status": "ok",
+                    "analyzer": i.analyzer.name(),
+                    "intent_model": i.intent_model,
+                    "pii_policy": config.insights.pii,
+                }),
+            );
+            Some(Arc::new(cairn_api::insights::InsightsApi {
+                analyzer: i.analyzer,
+                scanner: i.scanner,
+                config: Arc::new(config.insights.clone()),
+                records: records.clone(),
+            }))
+        }
+        false => {
+            extra_health.insert("insights".into(), serde_json::json!({"status": "disabled"}));
+            None
+        }
+    };
     extra_health.insert(
         "alerts".into(),
         serde_json::json!({
@@ -499,6 +624,7 @@ pub async fn build(
             config.server.max_streams,
         ),
         deleted: tokio::sync::broadcast::channel(256).0,
+        insights,
         alerts: alerts_on.then(|| {
             Arc::new(cairn_api::alerts::AlertsApi {
                 log: cairn_alerts::AlertLog::new(records.clone()),

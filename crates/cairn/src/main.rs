@@ -769,7 +769,8 @@ async fn ask_in(
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let after = state.events.last_event_id(&tenant, &id).await?;
-    let request = TurnRequest::new(tenant.clone(), id.clone(), user, question.to_owned());
+    let request =
+        cairn_api::messages::new_request(state, &tenant, &id, &user, question.to_owned());
     state.runtime.submit(&request, None).await?;
     eprintln!("conversation {id}");
     let mut events = state.events.subscribe(tenant, id, after);

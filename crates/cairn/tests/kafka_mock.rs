@@ -38,8 +38,10 @@ fn setup(dir: &std::path::Path) -> (Cluster, Config, Topics) {
     config.kafka.produce_timeout = Duration::from_secs(1);
     config.knowledge.enabled = false;
     // These tests rewind and inspect the conversation groups on the mock cluster;
-    // the alerts consumer group (covered in kafka_tansu.rs) only adds rebalances.
+    // the alerts and insights consumer groups (covered in kafka_tansu.rs) only
+    // add rebalances.
     config.alerts.enabled = false;
+    config.insights.enabled = false;
     (cluster, config, topics)
 }
 

@@ -212,6 +212,7 @@ impl Harness {
             settings: Arc::new(settings),
             relay: None,
             signals: Default::default(),
+            pii: None,
         };
         let runtime = Runtime::start(deps, Arc::new(bus.clone()), Topics::with_prefix(""), 64)
             .await
