@@ -29,7 +29,9 @@ use crate::ingestion::{IngestMsg, MAX_ATTEMPTS, record_failure, retry_delay, sub
 use crate::supervisor::SupervisorMsg;
 use cairn_core::DocumentSubmission;
 use cairn_core::TurnRequest;
-use cairn_core::envelope::{DLQ_RECORD, DOCUMENT_SUBMITTED, Envelope, SUPPORT_MESSAGE, USER_MESSAGE};
+use cairn_core::envelope::{
+    DLQ_RECORD, DOCUMENT_SUBMITTED, Envelope, SUPPORT_MESSAGE, USER_MESSAGE,
+};
 use cairn_core::ports::{
     Assignment, BusConsumer, BusError, BusRecord, DocumentStore, Enqueued, EventBus, MemoryStore,
     Topics,
@@ -617,9 +619,7 @@ async fn follow_alerts_assignment(
 
 /// The job of an insights-bridge record; `Ok(None)` for records it ignores
 /// (documents), `Err` for records that cannot be analysed.
-fn insights_job(
-    rec: &BusRecord,
-) -> Result<Option<crate::insights::InsightsJob>, String> {
+fn insights_job(rec: &BusRecord) -> Result<Option<crate::insights::InsightsJob>, String> {
     use crate::insights::InsightsJob;
     use cairn_core::insights::{Sender, SupportMessage};
     let e = &rec.envelope;
@@ -669,10 +669,7 @@ fn insights_job(
 /// The insights bridge: `user_events` (group `cairn-insights`) → the
 /// InsightsActor. Records are handed over in offset order; a failed analysis
 /// (a store or model outage) is retried with backoff until it is stored.
-pub async fn run_insights_bridge(
-    ctx: Consuming,
-    actor: ActorRef<crate::insights::InsightsMsg>,
-) {
+pub async fn run_insights_bridge(ctx: Consuming, actor: ActorRef<crate::insights::InsightsMsg>) {
     let consumer = ctx.subscribe(&ctx.topics.user_events, INSIGHTS_GROUP).await;
     let c = ctx.clone();
     pump(consumer, ctx, INSIGHTS_GROUP, move |rec| {

@@ -112,7 +112,10 @@ pub struct InsightsState {
     generation: u64,
 }
 
-type PoolItem = (AnalysisInput, oneshot::Sender<Result<cairn_core::insights::Analysis, String>>);
+type PoolItem = (
+    AnalysisInput,
+    oneshot::Sender<Result<cairn_core::insights::Analysis, String>>,
+);
 
 /// The InsightsActor.
 pub struct InsightsActor;
@@ -129,7 +132,9 @@ impl Actor for InsightsActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel::<PoolItem>(deps.config.concurrency.max(MAX_BATCH));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         for _ in 0..workers {
             tokio::spawn(analysis_worker(rx.clone(), deps.analyzer.clone()));
         }
@@ -166,7 +171,11 @@ impl Actor for InsightsActor {
                 });
             }
             InsightsMsg::Settled(conversation, generation) => {
-                if state.tails.get(&conversation).is_some_and(|(g, _)| *g == generation) {
+                if state
+                    .tails
+                    .get(&conversation)
+                    .is_some_and(|(g, _)| *g == generation)
+                {
                     state.tails.remove(&conversation);
                 }
             }
@@ -236,15 +245,28 @@ async fn run_job(
         let _ = prev.wait_for(|done| *done).await;
     }
     let store = |e: StoreError| e.to_string();
-    if deps.records.get_record(MESSAGES, &key).await.map_err(store)?.is_some() {
+    if deps
+        .records
+        .get_record(MESSAGES, &key)
+        .await
+        .map_err(store)?
+        .is_some()
+    {
         tracing::debug!(conversation = %job.conversation, message = %job.message_id, "message already analysed");
         return Ok(());
     }
     if let Some(channel) = &job.support_channel {
-        append_support_message(deps, &job, channel).await.map_err(store)?;
+        append_support_message(deps, &job, channel)
+            .await
+            .map_err(store)?;
     }
     let ckey = aggregate::conversation_key(job.tenant.as_str(), &job.conversation);
-    let previous: Option<ConversationInsights> = match deps.records.get_record(CONVERSATIONS, &ckey).await.map_err(store)? {
+    let previous: Option<ConversationInsights> = match deps
+        .records
+        .get_record(CONVERSATIONS, &ckey)
+        .await
+        .map_err(store)?
+    {
         Some(s) => serde_json::from_str(&s).ok(),
         None => None,
     };
@@ -275,7 +297,14 @@ async fn run_job(
             let alert = escalation_alert(deps, &job, condition, &folded.insights);
             match crate::runtime::alert_envelope(&alert, None) {
                 Ok(envelope) => {
-                    publish_until_durable(deps.bus.as_ref(), &deps.topics.alerts, ALERTS_KEY, &envelope, &[]).await;
+                    publish_until_durable(
+                        deps.bus.as_ref(),
+                        &deps.topics.alerts,
+                        ALERTS_KEY,
+                        &envelope,
+                        &[],
+                    )
+                    .await;
                     tracing::info!(conversation = %job.conversation, condition, "conversation escalated");
                 }
                 Err(e) => tracing::error!(error = %e, "cannot build the escalation alert"),
@@ -341,7 +370,10 @@ fn escalation_alert(
     )
     .label("conversation", job.conversation.as_str())
     .label("condition", condition)
-    .annotation("summary", format!("Conversation {} needs a human: {reason}", job.conversation))
+    .annotation(
+        "summary",
+        format!("Conversation {} needs a human: {reason}", job.conversation),
+    )
     .annotation("description", insights.summary.tldr.clone());
     alert.conversation_id = Some(job.conversation.to_string());
     alert.turn_id = Some(job.turn_id.to_string());
@@ -353,7 +385,11 @@ async fn append_support_message(
     job: &InsightsJob,
     channel: &str,
 ) -> Result<(), StoreError> {
-    let meta = match deps.memory.get_conversation(&job.tenant, &job.conversation).await? {
+    let meta = match deps
+        .memory
+        .get_conversation(&job.tenant, &job.conversation)
+        .await?
+    {
         Some(m) => m,
         None => {
             let title: String = job.text.chars().take(60).collect();

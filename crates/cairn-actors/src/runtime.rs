@@ -176,7 +176,10 @@ impl Runtime {
             .await
             .map_err(|e| StartError(format!("insights actor: {e}")))?;
         self.bridges
-            .push(tokio::spawn(crate::bridge::run_insights_bridge(ctx, actor.clone())));
+            .push(tokio::spawn(crate::bridge::run_insights_bridge(
+                ctx,
+                actor.clone(),
+            )));
         self.insights = Some(actor);
         Ok(())
     }

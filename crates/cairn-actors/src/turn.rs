@@ -9,10 +9,10 @@
 
 use crate::memory;
 use crate::settings::AgentDeps;
+use cairn_core::insights::Pseudonyms;
 use cairn_core::ports::{
     ChatMessage, ChatRequest, ChatResponse, ModelError, StoreError, ToolContext,
 };
-use cairn_core::insights::Pseudonyms;
 use cairn_core::*;
 use chrono::Utc;
 use serde_json::json;

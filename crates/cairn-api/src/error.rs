@@ -69,9 +69,7 @@ impl ErrorCode {
             MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
-            | InsightsDisabled => {
-                StatusCode::NOT_FOUND
-            }
+            | InsightsDisabled => StatusCode::NOT_FOUND,
             ReceiverFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,

@@ -135,8 +135,11 @@ pub async fn post_message(
     }
     let max = state.settings.max_message_chars;
     if body.message.chars().take(max + 1).count() > max {
-        return Err(invalid("message", format!("`message` is longer than {max} characters"))
-            .with_details(json!({"field": "message", "max": max})));
+        return Err(invalid(
+            "message",
+            format!("`message` is longer than {max} characters"),
+        )
+        .with_details(json!({"field": "message", "max": max})));
     }
     match state.memory.get_conversation(&caller.tenant, &id).await? {
         Some(_) => {
@@ -201,8 +204,10 @@ pub async fn analyze(
     }
     let max = insights.config.max_text_chars;
     if body.text.chars().take(max + 1).count() > max {
-        return Err(invalid("text", format!("`text` is longer than {max} characters"))
-            .with_details(json!({"field": "text", "max": max})));
+        return Err(
+            invalid("text", format!("`text` is longer than {max} characters"))
+                .with_details(json!({"field": "text", "max": max})),
+        );
     }
     let input = AnalysisInput::customer(caller.tenant.clone(), body.text);
     let analysis = insights

@@ -127,13 +127,8 @@ impl CairnMcp {
             .last_event_id(&caller.tenant, &id)
             .await
             .map_err(|e| e.to_string())?;
-        let request = crate::messages::new_request(
-            state,
-            &caller.tenant,
-            &id,
-            &caller.user,
-            args.question,
-        );
+        let request =
+            crate::messages::new_request(state, &caller.tenant, &id, &caller.user, args.question);
         state
             .runtime
             .submit(&request, Some(&crate::request_id::traceparent()))

@@ -4,8 +4,7 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, conversations, documents, events, health, insights, messages, request_id, search,
-    tools,
+    alerts, conversations, documents, events, health, insights, messages, request_id, search, tools,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -223,6 +223,7 @@ pub fn triage(text: &str, intent: &str, sentiment: &Sentiment, pii: &PiiReport) 
         || safety
         || legal
         || (deadline && negative)
+        || (human && negative)
         || (repeated && strongly_negative)
         || (leave && strongly_negative)
     {

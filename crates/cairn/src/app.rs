@@ -128,7 +128,9 @@ async fn start_insights(
     let intent_model = offline.classifier("").model();
     let analyzer: Arc<dyn cairn_core::ports::Analyzer> = if config.insights.parts.uses_llm() {
         if !model.is_llm() {
-            tracing::warn!("insights.parts asks for the LLM but none is configured: analyses stay offline");
+            tracing::warn!(
+                "insights.parts asks for the LLM but none is configured: analyses stay offline"
+            );
         }
         Arc::new(cairn_insights::llm::LlmAnalyzer::new(
             offline.clone(),
@@ -458,9 +460,11 @@ pub async fn build(
         signals: signals.clone(),
         pii: (config.insights.enabled
             && (config.insights.pii == cairn_core::insights::PiiPolicy::RedactModel
-                || config.insights.tenants.values().any(|t| {
-                    t.pii == Some(cairn_core::insights::PiiPolicy::RedactModel)
-                })))
+                || config
+                    .insights
+                    .tenants
+                    .values()
+                    .any(|t| t.pii == Some(cairn_core::insights::PiiPolicy::RedactModel))))
         .then(|| {
             Arc::new(cairn_actors::PiiGuard {
                 scanner: Arc::new(cairn_insights::PiiRecognizer::new(

@@ -769,8 +769,7 @@ async fn ask_in(
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let after = state.events.last_event_id(&tenant, &id).await?;
-    let request =
-        cairn_api::messages::new_request(state, &tenant, &id, &user, question.to_owned());
+    let request = cairn_api::messages::new_request(state, &tenant, &id, &user, question.to_owned());
     state.runtime.submit(&request, None).await?;
     eprintln!("conversation {id}");
     let mut events = state.events.subscribe(tenant, id, after);
