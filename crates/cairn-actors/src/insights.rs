@@ -91,6 +91,9 @@ pub struct InsightsDeps {
     pub topics: Topics,
     /// True when escalations are published on `alerts`.
     pub alerts_enabled: bool,
+    /// True when `insights.updated` is republished on `conversation_events`
+    /// (on Kafka; the embedded bus has no downstream consumers).
+    pub relay_events: bool,
     /// `[insights]`.
     pub config: Arc<InsightsConfig>,
 }
@@ -336,6 +339,9 @@ async fn run_job(
         at: Utc::now(),
         event,
     };
+    if !deps.relay_events {
+        return Ok(());
+    }
     if let Ok(data) = serde_json::to_value(&data) {
         let envelope = Envelope::new(CONVERSATION_EVENT, job.tenant.clone(), data);
         publish_until_durable(

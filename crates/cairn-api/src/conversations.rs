@@ -191,5 +191,8 @@ pub async fn delete(
         return Err(ApiError::conversation_not_found());
     }
     crate::streams::announce_deleted(&state, &caller.tenant, &id);
+    if let Some(i) = &state.insights {
+        i.forget(&caller.tenant, &id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -65,6 +65,34 @@ impl InsightsApi {
     }
 }
 
+impl InsightsApi {
+    /// Deletes a conversation's analyses and insights (with the conversation).
+    pub async fn forget(&self, tenant: &TenantId, id: &ConversationId) -> ApiResult<()> {
+        let prefix = format!("{}/", conversation_key(tenant.as_str(), id));
+        loop {
+            let page = self
+                .records
+                .scan_records(MESSAGES, &prefix, None, 500)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            let changes = page
+                .into_iter()
+                .map(|(k, _)| cairn_core::ports::RecordChange::delete(MESSAGES, k))
+                .collect();
+            self.records.write_records(changes).await?;
+        }
+        self.records
+            .write_records(vec![cairn_core::ports::RecordChange::delete(
+                CONVERSATIONS,
+                conversation_key(tenant.as_str(), id),
+            )])
+            .await?;
+        Ok(())
+    }
+}
+
 fn api(state: &AppState) -> ApiResult<&Arc<InsightsApi>> {
     state.insights.as_ref().ok_or_else(|| {
         ApiError::new(

@@ -249,23 +249,7 @@ impl IntentClassifier {
             }
             None => {
                 for (k, l) in lowers.iter().enumerate() {
-                    let w: HashSet<String> = words(l).into_iter().collect();
-                    let lexical: Vec<f32> = self
-                        .example_words
-                        .iter()
-                        .map(|exs| {
-                            let mut s: Vec<f32> = exs
-                                .iter()
-                                .map(|e| {
-                                    let inter = w.intersection(e).count() as f32;
-                                    let union = w.union(e).count().max(1) as f32;
-                                    inter / union
-                                })
-                                .collect();
-                            s.sort_by(|a, b| b.total_cmp(a));
-                            s.first().copied().unwrap_or(0.0)
-                        })
-                        .collect();
+                    let lexical = self.lexical(l);
                     let scores: Vec<f32> = lexical
                         .iter()
                         .zip(&hits[k])
@@ -279,6 +263,23 @@ impl IntentClassifier {
             }
         }
         Ok(out)
+    }
+
+    /// Per intent, the best word overlap (Jaccard) with one of its examples.
+    fn lexical(&self, lower: &str) -> Vec<f32> {
+        let w: HashSet<String> = words(lower).into_iter().collect();
+        self.example_words
+            .iter()
+            .map(|exs| {
+                exs.iter()
+                    .map(|e| {
+                        let inter = w.intersection(e).count() as f32;
+                        let union = w.union(e).count().max(1) as f32;
+                        inter / union
+                    })
+                    .fold(0.0f32, f32::max)
+            })
+            .collect()
     }
 
     /// The best intent, or the fallback when `gate` (the model's own score of

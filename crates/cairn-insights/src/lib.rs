@@ -12,10 +12,12 @@
 //!   offline analysis as input and as fallback).
 //! - [`aggregate`]: folding analyses into a conversation's insights, and the
 //!   escalation conditions newly met.
+//! - [`eval`]: scoring of the labelled set (`cairn-eval insights`).
 //! - [`conformance`]: the cases every `Analyzer` passes.
 
 pub mod aggregate;
 pub mod conformance;
+pub mod eval;
 pub mod intent;
 pub mod language;
 pub mod llm;

@@ -90,11 +90,15 @@ impl OfflineAnalyzer {
         }
     }
 
-    /// The analysis of `input` with an intent already chosen.
-    pub fn assemble(&self, input: &AnalysisInput, intent: (String, f32)) -> Analysis {
+    /// The analysis of `input` with its PII found and an intent chosen.
+    pub fn assemble(
+        &self,
+        input: &AnalysisInput,
+        pii: PiiReport,
+        intent: (String, f32),
+    ) -> Analysis {
         let text = clip(&input.text, self.max_chars);
         let sentiment = self.sentiment.analyze(text);
-        let pii = self.pii_of(input);
         let language = crate::language::detect(text);
         let (urgency, conditions, actions) = match input.sender {
             Sender::Customer => {
@@ -154,6 +158,21 @@ impl Analyzer for OfflineAnalyzer {
     }
 
     async fn analyze_batch(&self, inputs: &[AnalysisInput]) -> Result<Vec<Analysis>, AnalyzeError> {
+        // Intent reads the text with its PII as placeholders: an email or a card
+        // number says nothing about what the customer wants. (Entities known
+        // from before a redaction point into the original text: not masked.)
+        let mut pii: Vec<PiiReport> = Vec::with_capacity(inputs.len());
+        let mut masked: Vec<String> = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            let text = clip(&i.text, self.max_chars);
+            let found = self.pii.find(text);
+            masked.push(cairn_core::insights::redact(text, &found));
+            let mut all = found;
+            if let Some(k) = &i.known_pii {
+                all.extend(k.entities.iter().cloned());
+            }
+            pii.push(PiiReport::of(all));
+        }
         // One embedding batch per tenant taxonomy.
         let mut intents: Vec<Option<(String, f32)>> = vec![None; inputs.len()];
         let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -166,10 +185,7 @@ impl Analyzer for OfflineAnalyzer {
             by_tenant.entry(key).or_default().push(i);
         }
         for (tenant, idx) in by_tenant {
-            let texts: Vec<&str> = idx
-                .iter()
-                .map(|i| clip(&inputs[*i].text, self.max_chars))
-                .collect();
+            let texts: Vec<&str> = idx.iter().map(|i| masked[*i].as_str()).collect();
             let got = self
                 .classifier(tenant)
                 .classify(&texts)
@@ -182,10 +198,11 @@ impl Analyzer for OfflineAnalyzer {
         Ok(inputs
             .iter()
             .zip(intents)
-            .map(|(input, intent)| {
+            .zip(pii)
+            .map(|((input, intent), pii)| {
                 let intent =
                     intent.unwrap_or_else(|| (self.intents.taxonomy().fallback.clone(), 0.0));
-                self.assemble(input, intent)
+                self.assemble(input, pii, intent)
             })
             .collect())
     }

@@ -59,6 +59,7 @@ struct Patterns {
     api_key: Regex,
     generic_secret: Regex,
     person_cue: Regex,
+    person_here: Regex,
     person_title: Regex,
     person_signoff: Regex,
     capitalised_pair: Regex,
@@ -75,9 +76,7 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     ssn: re(r"\b(\d{3})([- ]?)(\d{2})([- ]?)(\d{4})\b"),
     ipv4: re(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),
     ipv6: re(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"),
-    phone: re(
-        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\d{2,4}[ .\-])?\d{2,4}[ .\-]?\d{3,4}(?:[ .\-]?\d{2,4})?\b",
-    ),
+    phone: re(r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{1,5}(?:[ .\-]?\d{1,5}){1,5}\b"),
     date: re(
         r"(?i)\b(?:\d{1,2}[/.\-]\d{1,2}[/.\-](?:19|20)?\d{2}|(?:19|20)\d{2}-\d{2}-\d{2}|(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.? \d{1,2}(?:st|nd|rd|th)?,? (?:19|20)\d{2}|\d{1,2}(?:st|nd|rd|th)? (?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?),? (?:19|20)\d{2})\b",
     ),
@@ -86,7 +85,10 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     ),
     generic_secret: re(r"\b[A-Za-z0-9_\-]{24,}\b"),
     person_cue: re(
-        r"(?:\b[Mm]y name is|\b[Nn]ame:|\b[Tt]his is|\b[Ii] am|\b[Ii]'m|\b[Cc]all me|\b[Ss]peak(?:ing)? (?:to|with)|\b[Aa]sk for|\b[Dd]ear|\b[Hh]i|\b[Hh]ello|\b[Hh]ey|\b[Cc]ardholder:?|\b[Aa]ccount holder:?|\b[Ss]igned,?|\b[Ss]poke (?:to|with)|\b[Tt]alked to|\b[Cc]olleague|\b[Mm]y (?:husband|wife|son|daughter|manager|boss|partner|colleague)) ([A-Z][a-z]+(?:[\-'][A-Z][a-z]+)?(?: [A-Z][a-z]+(?:[\-'][A-Z][a-z]+)?)?)",
+        r"(?:\b(?:[Aa]gent|[Rr]ep|[Rr]epresentative|[Tt]echnician|[Dd]river|[Cc]ourier|[Aa]dvisor)|\b[Mm]y name,|\b[Mm]y name is|\b[Nn]ame:|\b[Tt]his is|\b[Ii] am|\b[Ii]'m|\b[Cc]all me|\b[Ss]peak(?:ing)? (?:to|with)|\b[Aa]sk for|\b[Dd]ear|\b[Hh]i|\b[Hh]ello|\b[Hh]ey|\b[Cc]ardholder:?|\b[Aa]ccount holder:?|\b[Ss]igned,?|\b[Ss]poke (?:to|with)|\b[Tt]alked to|\b[Cc]olleague|\b[Mm]y (?:husband|wife|son|daughter|manager|boss|partner|colleague)) (\p{Lu}\p{Ll}+(?:[\-']\p{Lu}\p{Ll}+)?(?: \p{Lu}\p{Ll}+(?:[\-']\p{Lu}\p{Ll}+)?)?)",
+    ),
+    person_here: re(
+        r"(?:^|[.!?,] |\b[Hh]ey,? |\b[Hh]i,? )(\p{Lu}\p{Ll}+) here\b|\b(\p{Lu}\p{Ll}+) from (?:your|the) (?:support|service|sales|billing|help|customer)",
     ),
     person_title: re(
         r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.? ([A-Z][a-z]+(?:[\-'][A-Z][a-z]+)?(?: [A-Z][a-z]+)?)",
@@ -96,9 +98,20 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     ),
     capitalised_pair: re(r"\b([A-Z][a-z]+) ([A-Z][a-z]+(?:[\-'][A-Z][a-z]+)?)\b"),
     street: re(
-        r"\b\d{1,6}[A-Za-z]? (?:[A-Z][a-z]+\.? ){0,3}[A-Z][a-z]+ (?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Parkway|Pkwy|Circle|Cir|Square|Sq|Highway|Hwy|Close|Crescent|Row)\b\.?(?:,? (?:Apt|Apartment|Suite|Ste|Unit|Flat|#) ?[A-Za-z0-9\-]+)?(?:, [A-Z][a-z]+(?: [A-Z][a-z]+)?(?:, [A-Z]{2})?(?: \d{5}(?:-\d{4})?)?)?",
+        r"\b\d{1,6}[A-Za-z]? (?:[A-Z][a-z]+\.? ){0,3}[A-Z][a-z]+ (?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Parkway|Pkwy|Circle|Cir|Square|Sq|Highway|Hwy|Close|Crescent|Row|Loop|Trail|Plaza|Alley|Walk|Gardens)\b\.?(?:,? (?:Apt|Apartment|Suite|Ste|Unit|Flat|#) ?[A-Za-z0-9\-]+)?(?:, [A-Z][a-z]+(?: [A-Z][a-z]+)?(?:, [A-Z]{2})?(?: \d{5}(?:-\d{4})?)?)?",
     ),
 });
+
+/// Regions a national number (without `+`) is tried in.
+const NATIONAL_REGIONS: &[phonenumber::country::Id] = &[
+    phonenumber::country::Id::US,
+    phonenumber::country::Id::GB,
+    phonenumber::country::Id::CA,
+    phonenumber::country::Id::AU,
+    phonenumber::country::Id::IN,
+    phonenumber::country::Id::DE,
+    phonenumber::country::Id::FR,
+];
 
 /// Words that, shortly before a number, make it a reference rather than PII.
 const REFERENCE_WORDS: &[&str] = &[
@@ -128,7 +141,7 @@ const REFERENCE_WORDS: &[&str] = &[
     "release",
     "request id",
     "error code",
-    "code",
+    "promo code",
 ];
 
 fn lower_window(chars: &[char], start: usize, end: usize) -> (String, String) {
@@ -137,6 +150,39 @@ fn lower_window(chars: &[char], start: usize, end: usize) -> (String, String) {
     let before: String = chars[b..start].iter().collect::<String>().to_lowercase();
     let after: String = chars[end..a].iter().collect::<String>().to_lowercase();
     (before, after)
+}
+
+/// Words that, shortly before a number, make it a phone number.
+const PHONE_WORDS: &[&str] = &[
+    "phone",
+    "call",
+    "mobile",
+    "cell",
+    "tel",
+    "telephone",
+    "number",
+    "reach me",
+    "text",
+    "whatsapp",
+    "contact",
+    "sms",
+    "fax",
+];
+
+/// Where the last of `words` (as a whole word) starts in `hay`.
+fn last_word_at(hay: &str, words: &[&str]) -> Option<usize> {
+    words
+        .iter()
+        .flat_map(|w| {
+            hay.match_indices(w).filter_map(move |(i, _)| {
+                let pre = hay[..i].chars().next_back();
+                let post = hay[i + w.len()..].chars().next();
+                (!pre.is_some_and(char::is_alphanumeric)
+                    && !post.is_some_and(char::is_alphanumeric))
+                .then_some(i)
+            })
+        })
+        .max()
 }
 
 fn has_word(hay: &str, words: &[&str]) -> bool {
@@ -332,7 +378,7 @@ impl PiiRecognizer {
                 continue;
             }
             let sp = span(m.start(), m.end());
-            let (before, after) = lower_window(&chars, sp.0, sp.1);
+            let (before, _) = lower_window(&chars, sp.0, sp.1);
             let mut score: f32 = 0.9;
             if has_word(
                 &before,
@@ -352,7 +398,6 @@ impl PiiRecognizer {
             if has_word(&before, REFERENCE_WORDS) && !has_word(&before, &["card"]) {
                 score -= 0.5;
             }
-            let _ = after;
             let last4: String = ds[ds.len() - 4..].to_owned();
             push("credit_card", sp, score, "luhn", format!("****{last4}"));
         }
@@ -459,37 +504,29 @@ impl PiiRecognizer {
             if !(7..=15).contains(&digits) {
                 continue;
             }
+            // Dates and dotted versions or addresses are not phones.
+            if P.date.is_match(s)
+                || s.parse::<std::net::Ipv4Addr>().is_ok()
+                || s.matches('.').count() >= 3
+            {
+                continue;
+            }
             let sp = span(m.start(), m.end());
             // The match may start inside a longer run of digits or a word.
             if sp.0 > 0 && chars[sp.0 - 1].is_alphanumeric() {
                 continue;
             }
-            let parsed = if s.trim_start().starts_with('+') {
-                phonenumber::parse(None, s)
+            // International numbers carry their country; national ones are
+            // tried in the regions most support traffic comes from.
+            let valid = if s.trim_start().starts_with('+') {
+                phonenumber::parse(None, s).is_ok_and(|n| phonenumber::is_valid(&n))
             } else {
-                phonenumber::parse(Some(phonenumber::country::Id::US), s)
+                NATIONAL_REGIONS.iter().any(|r| {
+                    phonenumber::parse(Some(*r), s).is_ok_and(|n| phonenumber::is_valid(&n))
+                })
             };
-            let Ok(number) = parsed else { continue };
-            let valid = phonenumber::is_valid(&number);
             let (before, _) = lower_window(&chars, sp.0, sp.1);
-            let ctx = has_word(
-                &before,
-                &[
-                    "phone",
-                    "call",
-                    "mobile",
-                    "cell",
-                    "tel",
-                    "telephone",
-                    "number",
-                    "reach me",
-                    "text me",
-                    "whatsapp",
-                    "contact",
-                    "sms",
-                    "fax",
-                ],
-            );
+            let ctx = has_word(&before, PHONE_WORDS);
             let separated = s.contains(['-', ' ', '.', '(', '+']);
             let mut score: f32 = match (valid, separated) {
                 (true, true) => 0.75,
@@ -499,9 +536,9 @@ impl PiiRecognizer {
             if ctx {
                 score += 0.2;
             }
-            if has_word(&before, REFERENCE_WORDS)
-                && !has_word(&before, &["phone", "mobile", "cell", "tel"])
-            {
+            // A reference word counts against unless a phone word is nearer.
+            let reference = last_word_at(&before, REFERENCE_WORDS);
+            if reference.is_some() && reference > last_word_at(&before, PHONE_WORDS) {
                 score -= 0.5;
             }
             push("phone", sp, score, "phonenumber", REDACTED.into());
@@ -565,6 +602,12 @@ impl PiiRecognizer {
                     if strong { 0.95 } else { 0.75 },
                     "name_cue",
                 );
+            }
+        }
+        for c in P.person_here.captures_iter(text) {
+            if let Some(g) = c.get(1).or_else(|| c.get(2)) {
+                // Weak cues: only names the gazetteer knows get through.
+                add(g.start(), g.end(), 0.75, "name_cue");
             }
         }
         for c in P.person_title.captures_iter(text) {

@@ -150,6 +150,7 @@ async fn start_insights(
         bus: consuming.bus.clone(),
         topics: consuming.topics.clone(),
         alerts_enabled: config.alerts.enabled,
+        relay_events: !config.kafka.brokers.is_empty(),
         config: Arc::new(config.insights.clone()),
     };
     runtime

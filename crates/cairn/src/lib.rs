@@ -16,4 +16,5 @@ pub mod app;
 pub mod builtin_tools;
 pub mod datadir;
 pub mod ingest;
+pub mod insights_eval;
 pub mod secret;

@@ -238,6 +238,21 @@ async fn support_messages_build_insights_events_and_one_alert_per_condition() {
         )
         .await;
     assert_eq!(r.status, 404, "{:?}", r.body);
+
+    // Deleting the conversation deletes its insights: a new one with the same
+    // id starts from nothing.
+    assert_eq!(c.delete("/v1/conversations/sup-1").await.status, 204);
+    assert_eq!(c.get("/v1/conversations/sup-1/insights").await.status, 404);
+    support(
+        &c,
+        "sup-1",
+        "customer",
+        "Hello again, how do I export my data?",
+    )
+    .await;
+    let fresh = insights_after(&c, "sup-1", 1).await;
+    assert_eq!(fresh["analyzed_messages"], 1, "{fresh:#}");
+    assert_eq!(fresh["pii"]["detected"], false);
     s.stop().await;
 }
 

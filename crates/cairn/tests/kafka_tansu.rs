@@ -567,3 +567,83 @@ async fn one_replica_runs_the_alert_pipeline_and_the_other_takes_over_from_the_s
             >= 3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_each_message_is_analysed_once() {
+    let (_broker, _model, cluster) = setup().await;
+    let http = reqwest::Client::new();
+    let replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
+    for r in &replicas {
+        common::wait_ready(&http, &r.base).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let token = token();
+    let convs: Vec<String> = (0..4)
+        .map(|i| format!("sup-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    // Two messages per conversation, posted through alternating replicas.
+    for round in 0..2 {
+        for (i, conv) in convs.iter().enumerate() {
+            let base = &replicas[(i + round) % 2].base;
+            let r = http
+                .post(format!("{base}/v1/messages"))
+                .bearer_auth(&token)
+                .json(&json!({"conversation_id": conv, "sender": "customer", "message": format!("My order {round} is late, where is it?"), "channel": "email"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    }
+    for conv in &convs {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = get_json(
+                &http,
+                &format!("{}/v1/conversations/{conv}/insights", replicas[0].base),
+                Some(&token),
+            )
+            .await;
+            if v["analyzed_messages"] == 2 {
+                assert_eq!(v["insights"]["intent"], "order_status", "{v:#}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{conv} not analysed: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for conv in &convs {
+        // The stream holds exactly one insights.updated per message.
+        let resp = http
+            .get(format!(
+                "{}/v1/conversations/{conv}/events",
+                replicas[1].base
+            ))
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", "0")
+            .send()
+            .await
+            .unwrap();
+        let events = common::collect_sse(resp, Duration::from_secs(2), |_| false).await;
+        let mut ids: Vec<String> = events
+            .iter()
+            .filter(|e| e.1 == "insights.updated")
+            .map(|e| e.2["message_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 2, "{conv}: {events:#?}");
+        ids.dedup();
+        assert_eq!(ids.len(), 2);
+        let m = get_json(
+            &http,
+            &format!("{}/v1/conversations/{conv}/messages", replicas[1].base),
+            Some(&token),
+        )
+        .await;
+        assert_eq!(m["items"].as_array().unwrap().len(), 2, "{m:#}");
+    }
+}

@@ -1,9 +1,12 @@
 //! `cairn-eval`: retrieval quality on a labelled question set. Ingests a
 //! knowledge folder into a fresh Qdrant Edge store and reports, per mode
 //! (BM25, dense, hybrid), recall@5 and MRR@10 at document level.
+//! `cairn-eval insights` scores the support-intelligence analysers instead
+//! (see `cairn::insights_eval`).
 //!
 //! ```text
 //! cairn-eval --kb kb --questions eval/questions.json --minilm-dir <model folder>
+//! cairn-eval insights --set eval/insights.jsonl [--minilm-dir …] [--anchors-python …] [--bench]
 //! ```
 
 use anyhow::Context;
@@ -51,6 +54,10 @@ fn score(ranked: &[String], want: &str) -> (bool, f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("insights") {
+        let args = cairn::insights_eval::InsightsArgs::parse_from(std::env::args().skip(1));
+        return cairn::insights_eval::run(args).await;
+    }
     let args = Args::parse();
     cairn_llm::http::install_crypto_provider();
     let q: Value =
