@@ -114,7 +114,12 @@ async fn start_insights(
     stores: InsightsStores,
 ) -> anyhow::Result<InsightsParts> {
     let k = &config.knowledge;
+    use cairn_core::insights_config::IntentModel;
+    if config.insights.intent_model == IntentModel::Minilm && k.minilm_dir.is_none() {
+        anyhow::bail!("insights.intent_model = \"minilm\" needs knowledge.minilm_dir");
+    }
     let embedder: Option<Arc<dyn DenseEmbedder>> = match (&k.minilm_dir, knowledge) {
+        _ if config.insights.intent_model == IntentModel::Lexical => None,
         (Some(_), Some(kb)) if k.embeddings_base_url.is_none() => kb.dense(),
         (Some(dir), None) => Some(Arc::new(MiniLmEmbedder::load(dir).map_err(|e| {
             anyhow::anyhow!("knowledge.minilm_dir: cannot load the MiniLM model: {e}")

@@ -234,6 +234,18 @@ pub async fn run(args: InsightsArgs) -> anyhow::Result<()> {
 
     if args.bench {
         bench(&lexical, minilm.as_ref(), &items).await?;
+        if let Some(d) = &dense {
+            let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+            d.embed(&texts).await?;
+            let started = Instant::now();
+            for _ in 0..3 {
+                d.embed(&texts).await?;
+            }
+            println!(
+                "MiniLM embedding alone: {:.0} texts/s",
+                (texts.len() * 3) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
