@@ -627,11 +627,16 @@ fn insights_job(rec: &BusRecord) -> Result<Option<crate::insights::InsightsJob>,
         USER_MESSAGE => {
             let r: TurnRequest = serde_json::from_value(e.data.clone())
                 .map_err(|err| format!("not a turn request: {err}"))?;
+            // The analysis is not part of the turn: its event carries the
+            // message id, so a turn's stream (which ends at its answer) does
+            // not include it.
+            let turn_id = cairn_core::TurnId::parse(r.message_id.as_str())
+                .map_err(|err| format!("message id: {err}"))?;
             InsightsJob {
                 tenant: r.tenant_id,
                 conversation: r.conversation_id,
                 message_id: r.message_id,
-                turn_id: r.turn_id,
+                turn_id,
                 user: r.user_id,
                 sender: Sender::Customer,
                 text: r.content,

@@ -56,7 +56,8 @@ pub struct InsightsJob {
     pub conversation: ConversationId,
     /// The message.
     pub message_id: MessageId,
-    /// Its turn (a support message's turn id is its message id).
+    /// The id its events carry in their `turn_id` (the message id: an
+    /// analysis belongs to no turn).
     pub turn_id: TurnId,
     /// Who posted it (the conversation's owner when it is created here).
     pub user: UserId,

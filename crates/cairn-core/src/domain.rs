@@ -405,8 +405,9 @@ pub enum TurnEvent {
     /// A message was analysed and the conversation's insights changed.
     #[serde(rename = "insights.updated")]
     InsightsUpdated {
-        /// The turn of the analysed message (for a `POST /v1/messages` message,
-        /// its message id).
+        /// The analysed message's id: the analysis belongs to no turn, so a
+        /// turn's own stream (`Accept: text/event-stream` on a post) does not
+        /// carry it; the conversation's stream does.
         turn_id: TurnId,
         /// The message analysed.
         message_id: MessageId,

@@ -179,8 +179,10 @@ async fn a_message_is_answered_with_memory_and_streamed() {
 async fn sse_resumes_with_last_event_id_after_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), None);
-    // Two events per turn keep the arithmetic below readable.
+    // Two events per turn keep the arithmetic below readable (no knowledge
+    // search step, no `insights.updated` between them).
     cfg.knowledge.enabled = false;
+    cfg.insights.enabled = false;
     let mut s = Server::start(&cfg).await;
     let token = s.token("acme", "ana");
     let c = s.client(&token);
