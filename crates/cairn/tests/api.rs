@@ -94,6 +94,18 @@ async fn a_message_is_answered_with_memory_and_streamed() {
             ev.iter().any(|e| is_terminal(&e.1))
         })
         .await;
+    // The conversation's stream also carries the message's analysis
+    // (`insights.updated`, with the message id): not part of the turn.
+    let message_id = r.body["message_id"].as_str().unwrap().to_owned();
+    let (events, analysis): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .partition(|e| e.2["turn_id"] == turn.as_str());
+    assert!(
+        analysis
+            .iter()
+            .all(|e| e.1 == "insights.updated" && e.2["message_id"] == message_id.as_str()),
+        "{analysis:?}"
+    );
     let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
     // The offline planner looks in the (empty) knowledge base first.
     assert_eq!(
@@ -326,7 +338,19 @@ async fn every_error_has_its_code_status_and_request_id() {
         "unsupported_media_type",
     );
     let huge = json!({"content": "x".repeat(2 * 1024 * 1024)});
-    assert_error(&c.post(&msgs, huge).await, 413, "payload_too_large");
+    // The server answers 413 before reading the body and closes the connection;
+    // `Connection: close` keeps the client from reusing it for the next request
+    // (which otherwise fails now and then with a broken pipe).
+    assert_error(
+        &c.send(
+            c.req(reqwest::Method::POST, &msgs)
+                .header("connection", "close")
+                .json(&huge),
+        )
+        .await,
+        413,
+        "payload_too_large",
+    );
     assert_error(
         &c.post(
             "/v1/conversations/nope-404/messages",
