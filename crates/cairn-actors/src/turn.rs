@@ -91,11 +91,6 @@ pub async fn run_turn(
         .cloned();
 
     loop {
-        let pseudonyms = guard.as_ref().map(|g| {
-            let mut all = context.clone();
-            all.extend(step_messages(&cp.steps));
-            mask_messages(g, &all).1
-        });
         // Act: run tool calls recorded but not completed (after a step, or a crash).
         let unfinished: Vec<usize> = cp
             .steps
@@ -104,6 +99,21 @@ pub async fn run_turn(
             .filter(|(_, s)| matches!(s, Step::Tool { outcome: None, .. }))
             .map(|(i, _)| i)
             .collect();
+        // A pending call to a tool allowed to see PII gets the values behind its
+        // placeholders: the mapping is rebuilt from the turn's messages (after a
+        // crash too), and only when there is such a call.
+        let pseudonyms = guard
+            .as_ref()
+            .filter(|g| {
+                unfinished.iter().any(|i| {
+                    matches!(&cp.steps[*i], Step::Tool { call, .. } if g.tool_sees_pii(&call.name))
+                })
+            })
+            .map(|g| {
+                let mut all = context.clone();
+                all.extend(step_messages(&cp.steps));
+                mask_messages(g, &all).1
+            });
         for i in unfinished {
             let restore = match (&guard, &pseudonyms) {
                 (Some(g), Some(p)) => match &cp.steps[i] {

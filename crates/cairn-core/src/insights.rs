@@ -322,14 +322,18 @@ fn placeholder_kind(kind: &str) -> String {
     kind.to_ascii_uppercase()
 }
 
-/// Replaces every entity's span by `[TYPE]` (e.g. `[EMAIL]`); overlapping spans
-/// are merged into the first. `entities` are in character offsets of `text`.
-pub fn redact(text: &str, entities: &[PiiEntity]) -> String {
+/// `text` with each entity's span replaced by `with(entity, value)`, in text
+/// order; an entity overlapping one already replaced is skipped. `entities` are
+/// in character offsets of `text`.
+fn replace_spans(
+    text: &str,
+    entities: &[PiiEntity],
+    mut with: impl FnMut(&PiiEntity, &str) -> String,
+) -> String {
     let mut spans: Vec<&PiiEntity> = entities.iter().collect();
     spans.sort_by_key(|e| e.start);
     let mut out = String::with_capacity(text.len());
-    let mut at_char = 0usize;
-    let mut at_byte = 0usize;
+    let (mut at_char, mut at_byte) = (0usize, 0usize);
     for e in spans {
         if e.start < at_char || e.end <= e.start {
             continue;
@@ -337,14 +341,20 @@ pub fn redact(text: &str, entities: &[PiiEntity]) -> String {
         let s = at_byte + byte_at(&text[at_byte..], e.start - at_char);
         let end = s + byte_at(&text[s..], e.end - e.start);
         out.push_str(&text[at_byte..s]);
-        out.push('[');
-        out.push_str(&placeholder_kind(&e.kind));
-        out.push(']');
+        out.push_str(&with(e, &text[s..end]));
         at_char = e.end;
         at_byte = end;
     }
     out.push_str(&text[at_byte..]);
     out
+}
+
+/// Replaces every entity's span by `[TYPE]` (e.g. `[EMAIL]`); overlapping spans
+/// are merged into the first. `entities` are in character offsets of `text`.
+pub fn redact(text: &str, entities: &[PiiEntity]) -> String {
+    replace_spans(text, entities, |e, _| {
+        format!("[{}]", placeholder_kind(&e.kind))
+    })
 }
 
 /// Stable pseudonyms for one conversation under `redact_model`: the same value
@@ -365,36 +375,18 @@ impl Pseudonyms {
 
     /// `text` with every entity replaced by its placeholder.
     pub fn mask(&mut self, text: &str, entities: &[PiiEntity]) -> String {
-        let mut spans: Vec<&PiiEntity> = entities.iter().collect();
-        spans.sort_by_key(|e| e.start);
-        let mut out = String::with_capacity(text.len());
-        let (mut at_char, mut at_byte) = (0usize, 0usize);
-        for e in spans {
-            if e.start < at_char || e.end <= e.start {
-                continue;
+        replace_spans(text, entities, |e, value| {
+            if let Some(p) = self.by_value.get(value) {
+                return p.clone();
             }
-            let s = at_byte + byte_at(&text[at_byte..], e.start - at_char);
-            let end = s + byte_at(&text[s..], e.end - e.start);
-            out.push_str(&text[at_byte..s]);
-            let value = &text[s..end];
-            let placeholder = match self.by_value.get(value) {
-                Some(p) => p.clone(),
-                None => {
-                    let kind = placeholder_kind(&e.kind);
-                    let n = self.counts.entry(kind.clone()).or_insert(0);
-                    *n += 1;
-                    let p = format!("<{kind}_{n}>");
-                    self.by_value.insert(value.to_owned(), p.clone());
-                    self.by_placeholder.insert(p.clone(), value.to_owned());
-                    p
-                }
-            };
-            out.push_str(&placeholder);
-            at_char = e.end;
-            at_byte = end;
-        }
-        out.push_str(&text[at_byte..]);
-        out
+            let kind = placeholder_kind(&e.kind);
+            let n = self.counts.entry(kind.clone()).or_insert(0);
+            *n += 1;
+            let p = format!("<{kind}_{n}>");
+            self.by_value.insert(value.to_owned(), p.clone());
+            self.by_placeholder.insert(p.clone(), value.to_owned());
+            p
+        })
     }
 
     /// `text` with every known placeholder replaced by its value.

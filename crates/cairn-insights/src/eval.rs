@@ -38,6 +38,19 @@ pub struct Item {
     pub pii: Vec<Span>,
 }
 
+/// The PII spans an analysis found.
+pub fn spans_of(a: &cairn_core::insights::Analysis) -> Vec<Span> {
+    a.pii
+        .entities
+        .iter()
+        .map(|e| Span {
+            kind: e.kind.clone(),
+            start: e.start,
+            end: e.end,
+        })
+        .collect()
+}
+
 /// Reads a JSON-lines set.
 pub fn load(text: &str) -> Result<Vec<Item>, String> {
     text.lines()

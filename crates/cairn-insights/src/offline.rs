@@ -73,14 +73,19 @@ impl OfflineAnalyzer {
         self.tenant_intents.get(tenant).unwrap_or(&self.intents)
     }
 
-    /// Everything but intent, for one text (cheap, synchronous).
-    pub fn pii_of(&self, input: &AnalysisInput) -> PiiReport {
+    /// The PII of `input`, and its text with that PII as placeholders (what
+    /// intent reads: an email or a card number says nothing about what the
+    /// customer wants). Entities known from before a redaction point into the
+    /// original text: they are reported, not masked.
+    fn pii_of(&self, input: &AnalysisInput) -> (PiiReport, String) {
         let text = clip(&input.text, self.max_chars);
-        let mut entities = self.pii.find(text);
+        let found = self.pii.find(text);
+        let masked = cairn_core::insights::redact(text, &found);
+        let mut all = found;
         if let Some(k) = &input.known_pii {
-            entities.extend(k.entities.iter().cloned());
+            all.extend(k.entities.iter().cloned());
         }
-        PiiReport::of(entities)
+        (PiiReport::of(all), masked)
     }
 
     fn tag(version: String) -> AnalyzerTag {
@@ -158,21 +163,8 @@ impl Analyzer for OfflineAnalyzer {
     }
 
     async fn analyze_batch(&self, inputs: &[AnalysisInput]) -> Result<Vec<Analysis>, AnalyzeError> {
-        // Intent reads the text with its PII as placeholders: an email or a card
-        // number says nothing about what the customer wants. (Entities known
-        // from before a redaction point into the original text: not masked.)
-        let mut pii: Vec<PiiReport> = Vec::with_capacity(inputs.len());
-        let mut masked: Vec<String> = Vec::with_capacity(inputs.len());
-        for i in inputs {
-            let text = clip(&i.text, self.max_chars);
-            let found = self.pii.find(text);
-            masked.push(cairn_core::insights::redact(text, &found));
-            let mut all = found;
-            if let Some(k) = &i.known_pii {
-                all.extend(k.entities.iter().cloned());
-            }
-            pii.push(PiiReport::of(all));
-        }
+        let (pii, masked): (Vec<PiiReport>, Vec<String>) =
+            inputs.iter().map(|i| self.pii_of(i)).unzip();
         // One embedding batch per tenant taxonomy.
         let mut intents: Vec<Option<(String, f32)>> = vec![None; inputs.len()];
         let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();

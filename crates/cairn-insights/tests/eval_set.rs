@@ -25,20 +25,7 @@ async fn the_offline_analyser_keeps_its_measured_quality_on_the_labelled_set() {
         .map(|i| AnalysisInput::customer(tenant.clone(), i.text.clone()))
         .collect();
     let analyses = an.analyze_batch(&inputs).await.unwrap();
-    let pred: Vec<Vec<Span>> = analyses
-        .iter()
-        .map(|a| {
-            a.pii
-                .entities
-                .iter()
-                .map(|e| Span {
-                    kind: e.kind.clone(),
-                    start: e.start,
-                    end: e.end,
-                })
-                .collect()
-        })
-        .collect();
+    let pred: Vec<Vec<Span>> = analyses.iter().map(eval::spans_of).collect();
     let s = eval::score_pii(&items, &pred);
     for t in [
         "email",

@@ -35,18 +35,6 @@ pub struct InsightsArgs {
     pub misses: bool,
 }
 
-fn spans(a: &cairn_core::insights::Analysis) -> Vec<Span> {
-    a.pii
-        .entities
-        .iter()
-        .map(|e| Span {
-            kind: e.kind.clone(),
-            start: e.start,
-            end: e.end,
-        })
-        .collect()
-}
-
 async fn analyse_all(
     an: &OfflineAnalyzer,
     items: &[Item],
@@ -108,7 +96,7 @@ pub async fn run(args: InsightsArgs) -> anyhow::Result<()> {
         None => None,
     };
     let ours = analyse_all(&lexical, &items).await?;
-    let pred: Vec<Vec<Span>> = ours.iter().map(spans).collect();
+    let pred: Vec<Vec<Span>> = ours.iter().map(eval::spans_of).collect();
     let mine = pii_table("Cairn offline", &items, &pred);
 
     let gold_s: Vec<String> = items.iter().map(|i| i.sentiment.clone()).collect();

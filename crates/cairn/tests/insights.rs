@@ -373,45 +373,22 @@ async fn redis_text(url: &str, prefix: &str) -> String {
             .query_async(&mut con)
             .await
             .unwrap();
-        let v: redis::Value = match kind.as_str() {
-            "string" => redis::cmd("GET")
-                .arg(&k)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            "hash" => redis::cmd("HGETALL")
-                .arg(&k)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            "list" => redis::cmd("LRANGE")
-                .arg(&k)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            "set" => redis::cmd("SMEMBERS")
-                .arg(&k)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            "zset" => redis::cmd("ZRANGE")
-                .arg(&k)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            "stream" => redis::cmd("XRANGE")
-                .arg(&k)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut con)
-                .await
-                .unwrap(),
-            _ => redis::Value::Nil,
+        // The read command of each type, with its arguments after the key.
+        let (read, extra): (&str, &[&str]) = match kind.as_str() {
+            "string" => ("GET", &[]),
+            "hash" => ("HGETALL", &[]),
+            "list" => ("LRANGE", &["0", "-1"]),
+            "set" => ("SMEMBERS", &[]),
+            "zset" => ("ZRANGE", &["0", "-1"]),
+            "stream" => ("XRANGE", &["-", "+"]),
+            other => panic!("key {k} has an unexpected type {other}"),
         };
+        let v: redis::Value = redis::cmd(read)
+            .arg(&k)
+            .arg(extra)
+            .query_async(&mut con)
+            .await
+            .unwrap();
         out.push_str(&k);
         out.push_str(&format!("{v:?}"));
     }
