@@ -88,6 +88,37 @@ async fn support_messages_build_insights_events_and_one_alert_per_condition() {
         )
         .await;
     assert_eq!(r.body["error"]["code"], "invalid_field");
+    // Too much: a message past agent.max_message_chars, a channel past 64
+    // characters, a conversation id past 128.
+    let r = c
+        .post(
+            "/v1/messages",
+            json!({"conversation_id": "sup-1", "sender": "customer", "message": "x".repeat(32_001)}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "message");
+    assert_eq!(r.body["error"]["details"]["max"], 32_000);
+    let r = c
+        .post(
+            "/v1/messages",
+            json!({"conversation_id": "sup-1", "sender": "customer", "message": "hi", "channel": "c".repeat(65)}),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["details"]["field"], "channel",
+        "{:?}",
+        r.body
+    );
+    let r = c
+        .post(
+            "/v1/messages",
+            json!({"conversation_id": "c".repeat(129), "sender": "customer", "message": "hi"}),
+        )
+        .await;
+    // An id no conversation can have is not found, as on every conversation route.
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "conversation_not_found");
 
     insights_after(&c, "sup-1", 1).await;
     support(
