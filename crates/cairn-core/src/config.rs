@@ -66,6 +66,14 @@ pub struct Config {
     pub alerts: crate::alerts_config::AlertsConfig,
     /// Support intelligence: analysers, PII policy, escalation.
     pub insights: crate::insights_config::InsightsConfig,
+    /// Tickets and their enrichment.
+    pub tickets: crate::desk_config::TicketsConfig,
+    /// Counters for `/v1/analytics/*` and feedback summaries.
+    pub analytics: crate::desk_config::AnalyticsConfig,
+    /// Agent profiles (`[[agents]]`); none means one unnamed agent.
+    pub agents: Vec<crate::desk_config::AgentProfile>,
+    /// Which profile answers which message.
+    pub routing: crate::desk_config::RoutingConfig,
 }
 
 /// `[mcp]`
@@ -769,6 +777,7 @@ impl Config {
         }
         self.alerts.validate()?;
         self.insights.validate()?;
+        crate::desk_config::validate(&self.tickets, &self.analytics, &self.agents, &self.routing)?;
         if self.knowledge.fusion_k == 0 {
             return bad("knowledge.fusion_k", "must be at least 1");
         }

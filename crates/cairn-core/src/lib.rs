@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`alerts`]: alerts on the `alerts` topic and the label matchers of routes and silences.
 //! - [`alerts_config`]: the `[alerts]` section of the configuration.
+//! - [`desk`]: tickets, feedback, the analytics events and counter updates.
+//! - [`desk_config`]: `[tickets]`, `[analytics]`, `[[agents]]` and `[routing]`.
 //! - [`insights`]: the analysis of a message, a conversation's insights, PII
 //!   redaction and pseudonyms.
 //! - [`insights_config`]: the `[insights]` section of the configuration.
@@ -22,6 +24,8 @@
 pub mod alerts;
 pub mod alerts_config;
 pub mod config;
+pub mod desk;
+pub mod desk_config;
 pub mod domain;
 pub mod envelope;
 pub mod ids;

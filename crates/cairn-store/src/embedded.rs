@@ -62,7 +62,7 @@ const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("reco
 /// The embedded store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Db,
+    pub(crate) db: Db,
     event_retention: u64,
     /// Per-conversation fan-out of newly written events to live subscribers, so
     /// that a subscriber that keeps up never reads the store.
@@ -77,19 +77,19 @@ fn owner_key(tenant: &TenantId, owner: &UserId, id: &str) -> String {
     format!("{tenant}\0{owner}\0{id}")
 }
 
-fn unavailable(e: DbError) -> StoreError {
+pub(crate) fn unavailable(e: DbError) -> StoreError {
     StoreError::Unavailable(e.0)
 }
 
-fn r<E: Into<redb::Error>>(e: E) -> DbError {
+pub(crate) fn r<E: Into<redb::Error>>(e: E) -> DbError {
     DbError::from_redb(e)
 }
 
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
     serde_json::to_vec(v).map_err(|e| DbError(format!("encode: {e}")))
 }
 
-fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbError> {
+pub(crate) fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbError> {
     serde_json::from_slice(bytes).map_err(|e| DbError(format!("corrupt record: {e}")))
 }
 
@@ -145,6 +145,7 @@ impl EmbeddedStore {
                 txn.open_table(EVENT_SEQ).map_err(r)?;
                 txn.open_table(DOCUMENTS).map_err(r)?;
                 txn.open_table(RECORDS).map_err(r)?;
+                crate::embedded_desk::create_tables(txn)?;
                 txn.open_table(LEASES).map_err(r)?;
                 let done = txn.open_table(DONE_EVENTS).map_err(r)?;
                 let mut expiry = txn.open_table(DONE_EXPIRY).map_err(r)?;

@@ -5,17 +5,26 @@
 //!   survives restarts). Writes go through a group-commit writer.
 //! - [`redis_store::RedisStore`]: Redis, for production and for several replicas.
 //!   Conversation keys share one hash tag so each multi-key update is one Lua script.
+//! - `embedded_desk` and `redis_desk`: the [`TicketStore`] and [`CounterStore`]
+//!   ports on the same two backends (tickets filtered and paged while the store
+//!   walks an index; analytics counters applied once per event).
 //! - [`follow`]: the read-then-wait loop both adapters use to tail an event stream.
 //! - `xread_hub`: the Redis adapter's one blocking `XREAD` per process for all
 //!   followers (Redis connections stay bounded whatever the number of streams).
 //! - [`conformance`]: the shared suite; each adapter's tests run every case of it.
+//! - [`desk_conformance`]: the same for the TicketStore and CounterStore ports.
 //!
 //! [`MemoryStore`]: cairn_core::ports::MemoryStore
 //! [`EventStream`]: cairn_core::ports::EventStream
+//! [`TicketStore`]: cairn_core::ports::TicketStore
+//! [`CounterStore`]: cairn_core::ports::CounterStore
 
 pub mod conformance;
+pub mod desk_conformance;
 pub mod embedded;
+mod embedded_desk;
 pub mod follow;
+mod redis_desk;
 pub mod redis_store;
 mod xread_hub;
 

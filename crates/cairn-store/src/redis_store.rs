@@ -49,19 +49,19 @@ use std::time::Duration;
 /// The Redis store. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    pub(crate) conn: ConnectionManager,
     /// One blocking XREAD for every follower of this process (bounded Redis
     /// connections whatever the number of open streams).
     hub: XreadHub,
-    prefix: Arc<str>,
+    pub(crate) prefix: Arc<str>,
     event_retention: u64,
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(e: serde_json::Error) -> StoreError {
+pub(crate) fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 

@@ -111,3 +111,12 @@ async fn dedup_rows_expire_in_every_consumer_group() {
     assert!(s.event_done("a-router", "live3").await.unwrap());
     assert!(!s.event_done("z-conversations", "e001").await.unwrap());
 }
+
+mod desk_conformance {
+    use super::*;
+    cairn_store::desk_conformance_tests!({
+        let (s, dir) = fresh().await;
+        std::mem::forget(dir);
+        s
+    });
+}

@@ -22,3 +22,8 @@ mod conformance {
     use super::*;
     conformance_tests!(fresh().await, RETENTION);
 }
+
+mod desk_conformance {
+    use super::*;
+    cairn_store::desk_conformance_tests!(fresh().await);
+}

@@ -5,15 +5,19 @@
 mod analyzer;
 mod bus;
 mod chat;
+mod counters;
 mod knowledge;
 mod memory;
 mod records;
+mod tickets;
 mod tool;
 
 pub use analyzer::*;
 pub use bus::*;
 pub use chat::*;
+pub use counters::*;
 pub use knowledge::*;
 pub use memory::*;
 pub use records::*;
+pub use tickets::*;
 pub use tool::*;
