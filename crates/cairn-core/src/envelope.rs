@@ -33,6 +33,26 @@ pub const ALERT_RAISED: &str = "alert.raised";
 /// [`SupportMessage`](crate::insights::SupportMessage).
 pub const SUPPORT_MESSAGE: &str = "support.message";
 
+/// Event type of a ticket submission or edit (topic `tickets`, keyed by ticket
+/// id); `data` is a [`TicketSubmission`](crate::desk::TicketSubmission).
+pub const TICKET_SUBMITTED: &str = "ticket.submitted";
+
+/// Event type of a finished ticket enrichment (topic `tickets`); `data` is a
+/// [`TicketEnriched`](crate::desk::TicketEnriched).
+pub const TICKET_ENRICHED: &str = "ticket.enriched";
+
+/// Event type of a turn's figures (topic `conversation_events`); `data` is a
+/// [`TurnSummary`](crate::desk::TurnSummary).
+pub const TURN_SUMMARY: &str = "turn.summary";
+
+/// Event type of a message's analysis (topic `conversation_events`); `data` is
+/// an [`AnalysedMessage`](crate::desk::AnalysedMessage).
+pub const MESSAGE_ANALYSED: &str = "message.analysed";
+
+/// Event type of feedback on an answer (topic `conversation_events`); `data`
+/// is a [`Feedback`](crate::desk::Feedback).
+pub const FEEDBACK_RECORDED: &str = "feedback.recorded";
+
 /// Every event type a consumer accepts; anything else goes to the DLQ.
 pub const EVENT_TYPES: &[&str] = &[
     USER_MESSAGE,
@@ -41,6 +61,11 @@ pub const EVENT_TYPES: &[&str] = &[
     DLQ_RECORD,
     ALERT_RAISED,
     SUPPORT_MESSAGE,
+    TICKET_SUBMITTED,
+    TICKET_ENRICHED,
+    TURN_SUMMARY,
+    MESSAGE_ANALYSED,
+    FEEDBACK_RECORDED,
 ];
 
 /// A bus event.
@@ -67,9 +92,16 @@ pub struct Envelope {
 impl Envelope {
     /// A new envelope with a fresh event id.
     pub fn new(kind: &str, tenant_id: TenantId, data: Value) -> Self {
+        Self::with_id(uuid::Uuid::now_v7().to_string(), kind, tenant_id, data)
+    }
+
+    /// An envelope with a chosen event id: one derived from what the event is
+    /// about, so that publishing it again after a crash is a duplicate that
+    /// consumers drop.
+    pub fn with_id(event_id: String, kind: &str, tenant_id: TenantId, data: Value) -> Self {
         Self {
             schema_version: SCHEMA_VERSION,
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id,
             kind: kind.to_owned(),
             tenant_id,
             occurred_at: Utc::now(),

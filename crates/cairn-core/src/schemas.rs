@@ -8,7 +8,8 @@
 
 use crate::envelope::{
     ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope,
-    SUPPORT_MESSAGE, USER_MESSAGE,
+    FEEDBACK_RECORDED, MESSAGE_ANALYSED, SUPPORT_MESSAGE, TICKET_ENRICHED, TICKET_SUBMITTED,
+    TURN_SUMMARY, USER_MESSAGE,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -39,6 +40,26 @@ const TYPES: &[(&str, &str)] = &[
     (
         SUPPORT_MESSAGE,
         include_str!("../../../schemas/events/support.message.v1.json"),
+    ),
+    (
+        TICKET_SUBMITTED,
+        include_str!("../../../schemas/events/ticket.submitted.v1.json"),
+    ),
+    (
+        TICKET_ENRICHED,
+        include_str!("../../../schemas/events/ticket.enriched.v1.json"),
+    ),
+    (
+        TURN_SUMMARY,
+        include_str!("../../../schemas/events/turn.summary.v1.json"),
+    ),
+    (
+        MESSAGE_ANALYSED,
+        include_str!("../../../schemas/events/message.analysed.v1.json"),
+    ),
+    (
+        FEEDBACK_RECORDED,
+        include_str!("../../../schemas/events/feedback.recorded.v1.json"),
     ),
 ];
 

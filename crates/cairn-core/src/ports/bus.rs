@@ -155,8 +155,10 @@ pub struct Topics {
     pub ingestion_events: String,
     /// Alerts raised for the alert actor.
     pub alerts: String,
-    /// Events emitted by conversations.
+    /// Events emitted by conversations (and the desk's analytics events).
     pub conversation_events: String,
+    /// Ticket submissions and enrichments.
+    pub tickets: String,
     /// Records that failed permanently.
     pub dlq: String,
 }
@@ -171,13 +173,15 @@ impl Topics {
             ingestion_events: t("ingestion_events"),
             alerts: t("alerts"),
             conversation_events: t("conversation_events"),
+            tickets: t("tickets"),
             dlq: t("dlq"),
         }
     }
 
     /// Every topic name.
-    pub fn all(&self) -> [&String; 6] {
+    pub fn all(&self) -> [&String; 7] {
         [
+            &self.tickets,
             &self.user_events,
             &self.reasoning_tasks,
             &self.ingestion_events,
