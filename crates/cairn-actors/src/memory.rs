@@ -108,6 +108,7 @@ async fn summarize(deps: &AgentDeps, tenant: &TenantId, old: &str, leaving: &[Me
         return extractive_summary(old, leaving, max);
     }
     let mut request = ChatRequest {
+        options: Default::default(),
         system: format!(
             "You maintain the running summary of a support conversation. Merge the new messages \
              into the summary. Keep names, numbers, decisions and open questions. Answer with the \

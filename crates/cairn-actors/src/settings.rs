@@ -84,6 +84,18 @@ pub struct AgentDeps {
     /// Keeps PII from the model under the `redact_model` policy (`None`: the
     /// model sees text as stored).
     pub pii: Option<Arc<PiiGuard>>,
+    /// Agent profiles and routing by intent (`None`: one agent, `[agent]`).
+    pub routing: Option<Arc<Routing>>,
+    /// Where each turn's `turn.summary` goes for analytics (`None`: nowhere).
+    pub analytics: Option<Relay>,
+}
+
+/// Agent profiles and the classifier that routes messages among them.
+pub struct Routing {
+    /// The profiles and rules.
+    pub router: cairn_desk::routing::AgentRouter,
+    /// Finds a message's intent when a rule needs one.
+    pub classifier: Option<Arc<dyn cairn_core::ports::Analyzer>>,
 }
 
 /// The `redact_model` policy in a turn: the model sees stable placeholders

@@ -9,11 +9,14 @@
 
 use crate::memory;
 use crate::settings::AgentDeps;
+use cairn_core::desk_config::AgentProfile;
 use cairn_core::insights::Pseudonyms;
 use cairn_core::ports::{
-    ChatMessage, ChatRequest, ChatResponse, ModelError, StoreError, ToolContext,
+    AnalysisInput, ChatMessage, ChatRequest, ChatResponse, ModelError, ModelOptions, StoreError,
+    ToolContext, ToolSpec,
 };
 use cairn_core::*;
+use cairn_desk::routing::HANDOFF_TOOL;
 use chrono::Utc;
 use serde_json::json;
 use std::time::Instant;
@@ -58,6 +61,8 @@ pub async fn run_turn(
         }
         None => {
             let cp = TurnCheckpoint {
+                agent: None,
+                first_turn: false,
                 request: request.clone(),
                 steps: Vec::new(),
                 model_calls: 0,
@@ -79,8 +84,27 @@ pub async fn run_turn(
 
     let (summary, recent) =
         memory::load_context(deps, &cp.request.tenant_id, &cp.request.conversation_id).await?;
+    if cp.steps.is_empty() && cp.model_calls == 0 && cp.agent.is_none() {
+        cp.first_turn = summary.text.is_empty()
+            && !recent
+                .iter()
+                .any(|m| m.role == Role::User && m.id != cp.request.message_id);
+        if let Some(r) = &deps.routing {
+            let choice = select_agent(r, &cp.request, &recent).await;
+            let event = TurnEvent::AgentSelected {
+                turn_id: cp.request.turn_id.clone(),
+                agent: choice.name.clone(),
+                reason: choice.reason.clone(),
+                intent: choice.intent.clone(),
+            };
+            cp.agent = Some(choice);
+            deps.memory.save_checkpoint(&cp, &[event]).await?;
+        } else if cp.first_turn {
+            deps.memory.save_checkpoint(&cp, &[]).await?;
+        }
+    }
     let context = memory::context_messages(&summary, &recent);
-    let tools = deps.tools.specs_for(&cp.request.tenant_id);
+    let all_tools = deps.tools.specs_for(&cp.request.tenant_id);
 
     // Under `redact_model`, PII is masked from the model (and from tools not
     // allowed to see it); the same values get the same placeholders all turn.
@@ -142,10 +166,22 @@ pub async fn run_turn(
             messages = masked;
             pseudonyms = Some(p);
         }
+        let profile = current_profile(deps, &cp);
         let request = ChatRequest {
-            system: settings.system_prompt.clone(),
+            options: profile
+                .map(|p| ModelOptions {
+                    model: p.model.clone(),
+                    temperature: p.temperature,
+                    max_tokens: p.max_tokens,
+                })
+                .unwrap_or_default(),
+            system: profile
+                .map(|p| p.system_prompt.as_str())
+                .filter(|p| !p.is_empty())
+                .unwrap_or(&settings.system_prompt)
+                .to_owned(),
             messages,
-            tools: tools.clone(),
+            tools: tools_for(deps, profile, &all_tools),
         };
         // Streamed fragments could split a placeholder: a masked turn is not streamed.
         let response = match call_model(deps, &cp, &request, guard.is_none()).await? {
@@ -355,10 +391,47 @@ async fn run_tool_step(
     let turn = cp.request.turn_id.clone();
     let deadline = deps.settings.tool_timeout;
     let started = Instant::now();
+    let profile = current_profile(deps, cp);
+    let mut handoff = None;
+    let allowed = profile.is_none_or(|p| {
+        p.tools
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == &call.name))
+    });
     let (is_error, content) = match deps.tools.get_for(&call.name, &cp.request.tenant_id) {
+        _ if call.name == HANDOFF_TOOL && deps.routing.is_some() => {
+            match handoff_target(deps, profile, &call.arguments) {
+                Ok(to) => {
+                    handoff = Some(TurnEvent::AgentHandoff {
+                        turn_id: turn.clone(),
+                        from: profile.map(|p| p.name.clone()).unwrap_or_default(),
+                        to: to.clone(),
+                        reason: call.arguments["reason"].as_str().map(str::to_owned),
+                    });
+                    (
+                        false,
+                        format!(
+                            "The conversation is now handled by the `{to}` agent; continue as that agent."
+                        ),
+                    )
+                }
+                Err(e) => (true, e),
+            }
+        }
+        Some(_) if !allowed => (
+            true,
+            format!(
+                "The tool {} is not available to the `{}` agent.",
+                call.name,
+                profile.map(|p| p.name.as_str()).unwrap_or_default()
+            ),
+        ),
         None => (true, format!("There is no tool named {}.", call.name)),
         Some(tool) => {
             let ctx = ToolContext {
+                knowledge_tags: profile
+                    .map(|p| p.knowledge_tags.clone())
+                    .unwrap_or_default(),
                 tenant_id: cp.request.tenant_id.clone(),
                 user_id: cp.request.user_id.clone(),
                 conversation_id: cp.request.conversation_id.clone(),
@@ -404,7 +477,180 @@ async fn run_tool_step(
         output: outcome.content,
         duration_ms: outcome.duration_ms,
     };
-    deps.memory.save_checkpoint(cp, &[completed]).await
+    let mut events = vec![completed];
+    events.extend(handoff);
+    deps.memory.save_checkpoint(cp, &events).await
+}
+
+/// The profile for a new turn: pinned by an earlier handoff, or routed by the
+/// message's intent.
+async fn select_agent(
+    r: &crate::settings::Routing,
+    req: &TurnRequest,
+    recent: &[Message],
+) -> AgentChoice {
+    let pinned = recent
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant && m.metadata.get("agent").is_some())
+        .filter(|m| m.metadata["agent"]["pinned"] == true)
+        .and_then(|m| m.metadata["agent"]["name"].as_str())
+        .filter(|n| r.router.profile(n).is_some());
+    if let Some(name) = pinned {
+        return AgentChoice {
+            name: name.to_owned(),
+            reason: "handoff".into(),
+            intent: None,
+        };
+    }
+    let mut intent = None;
+    if let Some(c) = r.classifier.as_ref().filter(|_| r.router.needs_intent()) {
+        let input = AnalysisInput::customer(req.tenant_id.clone(), req.content.clone());
+        match c.analyze(&input).await {
+            Ok(a) => intent = Some(a.intent),
+            Err(e) => {
+                tracing::warn!(turn = %req.turn_id, error = %e, "intent for routing failed; the default agent answers")
+            }
+        }
+    }
+    let (p, why) = r.router.route(intent.as_deref(), req.tenant_id.as_str());
+    AgentChoice {
+        name: p.name.clone(),
+        reason: why.as_str().into(),
+        intent,
+    }
+}
+
+/// The profile answering now: the last successful handoff of this turn, or
+/// the one the turn started with.
+fn current_agent(cp: &TurnCheckpoint) -> Option<(String, bool)> {
+    let handed = cp.steps.iter().rev().find_map(|s| match s {
+        Step::Tool {
+            call,
+            outcome: Some(o),
+            ..
+        } if call.name == HANDOFF_TOOL && !o.is_error => {
+            call.arguments["agent"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    });
+    match handed {
+        Some(n) => Some((n, true)),
+        None => cp
+            .agent
+            .as_ref()
+            .map(|a| (a.name.clone(), a.reason == "handoff")),
+    }
+}
+
+fn current_profile<'a>(deps: &'a AgentDeps, cp: &TurnCheckpoint) -> Option<&'a AgentProfile> {
+    let r = deps.routing.as_ref()?;
+    let (name, _) = current_agent(cp)?;
+    r.router.profile(&name)
+}
+
+/// The tools a profile may use, plus `handoff` when there are other profiles.
+fn tools_for(deps: &AgentDeps, profile: Option<&AgentProfile>, all: &[ToolSpec]) -> Vec<ToolSpec> {
+    let Some(p) = profile else {
+        return all.to_vec();
+    };
+    let mut out: Vec<ToolSpec> = all
+        .iter()
+        .filter(|t| {
+            p.tools
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(&t.name))
+        })
+        .cloned()
+        .collect();
+    if let Some(h) = deps
+        .routing
+        .as_ref()
+        .and_then(|r| r.router.handoff_spec(&p.name))
+    {
+        out.push(h);
+    }
+    out
+}
+
+fn handoff_target(
+    deps: &AgentDeps,
+    from: Option<&AgentProfile>,
+    args: &serde_json::Value,
+) -> Result<String, String> {
+    let to = args["agent"]
+        .as_str()
+        .ok_or("`agent` must name a profile")?;
+    let r = deps.routing.as_ref().ok_or("there are no agent profiles")?;
+    if r.router.profile(to).is_none() {
+        return Err(format!("There is no agent named `{to}`."));
+    }
+    if from.is_some_and(|f| f.name == to) {
+        return Err(format!("This conversation is already handled by `{to}`."));
+    }
+    Ok(to.to_owned())
+}
+
+/// Publishes the turn's figures for analytics (before the turn is marked
+/// finished; a resumed turn republishes the same event id, a duplicate).
+async fn publish_summary(deps: &AgentDeps, cp: &TurnCheckpoint, outcome: &str) {
+    let Some(relay) = &deps.analytics else {
+        return;
+    };
+    let tools = cp
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Tool {
+                call,
+                outcome: Some(o),
+                ..
+            } => Some(cairn_core::desk::ToolUse {
+                tool: call.name.clone(),
+                is_error: o.is_error,
+            }),
+            _ => None,
+        })
+        .collect();
+    let summary = cairn_core::desk::TurnSummary {
+        tenant_id: cp.request.tenant_id.clone(),
+        conversation_id: cp.request.conversation_id.to_string(),
+        turn_id: cp.request.turn_id.to_string(),
+        first_turn: cp.first_turn,
+        outcome: outcome.into(),
+        latency_ms: (Utc::now() - cp.request.accepted_at)
+            .num_milliseconds()
+            .max(0) as u64,
+        agent: current_agent(cp).map(|(n, _)| n),
+        intent: cp.agent.as_ref().and_then(|a| a.intent.clone()),
+        tools,
+        usage: cp.usage,
+        ended_at: Utc::now(),
+    };
+    let Ok(data) = serde_json::to_value(&summary) else {
+        return;
+    };
+    let env = cairn_core::envelope::Envelope::with_id(
+        cairn_core::envelope::derived_event_id(&format!("turn.summary/{}", cp.request.turn_id)),
+        cairn_core::envelope::TURN_SUMMARY,
+        cp.request.tenant_id.clone(),
+        data,
+    );
+    let key = cp.request.conversation_id.to_string();
+    if let Err(e) = relay.bus.publish(&relay.topic, &key, &env).await {
+        tracing::warn!(turn = %cp.request.turn_id, error = %e, "turn summary not published; analytics miss this turn");
+    }
+}
+
+/// The agent that answered, for the transcript (`metadata.agent`); `pinned`
+/// carries a handoff to the next turns.
+fn agent_metadata(cp: &TurnCheckpoint, metadata: &mut serde_json::Value) {
+    if let Some((name, pinned)) = current_agent(cp) {
+        if !metadata.is_object() {
+            *metadata = json!({});
+        }
+        metadata["agent"] = json!({"name": name, "pinned": pinned});
+    }
 }
 
 /// Slack given to a tool past its own longest duration before the turn stops waiting.
@@ -481,6 +727,8 @@ async fn complete(
     answer.steps = cp.steps.clone();
     answer.usage = usage;
     answer.metadata = response.metadata.clone();
+    agent_metadata(&cp, &mut answer.metadata);
+    publish_summary(deps, &cp, "answered").await;
     let event = TurnEvent::AnswerCompleted {
         turn_id: cp.request.turn_id.clone(),
         message_id: answer.id.clone(),
@@ -539,6 +787,8 @@ async fn fail(
     record.turn_id = Some(cp.request.turn_id.clone());
     record.steps = cp.steps.clone();
     record.metadata = json!({ "turn_failed": { "code": code, "reason": reason } });
+    agent_metadata(cp, &mut record.metadata);
+    publish_summary(deps, cp, "failed").await;
     deps.memory
         .finish_turn(
             &cp.request.tenant_id,

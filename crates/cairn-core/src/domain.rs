@@ -277,6 +277,24 @@ pub struct TurnCheckpoint {
     /// single-process use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    /// The agent profile chosen when the turn started (with `[[agents]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentChoice>,
+    /// True when this is the conversation's first turn (for analytics).
+    #[serde(default)]
+    pub first_turn: bool,
+}
+
+/// Which agent profile a turn started with, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentChoice {
+    /// The profile.
+    pub name: String,
+    /// `rule`, `default` or `handoff`.
+    pub reason: String,
+    /// The message's intent, when routing classified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
 }
 
 /// The rolling summary of messages that fell out of the context window.
@@ -418,6 +436,32 @@ pub enum TurnEvent {
         /// The conversation's insights after it.
         insights: Box<crate::insights::ConversationInsights>,
     },
+    /// The turn's agent profile was chosen (`[[agents]]`; only with profiles).
+    #[serde(rename = "agent.selected")]
+    AgentSelected {
+        /// The turn.
+        turn_id: TurnId,
+        /// The profile.
+        agent: String,
+        /// `rule`, `default` or `handoff` (pinned by an earlier handoff).
+        reason: String,
+        /// The message's intent, when routing classified it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent: Option<String>,
+    },
+    /// An agent handed the conversation to another profile (the `handoff` tool).
+    #[serde(rename = "agent.handoff")]
+    AgentHandoff {
+        /// The turn.
+        turn_id: TurnId,
+        /// The profile that handed off.
+        from: String,
+        /// The profile that takes over (for this turn and the next ones).
+        to: String,
+        /// Why, as the agent said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl TurnEvent {
@@ -432,7 +476,9 @@ impl TurnEvent {
             | TurnEvent::TurnFailed { turn_id, .. }
             | TurnEvent::AlertFiring { turn_id, .. }
             | TurnEvent::AlertResolved { turn_id, .. }
-            | TurnEvent::InsightsUpdated { turn_id, .. } => turn_id,
+            | TurnEvent::InsightsUpdated { turn_id, .. }
+            | TurnEvent::AgentSelected { turn_id, .. }
+            | TurnEvent::AgentHandoff { turn_id, .. } => turn_id,
         }
     }
 
@@ -448,6 +494,8 @@ impl TurnEvent {
             TurnEvent::AlertFiring { .. } => "alert.firing",
             TurnEvent::AlertResolved { .. } => "alert.resolved",
             TurnEvent::InsightsUpdated { .. } => "insights.updated",
+            TurnEvent::AgentSelected { .. } => "agent.selected",
+            TurnEvent::AgentHandoff { .. } => "agent.handoff",
         }
     }
 

@@ -68,6 +68,17 @@ pub const EVENT_TYPES: &[&str] = &[
     FEEDBACK_RECORDED,
 ];
 
+/// A stable event id for an event about `name` (e.g. `turn.summary/<turn id>`):
+/// the same name always gives the same id, shaped like a UUIDv7 as the
+/// envelope schema asks, so republishing after a crash is a duplicate.
+pub fn derived_event_id(name: &str) -> String {
+    const NS: uuid::Uuid = uuid::Uuid::from_u128(0x5c1e_07d3_0a4b_4f7e_9d2c_33b1_8e6f_a2c4);
+    let mut b = uuid::Uuid::new_v5(&NS, name.as_bytes()).into_bytes();
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
 /// A bus event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -201,6 +201,7 @@ impl LlmAnalyzer {
             "offline": offline_view,
         });
         let request = ChatRequest {
+            options: Default::default(),
             system: SYSTEM.to_owned(),
             messages: vec![ChatMessage::text(Role::User, user.to_string())],
             tools: Vec::new(),

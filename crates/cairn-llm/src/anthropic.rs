@@ -76,13 +76,13 @@ impl AnthropicModel {
             }
         }
         let mut body = json!({
-            "model": self.base.model,
-            "max_tokens": self.base.max_tokens,
+            "model": req.options.model.as_deref().unwrap_or(&self.base.model),
+            "max_tokens": req.options.max_tokens.unwrap_or(self.base.max_tokens),
             "system": system,
             "messages": messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
             "stream": stream,
         });
-        if let Some(t) = self.base.temperature {
+        if let Some(t) = req.options.temperature.or(self.base.temperature) {
             body["temperature"] = json!(t);
         }
         if !req.tools.is_empty() {

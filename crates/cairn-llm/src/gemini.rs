@@ -90,8 +90,9 @@ impl GeminiModel {
                 }
             }
         }
-        let mut generation = json!({"maxOutputTokens": self.base.max_tokens});
-        if let Some(t) = self.base.temperature {
+        let mut generation =
+            json!({"maxOutputTokens": req.options.max_tokens.unwrap_or(self.base.max_tokens)});
+        if let Some(t) = req.options.temperature.or(self.base.temperature) {
             generation["temperature"] = json!(t);
         }
         let mut body = json!({

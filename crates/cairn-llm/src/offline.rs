@@ -353,6 +353,7 @@ mod tests {
     async fn explicit_tool_then_answer_from_observation() {
         let p = OfflinePlanner::new();
         let mut req = ChatRequest {
+            options: Default::default(),
             system: String::new(),
             messages: vec![user("/tool echo {\"text\": \"hi\"}")],
             tools: vec![spec("echo")],
@@ -387,6 +388,7 @@ mod tests {
     async fn unknown_tool_and_bad_json_are_explained() {
         let p = OfflinePlanner::new();
         let req = |t: &str| ChatRequest {
+            options: Default::default(),
             system: String::new(),
             messages: vec![user(t)],
             tools: vec![spec("echo")],
@@ -403,6 +405,7 @@ mod tests {
     async fn answers_from_memory_with_citation() {
         let p = OfflinePlanner::new();
         let req = ChatRequest {
+            options: Default::default(),
             system: String::new(),
             messages: vec![
                 ChatMessage::text(Role::System, "Summary: The user's order number is 4417."),
@@ -416,12 +419,14 @@ mod tests {
         assert!(r.content.contains("Porto"), "{}", r.content);
         assert_eq!(r.citations[0].source, "conversation");
         let req2 = ChatRequest {
+            options: Default::default(),
             messages: vec![req.messages[0].clone(), user("what is my order number?")],
             ..req.clone()
         };
         let r = p.complete(&req2, None).await.unwrap();
         assert!(r.content.contains("4417"), "{}", r.content);
         let req3 = ChatRequest {
+            options: Default::default(),
             messages: vec![user("quantum chromodynamics?")],
             ..req
         };
@@ -438,6 +443,7 @@ mod tests {
             {"document_id": "other", "title": "Other", "section": "", "text": "Unrelated text.", "score": 0.1}
         ]});
         let req = ChatRequest {
+            options: Default::default(),
             system: String::new(),
             messages: vec![
                 user("how long is the reset link valid?"),
@@ -467,6 +473,7 @@ mod tests {
         );
         assert_eq!(r.metadata["policy"], "knowledge_extractive");
         let empty = ChatRequest {
+            options: Default::default(),
             messages: vec![
                 req.messages[0].clone(),
                 ChatMessage {
@@ -488,6 +495,7 @@ mod tests {
     async fn searches_knowledge_when_offered() {
         let p = OfflinePlanner::new();
         let req = ChatRequest {
+            options: Default::default(),
             system: String::new(),
             messages: vec![user("how do I reset my password?")],
             tools: vec![spec(SEARCH_TOOL)],

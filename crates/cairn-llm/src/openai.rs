@@ -62,15 +62,15 @@ impl OpenAiModel {
             });
         }
         let mut body = json!({
-            "model": self.base.model,
+            "model": req.options.model.as_deref().unwrap_or(&self.base.model),
             "messages": messages,
-            "max_tokens": self.base.max_tokens,
+            "max_tokens": req.options.max_tokens.unwrap_or(self.base.max_tokens),
             "stream": stream,
         });
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        if let Some(t) = self.base.temperature {
+        if let Some(t) = req.options.temperature.or(self.base.temperature) {
             body["temperature"] = json!(t);
         }
         if !req.tools.is_empty() {

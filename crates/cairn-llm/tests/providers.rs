@@ -98,6 +98,7 @@ fn model(cfg: &LlmConfig) -> Arc<dyn ChatModel> {
 /// A request with history: a user question, an earlier tool call and its result.
 fn request() -> ChatRequest {
     ChatRequest {
+        options: Default::default(),
         system: "be brief".into(),
         messages: vec![
             ChatMessage::text(Role::User, "what is 2+3?"),

@@ -408,7 +408,10 @@ impl Tool for SearchKnowledgeTool {
                 &ctx.tenant_id,
                 query,
                 SearchMode::Hybrid,
-                SearchFilter::default(),
+                SearchFilter {
+                    tags: ctx.knowledge_tags.clone(),
+                    ..SearchFilter::default()
+                },
                 self.limit,
             )
             .await

@@ -178,6 +178,7 @@ async fn the_search_knowledge_tool_returns_passages_of_the_callers_tenant() {
     let kb = kb(&dir, false).await;
     let tool = SearchKnowledgeTool::new(kb, 3);
     let ctx = |t: &str| ToolContext {
+        knowledge_tags: Vec::new(),
         tenant_id: tenant(t),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::generate(),

@@ -221,6 +221,8 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     );
 
     let cp = TurnCheckpoint {
+        agent: None,
+        first_turn: false,
         request: r1.clone(),
         steps: vec![Step::Tool {
             index: 1,
@@ -571,6 +573,8 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     let r = request(&m, "one");
     s.enqueue_turn(&r).await.unwrap();
     let mut cp = TurnCheckpoint {
+        agent: None,
+        first_turn: false,
         request: r.clone(),
         steps: vec![],
         model_calls: 0,

@@ -464,6 +464,8 @@ pub async fn build(
             topic: topics.conversation_events.clone(),
         }),
         signals: signals.clone(),
+        routing: None,
+        analytics: None,
         pii: (config.insights.enabled
             && (config.insights.pii == cairn_core::insights::PiiPolicy::RedactModel
                 || config

@@ -631,6 +631,7 @@ async fn tools(
                 bail!("no tool `{name}` for tenant {tenant} (see `cairn tools list`)");
             };
             let ctx = cairn_core::ports::ToolContext {
+                knowledge_tags: Vec::new(),
                 tenant_id: tenant.clone(),
                 user_id: UserId::parse(user)?,
                 conversation_id: ConversationId::parse("cli")?,

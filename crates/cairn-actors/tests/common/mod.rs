@@ -212,6 +212,8 @@ impl Harness {
             settings: Arc::new(settings),
             relay: None,
             signals: Default::default(),
+            routing: None,
+            analytics: None,
             pii: None,
         };
         let runtime = Runtime::start(deps, Arc::new(bus.clone()), Topics::with_prefix(""), 64)

@@ -53,6 +53,21 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Tools the model may call.
     pub tools: Vec<ToolSpec>,
+    /// Per-call overrides of the configured model settings (an agent
+    /// profile's `model`, `temperature`, `max_tokens`).
+    #[serde(default)]
+    pub options: ModelOptions,
+}
+
+/// Overrides of `[llm]` for one call; `None` keeps the configured value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    /// Model name (OpenAI and Anthropic; Gemini's model is part of its URL).
+    pub model: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Longest answer, in tokens.
+    pub max_tokens: Option<u32>,
 }
 
 /// A model response: either tool calls, or a final answer.

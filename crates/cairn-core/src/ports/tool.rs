@@ -33,6 +33,9 @@ pub struct ToolContext {
     pub idempotency_key: String,
     /// How long the call may take; the host enforces it too.
     pub deadline: Duration,
+    /// Knowledge search only sees documents with one of these tags (the agent
+    /// profile's `knowledge_tags`; empty: no restriction).
+    pub knowledge_tags: Vec<String>,
 }
 
 /// A tool's result. `is_error` results are observations for the model, not failures

@@ -62,6 +62,7 @@ async fn measure(
         .find(|t| t.spec().name.ends_with(".echo"))
         .ok_or("no echo tool")?;
     let ctx = ToolContext {
+        knowledge_tags: Vec::new(),
         tenant_id: tenant,
         user_id: cairn_core::UserId::parse("ana")?,
         conversation_id: ConversationId::parse("bench")?,
