@@ -315,6 +315,39 @@ async fn run_job(
             }
         }
     }
+    // The labels go to analytics before the analysis is stored: a crash in
+    // between analyses again and republishes the same event id (a duplicate).
+    if job.sender == Sender::Customer {
+        let labels = cairn_core::desk::AnalysedMessage {
+            tenant_id: job.tenant.clone(),
+            conversation_id: job.conversation.to_string(),
+            message_id: job.message_id.to_string(),
+            intent: m.analysis.intent.clone(),
+            sentiment: m.analysis.sentiment.label.as_str().to_owned(),
+            urgency: m.analysis.urgency.as_str().to_owned(),
+            escalate: m.analysis.requires_escalation,
+            accepted_at: job.accepted_at,
+        };
+        if let Ok(data) = serde_json::to_value(&labels) {
+            let envelope = Envelope::with_id(
+                cairn_core::envelope::derived_event_id(&format!(
+                    "message.analysed/{}/{}",
+                    job.tenant, job.message_id
+                )),
+                cairn_core::envelope::MESSAGE_ANALYSED,
+                job.tenant.clone(),
+                data,
+            );
+            publish_until_durable(
+                deps.bus.as_ref(),
+                &deps.topics.conversation_events,
+                job.conversation.as_str(),
+                &envelope,
+                &[],
+            )
+            .await;
+        }
+    }
     deps.records
         .write_records(vec![
             RecordChange::put(MESSAGES, key, encode(&m)),

@@ -326,6 +326,21 @@ impl Ticket {
         }
     }
 
+    /// Every index entry of this ticket: (index name, sort key). One per
+    /// [`TicketSort`], plus the customer's own creation-order index (so a
+    /// customer's history is read without walking the tenant's tickets).
+    pub fn index_entries(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = TicketSort::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), self.sort_key(*s)))
+            .collect();
+        out.push((
+            customer_index(&self.customer_id),
+            self.sort_key(TicketSort::CreatedAt),
+        ));
+        out
+    }
+
     /// True when the ticket passes every filter of `q` (paging aside).
     pub fn matches(&self, q: &TicketQuery) -> bool {
         if let Some(min) = q.risk_min
@@ -698,6 +713,22 @@ impl TicketQuery {
             }
         }
         (lo, hi)
+    }
+}
+
+/// The name of a customer's creation-order index.
+pub fn customer_index(customer: &str) -> String {
+    format!("customer/{customer}")
+}
+
+impl TicketQuery {
+    /// The index a page walks: the customer's own index when the query asks
+    /// for one customer in creation order, else the sort order's.
+    pub fn index(&self) -> String {
+        match (&self.customer_id, self.sort) {
+            (Some(c), TicketSort::CreatedAt) => customer_index(c),
+            _ => self.sort.as_str().to_owned(),
+        }
     }
 }
 

@@ -139,6 +139,9 @@ pub async fn ticket_filters_and_paging_match_a_full_scan<S: DeskStore>(s: S) {
         if i % 3 == 0 {
             t.enrichment = EnrichmentState::Enriched;
         }
+        if i % 6 == 0 {
+            t.customer_id = "cust-7".into();
+        }
         s.create_ticket(&t).await.unwrap();
         all.push(t);
     }
@@ -177,6 +180,10 @@ pub async fn ticket_filters_and_paging_match_a_full_scan<S: DeskStore>(s: S) {
     q.descending = false;
     q.sort = TicketSort::UpdatedAt;
     queries.push(q);
+    let mut q = base(2);
+    q.customer_id = Some("cust-7".into());
+    q.created_from = Some(all[6].created_at);
+    queries.push(q);
     let mut q = base(5);
     q.max_scan = 4;
     q.category = Some("refund".into());
@@ -191,6 +198,16 @@ pub async fn ticket_filters_and_paging_match_a_full_scan<S: DeskStore>(s: S) {
         let want: Vec<String> = want.iter().map(|t| t.ticket_id.clone()).collect();
         let (got, pages) = all_pages(&s, q.clone()).await;
         assert_eq!(got, want, "query {q:?}");
+        if q.customer_id.is_some() {
+            // The customer's own index: the walk never looks at other tickets.
+            let p = s.list_tickets(&q).await.unwrap();
+            assert!(
+                p.scanned <= q.limit,
+                "scanned {} for {} items",
+                p.scanned,
+                p.items.len()
+            );
+        }
         if q.max_scan < 40 {
             assert!(
                 pages >= 40 / q.max_scan,

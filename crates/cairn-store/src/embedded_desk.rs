@@ -8,7 +8,7 @@
 use crate::embedded::{EmbeddedStore, dec, enc, r, unavailable};
 use async_trait::async_trait;
 use cairn_core::desk::{
-    CounterUpdate, Increment, Slot, Ticket, TicketPage, TicketQuery, TicketSort, slot_change,
+    CounterUpdate, Increment, Slot, Ticket, TicketPage, TicketQuery, slot_change,
 };
 use cairn_core::ids::TenantId;
 use cairn_core::ports::{CounterStore, StoreError, TicketStore, TicketUpdate};
@@ -48,10 +48,9 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), DbError> {
 
 fn index_put(txn: &WriteTransaction, t: &Ticket) -> Result<(), DbError> {
     let mut ix = txn.open_table(TICKET_INDEX).map_err(r)?;
-    for s in TicketSort::ALL {
-        let k = t.sort_key(s);
+    for (name, k) in t.index_entries() {
         ix.insert(
-            (t.tenant_id.as_str(), s.as_str(), k.as_str()),
+            (t.tenant_id.as_str(), name.as_str(), k.as_str()),
             t.ticket_id.as_str(),
         )
         .map_err(r)?;
@@ -61,9 +60,8 @@ fn index_put(txn: &WriteTransaction, t: &Ticket) -> Result<(), DbError> {
 
 fn index_remove(txn: &WriteTransaction, t: &Ticket) -> Result<(), DbError> {
     let mut ix = txn.open_table(TICKET_INDEX).map_err(r)?;
-    for s in TicketSort::ALL {
-        let k = t.sort_key(s);
-        ix.remove((t.tenant_id.as_str(), s.as_str(), k.as_str()))
+    for (name, k) in t.index_entries() {
+        ix.remove((t.tenant_id.as_str(), name.as_str(), k.as_str()))
             .map_err(r)?;
     }
     Ok(())
@@ -146,7 +144,8 @@ impl TicketStore for EmbeddedStore {
             .read(move |txn| {
                 let ix = txn.open_table(TICKET_INDEX).map_err(r)?;
                 let tickets = txn.open_table(TICKETS).map_err(r)?;
-                let (tenant, order) = (q.tenant.as_str(), q.sort.as_str());
+                let index = q.index();
+                let (tenant, order) = (q.tenant.as_str(), index.as_str());
                 let (lo, hi) = q.key_range();
                 let lo = match &lo {
                     Bound::Included(k) => Bound::Included((tenant, order, k.as_str())),
@@ -327,7 +326,7 @@ impl CounterStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::desk::id_of_sort_key;
+    use cairn_core::desk::{TicketSort, id_of_sort_key};
 
     #[test]
     fn sort_keys_give_back_the_ticket_id() {

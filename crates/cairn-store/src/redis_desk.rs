@@ -18,9 +18,7 @@
 
 use crate::redis_store::{RedisStore, corrupt, unavailable};
 use async_trait::async_trait;
-use cairn_core::desk::{
-    CounterUpdate, Ticket, TicketPage, TicketQuery, TicketSort, id_of_sort_key,
-};
+use cairn_core::desk::{CounterUpdate, Ticket, TicketPage, TicketQuery, id_of_sort_key};
 use cairn_core::ids::TenantId;
 use cairn_core::ports::{CounterStore, StoreError, TicketStore, TicketUpdate};
 use redis::Script;
@@ -44,19 +42,17 @@ return false",
     )
 });
 
-/// ARGV: id, json, expected, new version, then the old and the new index key
-/// of each order (KEYS[3..]).
+/// KEYS: tickets, versions, the old index keys, then the new ones (as many).
+/// ARGV: id, json, expected, new version, the old members, the new members.
 static UPDATE_TICKET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local v = redis.call('HGET', KEYS[2], ARGV[1])
 if not v then return {0, false} end
 if v ~= ARGV[3] then return {2, redis.call('HGET', KEYS[1], ARGV[1])} end
-local n = #KEYS - 2
-for i = 1, n do
-  redis.call('ZREM', KEYS[i + 2], ARGV[4 + i])
-  redis.call('ZADD', KEYS[i + 2], 0, ARGV[4 + n + i])
-end
+local n = (#KEYS - 2) / 2
+for i = 1, n do redis.call('ZREM', KEYS[i + 2], ARGV[4 + i]) end
+for i = 1, n do redis.call('ZADD', KEYS[n + i + 2], 0, ARGV[4 + n + i]) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 return {1, false}",
@@ -100,16 +96,13 @@ return applied",
 });
 
 impl RedisStore {
-    fn ticket_keys(&self, tenant: &str) -> (String, String, Vec<String>) {
+    fn ticket_keys(&self, tenant: &str) -> (String, String) {
         let p = format!("{}:{{tk/{tenant}}}", self.prefix);
-        (
-            format!("{p}:tickets"),
-            format!("{p}:versions"),
-            TicketSort::ALL
-                .iter()
-                .map(|s| format!("{p}:ix:{}", s.as_str()))
-                .collect(),
-        )
+        (format!("{p}:tickets"), format!("{p}:versions"))
+    }
+
+    fn index_key(&self, tenant: &str, index: &str) -> String {
+        format!("{}:{{tk/{tenant}}}:ix:{index}", self.prefix)
     }
 }
 
@@ -124,17 +117,19 @@ fn encode(t: &Ticket) -> Result<String, StoreError> {
 #[async_trait]
 impl TicketStore for RedisStore {
     async fn create_ticket(&self, ticket: &Ticket) -> Result<Option<Ticket>, StoreError> {
-        let (h, v, ix) = self.ticket_keys(ticket.tenant_id.as_str());
+        let tenant = ticket.tenant_id.as_str();
+        let (h, v) = self.ticket_keys(tenant);
         let mut inv = CREATE_TICKET.prepare_invoke();
         inv.key(h).key(v);
-        for k in &ix {
-            inv.key(k);
+        let entries = ticket.index_entries();
+        for (name, _) in &entries {
+            inv.key(self.index_key(tenant, name));
         }
         inv.arg(&ticket.ticket_id)
             .arg(encode(ticket)?)
             .arg(ticket.version);
-        for s in TicketSort::ALL {
-            inv.arg(ticket.sort_key(s));
+        for (_, k) in &entries {
+            inv.arg(k);
         }
         let mut c = self.conn.clone();
         let existing: Option<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
@@ -142,7 +137,7 @@ impl TicketStore for RedisStore {
     }
 
     async fn get_ticket(&self, tenant: &TenantId, id: &str) -> Result<Option<Ticket>, StoreError> {
-        let (h, _, _) = self.ticket_keys(tenant.as_str());
+        let (h, _) = self.ticket_keys(tenant.as_str());
         let mut c = self.conn.clone();
         let json: Option<String> = redis::cmd("HGET")
             .arg(h)
@@ -169,21 +164,20 @@ impl TicketStore for RedisStore {
         if old.version != expected {
             return Ok(TicketUpdate::Conflict(Box::new(old)));
         }
-        let (h, v, ix) = self.ticket_keys(ticket.tenant_id.as_str());
+        let tenant = ticket.tenant_id.as_str();
+        let (h, v) = self.ticket_keys(tenant);
         let mut inv = UPDATE_TICKET.prepare_invoke();
         inv.key(h).key(v);
-        for k in &ix {
-            inv.key(k);
+        let (before, after) = (old.index_entries(), ticket.index_entries());
+        for (name, _) in before.iter().chain(&after) {
+            inv.key(self.index_key(tenant, name));
         }
         inv.arg(&ticket.ticket_id)
             .arg(encode(ticket)?)
             .arg(expected)
             .arg(ticket.version);
-        for s in TicketSort::ALL {
-            inv.arg(old.sort_key(s));
-        }
-        for s in TicketSort::ALL {
-            inv.arg(ticket.sort_key(s));
+        for (_, k) in before.iter().chain(&after) {
+            inv.arg(k);
         }
         let mut c = self.conn.clone();
         let (status, current): (i64, Option<String>) =
@@ -199,11 +193,8 @@ impl TicketStore for RedisStore {
     }
 
     async fn list_tickets(&self, q: &TicketQuery) -> Result<TicketPage, StoreError> {
-        let (h, _, ix) = self.ticket_keys(q.tenant.as_str());
-        let index = &ix[TicketSort::ALL
-            .iter()
-            .position(|s| *s == q.sort)
-            .unwrap_or(0)];
+        let (h, _) = self.ticket_keys(q.tenant.as_str());
+        let index = &self.index_key(q.tenant.as_str(), &q.index());
         let (lo, hi) = q.key_range();
         let lex = |b: &Bound<String>, low: bool| match b {
             Bound::Included(k) => format!("[{k}"),
