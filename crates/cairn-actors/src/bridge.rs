@@ -193,7 +193,14 @@ pub struct Consuming {
 }
 
 impl Consuming {
-    async fn dlq(&self, rec: &BusRecord, group: &str, class: &str, reason: &str, attempts: u32) {
+    pub(crate) async fn dlq(
+        &self,
+        rec: &BusRecord,
+        group: &str,
+        class: &str,
+        reason: &str,
+        attempts: u32,
+    ) {
         let f = Failure {
             group,
             class,
@@ -211,7 +218,7 @@ impl Consuming {
     }
 
     /// Subscribes, retrying until the bus answers.
-    async fn subscribe(&self, topic: &str, group: &str) -> Box<dyn BusConsumer> {
+    pub(crate) async fn subscribe(&self, topic: &str, group: &str) -> Box<dyn BusConsumer> {
         loop {
             match self.bus.subscribe(topic, group).await {
                 Ok(c) => return c,
@@ -235,7 +242,7 @@ type Looked = (Result<BusRecord, BusError>, bool);
 /// of an unknown type) go to the DLQ; records whose event id the group already
 /// finished are skipped; a finished record's event id is remembered before its
 /// offset is committed.
-async fn pump<F>(
+pub(crate) async fn pump<F>(
     mut consumer: Box<dyn BusConsumer>,
     ctx: Consuming,
     group: &'static str,

@@ -6,7 +6,8 @@
 //! - [`catalog`]: the tools offered to agents ([`ToolCatalog`]).
 //! - [`memory`]: the context a turn starts from — rolling summary plus a bounded
 //!   window of recent messages — and the incremental summariser.
-//! - [`turn`]: one turn of the ReAct loop, checkpointed after every step.
+//! - [`turn`]: one turn of the ReAct loop, checkpointed after every step; with
+//!   `[[agents]]` profiles it routes by intent and honours `handoff`.
 //! - [`conversation`]: `ConversationActor`, one per live conversation; it
 //!   serialises turns and runs each in a task so its mailbox stays responsive,
 //!   holds the conversation's writer lease (fencing token on every turn write)
@@ -22,11 +23,14 @@
 //!   status in the DocumentStore.
 //! - [`insights`]: `InsightsActor`, which analyses every user and support
 //!   message off the turn's path and keeps each conversation's insights.
+//! - [`desk`]: the ticket enricher (`tickets` → enriched tickets, risk alerts)
+//!   and the analytics consumer (bus events → counters).
 //! - [`runtime`]: starts and stops all of the above; the API's entry point.
 
 pub mod bridge;
 pub mod catalog;
 pub mod conversation;
+pub mod desk;
 pub mod ingestion;
 pub mod insights;
 pub mod memory;
@@ -37,4 +41,4 @@ pub mod turn;
 
 pub use catalog::{ToolCatalog, ToolProvider};
 pub use runtime::Runtime;
-pub use settings::{AgentDeps, AgentSettings, PiiGuard, Relay};
+pub use settings::{AgentDeps, AgentSettings, PiiGuard, Relay, Routing};

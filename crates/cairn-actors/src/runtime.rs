@@ -302,6 +302,88 @@ impl Runtime {
             .await
     }
 
+    /// Publishes a ticket submission (new or edited) on `tickets`; returns the
+    /// event id once it is durable.
+    pub async fn submit_ticket(
+        &self,
+        sub: &cairn_core::desk::TicketSubmission,
+        traceparent: Option<&str>,
+    ) -> Result<String, BusError> {
+        let data =
+            serde_json::to_value(sub).map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
+        let mut envelope = Envelope::with_id(
+            cairn_core::envelope::derived_event_id(&format!(
+                "ticket.submitted/{}/{}/{}",
+                sub.tenant_id, sub.ticket_id, sub.revision
+            )),
+            cairn_core::envelope::TICKET_SUBMITTED,
+            sub.tenant_id.clone(),
+            data,
+        );
+        envelope.traceparent = traceparent.map(str::to_owned);
+        self.bus
+            .publish(&self.topics.tickets, &sub.ticket_id, &envelope)
+            .await?;
+        Ok(envelope.event_id)
+    }
+
+    /// Publishes feedback on an answer on `conversation_events`.
+    pub async fn publish_feedback(&self, f: &cairn_core::desk::Feedback) -> Result<(), BusError> {
+        let data =
+            serde_json::to_value(f).map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
+        let envelope = Envelope::new(
+            cairn_core::envelope::FEEDBACK_RECORDED,
+            f.tenant_id.clone(),
+            data,
+        );
+        self.bus
+            .publish(
+                &self.topics.conversation_events,
+                &f.conversation_id,
+                &envelope,
+            )
+            .await
+    }
+
+    /// Runs the ticket enricher and the analytics consumers in this process
+    /// (either may be absent).
+    pub fn start_desk(
+        &mut self,
+        ctx: Consuming,
+        tickets: Option<crate::desk::TicketDeps>,
+        analytics: Option<(
+            Arc<dyn cairn_core::ports::CounterStore>,
+            cairn_core::desk_config::AnalyticsConfig,
+        )>,
+    ) {
+        if !self.role.runs_actors() {
+            return;
+        }
+        if let Some(deps) = tickets {
+            let ctx = Consuming {
+                max_in_flight: deps.config.concurrency.max(1),
+                ..ctx.clone()
+            };
+            self.bridges
+                .push(tokio::spawn(crate::desk::run_ticket_enricher(ctx, deps)));
+        }
+        if let Some((counters, config)) = analytics {
+            for topic in [
+                &self.topics.user_events,
+                &self.topics.conversation_events,
+                &self.topics.tickets,
+            ] {
+                self.bridges.push(tokio::spawn(crate::desk::run_analytics(
+                    ctx.clone(),
+                    topic.clone(),
+                    counters.clone(),
+                    config.batch,
+                    config.dedup_ttl,
+                )));
+            }
+        }
+    }
+
     /// Live conversation actors (0 in the API role).
     pub async fn live_conversations(&self) -> usize {
         let Some((supervisor, _)) = &self.supervisor else {

@@ -181,7 +181,7 @@ impl Engine {
         if alert.ends_at.is_none() {
             alert.ends_at = match alert.source {
                 AlertSource::Api => Some(now + self.settings.resolve_timeout),
-                AlertSource::Agent | AlertSource::Insights => {
+                AlertSource::Agent | AlertSource::Insights | AlertSource::Tickets => {
                     Some(now + self.settings.escalation_timeout)
                 }
                 AlertSource::Rule | AlertSource::Pipeline => None,

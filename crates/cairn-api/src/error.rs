@@ -49,6 +49,14 @@ pub enum ErrorCode {
     AlertsDisabled,
     /// Support intelligence is off (`insights.enabled = false`).
     InsightsDisabled,
+    /// The ticket does not exist for this caller.
+    TicketNotFound,
+    /// Tickets are off (`tickets.enabled = false`).
+    TicketsDisabled,
+    /// Analytics are off (`analytics.enabled = false`).
+    AnalyticsDisabled,
+    /// The conversation has no such answer (feedback).
+    MessageNotFound,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -69,7 +77,8 @@ impl ErrorCode {
             MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
-            | InsightsDisabled => StatusCode::NOT_FOUND,
+            | InsightsDisabled | TicketNotFound | TicketsDisabled | AnalyticsDisabled
+            | MessageNotFound => StatusCode::NOT_FOUND,
             ReceiverFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
@@ -104,6 +113,10 @@ impl ErrorCode {
             SilenceNotFound => "silence_not_found",
             AlertsDisabled => "alerts_disabled",
             InsightsDisabled => "insights_disabled",
+            TicketNotFound => "ticket_not_found",
+            TicketsDisabled => "tickets_disabled",
+            AnalyticsDisabled => "analytics_disabled",
+            MessageNotFound => "message_not_found",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
             Internal => "internal",

@@ -66,6 +66,20 @@ impl InsightsApi {
 }
 
 impl InsightsApi {
+    /// The intent of an analysed message, if it was analysed.
+    pub async fn intent_of(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        message: &MessageId,
+    ) -> Option<String> {
+        let key = message_key(tenant.as_str(), id, message);
+        let text = self.records.get_record(MESSAGES, &key).await.ok()??;
+        serde_json::from_str::<MessageAnalysis>(&text)
+            .ok()
+            .map(|m| m.analysis.intent)
+    }
+
     /// Deletes a conversation's analyses and insights (with the conversation).
     pub async fn forget(&self, tenant: &TenantId, id: &ConversationId) -> ApiResult<()> {
         let prefix = format!("{}/", conversation_key(tenant.as_str(), id));

@@ -18,6 +18,8 @@
 //! - [`insights`]: `POST /v1/messages`, `POST /v1/analyze`,
 //!   `GET /v1/conversations/{id}/insights`, analyses on transcript items, and
 //!   redaction before the bus under `redact_store`.
+//! - [`desk`]: `/v1/tickets`, `/v1/categories`, `/v1/sentiments`, answer
+//!   feedback, `/v1/feedback/summary` and `/v1/analytics/*`.
 //! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
@@ -25,6 +27,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod conversations;
+pub mod desk;
 pub mod documents;
 pub mod error;
 pub mod events;

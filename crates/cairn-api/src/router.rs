@@ -4,7 +4,8 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, conversations, documents, events, health, insights, messages, request_id, search, tools,
+    alerts, conversations, desk, documents, events, health, insights, messages, request_id, search,
+    tools,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -43,6 +44,19 @@ pub fn router(state: AppState) -> Router {
             get(insights::conversation_insights),
         )
         .route("/messages", post(insights::post_message))
+        .route("/tickets", post(desk::post_ticket).get(desk::list_tickets))
+        .route(
+            "/tickets/{id}",
+            get(desk::get_ticket).patch(desk::patch_ticket),
+        )
+        .route("/categories", get(desk::categories))
+        .route("/sentiments", get(desk::sentiments))
+        .route("/conversations/{id}/feedback", post(desk::post_feedback))
+        .route("/feedback/summary", get(desk::satisfaction))
+        .route("/analytics/overview", get(desk::overview))
+        .route("/analytics/intents", get(desk::intents))
+        .route("/analytics/satisfaction", get(desk::satisfaction))
+        .route("/analytics/tickets", get(desk::ticket_analytics))
         .route("/analyze", post(insights::analyze))
         .route("/search", get(search::search))
         .route(

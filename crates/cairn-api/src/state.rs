@@ -67,6 +67,8 @@ pub struct AppState {
     pub alerts: Option<Arc<crate::alerts::AlertsApi>>,
     /// The support-intelligence surfaces, when `insights.enabled`.
     pub insights: Option<Arc<crate::insights::InsightsApi>>,
+    /// The support desk (tickets, feedback, analytics).
+    pub desk: Option<Arc<crate::desk::DeskApi>>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

@@ -31,6 +31,8 @@ pub enum AlertSource {
     Pipeline,
     /// Support intelligence: a conversation needs a human.
     Insights,
+    /// The support desk: a ticket's risk reached `tickets.risk_alert_threshold`.
+    Tickets,
 }
 
 impl AlertSource {
@@ -42,6 +44,7 @@ impl AlertSource {
             AlertSource::Agent => "agent",
             AlertSource::Pipeline => "pipeline",
             AlertSource::Insights => "insights",
+            AlertSource::Tickets => "tickets",
         }
     }
 }

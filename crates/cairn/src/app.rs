@@ -94,24 +94,22 @@ struct InsightsStores {
     records: Arc<dyn RecordStore>,
 }
 
-/// What [`start_insights`] hands the API.
+/// What [`analyzers`] builds: for the InsightsActor, the API, tickets and routing.
+#[derive(Clone)]
 struct InsightsParts {
     analyzer: Arc<dyn cairn_core::ports::Analyzer>,
     scanner: Arc<dyn cairn_core::insights::PiiScanner>,
+    offline: Arc<cairn_insights::OfflineAnalyzer>,
     intent_model: String,
 }
 
-/// Builds the analysers (offline; the LLM analyser on top when a part asks for
-/// it) and starts the InsightsActor and its bridge. Intent uses MiniLM when
-/// `knowledge.minilm_dir` is set (the model retrieval loads, shared), and
-/// lexical matching otherwise.
-async fn start_insights(
+/// Builds the analysers: offline, with the LLM analyser on top when a part
+/// asks for it. Intent uses MiniLM when `knowledge.minilm_dir` is set (the
+/// model retrieval loads, shared), and lexical matching otherwise.
+fn analyzers(
     config: &Config,
     knowledge: Option<&KnowledgeBase>,
     model: Arc<dyn cairn_core::ports::ChatModel>,
-    runtime: &mut Runtime,
-    consuming: Consuming,
-    stores: InsightsStores,
 ) -> anyhow::Result<InsightsParts> {
     let k = &config.knowledge;
     use cairn_core::insights_config::IntentModel;
@@ -146,6 +144,23 @@ async fn start_insights(
         offline.clone()
     };
     let scanner: Arc<dyn cairn_core::insights::PiiScanner> = Arc::new(offline.recognizer().clone());
+    Ok(InsightsParts {
+        analyzer,
+        scanner,
+        offline,
+        intent_model,
+    })
+}
+
+/// Starts the InsightsActor and its bridge.
+async fn start_insights(
+    config: &Config,
+    parts: &InsightsParts,
+    runtime: &mut Runtime,
+    consuming: Consuming,
+    stores: InsightsStores,
+) -> anyhow::Result<()> {
+    let (analyzer, scanner, intent_model) = (&parts.analyzer, &parts.scanner, &parts.intent_model);
     let deps = cairn_actors::insights::InsightsDeps {
         analyzer: analyzer.clone(),
         scanner: scanner.clone(),
@@ -163,11 +178,7 @@ async fn start_insights(
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     tracing::info!(intent = %intent_model, analyzer = analyzer.name(), "support intelligence on");
-    Ok(InsightsParts {
-        analyzer,
-        scanner,
-        intent_model,
-    })
+    Ok(())
 }
 
 /// Opens the knowledge base in the data dir: hybrid with MiniLM when
@@ -309,14 +320,21 @@ pub async fn build(
         Arc<dyn EventStream>,
         Arc<dyn DocumentStore>,
         Arc<dyn RecordStore>,
+        Arc<dyn cairn_core::ports::TicketStore>,
+        Arc<dyn cairn_core::ports::CounterStore>,
     );
-    let (memory, events, documents, records): Stores = match &config.redis.url {
+    let (memory, events, documents, records, ticket_store, counter_store): Stores = match &config
+        .redis
+        .url
+    {
         Some(url) => {
             let s =
                 RedisStore::connect(url, &config.redis.key_prefix, config.memory.event_retention)
                     .await
                     .with_context(|| "cannot connect to redis.url")?;
             (
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
@@ -337,6 +355,8 @@ pub async fn build(
                 )
             })?;
             (
+                Arc::new(s.clone()),
+                Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
@@ -451,7 +471,25 @@ pub async fn build(
     } else {
         None
     };
-    let analysis_model = model.clone();
+    // One set of analysers for insights, ticket enrichment and routing.
+    let needs_analysis =
+        config.insights.enabled || config.tickets.enabled || !config.agents.is_empty();
+    let parts = match needs_analysis {
+        true => Some(analyzers(config, knowledge.as_ref(), model.clone())?),
+        false => None,
+    };
+    let routing =
+        cairn_desk::routing::AgentRouter::new(&config.agents, &config.routing).map(|router| {
+            Arc::new(cairn_actors::Routing {
+                router,
+                // Routing reads the offline intent: fast, and no model call
+                // before every turn.
+                classifier: parts
+                    .as_ref()
+                    .map(|p| p.offline.clone() as Arc<dyn cairn_core::ports::Analyzer>),
+            })
+        });
+    let drafter = model.provider().to_owned();
     let deps = AgentDeps {
         memory: memory.clone(),
         events: events.clone(),
@@ -464,8 +502,11 @@ pub async fn build(
             topic: topics.conversation_events.clone(),
         }),
         signals: signals.clone(),
-        routing: None,
-        analytics: None,
+        routing,
+        analytics: config.analytics.enabled.then(|| Relay {
+            bus: bus.clone(),
+            topic: topics.conversation_events.clone(),
+        }),
         pii: (config.insights.enabled
             && (config.insights.pii == cairn_core::insights::PiiPolicy::RedactModel
                 || config
@@ -522,14 +563,13 @@ pub async fn build(
             .map_err(|e| anyhow::anyhow!(e))?;
         runtime.start_alerts(consuming.clone(), pipeline);
     }
-    let insights = match config.insights.enabled {
-        true => {
-            let i = start_insights(
+    let insights = match (config.insights.enabled, &parts) {
+        (true, Some(i)) => {
+            start_insights(
                 config,
-                knowledge.as_ref(),
-                analysis_model,
+                i,
                 &mut runtime,
-                consuming,
+                consuming.clone(),
                 InsightsStores {
                     memory: memory.clone(),
                     events: events.clone(),
@@ -547,16 +587,69 @@ pub async fn build(
                 }),
             );
             Some(Arc::new(cairn_api::insights::InsightsApi {
-                analyzer: i.analyzer,
-                scanner: i.scanner,
+                analyzer: i.analyzer.clone(),
+                scanner: i.scanner.clone(),
                 config: Arc::new(config.insights.clone()),
                 records: records.clone(),
             }))
         }
-        false => {
+        _ => {
             extra_health.insert("insights".into(), serde_json::json!({"status": "disabled"}));
             None
         }
+    };
+    let ticket_deps = match (config.tickets.enabled, &parts) {
+        (true, Some(p)) => Some(cairn_actors::desk::TicketDeps {
+            tickets: ticket_store.clone(),
+            analyzer: p.analyzer.clone(),
+            agent: runtime.deps().clone(),
+            config: Arc::new(config.tickets.clone()),
+            alerts_enabled: alerts_on,
+            drafter,
+        }),
+        _ => None,
+    };
+    runtime.start_desk(
+        consuming,
+        ticket_deps,
+        config
+            .analytics
+            .enabled
+            .then(|| (counter_store.clone(), config.analytics.clone())),
+    );
+    extra_health.insert(
+        "desk".into(),
+        serde_json::json!({
+            "status": "ok",
+            "tickets": config.tickets.enabled,
+            "analytics": config.analytics.enabled,
+            "agents": config.agents.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+        }),
+    );
+    let desk = {
+        let offline = parts.as_ref().map(|p| p.offline.clone());
+        let categories: cairn_api::desk::Categories = Arc::new(move |t: &cairn_core::TenantId| {
+            offline
+                .as_ref()
+                .map(|o| {
+                    o.classifier(t.as_str())
+                        .taxonomy()
+                        .intents
+                        .iter()
+                        .map(|i| (i.label.clone(), i.description.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        Arc::new(cairn_api::desk::DeskApi {
+            tickets: config.tickets.enabled.then(|| ticket_store.clone()),
+            counters: config.analytics.enabled.then(|| counter_store.clone()),
+            records: records.clone(),
+            categories,
+            intent_of: insights.clone(),
+            config: config.tickets.clone(),
+            analytics: config.analytics.clone(),
+        })
     };
     extra_health.insert(
         "alerts".into(),
@@ -637,6 +730,7 @@ pub async fn build(
         ),
         deleted: tokio::sync::broadcast::channel(256).0,
         insights,
+        desk: Some(desk),
         alerts: alerts_on.then(|| {
             Arc::new(cairn_api::alerts::AlertsApi {
                 log: cairn_alerts::AlertLog::new(records.clone()),
