@@ -501,13 +501,13 @@ pub async fn patch_ticket(
     if let Some(Some(a)) = &body.assignee {
         id_field("assignee", a)?;
     }
-    if let Some(tags) = &body.tags {
-        if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > 64) {
-            return Err(invalid(
-                "tags",
-                format!("`tags` holds at most {MAX_TAGS} tags of 1 to 64 characters"),
-            ));
-        }
+    if let Some(tags) = &body.tags
+        && (tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > 64))
+    {
+        return Err(invalid(
+            "tags",
+            format!("`tags` holds at most {MAX_TAGS} tags of 1 to 64 characters"),
+        ));
     }
     if let Some(s) = &body.subject {
         bounded_text("subject", s, d.config.max_subject_chars, true)?;

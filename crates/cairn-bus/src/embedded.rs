@@ -34,6 +34,8 @@ pub struct EmbeddedBus {
     db: Db,
     /// Per-topic "next offset" signals that wake idle consumers.
     heads: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// Keep consumed records instead of trimming them (`bus.keep_consumed`).
+    keep_consumed: bool,
 }
 
 fn unavailable(e: DbError) -> BusError {
@@ -64,7 +66,15 @@ impl EmbeddedBus {
         Ok(Self {
             db,
             heads: Arc::default(),
+            keep_consumed: false,
         })
+    }
+
+    /// Keeps records every group consumed (`bus.keep_consumed`), for audits
+    /// and recounts.
+    pub fn keeping_consumed(mut self, keep: bool) -> Self {
+        self.keep_consumed = keep;
+        self
     }
 
     fn head(&self, topic: &str) -> watch::Receiver<u64> {
@@ -79,6 +89,39 @@ impl EmbeddedBus {
         if let Some(tx) = h.get(topic) {
             tx.send_replace(next);
         }
+    }
+
+    /// Up to `limit` events of `topic` from offset `from` on, in order, with
+    /// their offsets (records that no longer decode are skipped): the raw log,
+    /// for recounts.
+    pub async fn read_from(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Envelope)>, BusError> {
+        let topic = topic.to_owned();
+        self.db
+            .read(move |txn| {
+                let t = txn.open_table(RECORDS).map_err(r)?;
+                let mut out = Vec::new();
+                for row in t
+                    .range((topic.as_str(), from)..=(topic.as_str(), u64::MAX))
+                    .map_err(r)?
+                    .take(limit)
+                {
+                    let (k, v) = row.map_err(r)?;
+                    let offset = k.value().1;
+                    if let Ok(rec) = serde_json::from_slice::<StoredRecord>(v.value())
+                        && let Ok(env) = serde_json::from_value::<Envelope>(rec.envelope)
+                    {
+                        out.push((offset, env));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
     }
 
     /// Records in `topic` not yet trimmed (for tests and `/health`).
@@ -266,6 +309,7 @@ impl BusConsumer for EmbeddedConsumer {
         }
         let ck = self.committed_key.clone();
         let topic = self.topic.clone();
+        let keep = self.bus.keep_consumed;
         self.bus
             .db
             .write(move |txn| {
@@ -287,7 +331,7 @@ impl BusConsumer for EmbeddedConsumer {
                         min = min.min(v.value());
                     }
                 }
-                if min > 0 && min != u64::MAX {
+                if min > 0 && min != u64::MAX && !keep {
                     txn.open_table(RECORDS)
                         .map_err(r)?
                         .retain_in((topic.as_str(), 0)..(topic.as_str(), min), |_, _| false)

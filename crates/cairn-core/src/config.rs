@@ -544,6 +544,9 @@ pub struct BusConfig {
     /// inside this window are skipped).
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
+    /// Embedded bus only: keep records every group has consumed (for audits and
+    /// `cairn analytics recount`); the bus file then grows with the traffic.
+    pub keep_consumed: bool,
 }
 
 impl Default for BusConfig {
@@ -552,6 +555,7 @@ impl Default for BusConfig {
             topic_prefix: String::new(),
             max_in_flight: 512,
             dedup_ttl: Duration::from_secs(24 * 3600),
+            keep_consumed: false,
         }
     }
 }

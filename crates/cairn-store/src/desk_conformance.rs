@@ -251,7 +251,12 @@ pub async fn counters_apply_each_event_once<S: DeskStore>(s: S) {
     );
     assert_eq!(s.apply_counters(&[e1.clone(), e2], ttl).await.unwrap(), 2);
     // A redelivery, alone or within a batch, counts nothing.
-    assert_eq!(s.apply_counters(&[e1.clone()], ttl).await.unwrap(), 0);
+    assert_eq!(
+        s.apply_counters(std::slice::from_ref(&e1), ttl)
+            .await
+            .unwrap(),
+        0
+    );
     let e3 = update(&a, "e3", vec![inc("h1", "messages", 1)], None);
     assert_eq!(
         s.apply_counters(&[e1, e3.clone(), e3], ttl).await.unwrap(),

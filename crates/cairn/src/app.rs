@@ -402,7 +402,8 @@ pub async fn build(
         Arc::new(
             EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
                 .await
-                .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?,
+                .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?
+                .keeping_consumed(config.bus.keep_consumed),
         )
     };
     let model = match model_override {

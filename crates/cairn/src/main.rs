@@ -77,6 +77,23 @@ impl From<ParseDocumentArgs> for cairn_retrieval::isolation::ChildArgs {
 }
 
 #[derive(Subcommand)]
+enum AnalyticsAction {
+    /// Recounts a tenant's analytics overview by replaying every event of the
+    /// embedded bus (slow; for checking the live counters) and prints it as JSON.
+    Recount {
+        /// The tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Start of the range (RFC 3339; default: 7 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range (RFC 3339; default: now).
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the service.
     Serve {
@@ -185,6 +202,13 @@ enum Command {
         /// Print the API's JSON.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Analytics from the embedded bus' raw events (the server must be stopped).
+    Analytics {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: AnalyticsAction,
     },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
@@ -372,6 +396,10 @@ async fn run(cli: Cli) -> ExitCode {
             user,
             json,
         } => alerts(&common, action, &server, token, (&tenant, &user), json).await,
+        Command::Analytics {
+            common,
+            action: AnalyticsAction::Recount { tenant, from, to },
+        } => analytics_recount(&common, &tenant, from.as_deref(), to.as_deref()).await,
         Command::Token {
             common,
             sub,
@@ -677,6 +705,64 @@ async fn search(
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn analytics_recount(
+    common: &Common,
+    tenant: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use cairn_desk::analytics::{MemoryCounters, Range, Totals, fold, overview, plan};
+    let config = load_config(common, None)?;
+    if !config.kafka.brokers.is_empty() {
+        anyhow::bail!("recount replays the embedded bus; this configuration uses Kafka");
+    }
+    let parse = |v: Option<&str>| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        v.map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| anyhow::anyhow!("{s}: {e}"))
+        })
+        .transpose()
+    };
+    let to = parse(to)?.unwrap_or_else(chrono::Utc::now);
+    let from = parse(from)?.unwrap_or(to - chrono::Duration::days(7));
+    let tenant = TenantId::parse(tenant)?;
+    let bus = cairn_bus::EmbeddedBus::open(&config.server.data_dir.join(app::BUS_FILE))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (is a server running on this data dir?)"))?;
+    let topics = cairn_core::ports::Topics::with_prefix(&config.bus.topic_prefix);
+    let mut counters = MemoryCounters::default();
+    let mut events = 0usize;
+    for topic in [
+        &topics.user_events,
+        &topics.conversation_events,
+        &topics.tickets,
+    ] {
+        let mut next = 0;
+        loop {
+            let page = bus.read_from(topic, next, 1024).await?;
+            let Some((last, _)) = page.last() else { break };
+            next = last + 1;
+            for (_, env) in &page {
+                if let Some(u) = fold(env) {
+                    counters.apply(&u);
+                    events += 1;
+                }
+            }
+        }
+    }
+    let range = Range::new(from, to);
+    let buckets = plan(range);
+    let totals = Totals::of(&buckets, &counters.read(tenant.as_str(), &buckets));
+    let mut out =
+        json!({"tenant_id": tenant, "from": range.from, "to": range.to, "events_folded": events});
+    if let (Some(o), Value::Object(b)) = (out.as_object_mut(), overview(&totals)) {
+        o.extend(b);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -769,3 +769,147 @@ async fn feedback_replaces_per_user_and_answer_and_is_summarised() {
     );
     s.stop().await;
 }
+
+/// Counts what a burst got accepted (202).
+#[derive(Default)]
+struct Accepted {
+    messages: std::sync::atomic::AtomicI64,
+    support: std::sync::atomic::AtomicI64,
+    tickets: std::sync::atomic::AtomicI64,
+}
+
+async fn burst(c: &Client, convs: &[String], round: usize, acc: &Accepted) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut work = Vec::new();
+    for i in 0..30usize {
+        let conv = convs[i % convs.len()].clone();
+        work.push(Box::pin(async move {
+            let r = c
+                .req(
+                    reqwest::Method::POST,
+                    &format!("/v1/conversations/{conv}/messages"),
+                )
+                .json(
+                    &json!({"content": format!("My invoice {round}-{i} was charged twice, why?")}),
+                )
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 202) {
+                acc.messages.fetch_add(1, SeqCst);
+            }
+        })
+            as std::pin::Pin<
+                Box<dyn std::future::Future<Output = ()> + Send + '_>,
+            >);
+        work.push(Box::pin(async move {
+            let r = c
+                .req(reqwest::Method::POST, "/v1/tickets")
+                .json(&json!({"ticket_id": format!("B-{round}-{i}"), "subject": "Login broken",
+                              "body": format!("I cannot log in since update {i}, this is frustrating."),
+                              "channel": if i % 2 == 0 { "email" } else { "chat" }, "customer_id": format!("c{}", i % 7)}))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 202) {
+                acc.tickets.fetch_add(1, SeqCst);
+            }
+        }));
+        work.push(Box::pin(async move {
+            let r = c
+                .req(reqwest::Method::POST, "/v1/messages")
+                .json(&json!({"conversation_id": format!("support-{round}-{}", i % 5), "sender": "customer",
+                              "message": format!("Thanks, the refund {i} arrived!"), "channel": "chat"}))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 202) {
+                acc.support.fetch_add(1, SeqCst);
+            }
+        }));
+    }
+    futures::future::join_all(work).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_equal_a_recount_of_raw_events_after_kill_9() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    // The bus keeps what was consumed, so the recount can replay it.
+    let mut s = common::Binary::start(dir.path(), "[bus]\nkeep_consumed = true\n", &[]).await;
+    let c = s.client("acme", "ana", &[]);
+    let mut convs = Vec::new();
+    for _ in 0..6 {
+        convs.push(c.new_conversation().await);
+    }
+    let acc = Accepted::default();
+    // A burst, and SIGKILL in the middle of it.
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.child.start_kill().unwrap();
+    };
+    tokio::join!(burst(&c, &convs, 0, &acc), killer);
+    s.restart().await;
+    let c = s.client("acme", "ana", &[]);
+    burst(&c, &convs, 1, &acc).await;
+    let (messages, support, tickets) = (
+        acc.messages.load(SeqCst),
+        acc.support.load(SeqCst),
+        acc.tickets.load(SeqCst),
+    );
+    assert!(
+        messages >= 30 && tickets >= 30 && support >= 30,
+        "{messages} {tickets} {support}"
+    );
+
+    // Every accepted message and ticket is counted once the work settles. (A
+    // request in flight at the kill may be durable without its 202 reaching
+    // us: counts lie between what was accepted and what was sent.)
+    let settled = |o: &Value| {
+        let n = |v: &Value| v.as_i64().unwrap_or(-1);
+        let user = n(&o["messages_by_source"]["user"]);
+        user == n(&o["turns"]["total"])
+            && n(&o["tickets"]["enriched"]) == n(&o["tickets"]["total_tickets"])
+            && o["intents"]
+                .as_object()
+                .is_some_and(|m| m.values().map(n).sum::<i64>() == n(&o["messages"]))
+            && (messages..=60).contains(&user)
+            && (support..=60).contains(&n(&o["messages_by_source"]["customer"]))
+            && (tickets..=60).contains(&n(&o["tickets"]["total_tickets"]))
+    };
+    let live = eventually(&c, "/v1/analytics/overview", settled).await;
+    // Still the same a moment later: nothing is counted twice late.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = c.get("/v1/analytics/overview").await.body;
+    assert_eq!(live["messages"], again["messages"], "{again}");
+    assert_eq!(live["turns"], again["turns"], "{again}");
+    assert_eq!(live["tickets"], again["tickets"], "{again}");
+    let live = again;
+
+    // The slow recount over the raw events of the bus agrees with the counters.
+    s.child.kill().await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["analytics", "recount", "--tenant", "acme", "--config"])
+        .arg(&s.config)
+        .arg("--data-dir")
+        .arg(&s.dir)
+        .env("CAIRN_JWT_SECRET", common::SECRET)
+        .env("CAIRN_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut recount: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        recount["events_folded"].as_i64().unwrap() > messages,
+        "{recount}"
+    );
+    let mut live = live;
+    for v in [&mut recount, &mut live] {
+        let o = v.as_object_mut().unwrap();
+        for k in ["from", "to", "events_folded"] {
+            o.remove(k);
+        }
+    }
+    assert_eq!(live, recount);
+}
