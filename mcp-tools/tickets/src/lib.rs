@@ -13,6 +13,12 @@
 //! exactly like a ticket that does not exist. Idempotency keys are per tenant.
 //! A call without a tenant is refused. Sample tickets of a new store belong to
 //! the tenant `default`.
+//!
+//! This store is separate from Cairn's own tickets (`/v1/tickets`): its calls
+//! carry the tenant and user but no credential, so reading Cairn's tickets would
+//! mean handing this process Cairn's token-signing secret, and an agent tool
+//! calling back into Cairn's API is the wrong shape. It stays the example of a
+//! tool author's own system of record.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
