@@ -395,7 +395,7 @@ async fn analytics(
         seed_started.elapsed().as_secs_f64()
     );
     let http = reqwest::Client::new();
-    for range_days in [7i64, days, 93] {
+    for range_days in [7i64, days, 90] {
         let from = (now - chrono::Duration::days(range_days))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let url = format!("{}/v1/analytics/overview?from={from}", r.base);
