@@ -91,37 +91,47 @@ impl EmbeddedBus {
         }
     }
 
-    /// Up to `limit` events of `topic` from offset `from` on, in order, with
-    /// their offsets (records that no longer decode are skipped): the raw log,
-    /// for recounts.
-    pub async fn read_from(
+    /// Up to `limit` raw records of `topic` from offset `from` on, in order.
+    async fn read_page(
         &self,
         topic: &str,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Envelope)>, BusError> {
+    ) -> Result<Vec<(u64, Vec<u8>)>, BusError> {
         let topic = topic.to_owned();
         self.db
             .read(move |txn| {
                 let t = txn.open_table(RECORDS).map_err(r)?;
                 let mut out = Vec::new();
-                for row in t
+                for item in t
                     .range((topic.as_str(), from)..=(topic.as_str(), u64::MAX))
                     .map_err(r)?
                     .take(limit)
                 {
-                    let (k, v) = row.map_err(r)?;
-                    let offset = k.value().1;
-                    if let Ok(rec) = serde_json::from_slice::<StoredRecord>(v.value())
-                        && let Ok(env) = serde_json::from_value::<Envelope>(rec.envelope)
-                    {
-                        out.push((offset, env));
-                    }
+                    let (k, v) = item.map_err(r)?;
+                    out.push((k.value().1, v.value().to_vec()));
                 }
                 Ok(out)
             })
             .await
             .map_err(unavailable)
+    }
+
+    /// Up to `limit` records of `topic` from offset `from` on, in order, decoded
+    /// as a consumer decodes them (a refused record is an `Err`, as a consumer
+    /// would see it): the raw log, for recounts.
+    pub async fn read_from(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Result<BusRecord, BusError>)>, BusError> {
+        Ok(self
+            .read_page(topic, from, limit)
+            .await?
+            .into_iter()
+            .map(|(offset, bytes)| (offset, decode_record(topic, offset, &bytes)))
+            .collect())
     }
 
     /// Records in `topic` not yet trimmed (for tests and `/health`).
@@ -218,26 +228,7 @@ struct EmbeddedConsumer {
 
 impl EmbeddedConsumer {
     async fn fetch(&mut self) -> Result<(), BusError> {
-        let topic = self.topic.clone();
-        let from = self.position;
-        let page = self
-            .bus
-            .db
-            .read(move |txn| {
-                let t = txn.open_table(RECORDS).map_err(r)?;
-                let mut out = Vec::new();
-                for item in t
-                    .range((topic.as_str(), from)..=(topic.as_str(), u64::MAX))
-                    .map_err(r)?
-                    .take(PAGE)
-                {
-                    let (k, v) = item.map_err(r)?;
-                    out.push((k.value().1, v.value().to_vec()));
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(unavailable)?;
+        let page = self.bus.read_page(&self.topic, self.position, PAGE).await?;
         if let Some((last, _)) = page.last() {
             self.position = last + 1;
         }
@@ -248,39 +239,44 @@ impl EmbeddedConsumer {
     /// Decodes the next buffered record, if any.
     fn pop_buffered(&mut self) -> Option<Result<BusRecord, BusError>> {
         let (offset, bytes) = self.buffer.pop_front()?;
-        let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
-            topic: self.topic.clone(),
+        Some(decode_record(&self.topic, offset, &bytes))
+    }
+}
+
+/// A stored record as consumers see it: refused (undecodable, failing its
+/// schema) or an envelope.
+fn decode_record(topic: &str, offset: u64, bytes: &[u8]) -> Result<BusRecord, BusError> {
+    let refused = |key: String, r: schemas::Rejection| BusError::Undecodable {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset,
+        key,
+        class: r.class,
+        reason: r.reason,
+        payload: String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let rejection = |class, e: serde_json::Error| schemas::Rejection {
+        class,
+        reason: e.to_string(),
+    };
+    let rec: StoredRecord = serde_json::from_slice(bytes).map_err(|e| {
+        refused(
+            String::new(),
+            rejection(schemas::RejectClass::Undecodable, e),
+        )
+    })?;
+    if let Err(r) = schemas::check(&rec.envelope) {
+        return Err(refused(rec.key, r));
+    }
+    match serde_json::from_value::<Envelope>(rec.envelope) {
+        Ok(envelope) => Ok(BusRecord {
+            topic: topic.to_owned(),
             partition: 0,
             offset,
-            key,
-            class: r.class,
-            reason: r.reason,
-            payload: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        let rejection = |class, e: serde_json::Error| schemas::Rejection {
-            class,
-            reason: e.to_string(),
-        };
-        let rec: StoredRecord = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                let r = rejection(schemas::RejectClass::Undecodable, e);
-                return Some(Err(refused(String::new(), r)));
-            }
-        };
-        if let Err(r) = schemas::check(&rec.envelope) {
-            return Some(Err(refused(rec.key, r)));
-        }
-        Some(match serde_json::from_value::<Envelope>(rec.envelope) {
-            Ok(envelope) => Ok(BusRecord {
-                topic: self.topic.clone(),
-                partition: 0,
-                offset,
-                key: rec.key,
-                envelope,
-            }),
-            Err(e) => Err(refused(rec.key, rejection(schemas::RejectClass::Schema, e))),
-        })
+            key: rec.key,
+            envelope,
+        }),
+        Err(e) => Err(refused(rec.key, rejection(schemas::RejectClass::Schema, e))),
     }
 }
 

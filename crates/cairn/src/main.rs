@@ -746,8 +746,9 @@ async fn analytics_recount(
             let page = bus.read_from(topic, next, 1024).await?;
             let Some((last, _)) = page.last() else { break };
             next = last + 1;
-            for (_, env) in &page {
-                if let Some(u) = fold(env) {
+            // Records a consumer refuses (they go to the DLQ) count nothing.
+            for rec in page.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                if let Some(u) = fold(&rec.envelope) {
                     counters.apply(&u);
                     events += 1;
                 }
