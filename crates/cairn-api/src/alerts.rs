@@ -14,7 +14,7 @@
 
 use crate::auth::{Caller, OPERATOR_SCOPE};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, first_param, query_pairs};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -79,41 +79,23 @@ fn store_down(e: cairn_core::ports::StoreError) -> ApiError {
     ApiError::unavailable("the alert store", &e)
 }
 
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidField, message).with_details(json!({ "field": field }))
-}
-
-/// The query as pairs (repeated keys kept).
-fn pairs(raw: Option<String>) -> Vec<(String, String)> {
-    raw.map(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-fn first<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 /// The tenant a listing covers: the caller's, or for operators all (or `?tenant=`).
 fn scope_of(caller: &Caller, q: &[(String, String)]) -> Option<String> {
     if caller.has_scope(OPERATOR_SCOPE) {
-        first(q, "tenant").map(str::to_owned)
+        first_param(q, "tenant").map(str::to_owned)
     } else {
         Some(caller.tenant.to_string())
     }
 }
 
 fn limit(q: &[(String, String)]) -> ApiResult<usize> {
-    match first(q, "limit") {
+    match first_param(q, "limit") {
         None => Ok(100),
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=cairn_alerts::records::MAX_LIST).contains(n))
-            .ok_or_else(|| bad("limit", "`limit` must be between 1 and 1000")),
+            .ok_or_else(|| ApiError::invalid_field("limit", "`limit` must be between 1 and 1000")),
     }
 }
 
@@ -140,17 +122,23 @@ fn check_map(
 ) -> ApiResult<()> {
     let f = format!("{i}.{field}");
     if m.len() > MAX_LABELS {
-        return Err(bad(&f, format!("at most {MAX_LABELS} {field}")));
+        return Err(ApiError::invalid_field(
+            &f,
+            format!("at most {MAX_LABELS} {field}"),
+        ));
     }
     for (k, v) in m {
         if !valid_label_name(k) {
-            return Err(bad(
+            return Err(ApiError::invalid_field(
                 &f,
                 format!("`{k}` is not a valid name (letters, digits, _)"),
             ));
         }
         if v.len() > max_value {
-            return Err(bad(&f, format!("`{k}` is longer than {max_value} bytes")));
+            return Err(ApiError::invalid_field(
+                &f,
+                format!("`{k}` is longer than {max_value} bytes"),
+            ));
         }
     }
     Ok(())
@@ -160,17 +148,23 @@ fn into_alert(p: PostedAlert, i: usize, tenant: &str) -> ApiResult<Alert> {
     check_map("labels", i, &p.labels, MAX_LABEL_VALUE)?;
     check_map("annotations", i, &p.annotations, MAX_ANNOTATION)?;
     if p.labels.get("alertname").is_none_or(String::is_empty) {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             &format!("{i}.labels"),
             "every alert needs an `alertname` label",
         ));
     }
     if p.generator_url.as_ref().is_some_and(|u| u.len() > 2048) {
-        return Err(bad(&format!("{i}.generatorURL"), "longer than 2048 bytes"));
+        return Err(ApiError::invalid_field(
+            &format!("{i}.generatorURL"),
+            "longer than 2048 bytes",
+        ));
     }
     let starts_at = p.starts_at.unwrap_or_else(Utc::now);
     if p.ends_at.is_some_and(|e| e < starts_at) {
-        return Err(bad(&format!("{i}.endsAt"), "`endsAt` is before `startsAt`"));
+        return Err(ApiError::invalid_field(
+            &format!("{i}.endsAt"),
+            "`endsAt` is before `startsAt`",
+        ));
     }
     let mut labels = p.labels;
     labels.insert(TENANT_LABEL.into(), tenant.to_owned());
@@ -199,7 +193,7 @@ pub async fn raise(
     require_scope(a, &caller)?;
     let max = a.config.max_alerts_per_request;
     if body.len() > max {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             "alerts",
             format!("at most {max} alerts per request (alerts.max_alerts_per_request)"),
         )
@@ -259,15 +253,18 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let a = api(&state)?;
-    let q = pairs(raw);
-    let st = first(&q, "state");
+    let q = query_pairs(raw);
+    let st = first_param(&q, "state");
     if st.is_some_and(|s| s != "firing" && s != "resolved") {
-        return Err(bad("state", "`state` is `firing` or `resolved`"));
+        return Err(ApiError::invalid_field(
+            "state",
+            "`state` is `firing` or `resolved`",
+        ));
     }
     let matchers: Vec<Matcher> = q
         .iter()
         .filter(|(k, _)| k == "filter")
-        .map(|(_, v)| Matcher::parse(v).map_err(|e| bad("filter", e)))
+        .map(|(_, v)| Matcher::parse(v).map_err(|e| ApiError::invalid_field("filter", e)))
         .collect::<ApiResult<_>>()?;
     let tenant = scope_of(&caller, &q);
     let alerts = a
@@ -312,7 +309,7 @@ pub async fn notifications(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let a = api(&state)?;
-    let q = pairs(raw);
+    let q = query_pairs(raw);
     let rows = a
         .log
         .notifications(scope_of(&caller, &q).as_deref(), limit(&q)?)
@@ -344,7 +341,7 @@ pub async fn test(
             || cairn_alerts::routing::receiver_accepts(r, caller.tenant.as_str())
     });
     let (Some(rc), true, Some(channel)) = (rc, allowed, a.channels.get(&body.receiver)) else {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             "receiver",
             format!("no receiver `{}` for this tenant", body.receiver),
         ));
@@ -474,38 +471,51 @@ pub async fn create_silence(
         .matchers
         .into_iter()
         .map(|m| match m {
-            MatcherIn::Text(t) => Matcher::parse(&t).map_err(|e| bad("matchers", e)),
+            MatcherIn::Text(t) => {
+                Matcher::parse(&t).map_err(|e| ApiError::invalid_field("matchers", e))
+            }
             MatcherIn::Object(m) => Ok(m),
         })
         .collect::<ApiResult<_>>()?;
     if matchers.is_empty() || matchers.len() > MAX_LABELS {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             "matchers",
             format!("between 1 and {MAX_LABELS} matchers"),
         ));
     }
     if body.comment.trim().is_empty() || body.comment.len() > 4096 {
-        return Err(bad("comment", "say why (at most 4096 bytes)"));
+        return Err(ApiError::invalid_field(
+            "comment",
+            "say why (at most 4096 bytes)",
+        ));
     }
     let now = Utc::now();
     let starts_at = body.starts_at.unwrap_or(now);
     let ends_at = match (body.ends_at, &body.duration) {
         (Some(e), None) => e,
         (None, Some(d)) => {
-            let d = humantime::parse_duration(d)
-                .map_err(|e| bad("duration", format!("not a duration like 2h: {e}")))?;
-            starts_at + chrono::Duration::from_std(d).map_err(|_| bad("duration", "too long"))?
+            let d = humantime::parse_duration(d).map_err(|e| {
+                ApiError::invalid_field("duration", format!("not a duration like 2h: {e}"))
+            })?;
+            starts_at
+                + chrono::Duration::from_std(d)
+                    .map_err(|_| ApiError::invalid_field("duration", "too long"))?
         }
-        _ => return Err(bad("endsAt", "give exactly one of `endsAt` and `duration`")),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "endsAt",
+                "give exactly one of `endsAt` and `duration`",
+            ));
+        }
     };
     if ends_at <= starts_at || ends_at <= now {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             "endsAt",
             "the silence must end after it starts, in the future",
         ));
     }
     if ends_at - starts_at > chrono::Duration::days(MAX_SILENCE_DAYS) {
-        return Err(bad(
+        return Err(ApiError::invalid_field(
             "endsAt",
             format!("a silence lasts at most {MAX_SILENCE_DAYS} days"),
         ));
@@ -547,7 +557,7 @@ pub async fn silences(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let a = api(&state)?;
-    let q = pairs(raw);
+    let q = query_pairs(raw);
     let rows = a
         .log
         .silences(scope_of(&caller, &q).as_deref())

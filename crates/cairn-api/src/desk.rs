@@ -20,7 +20,7 @@
 use crate::auth::{Caller, OPERATOR_SCOPE};
 use crate::conversations::{Access, load_owned};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::extract::{JsonBody, conversation_id};
+use crate::extract::{JsonBody, conversation_id, first_param, query_pairs};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -99,10 +99,6 @@ fn counters(state: &AppState) -> ApiResult<(&Arc<DeskApi>, &Arc<dyn CounterStore
     Ok((d, c))
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidField, message).with_details(json!({"field": field}))
-}
-
 fn ticket_not_found() -> ApiError {
     ApiError::new(ErrorCode::TicketNotFound, "no such ticket")
 }
@@ -116,7 +112,7 @@ fn id_field(field: &str, v: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
+        Err(ApiError::invalid_field(
             field,
             format!("`{field}` must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -"),
         ))
@@ -125,13 +121,17 @@ fn id_field(field: &str, v: &str) -> ApiResult<()> {
 
 fn bounded_text(field: &str, v: &str, max: usize, required: bool) -> ApiResult<()> {
     if required && v.trim().is_empty() {
-        return Err(invalid(field, format!("`{field}` must not be empty")));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` must not be empty"),
+        ));
     }
     if v.chars().take(max + 1).count() > max {
-        return Err(
-            invalid(field, format!("`{field}` is longer than {max} characters"))
-                .with_details(json!({"field": field, "max": max})),
-        );
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` is longer than {max} characters"),
+        )
+        .with_details(json!({"field": field, "max": max})));
     }
     Ok(())
 }
@@ -163,7 +163,7 @@ fn check_channel(cfg: &TicketsConfig, channel: &str) -> ApiResult<()> {
     if cfg.channels.iter().any(|c| c == channel) {
         Ok(())
     } else {
-        Err(invalid(
+        Err(ApiError::invalid_field(
             "channel",
             format!("`channel` must be one of: {}", cfg.channels.join(", ")),
         )
@@ -281,34 +281,23 @@ async fn publish(state: &AppState, sub: &TicketSubmission) -> ApiResult<String> 
         .map_err(|e| ApiError::unavailable("the event bus", &e))
 }
 
-fn pairs(raw: Option<String>) -> Vec<(String, String)> {
-    raw.map(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-fn first<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 fn time_param(q: &[(String, String)], name: &str) -> ApiResult<Option<DateTime<Utc>>> {
-    first(q, name)
+    first_param(q, name)
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| invalid(name, format!("`{name}` must be an RFC 3339 time")))
+                .map_err(|_| {
+                    ApiError::invalid_field(name, format!("`{name}` must be an RFC 3339 time"))
+                })
         })
         .transpose()
 }
 
 fn label_param(q: &[(String, String)], name: &str) -> ApiResult<Option<String>> {
-    match first(q, name) {
+    match first_param(q, name) {
         None => Ok(None),
         Some(v) if !v.is_empty() && v.len() <= 128 => Ok(Some(v.to_owned())),
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             name,
             format!("`{name}` must be 1 to 128 characters"),
         )),
@@ -322,7 +311,7 @@ pub async fn list_tickets(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let (d, store) = tickets(&state)?;
-    let q = pairs(raw);
+    let q = query_pairs(raw);
     let known = [
         "risk_min",
         "category",
@@ -341,19 +330,19 @@ pub async fn list_tickets(
         "cursor",
     ];
     if let Some((k, _)) = q.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             k,
             format!("unknown parameter `{k}`; known: {}", known.join(", ")),
         ));
     }
-    let limit = match first(&q, "limit") {
+    let limit = match first_param(&q, "limit") {
         None => d.config.page_size,
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=d.config.max_page_size).contains(n))
             .ok_or_else(|| {
-                invalid(
+                ApiError::invalid_field(
                     "limit",
                     format!("`limit` must be between 1 and {}", d.config.max_page_size),
                 )
@@ -361,12 +350,14 @@ pub async fn list_tickets(
     };
     let mut query = TicketQuery::new(caller.tenant.clone(), limit);
     query.max_scan = d.config.max_scan;
-    if let Some(v) = first(&q, "risk_min") {
+    if let Some(v) = first_param(&q, "risk_min") {
         query.risk_min = Some(
             v.parse::<f64>()
                 .ok()
                 .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| invalid("risk_min", "`risk_min` must be a number from 0 to 1"))?,
+                .ok_or_else(|| {
+                    ApiError::invalid_field("risk_min", "`risk_min` must be a number from 0 to 1")
+                })?,
         );
     }
     query.category = label_param(&q, "category")?;
@@ -375,13 +366,13 @@ pub async fn list_tickets(
     query.customer_id = label_param(&q, "customer_id")?;
     query.assignee = label_param(&q, "assignee")?;
     query.tag = label_param(&q, "tag")?;
-    if let Some(s) = first(&q, "status") {
+    if let Some(s) = first_param(&q, "status") {
         if let Some(w) = TicketStatus::parse(s) {
             query.status = Some(w);
         } else if let Some(e) = EnrichmentState::parse(s) {
             query.enrichment = Some(e);
         } else {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "status",
                 format!(
                     "`status` must be one of: {}, pending, enriched, failed",
@@ -390,24 +381,33 @@ pub async fn list_tickets(
             ));
         }
     }
-    if let Some(text) = first(&q, "q") {
+    if let Some(text) = first_param(&q, "q") {
         bounded_text("q", text, MAX_QUERY_CHARS, true)?;
         query.text = Some(text.to_owned());
     }
     query.created_from = time_param(&q, "from")?;
     query.created_to = time_param(&q, "to")?;
-    if let Some(s) = first(&q, "sort") {
-        query.sort = TicketSort::parse(s)
-            .ok_or_else(|| invalid("sort", "`sort` must be created_at, updated_at or risk"))?;
+    if let Some(s) = first_param(&q, "sort") {
+        query.sort = TicketSort::parse(s).ok_or_else(|| {
+            ApiError::invalid_field("sort", "`sort` must be created_at, updated_at or risk")
+        })?;
     }
-    query.descending = match first(&q, "order") {
+    query.descending = match first_param(&q, "order") {
         None | Some("desc") => true,
         Some("asc") => false,
-        Some(_) => return Err(invalid("order", "`order` must be asc or desc")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "order",
+                "`order` must be asc or desc",
+            ));
+        }
     };
-    if let Some(c) = first(&q, "cursor") {
+    if let Some(c) = first_param(&q, "cursor") {
         if c.is_empty() || c.len() > 300 || !c.is_ascii() {
-            return Err(invalid("cursor", "`cursor` is not one this server gave"));
+            return Err(ApiError::invalid_field(
+                "cursor",
+                "`cursor` is not one this server gave",
+            ));
         }
         query.cursor = Some(c.to_owned());
     }
@@ -491,7 +491,7 @@ pub async fn patch_ticket(
         .as_deref()
         .map(|s| {
             TicketStatus::parse(s).ok_or_else(|| {
-                invalid(
+                ApiError::invalid_field(
                     "status",
                     format!("`status` must be one of: {}", TicketStatus::ALL.join(", ")),
                 )
@@ -504,7 +504,7 @@ pub async fn patch_ticket(
     if let Some(tags) = &body.tags
         && (tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > 64))
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "tags",
             format!("`tags` holds at most {MAX_TAGS} tags of 1 to 64 characters"),
         ));
@@ -619,7 +619,10 @@ pub async fn post_feedback(
         .with_details(json!({"field": "rating"})));
     }
     if body.rating.is_some_and(|r| !(1..=5).contains(&r)) {
-        return Err(invalid("rating", "`rating` must be from 1 to 5"));
+        return Err(ApiError::invalid_field(
+            "rating",
+            "`rating` must be from 1 to 5",
+        ));
     }
     if let Some(c) = &body.comment {
         bounded_text("comment", c, MAX_COMMENT_CHARS, false)?;
@@ -710,17 +713,20 @@ fn report_scope(
     let to = time_param(q, "to")?.unwrap_or_else(Utc::now);
     let from = time_param(q, "from")?.unwrap_or(to - chrono::Duration::days(7));
     if from > to {
-        return Err(invalid("from", "`from` must be before `to`"));
+        return Err(ApiError::invalid_field(
+            "from",
+            "`from` must be before `to`",
+        ));
     }
     let max = i64::from(d.analytics.max_range_days);
     if to - from > chrono::Duration::days(max) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "from",
             format!("the range may span at most {max} days (analytics.max_range_days)"),
         )
         .with_details(json!({"field": "from", "max_days": max})));
     }
-    let tenant = match first(q, "tenant") {
+    let tenant = match first_param(q, "tenant") {
         Some(t) if t != caller.tenant.as_str() => {
             if !caller.has_scope(OPERATOR_SCOPE) {
                 return Err(ApiError::new(
@@ -728,25 +734,28 @@ fn report_scope(
                     "reading another tenant's analytics needs the operator scope",
                 ));
             }
-            TenantId::parse(t).map_err(|e| invalid("tenant", e.to_string()))?
+            TenantId::parse(t).map_err(|e| ApiError::invalid_field("tenant", e.to_string()))?
         }
         _ => caller.tenant.clone(),
     };
     Ok((tenant, Range::new(from, to)))
 }
 
-async fn totals(
+/// A report over the counters of the requested range: `tenant_id`, `from`
+/// and `to`, then what `report` makes of the totals.
+async fn report(
     state: &AppState,
     caller: &Caller,
     raw: Option<String>,
-) -> ApiResult<(Value, Totals)> {
+    report: fn(&Totals) -> Value,
+) -> ApiResult<Json<Value>> {
     let (d, c) = counters(state)?;
-    let q = pairs(raw);
+    let q = query_pairs(raw);
     if let Some((k, _)) = q
         .iter()
         .find(|(k, _)| !["from", "to", "tenant"].contains(&k.as_str()))
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             k,
             format!("unknown parameter `{k}`; known: from, to, tenant"),
         ));
@@ -754,16 +763,13 @@ async fn totals(
     let (tenant, range) = report_scope(d, caller, &q)?;
     let buckets = analytics::plan(range);
     let maps = c.read_counters(&tenant, &buckets).await?;
-    let head = json!({"tenant_id": tenant, "from": range.from, "to": range.to});
-    Ok((head, Totals::of(&buckets, &maps)))
-}
-
-fn merged(head: Value, body: Value) -> Json<Value> {
-    let mut out = head;
-    if let (Some(o), Value::Object(b)) = (out.as_object_mut(), body) {
-        o.extend(b);
+    let mut out = json!({"tenant_id": tenant, "from": range.from, "to": range.to});
+    if let (Some(o), Value::Object(body)) =
+        (out.as_object_mut(), report(&Totals::of(&buckets, &maps)))
+    {
+        o.extend(body);
     }
-    Json(out)
+    Ok(Json(out))
 }
 
 /// `GET /v1/analytics/overview`.
@@ -772,8 +778,7 @@ pub async fn overview(
     caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (head, t) = totals(&state, &caller, raw).await?;
-    Ok(merged(head, analytics::overview(&t)))
+    report(&state, &caller, raw, analytics::overview).await
 }
 
 /// `GET /v1/analytics/intents`.
@@ -782,8 +787,7 @@ pub async fn intents(
     caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (head, t) = totals(&state, &caller, raw).await?;
-    Ok(merged(head, analytics::intents_report(&t)))
+    report(&state, &caller, raw, analytics::intents_report).await
 }
 
 /// `GET /v1/analytics/satisfaction` and `GET /v1/feedback/summary`.
@@ -792,8 +796,7 @@ pub async fn satisfaction(
     caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (head, t) = totals(&state, &caller, raw).await?;
-    Ok(merged(head, analytics::satisfaction_report(&t)))
+    report(&state, &caller, raw, analytics::satisfaction_report).await
 }
 
 /// `GET /v1/analytics/tickets`.
@@ -802,6 +805,5 @@ pub async fn ticket_analytics(
     caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (head, t) = totals(&state, &caller, raw).await?;
-    Ok(merged(head, analytics::tickets_report(&t)))
+    report(&state, &caller, raw, analytics::tickets_report).await
 }

@@ -73,10 +73,6 @@ struct Upload {
     format: Option<String>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidField, message).with_details(json!({ "field": field }))
-}
-
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
@@ -144,9 +140,9 @@ fn is_multipart(req: &Request) -> Option<bool> {
 }
 
 async fn read_multipart(req: Request, state: &AppState, limit: usize) -> ApiResult<Upload> {
-    let mut form = Multipart::from_request(req, state)
-        .await
-        .map_err(|e| invalid("file", format!("cannot read the multipart body: {e}")))?;
+    let mut form = Multipart::from_request(req, state).await.map_err(|e| {
+        ApiError::invalid_field("file", format!("cannot read the multipart body: {e}"))
+    })?;
     let mut up = Upload::default();
     let mut have_file = false;
     loop {
@@ -155,7 +151,7 @@ async fn read_multipart(req: Request, state: &AppState, limit: usize) -> ApiResu
             Ok(None) => break,
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(limit)),
             Err(e) => {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     "file",
                     format!("cannot read the multipart body: {e}"),
                 ));
@@ -168,7 +164,7 @@ async fn read_multipart(req: Request, state: &AppState, limit: usize) -> ApiResu
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large(limit)
                 } else {
-                    invalid("file", format!("cannot read the file: {e}"))
+                    ApiError::invalid_field("file", format!("cannot read the file: {e}"))
                 }
             })?;
             up.bytes = bytes.to_vec();
@@ -178,7 +174,7 @@ async fn read_multipart(req: Request, state: &AppState, limit: usize) -> ApiResu
         let value = field
             .text()
             .await
-            .map_err(|e| invalid(&name, format!("cannot read `{name}`: {e}")))?;
+            .map_err(|e| ApiError::invalid_field(&name, format!("cannot read `{name}`: {e}")))?;
         match name.as_str() {
             "document_id" => up.document_id = Some(value),
             "title" => up.title = Some(value),
@@ -187,7 +183,7 @@ async fn read_multipart(req: Request, state: &AppState, limit: usize) -> ApiResu
             "date" => up.date = Some(value),
             "format" => up.format = Some(value),
             other => {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     other,
                     format!(
                         "unknown field `{other}` (file, document_id, title, source, tags, date, format)"
@@ -235,7 +231,7 @@ fn clean(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
     if v.as_ref()
         .is_some_and(|s| s.chars().count() > MAX_TEXT_FIELD)
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             field,
             format!("`{field}` is longer than {MAX_TEXT_FIELD} characters"),
         ));
@@ -275,7 +271,7 @@ pub async fn create(
         return Err(too_large(limit));
     }
     if up.bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(invalid("file", "the document is empty"));
+        return Err(ApiError::invalid_field("file", "the document is empty"));
     }
     let extension = up
         .file_name
@@ -306,14 +302,14 @@ pub async fn create(
         .filter(|t| !t.is_empty())
         .collect();
     if tags.len() > MAX_TAGS || tags.iter().any(|t| t.chars().count() > 64) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "tags",
             format!("at most {MAX_TAGS} tags of at most 64 characters"),
         ));
     }
     let date: Option<DateTime<Utc>> = match clean("date", up.date)? {
         Some(d) => Some(parse_date(&d).ok_or_else(|| {
-            invalid(
+            ApiError::invalid_field(
                 "date",
                 "`date` must be an RFC 3339 instant or a YYYY-MM-DD date",
             )
@@ -323,7 +319,7 @@ pub async fn create(
     let document_id = match clean("document_id", up.document_id)? {
         Some(id) if is_document_id(&id) => id,
         Some(_) => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "document_id",
                 "`document_id` must be 1-128 letters, digits, `-`, `_` or `.`",
             ));
@@ -414,7 +410,7 @@ pub async fn list(
     };
     let limit = query_u64(&q, "limit")?.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "limit",
             format!("`limit` must be between 1 and {MAX_LIMIT}"),
         ));

@@ -151,6 +151,11 @@ impl ApiError {
         self
     }
 
+    /// `invalid_field` naming the field in `details`.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidField, message).with_details(json!({ "field": field }))
+    }
+
     /// The conversation was not found (also used for other tenants' and users' ids).
     pub fn conversation_not_found() -> Self {
         Self::new(ErrorCode::ConversationNotFound, "conversation not found")

@@ -1,6 +1,6 @@
 //! Request parsing that speaks the error contract: JSON bodies (malformed JSON,
 //! missing fields, wrong types, wrong content type and oversized bodies each get
-//! their own code) and identifiers in paths.
+//! their own code), identifiers in paths, and query strings as pairs.
 
 use crate::error::{ApiError, ErrorCode};
 use axum::body::Bytes;
@@ -107,4 +107,22 @@ pub fn query_u64(
             })
         })
         .transpose()
+}
+
+/// A query string as (name, value) pairs, decoded, repeated names kept.
+pub fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The first value of `name` among `pairs`.
+pub fn first_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

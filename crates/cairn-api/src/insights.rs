@@ -135,10 +135,6 @@ pub struct PostSupportMessage {
     pub tenant_id: Option<String>,
 }
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::new(ErrorCode::InvalidField, message).with_details(json!({"field": field}))
-}
-
 /// `POST /v1/messages` → 202.
 pub async fn post_message(
     State(state): State<AppState>,
@@ -167,17 +163,20 @@ pub async fn post_message(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if !channel_ok {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "channel",
-            "`channel` must be 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
+            "`channel` must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
         ));
     }
     if body.message.trim().is_empty() {
-        return Err(invalid("message", "`message` must not be empty".into()));
+        return Err(ApiError::invalid_field(
+            "message",
+            "`message` must not be empty",
+        ));
     }
     let max = state.settings.max_message_chars;
     if body.message.chars().take(max + 1).count() > max {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "message",
             format!("`message` is longer than {max} characters"),
         )
@@ -242,14 +241,15 @@ pub async fn analyze(
 ) -> ApiResult<Json<Value>> {
     let insights = api(&state)?;
     if body.text.trim().is_empty() {
-        return Err(invalid("text", "`text` must not be empty".into()));
+        return Err(ApiError::invalid_field("text", "`text` must not be empty"));
     }
     let max = insights.config.max_text_chars;
     if body.text.chars().take(max + 1).count() > max {
-        return Err(
-            invalid("text", format!("`text` is longer than {max} characters"))
-                .with_details(json!({"field": "text", "max": max})),
-        );
+        return Err(ApiError::invalid_field(
+            "text",
+            format!("`text` is longer than {max} characters"),
+        )
+        .with_details(json!({"field": "text", "max": max})));
     }
     let input = AnalysisInput::customer(caller.tenant.clone(), body.text);
     let analysis = insights
