@@ -59,7 +59,7 @@ pub const INSIGHTS_GROUP: &str = "cairn-insights";
 pub const ALERTS_KEY: &str = "alerts";
 
 /// Longest wait between delivery retries.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Why a record goes to the DLQ.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@
 //!   ([`cairn_desk::analytics::fold`]) and applies each batch at once, once per
 //!   event, before committing the offsets.
 
-use crate::bridge::{ALERTS_KEY, Consuming, publish_until_durable};
+use crate::bridge::{ALERTS_KEY, Consuming, MAX_RETRY_DELAY, publish_until_durable};
 use crate::settings::AgentDeps;
 use crate::turn::{citations_from_steps, step_messages};
 use cairn_core::alerts::{Alert, AlertSource};
@@ -134,7 +134,7 @@ async fn handle_submission(ctx: &Consuming, deps: &TicketDeps, mut sub: TicketSu
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
 }
 
@@ -447,7 +447,7 @@ async fn mark_failed(ctx: &Consuming, deps: &TicketDeps, sub: &TicketSubmission,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the failed enrichment; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
                 continue;
             }
         };
@@ -466,7 +466,7 @@ async fn mark_failed(ctx: &Consuming, deps: &TicketDeps, sub: &TicketSubmission,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the failed enrichment; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
         }
     }
@@ -526,7 +526,7 @@ pub async fn run_analytics(
         while let Err(e) = counters.apply_counters(&updates, dedup_ttl).await {
             tracing::warn!(error = %e, "analytics counters not stored; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
         for (p, o) in last {
             while let Err(e) = consumer.commit(p, o).await {

@@ -338,14 +338,7 @@ async fn run_job(
                 job.tenant.clone(),
                 data,
             );
-            publish_until_durable(
-                deps.bus.as_ref(),
-                &deps.topics.conversation_events,
-                job.conversation.as_str(),
-                &envelope,
-                &[],
-            )
-            .await;
+            to_conversation_events(deps, &job, &envelope).await;
         }
     }
     deps.records
@@ -378,16 +371,21 @@ async fn run_job(
     }
     if let Ok(data) = serde_json::to_value(&data) {
         let envelope = Envelope::new(CONVERSATION_EVENT, job.tenant.clone(), data);
-        publish_until_durable(
-            deps.bus.as_ref(),
-            &deps.topics.conversation_events,
-            job.conversation.as_str(),
-            &envelope,
-            &[],
-        )
-        .await;
+        to_conversation_events(deps, &job, &envelope).await;
     }
     Ok(())
+}
+
+/// Publishes on `conversation_events`, keyed by the job's conversation.
+async fn to_conversation_events(deps: &InsightsDeps, job: &InsightsJob, envelope: &Envelope) {
+    publish_until_durable(
+        deps.bus.as_ref(),
+        &deps.topics.conversation_events,
+        job.conversation.as_str(),
+        envelope,
+        &[],
+    )
+    .await;
 }
 
 /// JSON text of a stored value (the types here always serialise).
