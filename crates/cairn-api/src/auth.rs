@@ -1,10 +1,18 @@
-//! Bearer-JWT authentication. Tokens are HS256 only (`alg: none` and every other
-//! algorithm are refused, so there is no algorithm confusion); `exp` is required;
-//! `iss` and `aud` are checked when configured. The tenant comes from a
-//! configurable claim (default `tenant`), the user from `sub`, scopes from `scope`
-//! (space-separated) or `scopes` (array).
+//! Bearer-JWT authentication.
+//!
+//! Two kinds of tokens are accepted: HS256 with the configured secret, and, when
+//! `auth.jwks_url` is set, RS/PS/ES/EdDSA tokens verified with the identity
+//! provider's keys ([`crate::jwks`]), each key pinned to one algorithm. `alg:
+//! none`, other HMAC algorithms and a token whose `alg` differs from its key's are
+//! refused, so there is no algorithm confusion (an HS256 token "signed" with an
+//! RSA public key meets the HS256 secret and fails). `exp` is required; `nbf` is
+//! checked; `iss` and `aud` are checked when configured. The tenant comes from a
+//! configurable claim (default `tenant`), the user from `auth.user_claim`
+//! (default `sub`), scopes from `auth.scope_claims` (each a space-separated string
+//! or an array).
 
 use crate::error::{ApiError, ErrorCode};
+use crate::jwks::{Jwks, KeyError};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -42,102 +50,169 @@ impl Caller {
     }
 }
 
-/// Validates and mints tokens.
-pub struct Authenticator {
+struct HsKey {
     decoding: DecodingKey,
     encoding: EncodingKey,
-    validation: Validation,
+}
+
+/// Validates and mints tokens.
+pub struct Authenticator {
+    hs: Option<HsKey>,
+    jwks: Option<Jwks>,
+    leeway: u64,
     tenant_claim: String,
+    user_claim: String,
+    scope_claims: Vec<String>,
     issuer: Option<String>,
     audience: Option<String>,
 }
 
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidToken, message)
+}
+
 impl Authenticator {
-    /// An authenticator for `secret` and the claim rules of `config`.
+    /// An authenticator for HS256 tokens signed with `secret` and the claim rules
+    /// of `config`.
     pub fn new(secret: &[u8], config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_nbf = true;
-        match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-        }
-        Self {
+        let mut a = Self::without_secret(config);
+        a.hs = Some(HsKey {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
-            validation,
+        });
+        a
+    }
+
+    /// An authenticator that accepts no HS256 token (identity-provider tokens only,
+    /// once [`Authenticator::with_jwks`] adds the keys).
+    pub fn without_secret(config: &AuthConfig) -> Self {
+        Self {
+            hs: None,
+            jwks: None,
+            leeway: config.leeway.as_secs(),
             tenant_claim: config.tenant_claim.clone(),
+            user_claim: config.user_claim.clone(),
+            scope_claims: config.scope_claims.clone(),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
         }
     }
 
-    /// Validates a bearer token.
-    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        ApiError::new(ErrorCode::TokenExpired, "the token has expired")
-                    }
-                    ErrorKind::InvalidSignature => {
-                        ApiError::new(ErrorCode::InvalidToken, "the token signature is invalid")
-                    }
-                    ErrorKind::InvalidAlgorithm => ApiError::new(
-                        ErrorCode::InvalidToken,
-                        "the token must be signed with HS256",
-                    ),
-                    ErrorKind::MissingRequiredClaim(c) => ApiError::new(
-                        ErrorCode::InvalidToken,
-                        format!("the token lacks the `{c}` claim"),
-                    ),
-                    ErrorKind::ImmatureSignature => {
-                        ApiError::new(ErrorCode::InvalidToken, "the token is not valid yet (nbf)")
-                    }
-                    ErrorKind::InvalidIssuer => {
-                        ApiError::new(ErrorCode::InvalidToken, "wrong token issuer")
-                    }
-                    ErrorKind::InvalidAudience => {
-                        ApiError::new(ErrorCode::InvalidToken, "wrong token audience")
-                    }
-                    _ => ApiError::new(ErrorCode::InvalidToken, "the token is malformed"),
-                })?;
-        let claims = data.claims;
-        let tenant = claims
-            .get(&self.tenant_claim)
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidToken,
-                    format!("the token lacks the `{}` claim", self.tenant_claim),
-                )
-            })
-            .and_then(|t| {
-                TenantId::parse(t)
-                    .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
-            })?;
-        let user = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidToken, "the token lacks the `sub` claim")
-            })
-            .and_then(|s| {
-                UserId::parse(s).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))
-            })?;
-        let mut scopes: Vec<String> = claims
-            .get("scope")
-            .and_then(Value::as_str)
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
-        if let Some(list) = claims.get("scopes").and_then(Value::as_array) {
-            scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+    /// Adds the identity provider's keys.
+    pub fn with_jwks(mut self, jwks: Jwks) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// The JWKS cache, when one is configured.
+    pub fn jwks(&self) -> Option<&Jwks> {
+        self.jwks.as_ref()
+    }
+
+    /// True when HS256 tokens can be minted and verified.
+    pub fn has_secret(&self) -> bool {
+        self.hs.is_some()
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
         }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        validation
+    }
+
+    /// Validates a bearer token.
+    pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the token is malformed (unreadable header or algorithm)"))?;
+        let (key, alg): (&DecodingKey, Algorithm);
+        let pinned;
+        match header.alg {
+            Algorithm::HS256 => {
+                let hs = self.hs.as_ref().ok_or_else(|| {
+                    invalid("HS256 tokens are not accepted here; use a token from the identity provider")
+                })?;
+                (key, alg) = (&hs.decoding, Algorithm::HS256);
+            }
+            Algorithm::HS384 | Algorithm::HS512 => {
+                return Err(invalid(if self.jwks.is_some() {
+                    "the token must be signed with HS256 or a key from the identity provider"
+                } else {
+                    "the token must be signed with HS256"
+                }));
+            }
+            asymmetric => {
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| invalid("the token must be signed with HS256"))?;
+                pinned = jwks.key(header.kid.as_deref()).await.map_err(|e| match e {
+                    KeyError::UnknownKid => invalid(
+                        "the token's signing key (kid) is not among the identity provider's keys",
+                    ),
+                    KeyError::Unavailable => ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the identity provider's keys could not be loaded; retry shortly",
+                    ),
+                })?;
+                if pinned.algorithm != asymmetric {
+                    return Err(invalid(
+                        "the token's algorithm does not match its signing key's",
+                    ));
+                }
+                (key, alg) = (pinned.key.as_ref(), asymmetric);
+            }
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation(alg))
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::new(ErrorCode::TokenExpired, "the token has expired")
+                }
+                ErrorKind::InvalidSignature => invalid("the token signature is invalid"),
+                ErrorKind::InvalidAlgorithm => invalid("the token's algorithm is not accepted"),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    invalid(format!("the token lacks the `{c}` claim"))
+                }
+                ErrorKind::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
+                ErrorKind::InvalidIssuer => invalid("wrong token issuer"),
+                ErrorKind::InvalidAudience => invalid("wrong token audience"),
+                _ => invalid("the token is malformed"),
+            })?;
+        self.caller_of(&data.claims)
+    }
+
+    fn caller_of(&self, claims: &Map<String, Value>) -> Result<Caller, ApiError> {
+        let claim = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("the token lacks the `{name}` claim")))
+        };
+        let tenant = claim(&self.tenant_claim)
+            .and_then(|t| TenantId::parse(t).map_err(|e| invalid(e.to_string())))?;
+        let user = claim(&self.user_claim)
+            .and_then(|s| UserId::parse(s).map_err(|e| invalid(e.to_string())))?;
+        let mut scopes: Vec<String> = Vec::new();
+        for name in &self.scope_claims {
+            match claims.get(name) {
+                Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
+                Some(Value::Array(list)) => {
+                    scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_owned))
+                }
+                _ => {}
+            }
+        }
+        scopes.sort();
+        scopes.dedup();
         let expires_at = claims.get("exp").and_then(Value::as_i64);
         Ok(Caller {
             tenant,
@@ -147,7 +222,7 @@ impl Authenticator {
         })
     }
 
-    /// Mints a token (for `cairn token` and the development token).
+    /// Mints an HS256 token (for `cairn token` and the development token).
     pub fn mint(
         &self,
         sub: &UserId,
@@ -155,12 +230,16 @@ impl Authenticator {
         ttl: Duration,
         scopes: &[String],
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        let hs = self
+            .hs
+            .as_ref()
+            .ok_or_else(|| jsonwebtoken::errors::Error::from(ErrorKind::InvalidKeyFormat))?;
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({
-            "sub": sub.as_str(),
             "iat": now,
             "exp": now + ttl.as_secs() as i64,
         });
+        claims[self.user_claim.as_str()] = json!(sub.as_str());
         claims[self.tenant_claim.as_str()] = json!(tenant.as_str());
         if !scopes.is_empty() {
             claims["scope"] = json!(scopes.join(" "));
@@ -171,13 +250,13 @@ impl Authenticator {
         if let Some(aud) = &self.audience {
             claims["aud"] = json!(aud);
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hs.encoding)
     }
 }
 
 impl Authenticator {
     /// The caller of a request with these headers (`Authorization: Bearer <JWT>`).
-    pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+    pub async fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| {
@@ -203,7 +282,7 @@ impl Authenticator {
                     "send `Authorization: Bearer <token>`",
                 )
             })?;
-        self.verify(token)
+        self.verify(token).await
     }
 }
 
@@ -211,7 +290,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.caller(&parts.headers)
+        state.auth.caller(&parts.headers).await
     }
 }
 
@@ -223,8 +302,8 @@ mod tests {
         Authenticator::new(b"0123456789abcdef0123456789abcdef", &AuthConfig::default())
     }
 
-    #[test]
-    fn minted_tokens_verify() {
+    #[tokio::test]
+    async fn minted_tokens_verify() {
         let a = auth();
         let t = a
             .mint(
@@ -234,14 +313,14 @@ mod tests {
                 &["admin".into()],
             )
             .unwrap();
-        let c = a.verify(&t).unwrap();
+        let c = a.verify(&t).await.unwrap();
         assert_eq!(c.tenant.as_str(), "acme");
         assert_eq!(c.user.as_str(), "ana");
         assert!(c.has_scope("admin"));
     }
 
-    #[test]
-    fn alg_none_and_other_algorithms_are_refused() {
+    #[tokio::test]
+    async fn alg_none_and_other_algorithms_are_refused() {
         use base64::Engine;
         let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let claims =
@@ -252,7 +331,7 @@ mod tests {
             b64(claims.clone())
         );
         assert_eq!(
-            auth().verify(&none).unwrap_err().code,
+            auth().verify(&none).await.unwrap_err().code,
             ErrorCode::InvalidToken
         );
         let hs512 = jsonwebtoken::encode(
@@ -261,13 +340,13 @@ mod tests {
             &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
         )
         .unwrap();
-        let e = auth().verify(&hs512).unwrap_err();
+        let e = auth().verify(&hs512).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidToken);
         assert!(e.message.contains("HS256"), "{}", e.message);
     }
 
-    #[test]
-    fn missing_exp_and_tenant_are_refused() {
+    #[tokio::test]
+    async fn missing_exp_and_tenant_are_refused() {
         let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
         let no_exp = jsonwebtoken::encode(
             &Header::default(),
@@ -275,7 +354,14 @@ mod tests {
             &key,
         )
         .unwrap();
-        assert!(auth().verify(&no_exp).unwrap_err().message.contains("exp"));
+        assert!(
+            auth()
+                .verify(&no_exp)
+                .await
+                .unwrap_err()
+                .message
+                .contains("exp")
+        );
         let exp = chrono::Utc::now().timestamp() + 60;
         let no_tenant =
             jsonwebtoken::encode(&Header::default(), &json!({"sub": "a", "exp": exp}), &key)
@@ -283,6 +369,7 @@ mod tests {
         assert!(
             auth()
                 .verify(&no_tenant)
+                .await
                 .unwrap_err()
                 .message
                 .contains("tenant")

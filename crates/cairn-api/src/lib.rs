@@ -5,8 +5,10 @@
 //!   every non-2xx body is `{"error":{"code","message","details","request_id"}}`.
 //! - [`request_id`]: `X-Request-Id` on every response (echoed or generated), and
 //!   the id made available to error bodies.
-//! - [`auth`]: HS256 JWT validation (tenant from a configurable claim, user from
-//!   `sub`, `exp` required) and token minting for `cairn token`.
+//! - [`auth`]: JWT validation — HS256 with a secret, and RS/PS/ES/EdDSA with
+//!   keys from the identity provider's JWKS ([`jwks`]), each key pinned to one
+//!   algorithm; tenant, user and scopes from configurable claims — and token
+//!   minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
 //! - [`streams`]: open-stream limits per user and process, and the end of a
@@ -34,6 +36,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod insights;
+pub mod jwks;
 pub mod mcp;
 pub mod messages;
 pub mod request_id;

@@ -72,7 +72,7 @@ impl CairnMcp {
     }
 
     /// The caller of this MCP request, from its HTTP headers.
-    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, String> {
+    async fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, String> {
         let parts = context
             .extensions
             .get::<http::request::Parts>()
@@ -80,6 +80,7 @@ impl CairnMcp {
         self.state
             .auth
             .caller(&parts.headers)
+            .await
             .map_err(|e| e.message)
     }
 
@@ -169,7 +170,7 @@ impl CairnMcp {
         Parameters(args): Parameters<AskArgs>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&context) {
+        let caller = match self.caller(&context).await {
             Ok(c) => c,
             Err(e) => return error(e),
         };
@@ -188,7 +189,7 @@ impl CairnMcp {
         Parameters(args): Parameters<SearchArgs>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let caller = match self.caller(&context) {
+        let caller = match self.caller(&context).await {
             Ok(c) => c,
             Err(e) => return error(e),
         };
@@ -276,7 +277,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.auth.caller(request.headers()) {
+    match state.auth.caller(request.headers()).await {
         Ok(_) => next.run(request).await,
         Err(e) => ApiError::into_response(e),
     }

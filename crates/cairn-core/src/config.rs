@@ -350,6 +350,27 @@ pub struct AuthConfig {
     /// notifications (`/v1/alerts`, `/v1/silences`); empty: any token may.
     /// Reading a tenant's alerts needs no scope.
     pub alerts_scope: String,
+    /// Claim that carries the user id.
+    pub user_claim: String,
+    /// Claims read for scopes, each a space-separated string (`scope`, Entra's
+    /// `scp`) or an array of strings (Okta's `scp`, Auth0's `permissions`).
+    pub scope_claims: Vec<String>,
+    /// JWKS URL of an identity provider (Auth0, Okta, Keycloak, Entra ID): tokens
+    /// signed with RS256/384/512, PS256/384/512, ES256/384 or EdDSA are verified
+    /// with its keys. HS256 with a secret keeps working beside it when a secret
+    /// is configured.
+    pub jwks_url: Option<String>,
+    /// How long fetched keys are kept when the JWKS response has no
+    /// `Cache-Control: max-age`.
+    #[serde(with = "humantime_serde")]
+    pub jwks_cache_ttl: Duration,
+    /// Least time between two JWKS fetches: bounds refreshes caused by tokens
+    /// with an unknown `kid` (anyone can send those) and is the floor of `max-age`.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+    /// Timeout of one JWKS fetch.
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
 }
 
 impl Default for AuthConfig {
@@ -363,6 +384,14 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(30),
             ingest_scope: "ingest".into(),
             alerts_scope: "alerts".into(),
+            user_claim: "sub".into(),
+            scope_claims: ["scope", "scp", "scopes", "permissions"]
+                .map(String::from)
+                .to_vec(),
+            jwks_url: None,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_min_refresh: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -275,8 +275,27 @@ pub fn authenticator(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<(Authenticator, bool)> {
-    let s = secret::resolve(&config.auth, &config.server.data_dir, env)?;
-    Ok((Authenticator::new(&s.bytes, &config.auth), s.generated))
+    let a = &config.auth;
+    let Some(url) = &a.jwks_url else {
+        let s = secret::resolve(a, &config.server.data_dir, env)?;
+        return Ok((Authenticator::new(&s.bytes, a), s.generated));
+    };
+    // With an identity provider, HS256 stays only when a secret is configured:
+    // no development secret is generated beside it.
+    let base = if a.jwt_secret.is_some() || a.jwt_secret_env.is_some() {
+        let s = secret::resolve(a, &config.server.data_dir, env)?;
+        Authenticator::new(&s.bytes, a)
+    } else {
+        Authenticator::without_secret(a)
+    };
+    let jwks = cairn_api::jwks::Jwks::new(
+        url.clone(),
+        a.jwks_timeout,
+        a.jwks_cache_ttl,
+        a.jwks_min_refresh,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((base.with_jwks(jwks), false))
 }
 
 /// How uploads are parsed: in a child `cairn parse-document` process when this

@@ -573,6 +573,11 @@ fn token_for_server(
     }
     let config = load_config(common, None)?;
     let (auth, _) = app::authenticator(&config, &env_lookup)?;
+    anyhow::ensure!(
+        auth.has_secret(),
+        "auth.jwks_url is set and no HS256 secret is configured (auth.jwt_secret_env): \
+         tokens come from the identity provider"
+    );
     Ok(auth.mint(
         &UserId::parse(user)?,
         &TenantId::parse(tenant)?,
@@ -776,6 +781,11 @@ fn token(
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(common, None)?;
     let (auth, _) = app::authenticator(&config, &env_lookup)?;
+    anyhow::ensure!(
+        auth.has_secret(),
+        "auth.jwks_url is set and no HS256 secret is configured (auth.jwt_secret_env): \
+         tokens come from the identity provider"
+    );
     let t = auth.mint(&UserId::parse(sub)?, &TenantId::parse(tenant)?, ttl, scopes)?;
     println!("{t}");
     Ok(ExitCode::SUCCESS)

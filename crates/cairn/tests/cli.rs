@@ -45,7 +45,7 @@ fn token_is_signed_with_the_generated_secret_and_verifies() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
     let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
-    let caller = auth.verify(&token).unwrap();
+    let caller = futures::executor::block_on(auth.verify(&token)).unwrap();
     assert_eq!(caller.tenant.as_str(), "acme");
     assert_eq!(caller.user.as_str(), "ana");
 }
