@@ -88,6 +88,9 @@ pub struct AgentDeps {
     pub routing: Option<Arc<Routing>>,
     /// Where each turn's `turn.summary` goes for analytics (`None`: nowhere).
     pub analytics: Option<Relay>,
+    /// Token budgets: checked before each model call, and where each call's
+    /// usage is recorded (`None`: neither).
+    pub budget: Option<Arc<dyn cairn_core::ports::TokenBudget>>,
 }
 
 /// Agent profiles and the classifier that routes messages among them.

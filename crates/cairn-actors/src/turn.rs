@@ -183,6 +183,16 @@ pub async fn run_turn(
             messages,
             tools: tools_for(deps, profile, &all_tools),
         };
+        if let Some(budget) = &deps.budget {
+            match budget.check(&cp.request.tenant_id).await {
+                Ok(Ok(())) => {}
+                Ok(Err(spent)) => {
+                    return fail(deps, &cp, "budget_exceeded", spent.to_string()).await;
+                }
+                // A budget that cannot be read does not stop the service.
+                Err(e) => tracing::warn!(error = %e, "token budget unreadable; calling the model"),
+            }
+        }
         // Streamed fragments could split a placeholder: a masked turn is not streamed.
         let response = match call_model(deps, &cp, &request, guard.is_none()).await? {
             Ok(r) => r,
@@ -193,6 +203,14 @@ pub async fn run_turn(
                 return fail(deps, &cp, code, message.to_owned()).await;
             }
         };
+        if let (Some(budget), Some(u)) = (&deps.budget, response.usage) {
+            // Counted once per model call of the turn, even when a replayed turn
+            // records it again.
+            let call_id = format!("{}:{}", cp.request.turn_id, cp.model_calls);
+            if let Err(e) = budget.record(&cp.request.tenant_id, &call_id, u).await {
+                tracing::warn!(error = %e, "token usage not recorded");
+            }
+        }
         cp.model_calls += 1;
         if let Some(u) = response.usage {
             cp.usage.add(u);

@@ -57,6 +57,11 @@ pub enum ErrorCode {
     AnalyticsDisabled,
     /// The conversation has no such answer (feedback).
     MessageNotFound,
+    /// The caller (or their tenant) sent more requests of this class than
+    /// `rate_limits` allows; `Retry-After` says when to retry.
+    RateLimited,
+    /// The tenant's token budget (`budgets`) is spent for the day or month.
+    BudgetExceeded,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -83,7 +88,9 @@ impl ErrorCode {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
-            QueueFull | TooManyConversations | TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+            QueueFull | TooManyConversations | TooManyStreams | RateLimited | BudgetExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +124,8 @@ impl ErrorCode {
             TicketsDisabled => "tickets_disabled",
             AnalyticsDisabled => "analytics_disabled",
             MessageNotFound => "message_not_found",
+            RateLimited => "rate_limited",
+            BudgetExceeded => "budget_exceeded",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
             Internal => "internal",

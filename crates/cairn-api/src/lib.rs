@@ -23,12 +23,17 @@
 //! - [`desk`]: `/v1/tickets`, `/v1/categories`, `/v1/sentiments`, answer
 //!   feedback, `/v1/feedback/summary` and `/v1/analytics/*`.
 //! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
+//! - [`limits`]: request rate limits per tenant and user (GCRA, in process or
+//!   Redis) with `RateLimit-*` headers, and `GET /v1/usage` (token budgets).
+//! - [`metrics`]: Prometheus `/metrics` and the HTTP request metrics.
+//! - [`cors`]: CORS for the configured browser origins.
 //! - [`health`]: `/health`, `/ready`, `/live`.
 //! - [`router`]: assembles everything into one `axum::Router`.
 
 pub mod alerts;
 pub mod auth;
 pub mod conversations;
+pub mod cors;
 pub mod desk;
 pub mod documents;
 pub mod error;
@@ -37,8 +42,10 @@ pub mod extract;
 pub mod health;
 pub mod insights;
 pub mod jwks;
+pub mod limits;
 pub mod mcp;
 pub mod messages;
+pub mod metrics;
 pub mod request_id;
 pub mod router;
 pub mod search;

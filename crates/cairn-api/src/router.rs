@@ -4,8 +4,8 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, conversations, desk, documents, events, health, insights, messages, request_id, search,
-    tools,
+    alerts, conversations, desk, documents, events, health, insights, limits, messages, metrics,
+    request_id, search, tools,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -80,12 +80,14 @@ pub fn router(state: AppState) -> Router {
             "/silences/{id}",
             get(alerts::get_silence).delete(alerts::expire_silence),
         )
+        .route("/usage", get(limits::usage))
         .route("/tools", get(tools::list))
         .route("/admin/tools/reload", post(tools::reload))
         .route(
             "/documents/{id}",
             get(documents::get).delete(documents::delete),
-        );
+        )
+        .route_layer(axum::middleware::from_fn(metrics::tag_route));
     let mcp = Router::new()
         .nest_service("/mcp", crate::mcp::service(state.clone()))
         .layer(axum::middleware::from_fn(crate::mcp::session_delete_ok))
@@ -93,17 +95,34 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::mcp::require_token,
         ));
-    Router::new()
-        .nest("/v1", v1)
-        .merge(mcp)
+    let mut root = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/live", get(health::live))
+        .route("/live", get(health::live));
+    if state.settings.metrics {
+        root = root.route("/metrics", get(metrics::render));
+    }
+    let limited = Router::new()
+        .nest("/v1", v1)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::middleware,
+        ));
+    let mut app = root
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
+        .merge(limited)
+        .merge(mcp)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(request_id::middleware))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit));
+    if state.settings.metrics {
+        app = app.layer(axum::middleware::from_fn(metrics::middleware));
+    }
+    app = app.layer(axum::middleware::from_fn(request_id::middleware));
+    if let Some(cors) = crate::cors::layer(&state.settings.cors) {
+        app = app.layer(cors);
+    }
+    app.with_state(state)
 }
 
 /// The router of a worker-only process: `/health`, `/ready` and `/live`.

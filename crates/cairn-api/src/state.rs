@@ -30,6 +30,12 @@ pub struct ApiSettings {
     pub stream_recheck: Duration,
     /// `Host` names `/mcp` answers (`server.allowed_hosts`; empty: any).
     pub allowed_hosts: Vec<String>,
+    /// Serve `/metrics` (`metrics.enabled`).
+    pub metrics: bool,
+    /// Bearer token `/metrics` requires (from `metrics.bearer_token_env`).
+    pub metrics_token: Option<String>,
+    /// Browser origins allowed (`cors.*`).
+    pub cors: cairn_core::gateway_config::CorsConfig,
 }
 
 /// Re-reads the `[mcp]` settings (from the config file and the environment).
@@ -69,6 +75,10 @@ pub struct AppState {
     pub insights: Option<Arc<crate::insights::InsightsApi>>,
     /// The support desk (tickets, feedback, analytics).
     pub desk: Option<Arc<crate::desk::DeskApi>>,
+    /// Request rate limits (`None`: unlimited).
+    pub limits: Option<Arc<crate::limits::RequestLimits>>,
+    /// Token budgets and usage (`None`: not recorded).
+    pub budget: Option<Arc<crate::limits::Budget>>,
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,

@@ -74,6 +74,14 @@ pub struct Config {
     pub agents: Vec<crate::desk_config::AgentProfile>,
     /// Which profile answers which message.
     pub routing: crate::desk_config::RoutingConfig,
+    /// Request rate limits per tenant and user.
+    pub rate_limits: crate::gateway_config::RateLimitsConfig,
+    /// Token budgets of model calls per tenant.
+    pub budgets: crate::gateway_config::BudgetsConfig,
+    /// The Prometheus endpoint.
+    pub metrics: crate::gateway_config::MetricsConfig,
+    /// Browser origins allowed to call the API.
+    pub cors: crate::gateway_config::CorsConfig,
 }
 
 /// `[mcp]`
@@ -440,6 +448,11 @@ pub struct LlmConfig {
     pub max_tokens: u32,
     /// Sampling temperature, when set.
     pub temperature: Option<f32>,
+    /// Most model calls in flight to the provider from this process. When the
+    /// provider answers 429 the limit is halved for every conversation (and
+    /// calls wait out its `Retry-After`), then grows back by about one per
+    /// round of successful calls.
+    pub max_concurrency: u32,
 }
 
 impl Default for LlmConfig {
@@ -456,6 +469,7 @@ impl Default for LlmConfig {
             stream: true,
             max_tokens: 1024,
             temperature: None,
+            max_concurrency: 32,
         }
     }
 }
@@ -718,6 +732,20 @@ impl Config {
         };
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad("server.listen", "must be an address like 127.0.0.1:8080");
+        }
+        for (name, limits) in [
+            ("messages", self.rate_limits.messages),
+            ("uploads", self.rate_limits.uploads),
+            ("reads", self.rate_limits.reads),
+        ] {
+            for (who, rate) in [("tenant", limits.tenant), ("user", limits.user)] {
+                if rate.per_minute > 0 && rate.burst == 0 {
+                    return Err(ConfigError::Key {
+                        key: format!("rate_limits.{name}.{who}.burst"),
+                        message: "must be at least 1".into(),
+                    });
+                }
+            }
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");

@@ -11,12 +11,13 @@
 //! - [`insights_config`]: the `[insights]` section of the configuration.
 //! - [`ids`]: typed identifiers (tenant, user, conversation, turn, message).
 //! - [`domain`]: conversations, messages, turns, checkpoints and the events a turn emits.
+//! - [`gateway_config`]: `[rate_limits]`, `[budgets]`, `[metrics]` and `[cors]`.
 //! - [`envelope`]: the versioned JSON envelope every bus event travels in.
 //! - [`schemas`]: the JSON Schemas of the envelope and of every event type
 //!   (`schemas/` at the repository root), checked on consume by every bus adapter.
 //! - [`ports`]: the traits adapters implement — [`ports::MemoryStore`],
 //!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`],
-//!   [`ports::RecordStore`].
+//!   [`ports::RecordStore`], [`ports::RateLimiter`], [`ports::TokenBudget`].
 //! - [`signals`]: what the actors report for Cairn's own alert rules.
 //! - [`config`]: the one configuration struct, loaded from TOML plus `CAIRN_…`
 //!   environment overrides, validated with errors that name the offending key.
@@ -28,6 +29,7 @@ pub mod desk;
 pub mod desk_config;
 pub mod domain;
 pub mod envelope;
+pub mod gateway_config;
 pub mod ids;
 pub mod insights;
 pub mod insights_config;

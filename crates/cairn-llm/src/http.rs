@@ -19,6 +19,7 @@ pub struct ProviderClient {
     client: reqwest::Client,
     max_retries: usize,
     base_delay: Duration,
+    throttle: std::sync::Arc<crate::throttle::Throttle>,
 }
 
 /// Longest part of an error body kept in an error message.
@@ -45,6 +46,7 @@ impl ProviderClient {
             client,
             max_retries: config.max_retries,
             base_delay: config.retry_base_delay,
+            throttle: crate::throttle::Throttle::new(config.max_concurrency),
         })
     }
 
@@ -57,6 +59,9 @@ impl ProviderClient {
         body: &Value,
     ) -> Result<reqwest::Response, ModelError> {
         let attempt = || async {
+            // The permit covers sending and the response head; a streamed body
+            // is read after it is released.
+            let permit = self.throttle.acquire().await;
             let resp = self
                 .client
                 .post(url)
@@ -67,8 +72,14 @@ impl ProviderClient {
                 .map_err(|e| ModelError::Transport(e.without_url().to_string()))?;
             let status = resp.status();
             if status.is_success() {
+                self.throttle.on_success();
                 return Ok(resp);
             }
+            if status.as_u16() == 429 {
+                self.throttle
+                    .on_throttled(crate::throttle::retry_after(resp.headers()));
+            }
+            drop(permit);
             let mut text = redact(resp.text().await.unwrap_or_default(), headers);
             if text.len() > MAX_ERROR_BODY {
                 let mut cut = MAX_ERROR_BODY;

@@ -12,7 +12,9 @@
 //!
 //! The HTTP providers share [`http`] (timeouts, retries with backoff on 429/5xx,
 //! Server-Sent Event decoding) and [`names`] (tool names made safe for providers
-//! that restrict them). [`from_config`] builds the configured model.
+//! that restrict them). [`throttle`] is the adaptive concurrency every call to
+//! a provider passes through (a 429 slows all conversations at once).
+//! [`from_config`] builds the configured model.
 
 pub mod anthropic;
 pub mod embeddings;
@@ -21,6 +23,7 @@ pub mod http;
 pub mod names;
 pub mod offline;
 pub mod openai;
+pub mod throttle;
 
 use cairn_core::config::{LlmConfig, Provider};
 use cairn_core::ports::{ChatModel, ModelError};

@@ -336,6 +336,11 @@ impl RedisStore {
         })
     }
 
+    /// A rate limiter sharing this store's connection and key prefix.
+    pub fn rate_limiter(&self) -> crate::limits::RedisRateLimiter {
+        crate::limits::RedisRateLimiter::new(self.conn.clone(), &self.prefix)
+    }
+
     fn k(&self, tenant: &TenantId, id: &ConversationId, suffix: &str) -> String {
         format!("{}:{{{tenant}/{id}}}:{suffix}", self.prefix)
     }

@@ -120,3 +120,7 @@ mod desk_conformance {
         s
     });
 }
+
+mod limits_conformance {
+    cairn_store::limits_conformance_tests!(cairn_store::limits::LocalRateLimiter::new());
+}

@@ -27,3 +27,8 @@ mod desk_conformance {
     use super::*;
     cairn_store::desk_conformance_tests!(fresh().await);
 }
+
+mod limits_conformance {
+    use super::*;
+    cairn_store::limits_conformance_tests!(fresh().await.rate_limiter());
+}

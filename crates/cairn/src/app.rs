@@ -341,8 +341,9 @@ pub async fn build(
         Arc<dyn RecordStore>,
         Arc<dyn cairn_core::ports::TicketStore>,
         Arc<dyn cairn_core::ports::CounterStore>,
+        Arc<dyn cairn_core::ports::RateLimiter>,
     );
-    let (memory, events, documents, records, ticket_store, counter_store): Stores = match &config
+    let (memory, events, documents, records, ticket_store, counter_store, limiter): Stores = match &config
         .redis
         .url
     {
@@ -357,7 +358,8 @@ pub async fn build(
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
-                Arc::new(s),
+                Arc::new(s.clone()),
+                Arc::new(s.rate_limiter()),
             )
         }
         None => {
@@ -373,6 +375,15 @@ pub async fn build(
                     dir.join(MEMORY_FILE).display()
                 )
             })?;
+            let local = cairn_store::limits::LocalRateLimiter::new();
+            let sweep = local.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    sweep.sweep();
+                }
+            });
             (
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
@@ -380,9 +391,13 @@ pub async fn build(
                 Arc::new(s.clone()),
                 Arc::new(s.clone()),
                 Arc::new(s),
+                Arc::new(local),
             )
         }
     };
+    let budget: Arc<dyn cairn_core::ports::TokenBudget> = Arc::new(
+        cairn_store::limits::CounterBudget::new(counter_store.clone(), config.budgets.clone()),
+    );
     let prefix = config
         .kafka
         .topic_prefix
@@ -511,6 +526,7 @@ pub async fn build(
         });
     let drafter = model.provider().to_owned();
     let deps = AgentDeps {
+        budget: Some(budget.clone()),
         memory: memory.clone(),
         events: events.clone(),
         model,
@@ -721,6 +737,15 @@ pub async fn build(
             }
         })
     });
+    let metrics_token = match &config.metrics.bearer_token_env {
+        Some(var) => Some(env(var).filter(|v| !v.is_empty()).with_context(|| {
+            format!("metrics.bearer_token_env names {var}, which is not set")
+        })?),
+        None => None,
+    };
+    if config.metrics.enabled {
+        cairn_api::metrics::install();
+    }
     let state = AppState {
         closing: closing_rx,
         extra_health: Arc::new(extra_health),
@@ -743,7 +768,18 @@ pub async fn build(
             max_conversations_per_user: config.agent.max_conversations_per_user,
             stream_recheck: config.server.stream_recheck,
             allowed_hosts: config.server.allowed_hosts.clone(),
+            metrics: config.metrics.enabled,
+            metrics_token,
+            cors: config.cors.clone(),
         }),
+        limits: Some(Arc::new(cairn_api::limits::RequestLimits {
+            config: config.rate_limits.clone(),
+            limiter,
+        })),
+        budget: Some(Arc::new(cairn_api::limits::Budget {
+            budget,
+            config: config.budgets.clone(),
+        })),
         streams: cairn_api::streams::StreamLimiter::new(
             config.server.max_streams_per_user,
             config.server.max_streams,

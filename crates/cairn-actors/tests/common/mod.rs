@@ -205,6 +205,7 @@ impl Harness {
     ) -> Harness {
         let (store, bus) = open_store(dir).await;
         let deps = AgentDeps {
+            budget: None,
             memory: Arc::new(store.clone()),
             events: Arc::new(store.clone()),
             model,
