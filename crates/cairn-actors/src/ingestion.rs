@@ -370,6 +370,7 @@ async fn finish(
         Work::Unchanged => {
             job.record.outcome = Some("unchanged".into());
             job.set(JobStatus::Done).await?;
+            metrics::counter!("cairn_ingestion_jobs_total", "outcome" => "done").increment(1);
             return Ok(());
         }
         Work::Chunks { records, replace } => (records, replace),
@@ -408,6 +409,7 @@ async fn finish(
     job.record.outcome = Some(if replace { "replaced" } else { "added" }.into());
     job.record.chunks = Some(n);
     job.record.error = None;
+    metrics::counter!("cairn_ingestion_jobs_total", "outcome" => "done").increment(1);
     if !job.set(JobStatus::Done).await? {
         // Deleted while the chunks were written: take them out again.
         if deps

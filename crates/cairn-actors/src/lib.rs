@@ -25,6 +25,7 @@
 //!   message off the turn's path and keeps each conversation's insights.
 //! - [`desk`]: the ticket enricher (`tickets` → enriched tickets, risk alerts)
 //!   and the analytics consumer (bus events → counters).
+//! - [`metered`]: Prometheus metrics of turns, steps, model and tool calls.
 //! - [`runtime`]: starts and stops all of the above; the API's entry point.
 
 pub mod bridge;
@@ -34,6 +35,7 @@ pub mod desk;
 pub mod ingestion;
 pub mod insights;
 pub mod memory;
+pub mod metered;
 pub mod runtime;
 pub mod settings;
 pub mod supervisor;

@@ -328,7 +328,9 @@ async fn call_model(
     may_stream: bool,
 ) -> Result<Result<ChatResponse, ModelError>, StoreError> {
     let tenant = cp.request.tenant_id.to_string();
+    let started = Instant::now();
     let report = |r: &Result<ChatResponse, ModelError>| {
+        crate::metered::model_called(deps.model.provider(), r, started.elapsed());
         deps.signals.emit(cairn_core::signals::Signal::ModelCall {
             tenant: tenant.clone(),
             failed: r.is_err(),
@@ -476,6 +478,7 @@ async fn run_tool_step(
             }
         }
     };
+    crate::metered::tool_called(&call.name, is_error, started.elapsed());
     let outcome = ToolOutcome {
         is_error,
         content,
@@ -776,6 +779,7 @@ async fn complete(
         output_tokens = cp.usage.output_tokens,
         "turn answered"
     );
+    crate::metered::turn_ended(&cp, "completed");
     Ok(())
 }
 
@@ -786,6 +790,7 @@ async fn fail(
     reason: String,
 ) -> Result<(), StoreError> {
     tracing::warn!(turn = %cp.request.turn_id, code, reason = %reason, "turn failed");
+    crate::metered::turn_ended(cp, code);
     deps.signals.emit(cairn_core::signals::Signal::TurnEnded {
         tenant: cp.request.tenant_id.to_string(),
         failed: true,

@@ -415,9 +415,14 @@ impl Actor for AlertActor {
                 let mut refused = None;
                 if let Some(engine) = st.engine.as_mut() {
                     for a in alerts {
-                        if let Err(e) = engine.ingest(a, now) {
-                            refused = Some(e);
-                        }
+                        let outcome = match engine.ingest(a, now) {
+                            Ok(_) => "accepted",
+                            Err(e) => {
+                                refused = Some(e);
+                                "refused"
+                            }
+                        };
+                        metrics::counter!("cairn_alerts_total", "outcome" => outcome).increment(1);
                     }
                 }
                 match refused {

@@ -311,6 +311,16 @@ pub async fn deliver(
         n.attempts += 1;
         let result = channel.send(&n).await;
         n.updated_at = Utc::now();
+        let outcome = match &result {
+            Ok(()) => "sent",
+            Err(SendError::Permanent { .. }) => "failed",
+            Err(SendError::Retry { .. }) => "retry",
+        };
+        metrics::counter!(
+            "cairn_notifications_total",
+            "receiver" => n.receiver.clone(), "kind" => n.kind.clone(), "outcome" => outcome
+        )
+        .increment(1);
         match result {
             Ok(()) => {
                 n.status = DeliveryStatus::Sent;

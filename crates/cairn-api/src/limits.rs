@@ -90,7 +90,11 @@ fn set_headers(headers: &mut HeaderMap, d: &RateDecision) {
 }
 
 /// The rate-limit middleware of the `/v1` routes.
-pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Ok(caller) = state.auth.caller(request.headers()).await else {
         return next.run(request).await;
     };
@@ -108,10 +112,7 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
                         let retry = d.retry_after.map(secs_up).unwrap_or(1).max(1);
                         let mut response = ApiError::new(
                             ErrorCode::RateLimited,
-                            format!(
-                                "too many {} requests; retry in {retry} s",
-                                class.as_str()
-                            ),
+                            format!("too many {} requests; retry in {retry} s", class.as_str()),
                         )
                         .with_details(json!({
                             "class": class.as_str(),
@@ -141,7 +142,10 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
 
 /// `GET /v1/usage`: the caller's tenant's token use and budget for today and
 /// this month (UTC).
-pub async fn usage(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
+pub async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<serde_json::Value>> {
     let Some(budget) = &state.budget else {
         return Err(ApiError::new(
             ErrorCode::Unavailable,

@@ -22,8 +22,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets in seconds (HTTP, turns, model and tool calls).
 const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Installs the process-wide recorder once and returns its handle. A process
@@ -57,15 +56,24 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("cairn_http_requests_total", "HTTP requests by route, method and status");
+    describe_counter!(
+        "cairn_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
     describe_histogram!(
         "cairn_http_request_duration_seconds",
         Unit::Seconds,
         "HTTP request latency by route and method"
     );
-    describe_counter!("cairn_rate_limited_total", "Requests refused by rate limits, by class");
+    describe_counter!(
+        "cairn_rate_limited_total",
+        "Requests refused by rate limits, by class"
+    );
     describe_gauge!("cairn_streams_open", "Open SSE and WebSocket streams");
-    describe_gauge!("cairn_mcp_breaker_open", "1 when an MCP server's breaker is open");
+    describe_gauge!(
+        "cairn_mcp_breaker_open",
+        "1 when an MCP server's breaker is open"
+    );
 }
 
 /// Counts a request refused by a rate limit.
@@ -146,7 +154,8 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Respon
     metrics::gauge!("cairn_streams_open").set(state.streams.open() as f64);
     if let Some(hub) = &state.tools {
         for (server, open) in hub.host().breakers() {
-            metrics::gauge!("cairn_mcp_breaker_open", "server" => server).set(f64::from(u8::from(open)));
+            metrics::gauge!("cairn_mcp_breaker_open", "server" => server)
+                .set(f64::from(u8::from(open)));
         }
     }
     (
@@ -157,4 +166,32 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Respon
         handle.render(),
     )
         .into_response()
+}
+
+/// Counts Cairn's signals (turn crashes, ingestion failures, DLQ records) and
+/// passes them on to the alert rules.
+pub struct SignalMetrics {
+    /// The alert rules, when on.
+    pub next: Option<std::sync::Arc<dyn cairn_core::signals::SignalSink>>,
+}
+
+impl cairn_core::signals::SignalSink for SignalMetrics {
+    fn emit(&self, signal: cairn_core::signals::Signal) {
+        use cairn_core::signals::Signal;
+        match &signal {
+            Signal::TurnCrashed { .. } => {
+                metrics::counter!("cairn_turns_crashed_total").increment(1)
+            }
+            Signal::IngestionFailed { .. } => {
+                metrics::counter!("cairn_ingestion_jobs_total", "outcome" => "failed").increment(1)
+            }
+            Signal::DlqRecord { topic, .. } => {
+                metrics::counter!("cairn_dlq_records_total", "topic" => topic.clone()).increment(1)
+            }
+            Signal::TurnEnded { .. } | Signal::ModelCall { .. } => {}
+        }
+        if let Some(next) = &self.next {
+            next.emit(signal);
+        }
+    }
 }

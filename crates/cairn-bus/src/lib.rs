@@ -10,11 +10,15 @@
 //!   topics created at start-up, idempotent producer, at-least-once consumers
 //!   that store offsets only after the work and follow partition assignment.
 //!
+//! - [`metered::MeteredBus`]: either of them with Prometheus metrics (records
+//!   published, consumed and refused; consumer lag).
+//!
 //! Both decode records with `cairn_core::schemas::decode`, so a record failing its
 //! schema is refused the same way on either bus.
 
 pub mod embedded;
 pub mod kafka;
+pub mod metered;
 
 pub use embedded::EmbeddedBus;
 pub use kafka::{KafkaBus, KafkaSettings};

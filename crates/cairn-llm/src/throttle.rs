@@ -105,7 +105,9 @@ impl Throttle {
     pub fn on_throttled(&self, retry_after: Option<Duration>) {
         let mut s = self.lock();
         let now = Instant::now();
-        if s.last_cut.is_none_or(|t| now.duration_since(t) >= CUT_EVERY) {
+        if s.last_cut
+            .is_none_or(|t| now.duration_since(t) >= CUT_EVERY)
+        {
             let base = s.limit.min(s.in_flight.max(1) as f64);
             s.limit = (base / 2.0).max(1.0);
             s.last_cut = Some(now);
@@ -149,7 +151,10 @@ mod tests {
         held.clear();
         let started = Instant::now();
         let _p = t.acquire().await;
-        assert!(started.elapsed() >= Duration::from_millis(150), "the pause holds every caller");
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "the pause holds every caller"
+        );
         for _ in 0..40 {
             t.on_success();
         }

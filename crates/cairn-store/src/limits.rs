@@ -10,6 +10,7 @@
 //! - [`CounterBudget`]: token use in day (`ud20261201`) and month (`um202612`)
 //!   counter buckets, recorded once per model call id.
 
+use async_trait::async_trait;
 use cairn_core::desk::{CounterUpdate, Increment};
 use cairn_core::domain::Usage;
 use cairn_core::gateway_config::BudgetsConfig;
@@ -18,7 +19,6 @@ use cairn_core::ports::{
     BudgetExceeded, CounterStore, RateDecision, RateLimiter, RateRule, StoreError, TokenBudget,
     UsageTotals,
 };
-use async_trait::async_trait;
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, clock::Clock};
 use redis::Script;
@@ -58,7 +58,8 @@ impl LocalRateLimiter {
                     .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                     .allow_burst(nz(rule.burst));
                 Arc::new(
-                    governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+                    governor::RateLimiter::keyed(quota)
+                        .with_middleware::<StateInformationMiddleware>(),
                 )
             })
             .clone()
@@ -261,10 +262,26 @@ impl TokenBudget for CounterBudget {
         }
         let t = self.totals(tenant).await?;
         for (limit, allowed, used) in [
-            ("daily_input_tokens", limits.daily_input_tokens, t.day.input_tokens),
-            ("daily_output_tokens", limits.daily_output_tokens, t.day.output_tokens),
-            ("monthly_input_tokens", limits.monthly_input_tokens, t.month.input_tokens),
-            ("monthly_output_tokens", limits.monthly_output_tokens, t.month.output_tokens),
+            (
+                "daily_input_tokens",
+                limits.daily_input_tokens,
+                t.day.input_tokens,
+            ),
+            (
+                "daily_output_tokens",
+                limits.daily_output_tokens,
+                t.day.output_tokens,
+            ),
+            (
+                "monthly_input_tokens",
+                limits.monthly_input_tokens,
+                t.month.input_tokens,
+            ),
+            (
+                "monthly_output_tokens",
+                limits.monthly_output_tokens,
+                t.month.output_tokens,
+            ),
         ] {
             if allowed > 0 && used >= allowed {
                 return Ok(Err(BudgetExceeded {

@@ -78,7 +78,9 @@ pub async fn concurrent_requests_pass_exactly_the_burst<L: RateLimiter + Clone>(
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (l, r) = (l.clone(), r.clone());
-        tasks.push(tokio::spawn(async move { l.check(&[r]).await.unwrap().allowed }));
+        tasks.push(tokio::spawn(
+            async move { l.check(&[r]).await.unwrap().allowed },
+        ));
     }
     let mut passed = 0;
     for t in tasks {

@@ -343,58 +343,59 @@ pub async fn build(
         Arc<dyn cairn_core::ports::CounterStore>,
         Arc<dyn cairn_core::ports::RateLimiter>,
     );
-    let (memory, events, documents, records, ticket_store, counter_store, limiter): Stores = match &config
-        .redis
-        .url
-    {
-        Some(url) => {
-            let s =
-                RedisStore::connect(url, &config.redis.key_prefix, config.memory.event_retention)
-                    .await
-                    .with_context(|| "cannot connect to redis.url")?;
-            (
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.rate_limiter()),
-            )
-        }
-        None => {
-            let s = EmbeddedStore::open_and_init_with_cache(
-                &dir.join(MEMORY_FILE),
-                config.memory.event_retention,
-                cache_bytes,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open {} (is another cairn process using this data dir?)",
-                    dir.join(MEMORY_FILE).display()
+    let (memory, events, documents, records, ticket_store, counter_store, limiter): Stores =
+        match &config.redis.url {
+            Some(url) => {
+                let s = RedisStore::connect(
+                    url,
+                    &config.redis.key_prefix,
+                    config.memory.event_retention,
                 )
-            })?;
-            let local = cairn_store::limits::LocalRateLimiter::new();
-            let sweep = local.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    sweep.sweep();
-                }
-            });
-            (
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s.clone()),
-                Arc::new(s),
-                Arc::new(local),
-            )
-        }
-    };
+                .await
+                .with_context(|| "cannot connect to redis.url")?;
+                (
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.rate_limiter()),
+                )
+            }
+            None => {
+                let s = EmbeddedStore::open_and_init_with_cache(
+                    &dir.join(MEMORY_FILE),
+                    config.memory.event_retention,
+                    cache_bytes,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open {} (is another cairn process using this data dir?)",
+                        dir.join(MEMORY_FILE).display()
+                    )
+                })?;
+                let local = cairn_store::limits::LocalRateLimiter::new();
+                let sweep = local.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        sweep.sweep();
+                    }
+                });
+                (
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s.clone()),
+                    Arc::new(s),
+                    Arc::new(local),
+                )
+            }
+        };
     let budget: Arc<dyn cairn_core::ports::TokenBudget> = Arc::new(
         cairn_store::limits::CounterBudget::new(counter_store.clone(), config.budgets.clone()),
     );
@@ -440,6 +441,11 @@ pub async fn build(
                 .keeping_consumed(config.bus.keep_consumed),
         )
     };
+    let bus: Arc<dyn EventBus> = if config.metrics.enabled {
+        Arc::new(cairn_bus::metered::MeteredBus(bus))
+    } else {
+        bus
+    };
     let model = match model_override {
         Some(m) => m,
         None => cairn_llm::from_config(&config.llm, env)?,
@@ -468,7 +474,13 @@ pub async fn build(
     );
     let rules = (alerts_on && config.alerts.rules.enabled)
         .then(|| RuleEngine::new(config.alerts.rules.clone()));
-    let signals = rules.clone().map(|r| Signals::new(r)).unwrap_or_default();
+    let signals = match (config.metrics.enabled, rules.clone()) {
+        (true, r) => Signals::new(Arc::new(cairn_api::metrics::SignalMetrics {
+            next: r.map(|r| r as Arc<dyn cairn_core::signals::SignalSink>),
+        })),
+        (false, Some(r)) => Signals::new(r),
+        (false, None) => Signals::default(),
+    };
     let hub = (!config.mcp.servers.is_empty()).then(|| {
         // Header secrets: read through `env` now; a reload reads the process
         // environment for variables not seen at start.
@@ -737,12 +749,13 @@ pub async fn build(
             }
         })
     });
-    let metrics_token = match &config.metrics.bearer_token_env {
-        Some(var) => Some(env(var).filter(|v| !v.is_empty()).with_context(|| {
-            format!("metrics.bearer_token_env names {var}, which is not set")
-        })?),
-        None => None,
-    };
+    let metrics_token =
+        match &config.metrics.bearer_token_env {
+            Some(var) => Some(env(var).filter(|v| !v.is_empty()).with_context(|| {
+                format!("metrics.bearer_token_env names {var}, which is not set")
+            })?),
+            None => None,
+        };
     if config.metrics.enabled {
         cairn_api::metrics::install();
     }

@@ -318,3 +318,344 @@ async fn the_attack_set_gets_401_with_the_error_contract() {
     }
     server.stop().await;
 }
+
+// ---- Rate limits, budgets, metrics, CORS -------------------------------------
+
+/// An OpenAI-wire model that answers at once with the user's last words and
+/// reports 100 input and 20 output tokens per call.
+async fn start_echo_model() -> String {
+    async fn chat(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        axum::Json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "echo",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": format!("You said: {last}")}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        }))
+    }
+    let app = axum::Router::new().route("/chat/completions", axum::routing::post(chat));
+    common::serve_local(app).await
+}
+
+fn with_echo_model(cfg: &mut cairn_core::config::Config, url: &str) {
+    cfg.llm.provider = cairn_core::config::Provider::Openai;
+    cfg.llm.base_url = Some(url.to_owned());
+    cfg.llm.model = Some("echo".into());
+    cfg.llm.stream = false;
+}
+
+fn limited(cfg: &mut cairn_core::config::Config) {
+    use cairn_core::gateway_config::{ClassLimits, Rate, TenantLimits};
+    cfg.rate_limits.messages = ClassLimits {
+        tenant: Rate {
+            per_minute: 600,
+            burst: 100,
+        },
+        user: Rate {
+            per_minute: 6,
+            burst: 2,
+        },
+    };
+    cfg.rate_limits.tenants.insert(
+        "big".into(),
+        TenantLimits {
+            messages: Some(ClassLimits {
+                tenant: Rate {
+                    per_minute: 600,
+                    burst: 100,
+                },
+                user: Rate {
+                    per_minute: 600,
+                    burst: 10,
+                },
+            }),
+            ..Default::default()
+        },
+    );
+}
+
+async fn post_message(c: &Client, conv: &str) -> common::Reply {
+    c.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        json!({"content": "hello"}),
+    )
+    .await
+}
+
+/// Two replicas on one Redis share the limits; alone, the in-process limiter
+/// applies the same rules.
+async fn rate_limit_case(redis: Option<String>) {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c1 = config(d1.path(), redis.clone());
+    limited(&mut c1);
+    c1.auth.jwt_secret = Some(SECRET.into());
+    let mut a = Server::start(&c1).await;
+    // The second replica shares the first one's Redis prefix.
+    let mut b = match &redis {
+        Some(_) => {
+            let mut c2 = c1.clone();
+            c2.server.data_dir = d2.path().to_owned();
+            Some(Server::start(&c2).await)
+        }
+        None => None,
+    };
+    let ana = named_client(&a, Some(a.token("acme", "ana")));
+    let conv = ana.new_conversation().await;
+    for remaining in ["1", "0"] {
+        let r = post_message(&ana, &conv).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.headers["ratelimit-limit"], "2");
+        assert_eq!(r.headers["ratelimit-remaining"], remaining);
+        assert!(r.headers.contains_key("ratelimit-reset"));
+    }
+    // The third message inside the burst window is refused — on the other
+    // replica too when the limits live in Redis.
+    let refused = match &b {
+        Some(b) => {
+            let ana_b = named_client(b, Some(a.token("acme", "ana")));
+            post_message(&ana_b, &conv).await
+        }
+        None => post_message(&ana, &conv).await,
+    };
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "rate_limited");
+    assert_eq!(refused.body["error"]["details"]["class"], "messages");
+    assert!(refused.body["error"]["request_id"].is_string());
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert_eq!(refused.headers["ratelimit-remaining"], "0");
+    // Reads are a class of their own; another user has a budget of their own;
+    // the `big` tenant's override allows more.
+    assert_eq!(
+        ana.get(&format!("/v1/conversations/{conv}")).await.status,
+        200
+    );
+    let bea = named_client(&a, Some(a.token("acme", "bea")));
+    let conv_b = bea.new_conversation().await;
+    assert_eq!(post_message(&bea, &conv_b).await.status, 202);
+    let big = named_client(&a, Some(a.token("big", "ana")));
+    let conv_big = big.new_conversation().await;
+    for _ in 0..5 {
+        assert_eq!(post_message(&big, &conv_big).await.status, 202);
+    }
+    // Unauthenticated requests are not counted: they get the 401 of the route.
+    let anon = named_client(&a, None);
+    assert_eq!(post_message(&anon, &conv).await.status, 401);
+    if let Some(b) = b.as_mut() {
+        b.stop().await;
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_with_429_and_rate_limit_headers() {
+    rate_limit_case(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_in_redis_are_shared_by_replicas() {
+    rate_limit_case(Some(common::redis_url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_token_budget_fails_the_turn_and_usage_shows_it() {
+    let model = start_echo_model().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    with_echo_model(&mut cfg, &model);
+    cfg.budgets.default.daily_input_tokens = 150;
+    cfg.budgets.tenants.insert(
+        "rich".into(),
+        cairn_core::gateway_config::TokenLimits::default(),
+    );
+    let mut server = Server::start(&cfg).await;
+    let c = named_client(&server, Some(server.token("acme", "ana")));
+    let conv = c.new_conversation().await;
+    // 100 input tokens per call: the first two calls fit under 150 (the check
+    // is before each call), the third finds the budget spent.
+    for _ in 0..2 {
+        let answer = c.ask(&conv, "hello there").await;
+        assert_eq!(answer["status"], "completed", "{answer}");
+    }
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/messages?wait=true"),
+            json!({"content": "and again"}),
+        )
+        .await;
+    let text = r.body.to_string();
+    assert!(text.contains("budget_exceeded"), "{text}");
+    assert!(text.contains("daily_input_tokens"), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    let usage = c.get("/v1/usage").await;
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    assert_eq!(usage.body["day"]["input_tokens"], 200);
+    assert_eq!(usage.body["day"]["output_tokens"], 40);
+    assert_eq!(usage.body["day"]["input_tokens_limit"], 150);
+    assert_eq!(usage.body["month"]["input_tokens"], 200);
+    assert!(usage.body["month"]["output_tokens_limit"].is_null());
+    // Budgets are per tenant: another tenant (with no limit) still gets answers.
+    let rich = named_client(&server, Some(server.token("rich", "ana")));
+    let conv = rich.new_conversation().await;
+    for _ in 0..3 {
+        assert_eq!(rich.ask(&conv, "hi").await["status"], "completed");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_requests_turns_and_model_calls_without_ids() {
+    let model = start_echo_model().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    with_echo_model(&mut cfg, &model);
+    let mut server = Server::start(&cfg).await;
+    let c = named_client(&server, Some(server.token("acme", "ana")));
+    let conv = c.new_conversation().await;
+    c.ask(&conv, "count me").await;
+    assert_eq!(c.get("/v1/nope").await.status, 404);
+    let scrape = named_client(&server, None).get("/metrics").await;
+    assert_eq!(scrape.status, 200);
+    assert!(
+        scrape.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = scrape.body.as_str().unwrap().to_owned();
+    for needle in [
+        r#"cairn_http_requests_total{route="/v1/conversations",method="POST",status="201"}"#,
+        r#"route="/v1/conversations/{id}/messages",method="POST",status="200""#,
+        r#"cairn_http_requests_total{route="unmatched",method="GET",status="404"}"#,
+        "cairn_http_request_duration_seconds_bucket",
+        r#"cairn_turns_total{outcome="completed"}"#,
+        "cairn_turn_duration_seconds_bucket",
+        r#"cairn_model_calls_total{provider="openai",outcome="ok"}"#,
+        r#"cairn_model_tokens_total{provider="openai",direction="input"}"#,
+        "cairn_bus_published_total",
+        "cairn_bus_consumed_total",
+        "cairn_bus_consumer_lag_seconds",
+        "cairn_streams_open",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(
+        !text.contains(&conv),
+        "a conversation id leaked into a label"
+    );
+    assert!(!text.contains("acme"), "a tenant leaked into a label");
+    server.stop().await;
+
+    // With metrics.bearer_token_env, /metrics wants that token.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.metrics.bearer_token_env = Some("CAIRN_TEST_METRICS_TOKEN".into());
+    // The composition root reads the variable through `env`.
+    let built = cairn::app::build(
+        &cfg,
+        &|k| (k == "CAIRN_TEST_METRICS_TOKEN").then(|| "scrape-secret-123".to_owned()),
+        cairn_actors::ToolCatalog::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        built
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("wrong-token-xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("scrape-secret-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_configured_origins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
+    let mut server = Server::start(&cfg).await;
+    let c = named_client(&server, None);
+    let preflight = |origin: &'static str| {
+        c.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/conversations", c.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+    };
+    let ok = preflight("https://app.example.com").send().await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let allowed = ok.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    let evil = preflight("https://evil.example.com").send().await.unwrap();
+    assert!(
+        !evil.headers().contains_key("access-control-allow-origin"),
+        "an unlisted origin gets no CORS grant"
+    );
+    // A real request from the allowed origin carries the grant and exposes the
+    // rate-limit headers to the page.
+    let token = server.token("acme", "ana");
+    let r = c
+        .http
+        .get(format!("{}/v1/conversations", c.base))
+        .bearer_auth(token)
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("ratelimit-remaining"), "{exposed}");
+    server.stop().await;
+}

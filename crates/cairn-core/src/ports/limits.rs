@@ -102,8 +102,12 @@ pub trait TokenBudget: Send + Sync + 'static {
 
     /// Records the usage of one model call, once per `call_id` (a retried
     /// record of the same call is not counted twice).
-    async fn record(&self, tenant: &TenantId, call_id: &str, usage: Usage)
-    -> Result<(), StoreError>;
+    async fn record(
+        &self,
+        tenant: &TenantId,
+        call_id: &str,
+        usage: Usage,
+    ) -> Result<(), StoreError>;
 
     /// What `tenant` used today and this month.
     async fn totals(&self, tenant: &TenantId) -> Result<UsageTotals, StoreError>;
