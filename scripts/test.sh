@@ -46,14 +46,17 @@ echo "==> MCP reference server at $CAIRN_TEST_MCP_EVERYTHING"
 # (a venv in a cache outside the clone, pinned).
 PY_MCP_VERSION="2.3.0"
 PY_WEBHOOKS_VERSION="1.1.0"
+PY_OPENAI_VERSION="3.57.0"
+PY_OPENAPI_VALIDATOR_VERSION="0.9.0"
 PY_MCP_DIR="$HOME/.cache/cairn/py-mcp"
-if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION' or m.version('standardwebhooks') != '$PY_WEBHOOKS_VERSION')" 2>/dev/null; then
-  echo "==> installing the mcp Python SDK $PY_MCP_VERSION and standardwebhooks $PY_WEBHOOKS_VERSION"
+if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION' or m.version('standardwebhooks') != '$PY_WEBHOOKS_VERSION' or m.version('openai') != '$PY_OPENAI_VERSION' or m.version('openapi-spec-validator') != '$PY_OPENAPI_VALIDATOR_VERSION')" 2>/dev/null; then
+  echo "==> installing the Python test clients (mcp $PY_MCP_VERSION, standardwebhooks $PY_WEBHOOKS_VERSION, openai $PY_OPENAI_VERSION, openapi-spec-validator $PY_OPENAPI_VALIDATOR_VERSION)"
   python3 -m venv "$PY_MCP_DIR" && "$PY_MCP_DIR/bin/pip" install -q "mcp==$PY_MCP_VERSION" "standardwebhooks==$PY_WEBHOOKS_VERSION" \
+    "openai==$PY_OPENAI_VERSION" "openapi-spec-validator==$PY_OPENAPI_VALIDATOR_VERSION" \
     || echo "warning: the Python test clients could not be installed; the interop tests will fail" >&2
 fi
 export CAIRN_TEST_PYTHON_MCP="$PY_MCP_DIR/bin/python"
-echo "==> MCP Python SDK at $CAIRN_TEST_PYTHON_MCP"
+echo "==> Python test clients (MCP SDK, openai, standardwebhooks) at $CAIRN_TEST_PYTHON_MCP"
 
 # tansu, a Kafka-protocol broker from crates.io, for the tests against a real broker
 # process (built once into a cache outside the clone: about 10 minutes on 2 cores).

@@ -517,6 +517,17 @@ async fn select_agent(
         .filter(|m| m.metadata["agent"]["pinned"] == true)
         .and_then(|m| m.metadata["agent"]["name"].as_str())
         .filter(|n| r.router.profile(n).is_some());
+    if let Some(name) = req
+        .agent
+        .as_deref()
+        .filter(|n| r.router.profile(n).is_some())
+    {
+        return AgentChoice {
+            name: name.to_owned(),
+            reason: "requested".into(),
+            intent: None,
+        };
+    }
     if let Some(name) = pinned {
         return AgentChoice {
             name: name.to_owned(),
@@ -756,7 +767,8 @@ async fn complete(
         content: response.content,
         citations: response.citations,
         usage,
-        metadata: response.metadata,
+        // The event carries what the stored answer carries (the agent too).
+        metadata: answer.metadata.clone(),
     };
     deps.memory
         .finish_turn(

@@ -62,6 +62,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The tenant's token budget (`budgets`) is spent for the day or month.
     BudgetExceeded,
+    /// `model` names no model of `GET /v1/models`.
+    ModelNotFound,
+    /// The turn behind a chat completion failed; `details.turn_code` says how.
+    TurnFailed,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -83,8 +87,8 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
             | InsightsDisabled | TicketNotFound | TicketsDisabled | AnalyticsDisabled
-            | MessageNotFound => StatusCode::NOT_FOUND,
-            ReceiverFailed => StatusCode::BAD_GATEWAY,
+            | MessageNotFound | ModelNotFound => StatusCode::NOT_FOUND,
+            ReceiverFailed | TurnFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -126,6 +130,8 @@ impl ErrorCode {
             MessageNotFound => "message_not_found",
             RateLimited => "rate_limited",
             BudgetExceeded => "budget_exceeded",
+            ModelNotFound => "model_not_found",
+            TurnFailed => "turn_failed",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
             Internal => "internal",

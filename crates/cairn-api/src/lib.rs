@@ -22,6 +22,8 @@
 //!   redaction before the bus under `redact_store`.
 //! - [`desk`]: `/v1/tickets`, `/v1/categories`, `/v1/sentiments`, answer
 //!   feedback, `/v1/feedback/summary` and `/v1/analytics/*`.
+//! - [`openai`]: the OpenAI-compatible facade (`/v1/chat/completions`,
+//!   `/v1/models`) over the agent.
 //! - [`mcp`]: Cairn as an MCP server at `/mcp` (`ask`, `search_knowledge`; JWT).
 //! - [`limits`]: request rate limits per tenant and user (GCRA, in process or
 //!   Redis) with `RateLimit-*` headers, and `GET /v1/usage` (token budgets).
@@ -46,6 +48,7 @@ pub mod limits;
 pub mod mcp;
 pub mod messages;
 pub mod metrics;
+pub mod openai;
 pub mod request_id;
 pub mod router;
 pub mod search;

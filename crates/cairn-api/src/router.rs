@@ -5,7 +5,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
     alerts, conversations, desk, documents, events, health, insights, limits, messages, metrics,
-    request_id, search, tools,
+    openai, request_id, search, tools,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -81,6 +81,8 @@ pub fn router(state: AppState) -> Router {
             get(alerts::get_silence).delete(alerts::expire_silence),
         )
         .route("/usage", get(limits::usage))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/models", get(openai::models))
         .route("/tools", get(tools::list))
         .route("/admin/tools/reload", post(tools::reload))
         .route(

@@ -34,6 +34,9 @@ pub struct ApiSettings {
     pub metrics: bool,
     /// Bearer token `/metrics` requires (from `metrics.bearer_token_env`).
     pub metrics_token: Option<String>,
+    /// Agent profiles (`[[agents]]`): name and description, the models of
+    /// `GET /v1/models`.
+    pub agent_profiles: Vec<(String, String)>,
     /// Browser origins allowed (`cors.*`).
     pub cors: cairn_core::gateway_config::CorsConfig,
 }

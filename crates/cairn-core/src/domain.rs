@@ -232,6 +232,10 @@ pub struct TurnRequest {
     /// positions, never values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted_pii: Option<crate::insights::PiiReport>,
+    /// The agent profile the caller asked for (the OpenAI facade's `model`);
+    /// it answers this turn instead of the one routing would pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 impl TurnRequest {
@@ -251,6 +255,7 @@ impl TurnRequest {
             content,
             accepted_at: Utc::now(),
             redacted_pii: None,
+            agent: None,
         }
     }
 }

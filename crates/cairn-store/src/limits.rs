@@ -34,10 +34,13 @@ type Keyed = governor::RateLimiter<
     StateInformationMiddleware,
 >;
 
+/// One keyed limiter per (per_minute, burst).
+type ByQuota = HashMap<(u32, u32), Arc<Keyed>>;
+
 /// GCRA in this process.
 #[derive(Default, Clone)]
 pub struct LocalRateLimiter {
-    by_quota: Arc<Mutex<HashMap<(u32, u32), Arc<Keyed>>>>,
+    by_quota: Arc<Mutex<ByQuota>>,
 }
 
 impl LocalRateLimiter {

@@ -784,6 +784,11 @@ pub async fn build(
             metrics: config.metrics.enabled,
             metrics_token,
             cors: config.cors.clone(),
+            agent_profiles: config
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.description.clone()))
+                .collect(),
         }),
         limits: Some(Arc::new(cairn_api::limits::RequestLimits {
             config: config.rate_limits.clone(),

@@ -322,21 +322,47 @@ async fn the_attack_set_gets_401_with_the_error_contract() {
 // ---- Rate limits, budgets, metrics, CORS -------------------------------------
 
 /// An OpenAI-wire model that answers at once with the user's last words and
-/// reports 100 input and 20 output tokens per call.
+/// how many user messages it saw, reporting 100 input and 20 output tokens per
+/// call; streamed word by word when asked to stream.
 async fn start_echo_model() -> String {
-    async fn chat(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
-        let last = body["messages"]
+    async fn chat(axum::Json(body): axum::Json<Value>) -> axum::response::Response {
+        let users: Vec<&str> = body["messages"]
             .as_array()
-            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+            .map(|m| {
+                m.iter()
+                    .filter(|m| m["role"] == "user")
+                    .filter_map(|m| m["content"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let text = format!(
+            "You said: {} [users: {}]",
+            users.last().copied().unwrap_or_default(),
+            users.len()
+        );
+        let usage = json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120});
+        if body["stream"] == true {
+            let mut frames: Vec<String> = Vec::new();
+            let words: Vec<&str> = text.split_inclusive(' ').collect();
+            for w in words {
+                frames.push(json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "echo",
+                    "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]}).to_string());
+            }
+            frames.push(json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "echo",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string());
+            frames.push(json!({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "echo",
+                "choices": [], "usage": usage}).to_string());
+            frames.push("[DONE]".into());
+            let body: String = frames.iter().map(|f| format!("data: {f}\n\n")).collect();
+            return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+        }
         axum::Json(json!({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "echo",
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": format!("You said: {last}")}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": usage
         }))
+        .into_response()
     }
     let app = axum::Router::new().route("/chat/completions", axum::routing::post(chat));
     common::serve_local(app).await
@@ -657,5 +683,157 @@ async fn cors_answers_configured_origins_only() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(exposed.contains("ratelimit-remaining"), "{exposed}");
+    server.stop().await;
+}
+
+// ---- The OpenAI-compatible facade --------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_talks_to_the_facade() {
+    let python = std::env::var("CAIRN_TEST_PYTHON_MCP").expect(
+        "CAIRN_TEST_PYTHON_MCP is not set: run the tests with scripts/test.sh, which installs the Python clients",
+    );
+    let model = start_echo_model().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    with_echo_model(&mut cfg, &model);
+    cfg.llm.stream = true;
+    cfg.agents = vec![cairn_core::desk_config::AgentProfile {
+        name: "billing".into(),
+        description: "Invoices and refunds.".into(),
+        ..Default::default()
+    }];
+    let mut server = Server::start(&cfg).await;
+    let token = server.token("acme", "ana");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&server.base)
+        .arg(&token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let models = r["models"].as_array().unwrap();
+    assert!(
+        models.contains(&json!("cairn")) && models.contains(&json!("billing")),
+        "{r}"
+    );
+
+    let plain = &r["plain"];
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(plain["role"], "assistant");
+    assert_eq!(plain["finish_reason"], "stop");
+    // The messages array was the context: the model saw both user messages.
+    assert_eq!(
+        plain["content"], "You said: second question [users: 2]",
+        "{r}"
+    );
+    assert_eq!(plain["prompt_tokens"], 100);
+    assert_eq!(plain["completion_tokens"], 20);
+    assert_eq!(plain["total_tokens"], 120);
+    assert!(plain["cairn"]["conversation_id"].is_string(), "{r}");
+    assert!(plain["cairn"]["turn_id"].is_string(), "{r}");
+    assert!(plain["cairn"]["citations"].is_array(), "{r}");
+
+    // Continuity: the third request sent one message, the model saw three.
+    assert_eq!(
+        r["header"]["content"], "You said: what did I say? [users: 3]",
+        "{r}"
+    );
+    assert_eq!(
+        r["user_field"]["content"], "You said: user two [users: 2]",
+        "{r}"
+    );
+
+    let stream = &r["stream"];
+    assert_eq!(
+        stream["text"], "You said: stream this please [users: 1]",
+        "{r}"
+    );
+    assert!(
+        stream["pieces"].as_u64().unwrap() >= 3,
+        "streamed in pieces: {r}"
+    );
+    assert_eq!(stream["finish_reason"], "stop");
+    assert_eq!(stream["total_tokens"], 120);
+    assert!(stream["cairn"]["conversation_id"].is_string(), "{r}");
+
+    let errors = &r["errors"];
+    assert_eq!(errors["unknown_model"]["status"], 404, "{r}");
+    assert_eq!(errors["unknown_model"]["code"], "model_not_found");
+    assert_eq!(errors["client_tools"]["status"], 400);
+    assert_eq!(errors["client_tools"]["code"], "invalid_field");
+    assert_eq!(errors["last_not_user"]["code"], "invalid_field");
+    assert_eq!(errors["bad_token"]["status"], 401);
+    assert_eq!(errors["bad_token"]["code"], "invalid_token");
+
+    // The conversation the header named is a real one: the transcript holds
+    // every message, and it is the caller's.
+    let conv = r["header"]["conversation"].as_str().unwrap();
+    let c = named_client(&server, Some(token.clone()));
+    let t = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+    assert_eq!(t.status, 200);
+    assert_eq!(t.body["items"].as_array().unwrap().len(), 6, "{}", t.body);
+    let other = named_client(&server, Some(server.token("acme", "bea")));
+    let r = other
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "cairn", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut req = other.req(reqwest::Method::POST, "/v1/chat/completions");
+    req = req
+        .header("x-cairn-conversation", conv)
+        .json(&json!({"model": "cairn", "messages": [{"role": "user", "content": "let me in"}]}));
+    let r = other.send(req).await;
+    assert_eq!(
+        r.status, 409,
+        "another user cannot continue ana's conversation: {}",
+        r.body
+    );
+
+    // A profile named as the model answers the turn.
+    let r = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "billing", "messages": [{"role": "user", "content": "refund?"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["cairn"]["agent"]["name"], "billing", "{}", r.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_is_a_429_on_the_facade() {
+    let model = start_echo_model().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    with_echo_model(&mut cfg, &model);
+    cfg.budgets.default.daily_output_tokens = 10;
+    let mut server = Server::start(&cfg).await;
+    let c = named_client(&server, Some(server.token("acme", "ana")));
+    let ask = json!({"model": "cairn", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        c.post("/v1/chat/completions", ask.clone()).await.status,
+        200
+    );
+    let r = c.post("/v1/chat/completions", ask).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "budget_exceeded");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily_output_tokens")
+    );
     server.stop().await;
 }
