@@ -66,6 +66,8 @@ pub enum ErrorCode {
     ModelNotFound,
     /// The turn behind a chat completion failed; `details.turn_code` says how.
     TurnFailed,
+    /// Turns cannot be cancelled yet (WebSocket `cancel` frames).
+    CancelUnsupported,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -96,6 +98,7 @@ impl ErrorCode {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            CancelUnsupported => StatusCode::NOT_IMPLEMENTED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -131,6 +134,7 @@ impl ErrorCode {
             RateLimited => "rate_limited",
             BudgetExceeded => "budget_exceeded",
             ModelNotFound => "model_not_found",
+            CancelUnsupported => "cancel_unsupported",
             TurnFailed => "turn_failed",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",

@@ -13,6 +13,8 @@
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
 //! - [`streams`]: open-stream limits per user and process, and the end of a
 //!   stream when its token expires or its conversation is deleted.
+//! - [`ws`]: WebSocket streams (`/v1/conversations/{id}/ws`, the seed path
+//!   `/ws/conversations/{id}/stream`) and `POST /v1/ws-ticket`.
 //! - [`search`]: `GET /v1/search` over the knowledge base.
 //! - [`documents`]: `/v1/documents` upload, list, get with job status, delete.
 //! - [`tools`]: `GET /v1/tools` and `POST /v1/admin/tools/reload`.
@@ -55,6 +57,7 @@ pub mod search;
 pub mod state;
 pub mod streams;
 pub mod tools;
+pub mod ws;
 
 pub use router::router;
 pub use state::{ApiSettings, AppState};

@@ -89,6 +89,45 @@ fn set_headers(headers: &mut HeaderMap, d: &RateDecision) {
     }
 }
 
+/// Checks `caller`'s limits of `class`. `Ok(None)` when nothing limits it (off,
+/// no rule, or the limiter's store failing); `Err` is the 429 to send.
+pub async fn check(
+    state: &AppState,
+    caller: &Caller,
+    class: RequestClass,
+) -> Result<Option<RateDecision>, Response> {
+    let Some(limits) = state.limits.as_ref().filter(|l| l.config.enabled) else {
+        return Ok(None);
+    };
+    let rules = rules(&limits.config, caller, class);
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    match limits.limiter.check(&rules).await {
+        Ok(d) if d.allowed => Ok(Some(d)),
+        Ok(d) => {
+            crate::metrics::rate_limited(class);
+            let retry = d.retry_after.map(secs_up).unwrap_or(1).max(1);
+            let mut response = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many {} requests; retry in {retry} s", class.as_str()),
+            )
+            .with_details(json!({
+                "class": class.as_str(),
+                "limit": d.limit,
+                "retry_after_seconds": retry,
+            }))
+            .into_response();
+            set_headers(response.headers_mut(), &d);
+            Err(response)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; letting the request pass");
+            Ok(None)
+        }
+    }
+}
+
 /// The rate-limit middleware of the `/v1` routes.
 pub async fn middleware(
     State(state): State<AppState>,
@@ -98,39 +137,10 @@ pub async fn middleware(
     let Ok(caller) = state.auth.caller(request.headers()).await else {
         return next.run(request).await;
     };
-    let decision = match &state.limits {
-        Some(limits) if limits.config.enabled => {
-            let class = classify(request.method(), request.uri().path());
-            let rules = rules(&limits.config, &caller, class);
-            if rules.is_empty() {
-                None
-            } else {
-                match limits.limiter.check(&rules).await {
-                    Ok(d) if d.allowed => Some(d),
-                    Ok(d) => {
-                        crate::metrics::rate_limited(class);
-                        let retry = d.retry_after.map(secs_up).unwrap_or(1).max(1);
-                        let mut response = ApiError::new(
-                            ErrorCode::RateLimited,
-                            format!("too many {} requests; retry in {retry} s", class.as_str()),
-                        )
-                        .with_details(json!({
-                            "class": class.as_str(),
-                            "limit": d.limit,
-                            "retry_after_seconds": retry,
-                        }))
-                        .into_response();
-                        set_headers(response.headers_mut(), &d);
-                        return response;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rate limiter unavailable; letting the request pass");
-                        None
-                    }
-                }
-            }
-        }
-        _ => None,
+    let class = classify(request.method(), request.uri().path());
+    let decision = match check(&state, &caller, class).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
     };
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;

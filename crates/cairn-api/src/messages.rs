@@ -99,32 +99,7 @@ pub async fn post(
     let _wait_permit = (!sse && flag(&q, "wait"))
         .then(|| state.streams.acquire(&caller))
         .transpose()?;
-    let mut after = state.events.last_event_id(&caller.tenant, &id).await?;
-    let mut request = new_request(&state, &caller.tenant, &id, &caller.user, body.content);
-    let mut replay = false;
-    if let Some(k) = &key {
-        let name = format!("{}/{id}/{k}", caller.tenant);
-        let derived = |ns: &uuid::Uuid| uuid::Uuid::new_v5(ns, name.as_bytes()).to_string();
-        request.message_id = MessageId::parse(derived(&MESSAGE_NS))
-            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
-        request.turn_id = TurnId::parse(derived(&TURN_NS))
-            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
-        // Accepted before: answer from that turn's events instead of posting again.
-        replay = state
-            .memory
-            .message_accepted(&caller.tenant, &id, &request.message_id)
-            .await?;
-    }
-    if replay {
-        after = 0;
-        tracing::info!(conversation = %id, turn = %request.turn_id, "idempotent retry of an accepted message");
-    } else {
-        state
-            .runtime
-            .submit(&request, Some(&crate::request_id::traceparent()))
-            .await
-            .map_err(|e| ApiError::unavailable("the event bus", &e))?;
-    }
+    let (request, after) = accept(&state, &caller, &id, body.content, key.as_deref()).await?;
     let events_url = format!("/v1/conversations/{id}/events?after={after}");
     tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
 
@@ -177,6 +152,45 @@ pub async fn post(
         })),
     )
         .into_response())
+}
+
+/// Puts an admitted message on the bus (or, for a retried idempotency key,
+/// finds the accepted one). Returns the turn request and the event id its
+/// turn's events follow.
+pub(crate) async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    id: &cairn_core::ConversationId,
+    content: String,
+    key: Option<&str>,
+) -> ApiResult<(TurnRequest, u64)> {
+    let mut after = state.events.last_event_id(&caller.tenant, id).await?;
+    let mut request = new_request(state, &caller.tenant, id, &caller.user, content);
+    let mut replay = false;
+    if let Some(k) = key {
+        let name = format!("{}/{id}/{k}", caller.tenant);
+        let derived = |ns: &uuid::Uuid| uuid::Uuid::new_v5(ns, name.as_bytes()).to_string();
+        request.message_id = MessageId::parse(derived(&MESSAGE_NS))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
+        request.turn_id = TurnId::parse(derived(&TURN_NS))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?;
+        // Accepted before: answer from that turn's events instead of posting again.
+        replay = state
+            .memory
+            .message_accepted(&caller.tenant, id, &request.message_id)
+            .await?;
+    }
+    if replay {
+        after = 0;
+        tracing::info!(conversation = %id, turn = %request.turn_id, "idempotent retry of an accepted message");
+    } else {
+        state
+            .runtime
+            .submit(&request, Some(&crate::request_id::traceparent()))
+            .await
+            .map_err(|e| ApiError::unavailable("the event bus", &e))?;
+    }
+    Ok((request, after))
 }
 
 /// A turn request for an admitted message, on every path (REST, MCP `ask`,

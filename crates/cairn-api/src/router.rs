@@ -5,7 +5,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
     alerts, conversations, desk, documents, events, health, insights, limits, messages, metrics,
-    openai, request_id, search, tools,
+    openai, request_id, search, tools, ws,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -39,6 +39,8 @@ pub fn router(state: AppState) -> Router {
             get(messages::list).post(messages::post),
         )
         .route("/conversations/{id}/events", get(events::stream))
+        .route("/conversations/{id}/ws", get(ws::native))
+        .route("/ws-ticket", post(ws::ticket))
         .route(
             "/conversations/{id}/insights",
             get(insights::conversation_insights),
@@ -98,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             crate::mcp::require_token,
         ));
     let mut root = Router::new()
+        .route("/ws/conversations/{id}/stream", get(ws::seed))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/live", get(health::live));

@@ -78,6 +78,8 @@ pub struct AppState {
     pub insights: Option<Arc<crate::insights::InsightsApi>>,
     /// The support desk (tickets, feedback, analytics).
     pub desk: Option<Arc<crate::desk::DeskApi>>,
+    /// Small keyed records shared by the replicas (WebSocket tickets).
+    pub records: Arc<dyn cairn_core::ports::RecordStore>,
     /// Request rate limits (`None`: unlimited).
     pub limits: Option<Arc<crate::limits::RequestLimits>>,
     /// Token budgets and usage (`None`: not recorded).

@@ -790,6 +790,7 @@ pub async fn build(
                 .map(|a| (a.name.clone(), a.description.clone()))
                 .collect(),
         }),
+        records: records.clone(),
         limits: Some(Arc::new(cairn_api::limits::RequestLimits {
             config: config.rate_limits.clone(),
             limiter,
@@ -814,6 +815,20 @@ pub async fn build(
             })
         }),
     };
+    {
+        // Expired WebSocket tickets are deleted now and then.
+        let st = state.clone();
+        let mut closed = st.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = closed.wait_for(|c| *c) => return,
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+                cairn_api::ws::sweep_tickets(&st).await;
+            }
+        });
+    }
     crate::datadir::restrict(dir)
         .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
     Ok(App {

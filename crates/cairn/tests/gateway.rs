@@ -837,3 +837,244 @@ async fn a_spent_budget_is_a_429_on_the_facade() {
     );
     server.stop().await;
 }
+
+// ---- WebSocket ------------------------------------------------------------------
+
+mod ws {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    fn url(server: &Server, path: &str) -> String {
+        format!("{}{path}", server.base.replace("http://", "ws://"))
+    }
+
+    async fn connect(
+        server: &Server,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<(Socket, http::Response<Option<Vec<u8>>>), WsError> {
+        let mut req = url(server, path).into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        tokio_tungstenite::connect_async(req).await
+    }
+
+    fn refused_status(e: WsError) -> u16 {
+        match e {
+            WsError::Http(resp) => resp.status().as_u16(),
+            other => panic!("expected an HTTP refusal, got {other}"),
+        }
+    }
+
+    /// Reads JSON frames until `stop` accepts one (5 s at most); returns them all.
+    async fn read_until(ws: &mut Socket, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .expect("frames within 15 s")
+                .expect("socket open")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                let done = stop(&v);
+                out.push(v);
+                if done {
+                    return out;
+                }
+            }
+        }
+    }
+
+    fn answered(v: &Value) -> bool {
+        v["event"] == "answer.completed" || v["event"] == "turn.failed"
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_go_in_and_events_come_out_with_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start(&config(dir.path(), None)).await;
+        let token = server.token("acme", "ana");
+        let c = named_client(&server, Some(token.clone()));
+        let conv = c.new_conversation().await;
+        let (mut ws, _) = connect(
+            &server,
+            &format!("/v1/conversations/{conv}/ws"),
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+        ws.send(Message::Text(
+            json!({"type": "message", "content": "what time is it?", "ref": 7})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let frames = read_until(&mut ws, answered).await;
+        let accepted = frames.iter().find(|f| f["type"] == "accepted").unwrap();
+        assert_eq!(accepted["ref"], 7);
+        let turn = accepted["turn_id"].as_str().unwrap();
+        let events: Vec<&Value> = frames.iter().filter(|f| f["type"] == "event").collect();
+        assert_eq!(events.first().unwrap()["event"], "turn.started");
+        assert!(
+            events
+                .iter()
+                .all(|e| e["data"]["turn_id"] == turn || e["event"] == "insights.updated")
+        );
+        let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // Bad frames get an error frame and the socket stays open.
+        ws.send(Message::Text("not json".into())).await.unwrap();
+        let f = read_until(&mut ws, |f| f["type"] == "error").await;
+        assert_eq!(f.last().unwrap()["code"], "malformed_json");
+        ws.send(Message::Text(
+            json!({"type": "cancel", "turn_id": turn})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let f = read_until(&mut ws, |f| f["type"] == "error").await;
+        assert_eq!(f.last().unwrap()["code"], "cancel_unsupported");
+        ws.close(None).await.unwrap();
+
+        // Resume: a new socket with `since` gets exactly the later events.
+        let since = ids[1];
+        let (mut again, _) = connect(
+            &server,
+            &format!("/v1/conversations/{conv}/ws?since={since}"),
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+        let replay = read_until(&mut again, answered).await;
+        let replayed: Vec<u64> = replay
+            .iter()
+            .filter(|f| f["type"] == "event")
+            .map(|f| f["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            replayed.first().copied(),
+            Some(ids[2]),
+            "{replayed:?} after {since}"
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browsers_authenticate_with_a_subprotocol_or_a_single_use_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), None);
+        cfg.server.max_streams_per_user = 2;
+        let mut server = Server::start(&cfg).await;
+        let token = server.token("acme", "ana");
+        let c = named_client(&server, Some(token.clone()));
+        let conv = c.new_conversation().await;
+        let path = format!("/v1/conversations/{conv}/ws");
+
+        // No credentials, a bad token: refused before the upgrade.
+        assert_eq!(
+            refused_status(connect(&server, &path, &[]).await.unwrap_err()),
+            401
+        );
+        let bad = [(
+            "sec-websocket-protocol",
+            "cairn.bearer.abc.def.ghi, cairn.v1".to_owned(),
+        )];
+        assert_eq!(
+            refused_status(connect(&server, &path, &bad).await.unwrap_err()),
+            401
+        );
+        // Another user's conversation reads as not found.
+        let bea = [(
+            "authorization",
+            format!("Bearer {}", server.token("acme", "bea")),
+        )];
+        assert_eq!(
+            refused_status(connect(&server, &path, &bea).await.unwrap_err()),
+            404
+        );
+
+        // The token as a subprotocol; the server picks `cairn.v1`.
+        let proto = [(
+            "sec-websocket-protocol",
+            format!("cairn.bearer.{token}, cairn.v1"),
+        )];
+        let (first, resp) = connect(&server, &path, &proto).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "cairn.v1");
+
+        // A ticket works once.
+        let t = c.post("/v1/ws-ticket", json!({})).await;
+        assert_eq!(t.status, 200, "{}", t.body);
+        let ticket = t.body["ticket"].as_str().unwrap().to_owned();
+        let with_ticket = format!("{path}?ticket={ticket}");
+        let (second, _) = connect(&server, &with_ticket, &[]).await.unwrap();
+        // The user's two streams are open: a third is refused (too_many_streams).
+        let auth = [("authorization", format!("Bearer {token}"))];
+        assert_eq!(
+            refused_status(connect(&server, &path, &auth).await.unwrap_err()),
+            429
+        );
+        drop(first);
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A used ticket is refused, also once the user has room again.
+        assert_eq!(
+            refused_status(connect(&server, &with_ticket, &[]).await.unwrap_err()),
+            401
+        );
+        let (third, _) = connect(&server, &path, &auth).await.unwrap();
+        drop(third);
+
+        // Not an upgrade: the error contract.
+        let r = c.get(&path).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_field");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seed_path_sends_connected_then_intelligence_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start(&config(dir.path(), None)).await;
+        let token = server.token("acme", "ana");
+        let c = named_client(&server, Some(token.clone()));
+        let conv = c.new_conversation().await;
+        let (mut ws, _) = connect(
+            &server,
+            &format!("/ws/conversations/{conv}/stream"),
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+        let hello = read_until(&mut ws, |_| true).await;
+        assert_eq!(hello[0]["type"], "connected");
+        assert_eq!(hello[0]["conversation_id"], conv.as_str());
+        c.ask(
+            &conv,
+            "I am furious, my invoice is wrong and nobody answers!",
+        )
+        .await;
+        let frames = read_until(&mut ws, |f| f["type"] == "intelligence_update").await;
+        let update = frames.last().unwrap();
+        assert_eq!(update["conversation_id"], conv.as_str());
+        assert!(update["data"].is_object(), "{update}");
+        assert!(
+            frames.iter().any(|f| f["type"] == "turn.started"),
+            "{frames:?}"
+        );
+        server.stop().await;
+    }
+}
