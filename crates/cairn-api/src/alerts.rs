@@ -100,7 +100,7 @@ fn limit(q: &[(String, String)]) -> ApiResult<usize> {
 }
 
 /// One alert in Alertmanager's v2 shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostedAlert {
     labels: BTreeMap<String, String>,
@@ -184,6 +184,7 @@ fn into_alert(p: PostedAlert, i: usize, tenant: &str) -> ApiResult<Alert> {
 }
 
 /// `POST /v1/alerts`.
+#[utoipa::path(post, path = "/alerts", tag = "alerts", summary = "Raise alerts (Alertmanager format)", request_body = Vec<PostedAlert>, responses((status = 202, description = "Accepted", body = serde_json::Value)))]
 pub async fn raise(
     State(state): State<AppState>,
     caller: Caller,
@@ -247,6 +248,7 @@ fn alert_json(a: &AlertState, silences: &[Silence], now: DateTime<Utc>) -> Value
 }
 
 /// `GET /v1/alerts`.
+#[utoipa::path(get, path = "/alerts", tag = "alerts", summary = "List alerts", responses((status = 200, description = "Alerts", body = serde_json::Value)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -303,6 +305,7 @@ fn notification_json(n: &NotificationRecord) -> Value {
 }
 
 /// `GET /v1/alerts/notifications`.
+#[utoipa::path(get, path = "/alerts/notifications", tag = "alerts", summary = "The notification log", responses((status = 200, description = "Notifications", body = serde_json::Value)))]
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,13 +324,14 @@ pub async fn notifications(
 }
 
 /// `POST /v1/alerts/test` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {
     receiver: String,
 }
 
 /// `POST /v1/alerts/test`: sends one test notification now and records it.
+#[utoipa::path(post, path = "/alerts/test", tag = "alerts", summary = "Send a test notification to a receiver", request_body = TestRequest, responses((status = 200, description = "Sent", body = serde_json::Value)))]
 pub async fn test(
     State(state): State<AppState>,
     caller: Caller,
@@ -426,9 +430,10 @@ pub enum MatcherIn {
 }
 
 /// `POST /v1/silences` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SilenceRequest {
+    #[schema(value_type = Vec<Object>)]
     matchers: Vec<MatcherIn>,
     #[serde(default)]
     starts_at: Option<DateTime<Utc>>,
@@ -460,6 +465,7 @@ fn silence_json(s: &Silence, now: DateTime<Utc>) -> Value {
 }
 
 /// `POST /v1/silences`.
+#[utoipa::path(post, path = "/silences", tag = "alerts", summary = "Create a silence", request_body = SilenceRequest, responses((status = 201, description = "The silence", body = serde_json::Value)))]
 pub async fn create_silence(
     State(state): State<AppState>,
     caller: Caller,
@@ -551,6 +557,7 @@ pub async fn create_silence(
 }
 
 /// `GET /v1/silences`.
+#[utoipa::path(get, path = "/silences", tag = "alerts", summary = "List silences", responses((status = 200, description = "Silences", body = serde_json::Value)))]
 pub async fn silences(
     State(state): State<AppState>,
     caller: Caller,
@@ -595,6 +602,7 @@ async fn find_silence(a: &AlertsApi, caller: &Caller, id: &str) -> ApiResult<Sil
 }
 
 /// `GET /v1/silences/{id}`.
+#[utoipa::path(get, path = "/silences/{id}", tag = "alerts", summary = "Read a silence", params(("id" = String, Path, description = "Silence id")), responses((status = 200, description = "The silence", body = serde_json::Value)))]
 pub async fn get_silence(
     State(state): State<AppState>,
     caller: Caller,
@@ -606,6 +614,7 @@ pub async fn get_silence(
 }
 
 /// `DELETE /v1/silences/{id}`: expires the silence now.
+#[utoipa::path(delete, path = "/silences/{id}", tag = "alerts", summary = "Expire a silence", params(("id" = String, Path, description = "Silence id")), responses((status = 200, description = "The expired silence", body = serde_json::Value)))]
 pub async fn expire_silence(
     State(state): State<AppState>,
     caller: Caller,

@@ -19,7 +19,7 @@ const MAX_LIMIT: u64 = 100;
 const MAX_TITLE: usize = 200;
 
 /// Body of `POST /v1/conversations` (every field optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConversation {
     /// A title.
@@ -92,6 +92,7 @@ pub async fn check_conversation_quota(state: &AppState, caller: &Caller) -> ApiR
 }
 
 /// `POST /v1/conversations` → 201.
+#[utoipa::path(post, path = "/conversations", tag = "conversations", summary = "Create a conversation", request_body = CreateConversation, responses((status = 201, description = "The conversation", body = serde_json::Value)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +126,7 @@ pub async fn create(
 }
 
 /// `GET /v1/conversations?limit=&cursor=`.
+#[utoipa::path(get, path = "/conversations", tag = "conversations", summary = "List the caller's conversations", params(("limit" = Option<u64>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of conversations (`items`, `next_cursor`)", body = serde_json::Value)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,6 +168,7 @@ pub async fn list(
 }
 
 /// `GET /v1/conversations/{id}`.
+#[utoipa::path(get, path = "/conversations/{id}", tag = "conversations", summary = "Read a conversation", params(("id" = String, Path, description = "Conversation id")), responses((status = 200, description = "The conversation", body = serde_json::Value)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -176,6 +179,7 @@ pub async fn get(
 }
 
 /// `DELETE /v1/conversations/{id}` → 204.
+#[utoipa::path(delete, path = "/conversations/{id}", tag = "conversations", summary = "Delete a conversation and everything in it", params(("id" = String, Path, description = "Conversation id")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

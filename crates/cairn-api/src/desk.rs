@@ -137,7 +137,7 @@ fn bounded_text(field: &str, v: &str, max: usize, required: bool) -> ApiResult<(
 }
 
 /// Body of `POST /v1/tickets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostTicket {
     /// Subject line.
@@ -148,6 +148,7 @@ pub struct PostTicket {
     pub channel: String,
     /// `low`, `normal` (default), `high`, `urgent`.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub priority: Priority,
     /// The customer.
     pub customer_id: String,
@@ -172,6 +173,7 @@ fn check_channel(cfg: &TicketsConfig, channel: &str) -> ApiResult<()> {
 }
 
 /// `POST /v1/tickets` → 202.
+#[utoipa::path(post, path = "/tickets", tag = "tickets", summary = "Submit a ticket (enriched asynchronously)", request_body = PostTicket, responses((status = 202, description = "Accepted: the ticket id", body = serde_json::Value)))]
 pub async fn post_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -305,6 +307,7 @@ fn label_param(q: &[(String, String)], name: &str) -> ApiResult<Option<String>> 
 }
 
 /// `GET /v1/tickets`.
+#[utoipa::path(get, path = "/tickets", tag = "tickets", summary = "List tickets with filters", params(("status" = Option<String>, Query, description = "open, in_progress, waiting, resolved, closed"), ("priority" = Option<String>, Query), ("category" = Option<String>, Query), ("customer_id" = Option<String>, Query), ("q" = Option<String>, Query, description = "Text search"), ("sort" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<u64>, Query)), responses((status = 200, description = "A page of tickets", body = serde_json::Value)))]
 pub async fn list_tickets(
     State(state): State<AppState>,
     caller: Caller,
@@ -430,6 +433,7 @@ fn ticket_json(t: &Ticket) -> Value {
 }
 
 /// `GET /v1/tickets/{id}`.
+#[utoipa::path(get, path = "/tickets/{id}", tag = "tickets", summary = "Read a ticket", params(("id" = String, Path, description = "Ticket id")), responses((status = 200, description = "The ticket", body = serde_json::Value)))]
 pub async fn get_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -445,7 +449,7 @@ pub async fn get_ticket(
 }
 
 /// Body of `PATCH /v1/tickets/{id}`: every field optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTicket {
     /// Workflow status.
@@ -453,12 +457,14 @@ pub struct PatchTicket {
     pub status: Option<String>,
     /// Assignee; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     pub assignee: Option<Option<String>>,
     /// Replaces the tags.
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// Priority.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub priority: Option<Priority>,
     /// New subject (a new revision, enriched again).
     #[serde(default)]
@@ -478,6 +484,7 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
 const MAX_TAGS: usize = 32;
 
 /// `PATCH /v1/tickets/{id}` → 200 with the ticket.
+#[utoipa::path(patch, path = "/tickets/{id}", tag = "tickets", summary = "Update a ticket's workflow fields", request_body = PatchTicket, params(("id" = String, Path, description = "Ticket id")), responses((status = 200, description = "The updated ticket", body = serde_json::Value)))]
 pub async fn patch_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -565,6 +572,7 @@ pub async fn patch_ticket(
 }
 
 /// `GET /v1/categories`: the ticket categories (the tenant's intent taxonomy).
+#[utoipa::path(get, path = "/categories", tag = "tickets", summary = "The category taxonomy", responses((status = 200, description = "Categories", body = serde_json::Value)))]
 pub async fn categories(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let d = desk(&state)?;
     let list: Vec<Value> = (d.categories)(&caller.tenant)
@@ -575,6 +583,7 @@ pub async fn categories(State(state): State<AppState>, caller: Caller) -> ApiRes
 }
 
 /// `GET /v1/sentiments`.
+#[utoipa::path(get, path = "/sentiments", tag = "tickets", summary = "The sentiment labels", responses((status = 200, description = "Sentiments", body = serde_json::Value)))]
 pub async fn sentiments(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Value>> {
     desk(&state)?;
     Ok(Json(json!({"sentiments": [
@@ -585,7 +594,7 @@ pub async fn sentiments(State(state): State<AppState>, _caller: Caller) -> ApiRe
 }
 
 /// Body of `POST /v1/conversations/{id}/feedback`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostFeedback {
     /// The answer (an assistant message id of the conversation).
@@ -595,6 +604,7 @@ pub struct PostFeedback {
     pub rating: Option<u8>,
     /// `up` or `down`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub thumb: Option<Thumb>,
     /// Free text.
     #[serde(default)]
@@ -602,6 +612,7 @@ pub struct PostFeedback {
 }
 
 /// `POST /v1/conversations/{id}/feedback` → 201 (or 200 when it replaced one).
+#[utoipa::path(post, path = "/conversations/{id}/feedback", tag = "feedback", summary = "Rate an answer", request_body = PostFeedback, params(("id" = String, Path, description = "Conversation id")), responses((status = 201, description = "Recorded (200 when it replaced the caller's earlier feedback)", body = serde_json::Value)))]
 pub async fn post_feedback(
     State(state): State<AppState>,
     caller: Caller,
@@ -773,6 +784,7 @@ async fn report(
 }
 
 /// `GET /v1/analytics/overview`.
+#[utoipa::path(get, path = "/analytics/overview", tag = "analytics", summary = "Messages, turns, tickets and latency over a range", params(("from" = Option<String>, Query), ("to" = Option<String>, Query)), responses((status = 200, description = "The report", body = serde_json::Value)))]
 pub async fn overview(
     State(state): State<AppState>,
     caller: Caller,
@@ -782,6 +794,7 @@ pub async fn overview(
 }
 
 /// `GET /v1/analytics/intents`.
+#[utoipa::path(get, path = "/analytics/intents", tag = "analytics", summary = "Intents over a range", params(("from" = Option<String>, Query), ("to" = Option<String>, Query)), responses((status = 200, description = "The report", body = serde_json::Value)))]
 pub async fn intents(
     State(state): State<AppState>,
     caller: Caller,
@@ -791,6 +804,7 @@ pub async fn intents(
 }
 
 /// `GET /v1/analytics/satisfaction` and `GET /v1/feedback/summary`.
+#[utoipa::path(get, path = "/analytics/satisfaction", tag = "analytics", summary = "Satisfaction over a range", params(("from" = Option<String>, Query, description = "Start (RFC 3339 or date)"), ("to" = Option<String>, Query)), responses((status = 200, description = "The report", body = serde_json::Value)))]
 pub async fn satisfaction(
     State(state): State<AppState>,
     caller: Caller,
@@ -799,7 +813,18 @@ pub async fn satisfaction(
     report(&state, &caller, raw, analytics::satisfaction_report).await
 }
 
+/// `GET /v1/feedback/summary`: the satisfaction report under the feedback path.
+#[utoipa::path(get, path = "/feedback/summary", tag = "feedback", summary = "Feedback summary over a range (the same report as /v1/analytics/satisfaction)", params(("from" = Option<String>, Query), ("to" = Option<String>, Query)), responses((status = 200, description = "The report", body = serde_json::Value)))]
+pub async fn feedback_summary(
+    state: State<AppState>,
+    caller: Caller,
+    raw: RawQuery,
+) -> ApiResult<Json<Value>> {
+    satisfaction(state, caller, raw).await
+}
+
 /// `GET /v1/analytics/tickets`.
+#[utoipa::path(get, path = "/analytics/tickets", tag = "analytics", summary = "Tickets over a range", params(("from" = Option<String>, Query), ("to" = Option<String>, Query)), responses((status = 200, description = "The report", body = serde_json::Value)))]
 pub async fn ticket_analytics(
     State(state): State<AppState>,
     caller: Caller,

@@ -240,6 +240,7 @@ fn clean(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
 }
 
 /// `POST /v1/documents`.
+#[utoipa::path(post, path = "/documents", tag = "knowledge", summary = "Upload a document (multipart/form-data: `file`, optional `title`, `tags`, `document_id`)", responses((status = 202, description = "Accepted: the document and its ingestion job", body = serde_json::Value)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -400,6 +401,7 @@ pub async fn create(
 }
 
 /// `GET /v1/documents?limit=&after=`.
+#[utoipa::path(get, path = "/documents", tag = "knowledge", summary = "List documents", responses((status = 200, description = "Documents", body = serde_json::Value)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -430,6 +432,7 @@ pub async fn list(
 }
 
 /// `GET /v1/documents/{id}`.
+#[utoipa::path(get, path = "/documents/{id}", tag = "knowledge", summary = "Read a document and its job status", params(("id" = String, Path, description = "Document id")), responses((status = 200, description = "The document", body = serde_json::Value)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -446,6 +449,7 @@ pub async fn get(
 }
 
 /// `DELETE /v1/documents/{id}`: the record and every chunk, at once.
+#[utoipa::path(delete, path = "/documents/{id}", tag = "knowledge", summary = "Delete a document and its chunks", params(("id" = String, Path, description = "Document id")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

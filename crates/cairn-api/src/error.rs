@@ -217,3 +217,96 @@ impl IntoResponse for ApiError {
 
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ErrorCode {
+    /// Every code, in declaration order (the OpenAPI document lists them).
+    pub const ALL: [ErrorCode; 32] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::MissingToken,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::ConversationNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
+        ErrorCode::TurnTimeout,
+        ErrorCode::QueueFull,
+        ErrorCode::TooManyConversations,
+        ErrorCode::TooManyStreams,
+        ErrorCode::SilenceNotFound,
+        ErrorCode::AlertsDisabled,
+        ErrorCode::InsightsDisabled,
+        ErrorCode::TicketNotFound,
+        ErrorCode::TicketsDisabled,
+        ErrorCode::AnalyticsDisabled,
+        ErrorCode::MessageNotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::BudgetExceeded,
+        ErrorCode::ModelNotFound,
+        ErrorCode::TurnFailed,
+        ErrorCode::CancelUnsupported,
+        ErrorCode::ReceiverFailed,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The position of the code in [`ErrorCode::ALL`]; a new variant fails to
+    /// compile here until it is added to both.
+    pub const fn index(self) -> usize {
+        match self {
+            ErrorCode::MalformedJson => 0,
+            ErrorCode::MissingField => 1,
+            ErrorCode::InvalidField => 2,
+            ErrorCode::UnsupportedMediaType => 3,
+            ErrorCode::PayloadTooLarge => 4,
+            ErrorCode::MissingToken => 5,
+            ErrorCode::InvalidToken => 6,
+            ErrorCode::TokenExpired => 7,
+            ErrorCode::Forbidden => 8,
+            ErrorCode::ConversationNotFound => 9,
+            ErrorCode::NotFound => 10,
+            ErrorCode::MethodNotAllowed => 11,
+            ErrorCode::Conflict => 12,
+            ErrorCode::TurnTimeout => 13,
+            ErrorCode::QueueFull => 14,
+            ErrorCode::TooManyConversations => 15,
+            ErrorCode::TooManyStreams => 16,
+            ErrorCode::SilenceNotFound => 17,
+            ErrorCode::AlertsDisabled => 18,
+            ErrorCode::InsightsDisabled => 19,
+            ErrorCode::TicketNotFound => 20,
+            ErrorCode::TicketsDisabled => 21,
+            ErrorCode::AnalyticsDisabled => 22,
+            ErrorCode::MessageNotFound => 23,
+            ErrorCode::RateLimited => 24,
+            ErrorCode::BudgetExceeded => 25,
+            ErrorCode::ModelNotFound => 26,
+            ErrorCode::TurnFailed => 27,
+            ErrorCode::CancelUnsupported => 28,
+            ErrorCode::ReceiverFailed => 29,
+            ErrorCode::Unavailable => 30,
+            ErrorCode::Internal => 31,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_code_once_in_order() {
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{}", c.as_str());
+        }
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+}

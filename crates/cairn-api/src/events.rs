@@ -114,6 +114,7 @@ where
 }
 
 /// `GET /v1/conversations/{id}/events`.
+#[utoipa::path(get, path = "/conversations/{id}/events", tag = "streaming", summary = "Stream the conversation's events (Server-Sent Events)", params(("id" = String, Path, description = "Conversation id"), ("after" = Option<u64>, Query, description = "Replay events after this id"), ("Last-Event-ID" = Option<u64>, Header, description = "Replay events after this id")), responses((status = 200, description = "`text/event-stream`; resume with `Last-Event-ID` or `?after=`", body = serde_json::Value)))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

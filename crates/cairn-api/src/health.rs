@@ -57,6 +57,7 @@ async fn components(state: &AppState) -> (bool, Value) {
 }
 
 /// `GET /health`: 200 when every component is up, 503 otherwise; the body says which.
+#[utoipa::path(get, path = "/health", tag = "health", summary = "Component health", responses((status = 200, description = "Healthy (503 when degraded)", body = serde_json::Value)), security(()))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (ok, body) = components(&state).await;
     let status = if ok {
@@ -68,6 +69,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 /// `GET /ready`: 200 when the store and the bus answer and the actors run.
+#[utoipa::path(get, path = "/ready", tag = "health", summary = "Readiness", responses((status = 200, description = "Ready (503 when not)", body = serde_json::Value)), security(()))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let ok = state.memory.ping().await.is_ok()
         && state.runtime.bus().ping().await.is_ok()
@@ -83,6 +85,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 /// `GET /live`: always 200 while the process serves requests.
+#[utoipa::path(get, path = "/live", tag = "health", summary = "Liveness", responses((status = 200, description = "Alive", body = serde_json::Value)), security(()))]
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }

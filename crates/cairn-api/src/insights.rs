@@ -117,13 +117,14 @@ fn api(state: &AppState) -> ApiResult<&Arc<InsightsApi>> {
 }
 
 /// Body of `POST /v1/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostSupportMessage {
     /// The conversation (created on first use); a new one when absent.
     #[serde(default)]
     pub conversation_id: Option<String>,
     /// `customer` or `agent`.
+    #[schema(value_type = String)]
     pub sender: Sender,
     /// The text.
     pub message: String,
@@ -136,6 +137,7 @@ pub struct PostSupportMessage {
 }
 
 /// `POST /v1/messages` → 202.
+#[utoipa::path(post, path = "/messages", tag = "insights", summary = "Post a support message for analysis (and a turn for customers)", request_body = PostSupportMessage, responses((status = 202, description = "Accepted", body = serde_json::Value)))]
 pub async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -226,7 +228,7 @@ pub async fn post_message(
 }
 
 /// Body of `POST /v1/analyze`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyzeBody {
     /// The text.
@@ -234,6 +236,7 @@ pub struct AnalyzeBody {
 }
 
 /// `POST /v1/analyze` → 200 with the analysis (nothing stored).
+#[utoipa::path(post, path = "/analyze", tag = "insights", summary = "Analyse a text without storing it", request_body = AnalyzeBody, responses((status = 200, description = "The analysis (schemas/insights.analysis.v1.json)", body = serde_json::Value)))]
 pub async fn analyze(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,6 +264,7 @@ pub async fn analyze(
 }
 
 /// `GET /v1/conversations/{id}/insights`.
+#[utoipa::path(get, path = "/conversations/{id}/insights", tag = "insights", summary = "Read a conversation's insights", params(("id" = String, Path, description = "Conversation id")), responses((status = 200, description = "Sentiment, intent, urgency, PII found, summary", body = serde_json::Value)))]
 pub async fn conversation_insights(
     State(state): State<AppState>,
     caller: Caller,

@@ -32,7 +32,10 @@
 //! - [`metrics`]: Prometheus `/metrics` and the HTTP request metrics.
 //! - [`cors`]: CORS for the configured browser origins.
 //! - [`health`]: `/health`, `/ready`, `/live`.
-//! - [`router`]: assembles everything into one `axum::Router`.
+//! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers'
+//!   annotations (`/openapi.json`) and the embedded reference page (`/docs`).
+//! - [`router`]: assembles everything into one `axum::Router`, registering
+//!   every route through the OpenAPI router so the document cannot drift.
 
 pub mod alerts;
 pub mod auth;
@@ -51,6 +54,7 @@ pub mod mcp;
 pub mod messages;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod request_id;
 pub mod router;
 pub mod search;

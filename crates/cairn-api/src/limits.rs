@@ -36,13 +36,15 @@ pub struct RequestLimits {
 
 /// The class of a request.
 pub fn classify(method: &Method, path: &str) -> RequestClass {
+    // Inside the `/v1` router the prefix is already stripped.
     let path = path.trim_end_matches('/');
+    let path = path.strip_prefix("/v1").unwrap_or(path);
     if *method == Method::POST {
-        if path == "/v1/documents" {
+        if path == "/documents" {
             return RequestClass::Uploads;
         }
         if path.ends_with("/messages")
-            || matches!(path, "/v1/tickets" | "/v1/analyze" | "/v1/chat/completions")
+            || matches!(path, "/tickets" | "/analyze" | "/chat/completions")
         {
             return RequestClass::Messages;
         }
@@ -152,6 +154,7 @@ pub async fn middleware(
 
 /// `GET /v1/usage`: the caller's tenant's token use and budget for today and
 /// this month (UTC).
+#[utoipa::path(get, path = "/usage", tag = "gateway", summary = "Token use and budgets of the caller's tenant", responses((status = 200, description = "Today's and this month's use and limits", body = serde_json::Value)))]
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,

@@ -58,7 +58,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
 }
 
 /// Body of `POST /v1/conversations/{id}/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
     /// The user's text.
@@ -77,6 +77,7 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /v1/conversations/{id}/messages`.
+#[utoipa::path(post, path = "/conversations/{id}/messages", tag = "messages", summary = "Post a user message (starts a turn)", request_body = PostMessage, params(("id" = String, Path, description = "Conversation id"), ("wait" = Option<bool>, Query, description = "Wait for the answer (up to server.wait_timeout)"), ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key never start a second turn")), responses((status = 202, description = "Accepted: `message_id`, `turn_id`, `events_url`. With `?wait=true` 200 and the outcome; with `Accept: text/event-stream` the turn's events", body = serde_json::Value)))]
 pub async fn post(
     State(state): State<AppState>,
     caller: Caller,
@@ -345,6 +346,7 @@ fn wait_body(request: &TurnRequest, events: &[StoredEvent]) -> Value {
 }
 
 /// `GET /v1/conversations/{id}/messages?from=&limit=`.
+#[utoipa::path(get, path = "/conversations/{id}/messages", tag = "messages", summary = "Read the transcript", params(("id" = String, Path, description = "Conversation id"), ("from" = Option<u64>, Query, description = "First sequence number"), ("limit" = Option<u64>, Query, description = "1 to 1000 (default 100)")), responses((status = 200, description = "Messages (`items`, `next_from`), analysed ones with `analysis`", body = serde_json::Value)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -125,6 +125,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics (text exposition)", responses((status = 200, description = "`text/plain; version=0.0.4`", body = serde_json::Value)), security(()))]
 pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(expected) = &state.settings.metrics_token {
         let sent = headers

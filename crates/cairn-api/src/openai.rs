@@ -50,7 +50,7 @@ const MAX_MESSAGES: usize = 256;
 const USER_NS: uuid::Uuid = uuid::Uuid::from_u128(0x3c5e_91a7_0d4b_4e2f_8a61_b7c9_d0e1_f2a3);
 
 /// One message of the request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessageIn {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
@@ -60,7 +60,7 @@ pub struct ChatMessageIn {
 }
 
 /// `stream_options`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     /// Send a usage-only chunk before `[DONE]`.
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct StreamOptions {
 /// The body of `POST /v1/chat/completions`. Sampling parameters
 /// (`temperature`, `max_tokens`, …) are accepted and ignored: the agent profile
 /// decides them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     /// `cairn` or an agent profile's name.
     pub model: String,
@@ -90,6 +90,7 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Value>,
     /// Ignored (as are other sampling parameters).
     #[serde(flatten)]
+    #[schema(ignore)]
     pub other: serde_json::Map<String, Value>,
 }
 
@@ -137,6 +138,7 @@ fn role_of(role: &str, index: usize) -> ApiResult<Role> {
 }
 
 /// `GET /v1/models`: `cairn` and every agent profile.
+#[utoipa::path(get, path = "/models", tag = "openai", summary = "OpenAI-compatible model list (the agent profiles)", responses((status = 200, description = "Models", body = serde_json::Value)))]
 pub async fn models(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let mut data = vec![json!({
         "id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "cairn",
@@ -209,6 +211,7 @@ async fn conversation_for(
 }
 
 /// `POST /v1/chat/completions`.
+#[utoipa::path(post, path = "/chat/completions", tag = "openai", summary = "OpenAI-compatible chat completion (non-streaming or `stream: true`)", request_body = ChatCompletionRequest, params(("X-Cairn-Conversation" = Option<String>, Header, description = "Continue this conversation")), responses((status = 200, description = "A `chat.completion`, or `chat.completion.chunk` events", body = serde_json::Value)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,

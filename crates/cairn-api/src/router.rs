@@ -9,7 +9,9 @@ use crate::{
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
@@ -22,76 +24,13 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Builds the API router.
+/// Builds the API router. Every route is registered through the OpenAPI
+/// router ([`utoipa_axum`]), so `/openapi.json` describes exactly what is
+/// served (plus `/mcp`, a service documented by hand).
 pub fn router(state: AppState) -> Router {
+    let (router, doc) = documented(&state);
+    let doc = crate::openapi::Doc::new(doc);
     let limit = state.settings.max_body_bytes;
-    let v1 = Router::new()
-        .route(
-            "/conversations",
-            get(conversations::list).post(conversations::create),
-        )
-        .route(
-            "/conversations/{id}",
-            get(conversations::get).delete(conversations::delete),
-        )
-        .route(
-            "/conversations/{id}/messages",
-            get(messages::list).post(messages::post),
-        )
-        .route("/conversations/{id}/events", get(events::stream))
-        .route("/conversations/{id}/ws", get(ws::native))
-        .route("/ws-ticket", post(ws::ticket))
-        .route(
-            "/conversations/{id}/insights",
-            get(insights::conversation_insights),
-        )
-        .route("/messages", post(insights::post_message))
-        .route("/tickets", post(desk::post_ticket).get(desk::list_tickets))
-        .route(
-            "/tickets/{id}",
-            get(desk::get_ticket).patch(desk::patch_ticket),
-        )
-        .route("/categories", get(desk::categories))
-        .route("/sentiments", get(desk::sentiments))
-        .route("/conversations/{id}/feedback", post(desk::post_feedback))
-        .route("/feedback/summary", get(desk::satisfaction))
-        .route("/analytics/overview", get(desk::overview))
-        .route("/analytics/intents", get(desk::intents))
-        .route("/analytics/satisfaction", get(desk::satisfaction))
-        .route("/analytics/tickets", get(desk::ticket_analytics))
-        .route("/analyze", post(insights::analyze))
-        .route("/search", get(search::search))
-        .route(
-            "/documents",
-            // Uploads may be larger than other bodies: the document limit plus
-            // room for the multipart framing and fields.
-            post(documents::create)
-                .layer(DefaultBodyLimit::max(
-                    state.settings.max_document_bytes.saturating_add(64 * 1024),
-                ))
-                .get(documents::list),
-        )
-        .route("/alerts", get(alerts::list).post(alerts::raise))
-        .route("/alerts/notifications", get(alerts::notifications))
-        .route("/alerts/test", post(alerts::test))
-        .route(
-            "/silences",
-            get(alerts::silences).post(alerts::create_silence),
-        )
-        .route(
-            "/silences/{id}",
-            get(alerts::get_silence).delete(alerts::expire_silence),
-        )
-        .route("/usage", get(limits::usage))
-        .route("/chat/completions", post(openai::chat_completions))
-        .route("/models", get(openai::models))
-        .route("/tools", get(tools::list))
-        .route("/admin/tools/reload", post(tools::reload))
-        .route(
-            "/documents/{id}",
-            get(documents::get).delete(documents::delete),
-        )
-        .route_layer(axum::middleware::from_fn(metrics::tag_route));
     let mcp = Router::new()
         .nest_service("/mcp", crate::mcp::service(state.clone()))
         .layer(axum::middleware::from_fn(crate::mcp::session_delete_ok))
@@ -99,27 +38,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::mcp::require_token,
         ));
-    let mut root = Router::new()
-        .route("/ws/conversations/{id}/stream", get(ws::seed))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/live", get(health::live));
-    if state.settings.metrics {
-        root = root.route("/metrics", get(metrics::render));
-    }
-    let limited = Router::new()
-        .nest("/v1", v1)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::middleware,
-        ));
-    let mut app = root
-        .route_layer(axum::middleware::from_fn(metrics::tag_route))
-        .merge(limited)
+    let mut app = router
         .merge(mcp)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit));
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(doc));
     if state.settings.metrics {
         app = app.layer(axum::middleware::from_fn(metrics::middleware));
     }
@@ -128,6 +52,71 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// The routes with their OpenAPI description (finished by [`crate::openapi::finish`]).
+pub fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    // Uploads may be larger than other bodies: the document limit plus room for
+    // the multipart framing and fields.
+    let (schemas, paths, upload) = routes!(documents::create);
+    let upload = upload.layer(DefaultBodyLimit::max(
+        state.settings.max_document_bytes.saturating_add(64 * 1024),
+    ));
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(conversations::list, conversations::create))
+        .routes(routes!(conversations::get, conversations::delete))
+        .routes(routes!(messages::list, messages::post))
+        .routes(routes!(events::stream))
+        .routes(routes!(ws::native))
+        .routes(routes!(ws::ticket))
+        .routes(routes!(insights::conversation_insights))
+        .routes(routes!(insights::post_message))
+        .routes(routes!(desk::post_ticket, desk::list_tickets))
+        .routes(routes!(desk::get_ticket, desk::patch_ticket))
+        .routes(routes!(desk::categories))
+        .routes(routes!(desk::sentiments))
+        .routes(routes!(desk::post_feedback))
+        .routes(routes!(desk::feedback_summary))
+        .routes(routes!(desk::overview))
+        .routes(routes!(desk::intents))
+        .routes(routes!(desk::satisfaction))
+        .routes(routes!(desk::ticket_analytics))
+        .routes(routes!(insights::analyze))
+        .routes(routes!(search::search))
+        .routes((schemas, paths, upload))
+        .routes(routes!(documents::list))
+        .routes(routes!(documents::get, documents::delete))
+        .routes(routes!(alerts::list, alerts::raise))
+        .routes(routes!(alerts::notifications))
+        .routes(routes!(alerts::test))
+        .routes(routes!(alerts::silences, alerts::create_silence))
+        .routes(routes!(alerts::get_silence, alerts::expire_silence))
+        .routes(routes!(limits::usage))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(openai::models))
+        .routes(routes!(tools::list))
+        .routes(routes!(tools::reload))
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::middleware,
+        ));
+    let mut root = OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(ws::seed))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::live))
+        .routes(routes!(crate::openapi::json))
+        .routes(routes!(crate::openapi::docs))
+        .routes(routes!(crate::openapi::docs_script));
+    if state.settings.metrics {
+        root = root.routes(routes!(metrics::render));
+    }
+    let (router, doc) = root
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
+        .nest("/v1", v1)
+        .split_for_parts();
+    (router, crate::openapi::finish(doc))
 }
 
 /// The router of a worker-only process: `/health`, `/ready` and `/live`.

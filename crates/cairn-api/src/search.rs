@@ -56,6 +56,7 @@ pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
 }
 
 /// `GET /v1/search`.
+#[utoipa::path(get, path = "/search", tag = "knowledge", summary = "Hybrid search over the knowledge base", params(("q" = String, Query, description = "The query"), ("limit" = Option<u64>, Query)), responses((status = 200, description = "Passages with scores", body = serde_json::Value)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,

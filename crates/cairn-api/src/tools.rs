@@ -43,11 +43,13 @@ fn listing(state: &AppState, caller: &Caller) -> Value {
 }
 
 /// `GET /v1/tools`.
+#[utoipa::path(get, path = "/tools", tag = "tools", summary = "The MCP tools available to the caller", responses((status = 200, description = "Tools and servers", body = serde_json::Value)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     Ok(Json(listing(&state, &caller)))
 }
 
 /// `POST /v1/admin/tools/reload`.
+#[utoipa::path(post, path = "/admin/tools/reload", tag = "tools", summary = "Reload the MCP servers from the config (operator scope)", responses((status = 200, description = "The reload outcome", body = serde_json::Value)))]
 pub async fn reload(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     if !caller.has_scope(OPERATOR_SCOPE) {
         return Err(ApiError::new(

@@ -82,6 +82,7 @@ fn ticket_key(expires_ms: i64, secret: &str) -> String {
 }
 
 /// `POST /v1/ws-ticket`: a single-use ticket for `?ticket=` on a WebSocket.
+#[utoipa::path(post, path = "/ws-ticket", tag = "streaming", summary = "Get a single-use WebSocket ticket (30 s)", responses((status = 200, description = "`ticket`, `expires_at`", body = serde_json::Value)))]
 pub async fn ticket(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     use base64::Engine;
     let expires = chrono::Utc::now() + TICKET_TTL;
@@ -204,6 +205,7 @@ async fn authenticate(
 }
 
 /// `GET /v1/conversations/{id}/ws`.
+#[utoipa::path(get, path = "/conversations/{id}/ws", tag = "streaming", summary = "Open a WebSocket on the conversation (events out, messages in)", params(("id" = String, Path, description = "Conversation id"), ("since" = Option<u64>, Query, description = "Replay events after this id"), ("ticket" = Option<String>, Query, description = "A ticket from POST /v1/ws-ticket (browsers)")), responses((status = 101, description = "Switching protocols; see the `ws` module docs for the frames")))]
 pub async fn native(
     state: State<AppState>,
     path: Path<String>,
@@ -215,6 +217,7 @@ pub async fn native(
 }
 
 /// `GET /ws/conversations/{id}/stream` (the seed path).
+#[utoipa::path(get, path = "/ws/conversations/{id}/stream", tag = "streaming", summary = "WebSocket on the seed path (`connected`, `intelligence_update` frames)", params(("id" = String, Path, description = "Conversation id"), ("ticket" = Option<String>, Query)), responses((status = 101, description = "Switching protocols")))]
 pub async fn seed(
     state: State<AppState>,
     path: Path<String>,

@@ -1078,3 +1078,144 @@ mod ws {
         server.stop().await;
     }
 }
+
+// ---- OpenAPI ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&config(dir.path(), None)).await;
+    let anon = named_client(&server, None);
+    let r = anon.get("/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let doc = r.body;
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let codes: Vec<&str> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    for code in [
+        "invalid_token",
+        "rate_limited",
+        "budget_exceeded",
+        "model_not_found",
+        "internal",
+    ] {
+        assert!(
+            codes.contains(&code),
+            "{code} missing from the Error schema"
+        );
+    }
+
+    // Validated by the Python ecosystem's validator.
+    let python = std::env::var("CAIRN_TEST_PYTHON_MCP").expect(
+        "CAIRN_TEST_PYTHON_MCP is not set: run the tests with scripts/test.sh, which installs openapi-spec-validator",
+    );
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = tokio::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every documented operation is routed: probing it never hits the
+    // unknown-route or wrong-method fallbacks.
+    let token = server.token("acme", "ana");
+    let c = named_client(&server, Some(token));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut probed = 0;
+    for (path, item) in paths {
+        for method in ["get", "post", "patch", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            assert!(
+                item[method]["responses"].as_object().unwrap().len() >= 2,
+                "{method} {path} documents its errors"
+            );
+            let concrete = path.replace("{id}", "no-such-id");
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let mut req = c.req(m, &concrete);
+            if method == "post" || method == "patch" {
+                req = req.json(&json!({}));
+            }
+            let r = c.send(req).await;
+            let fallback = r.body["error"]["message"] == "no such route"
+                || r.body["error"]["code"] == "method_not_allowed";
+            assert!(
+                !fallback,
+                "{method} {path} is documented but not routed: {}",
+                r.body
+            );
+            probed += 1;
+        }
+    }
+    assert!(probed >= 50, "only {probed} operations documented");
+    for must in [
+        "/v1/chat/completions",
+        "/v1/conversations/{id}/ws",
+        "/v1/usage",
+        "/metrics",
+        "/mcp",
+    ] {
+        assert!(paths.contains_key(must), "{must} is not documented");
+    }
+    // The router registers routes only through the OpenAPI router: a plain
+    // `.route(` in `documented` would serve an undocumented route.
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-api/src/router.rs"),
+    )
+    .unwrap();
+    let body = source
+        .split("pub fn documented")
+        .nth(1)
+        .unwrap()
+        .split("\n}\n")
+        .next()
+        .unwrap();
+    assert!(
+        !body.contains(".route("),
+        "an undocumented route in router::documented"
+    );
+
+    // The reference page and its script come from the binary.
+    let page = anon.get("/docs").await;
+    assert_eq!(page.status, 200);
+    let html = page.body.as_str().unwrap();
+    assert!(html.contains("/docs/rapidoc-min.js") && html.contains("/openapi.json"));
+    assert!(
+        !html.contains("https://") && !html.contains("http://"),
+        "no CDN: {html}"
+    );
+    let js = anon
+        .http
+        .get(format!("{}/docs/rapidoc-min.js", anon.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(
+        js.text().await.unwrap().len() > 500_000,
+        "the whole script is served"
+    );
+    server.stop().await;
+}
