@@ -385,7 +385,14 @@ pub async fn run_conversation_bridge(ctx: Consuming, supervisor: ActorRef<Superv
     let c = ctx.clone();
     pump(consumer, ctx, CONVERSATION_GROUP, move |rec| {
         let (ctx, supervisor) = (c.clone(), supervisor.clone());
-        let request: Result<TurnRequest, _> = serde_json::from_value(rec.envelope.data.clone());
+        let request: Result<TurnRequest, _> = serde_json::from_value(rec.envelope.data.clone())
+            .map(|mut r: TurnRequest| {
+                // The turn joins the trace of the request that sent it.
+                if r.traceparent.is_none() {
+                    r.traceparent = rec.envelope.traceparent.clone();
+                }
+                r
+            });
         // Deliver now, in offset order; only the wait for the answer is deferred.
         let first = request.as_ref().ok().map(|r| deliver(&supervisor, r.clone()));
         Box::pin(async move {

@@ -49,6 +49,8 @@ impl From<StoreError> for DeliveryError {
 }
 
 /// Messages of a conversation actor.
+// A request moves through once per turn; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ConversationMsg {
     /// Persist a request in the conversation's queue (deduplicated on its message
     /// id), answer, then run it when its turn comes.
@@ -450,7 +452,26 @@ fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     };
     let turn_id = request.turn_id.clone();
     let deps = state.deps.clone();
-    let task = tokio::spawn(async move { run_turn(&deps, request, checkpoint, Some(fence)).await });
+    // The turn's span continues the trace of the request that caused it.
+    let cx = crate::trace::turn_context(&request);
+    // Log lines of the turn carry its trace id (JSON logs show span fields).
+    let trace_id = request
+        .traceparent
+        .as_deref()
+        .and_then(|t| t.split('-').nth(1))
+        .unwrap_or_default()
+        .to_owned();
+    let log_span = tracing::info_span!("turn", trace_id = %trace_id);
+    let task = tokio::spawn(async move {
+        use opentelemetry::context::FutureExt as _;
+        use tracing::Instrument as _;
+        let r = run_turn(&deps, request, checkpoint, Some(fence))
+            .with_context(cx.clone())
+            .instrument(log_span)
+            .await;
+        crate::trace::end(&cx, r.as_ref().err().map(|_| "store_error"), Vec::new());
+        r
+    });
     state.running = Some((turn_id.clone(), task.abort_handle()));
     let me = myself.clone();
     tokio::spawn(async move {

@@ -321,6 +321,7 @@ async fn draft_reply(deps: &TicketDeps, t: &Ticket) -> Result<SuggestedReply, St
                         idempotency_key: format!("ticket:{}:{}:{j}", t.ticket_id, t.revision),
                         deadline: agent.settings.tool_timeout,
                         knowledge_tags: Vec::new(),
+                        traceparent: None,
                     };
                     match tokio::time::timeout(
                         agent.settings.tool_timeout,

@@ -26,6 +26,7 @@
 //! - [`desk`]: the ticket enricher (`tickets` → enriched tickets, risk alerts)
 //!   and the analytics consumer (bus events → counters).
 //! - [`metered`]: Prometheus metrics of turns, steps, model and tool calls.
+//! - [`trace`]: OpenTelemetry spans of turns, model calls and tool calls.
 //! - [`runtime`]: starts and stops all of the above; the API's entry point.
 
 pub mod bridge;
@@ -39,6 +40,7 @@ pub mod metered;
 pub mod runtime;
 pub mod settings;
 pub mod supervisor;
+pub mod trace;
 pub mod turn;
 
 pub use catalog::{ToolCatalog, ToolProvider};

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub type ConvKey = (TenantId, ConversationId);
 
 /// Messages of the supervisor.
+// A request moves through once per turn; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum SupervisorMsg {
     /// Hand a request to its conversation's actor (spawning it if needed).
     Deliver(TurnRequest, RpcReplyPort<Result<Enqueued, DeliveryError>>),

@@ -329,15 +329,44 @@ async fn call_model(
 ) -> Result<Result<ChatResponse, ModelError>, StoreError> {
     let tenant = cp.request.tenant_id.to_string();
     let started = Instant::now();
+    let provider = deps.model.provider();
+    let model = request
+        .options
+        .model
+        .clone()
+        .or_else(|| deps.model.model_name().map(str::to_owned))
+        .unwrap_or_else(|| provider.to_owned());
+    let span = crate::trace::child(
+        format!("chat {model}"),
+        opentelemetry::trace::SpanKind::Client,
+        vec![
+            opentelemetry::KeyValue::new("gen_ai.operation.name", "chat"),
+            opentelemetry::KeyValue::new("gen_ai.provider.name", provider),
+            opentelemetry::KeyValue::new("gen_ai.request.model", model),
+        ],
+    );
     let report = |r: &Result<ChatResponse, ModelError>| {
-        crate::metered::model_called(deps.model.provider(), r, started.elapsed());
+        let usage = match r {
+            Ok(ChatResponse { usage: Some(u), .. }) => vec![
+                opentelemetry::KeyValue::new("gen_ai.usage.input_tokens", u.input_tokens as i64),
+                opentelemetry::KeyValue::new("gen_ai.usage.output_tokens", u.output_tokens as i64),
+            ],
+            _ => Vec::new(),
+        };
+        crate::trace::end(&span, r.as_ref().err().map(|e| e.for_users().0), usage);
+        crate::metered::model_called(provider, r, started.elapsed());
         deps.signals.emit(cairn_core::signals::Signal::ModelCall {
             tenant: tenant.clone(),
             failed: r.is_err(),
         });
     };
+    use opentelemetry::context::FutureExt as _;
     if !deps.settings.stream || !may_stream {
-        let r = deps.model.complete(request, None).await;
+        let r = deps
+            .model
+            .complete(request, None)
+            .with_context(span.clone())
+            .await;
         report(&r);
         return Ok(r);
     }
@@ -360,7 +389,11 @@ async fn call_model(
             Ok::<(), StoreError>(())
         })
     };
-    let result = deps.model.complete(request, Some(&tx)).await;
+    let result = deps
+        .model
+        .complete(request, Some(&tx))
+        .with_context(span.clone())
+        .await;
     report(&result);
     drop(tx);
     // Every delta is written before the answer that follows it.
@@ -411,6 +444,15 @@ async fn run_tool_step(
     let turn = cp.request.turn_id.clone();
     let deadline = deps.settings.tool_timeout;
     let started = Instant::now();
+    let span = crate::trace::child(
+        format!("execute_tool {}", call.name),
+        opentelemetry::trace::SpanKind::Internal,
+        vec![
+            opentelemetry::KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            opentelemetry::KeyValue::new("gen_ai.tool.name", call.name.clone()),
+            opentelemetry::KeyValue::new("gen_ai.tool.call.id", call.id.clone()),
+        ],
+    );
     let profile = current_profile(deps, cp);
     let mut handoff = None;
     let allowed = profile.is_none_or(|p| {
@@ -452,6 +494,7 @@ async fn run_tool_step(
                 knowledge_tags: profile
                     .map(|p| p.knowledge_tags.clone())
                     .unwrap_or_default(),
+                traceparent: crate::trace::traceparent_of(&span),
                 tenant_id: cp.request.tenant_id.clone(),
                 user_id: cp.request.user_id.clone(),
                 conversation_id: cp.request.conversation_id.clone(),
@@ -478,6 +521,7 @@ async fn run_tool_step(
             }
         }
     };
+    crate::trace::end(&span, is_error.then_some("tool_error"), Vec::new());
     crate::metered::tool_called(&call.name, is_error, started.elapsed());
     let outcome = ToolOutcome {
         is_error,

@@ -519,6 +519,7 @@ async fn an_accepted_message_survives_a_crash_before_its_turn_starts() {
         accepted_at: now,
         redacted_pii: None,
         agent: None,
+        traceparent: None,
     };
     let env = cairn_core::envelope::Envelope::new(
         cairn_core::envelope::USER_MESSAGE,

@@ -86,6 +86,11 @@ pub fn rate_limited(class: RequestClass) {
 #[derive(Clone)]
 struct Route(String);
 
+/// The route template a response was tagged with (by [`tag_route`]).
+pub fn route_of(response: &Response) -> Option<&str> {
+    response.extensions().get::<Route>().map(|r| r.0.as_str())
+}
+
 /// Tags the response with the route template that matched.
 pub async fn tag_route(request: Request, next: Next) -> Response {
     let route = request

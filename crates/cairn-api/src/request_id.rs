@@ -44,6 +44,49 @@ fn new_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
+fn http_span(method: &str, path: &str, incoming: Option<&str>) -> opentelemetry::Context {
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+    let parent = match incoming {
+        Some(tp) => {
+            let carrier: std::collections::HashMap<String, String> =
+                [("traceparent".to_owned(), tp.to_owned())].into();
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+        }
+        None => opentelemetry::Context::new(),
+    };
+    let tracer = opentelemetry::global::tracer(cairn_actors::trace::SCOPE);
+    let span = tracer
+        .span_builder(method.to_owned())
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            opentelemetry::KeyValue::new("http.request.method", method.to_owned()),
+            opentelemetry::KeyValue::new("url.path", path.to_owned()),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
+}
+
+fn end_http_span(cx: &opentelemetry::Context, method: &str, resp: &Response) {
+    use opentelemetry::trace::{Status, TraceContextExt};
+    let span = cx.span();
+    if !span.span_context().is_valid() {
+        return;
+    }
+    let status = resp.status().as_u16();
+    if let Some(route) = crate::metrics::route_of(resp) {
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(opentelemetry::KeyValue::new("http.route", route.to_owned()));
+    }
+    span.set_attribute(opentelemetry::KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= 500 {
+        span.set_status(Status::error(status.to_string()));
+    }
+    span.end();
+}
+
 /// The id of the request being handled (empty outside a request).
 pub fn current() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
@@ -67,18 +110,27 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(HEADER, value.clone());
-    let trace = req
+    let incoming = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_traceparent(v))
-        .map(str::to_owned)
+        .map(str::to_owned);
+    // The request's span (a no-op unless a tracer provider is installed); the
+    // trace context handed to the bus is this span's, so the turn joins it.
+    let method = req.method().as_str().to_owned();
+    let cx = http_span(&method, req.uri().path(), incoming.as_deref());
+    let trace = cairn_actors::trace::traceparent_of(&cx)
+        .or(incoming)
         .unwrap_or_else(new_traceparent);
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let trace_id = trace.split('-').nth(1).unwrap_or_default().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, trace_id = %trace_id, method = %req.method(), path = %req.uri().path());
     let work = TRACEPARENT.scope(trace, next.run(req));
+    let work = opentelemetry::context::FutureExt::with_context(work, cx.clone());
     let mut resp = REQUEST_ID
         .scope(id, tracing::Instrument::instrument(work, span))
         .await;
+    end_http_span(&cx, &method, &resp);
     resp.headers_mut().insert(HEADER, value);
     resp
 }

@@ -82,6 +82,8 @@ pub struct Config {
     pub metrics: crate::gateway_config::MetricsConfig,
     /// Browser origins allowed to call the API.
     pub cors: crate::gateway_config::CorsConfig,
+    /// OpenTelemetry traces.
+    pub telemetry: crate::gateway_config::TelemetryConfig,
 }
 
 /// `[mcp]`
@@ -746,6 +748,9 @@ impl Config {
                     });
                 }
             }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return bad("telemetry.sample_ratio", "must be between 0.0 and 1.0");
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");

@@ -236,6 +236,10 @@ pub struct TurnRequest {
     /// it answers this turn instead of the one routing would pick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The W3C trace context of the request that caused the turn (copied from
+    /// the bus envelope), so the turn's spans join the request's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl TurnRequest {
@@ -256,6 +260,7 @@ impl TurnRequest {
             accepted_at: Utc::now(),
             redacted_pii: None,
             agent: None,
+            traceparent: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Gateway configuration: request rate limits (`[rate_limits]`), token budgets
 //! for model calls (`[budgets]`), the Prometheus endpoint (`[metrics]`) and CORS
-//! (`[cors]`).
+//! (`[cors]`) and OpenTelemetry traces (`[telemetry]`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -204,6 +204,36 @@ impl Default for CorsConfig {
         Self {
             allowed_origins: Vec::new(),
             max_age: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP (HTTP/protobuf).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of the OTLP/HTTP receiver (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector:4318`. Unset: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// variables switch tracing on; with neither, no spans are recorded.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Fraction of new traces recorded (0.0 to 1.0); a sampled parent's
+    /// decision is always followed.
+    pub sample_ratio: f64,
+    /// Timeout of one export.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: std::time::Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "cairn".into(),
+            sample_ratio: 1.0,
+            export_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

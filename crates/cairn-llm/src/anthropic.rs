@@ -112,6 +112,10 @@ impl ChatModel for AnthropicModel {
         "anthropic"
     }
 
+    fn model_name(&self) -> Option<&str> {
+        Some(&self.base.model)
+    }
+
     async fn complete(
         &self,
         req: &ChatRequest,

@@ -161,6 +161,10 @@ impl ChatModel for GeminiModel {
         "gemini"
     }
 
+    fn model_name(&self) -> Option<&str> {
+        Some(&self.base.model)
+    }
+
     async fn complete(
         &self,
         req: &ChatRequest,

@@ -115,6 +115,10 @@ impl ChatModel for OpenAiModel {
         "openai"
     }
 
+    fn model_name(&self) -> Option<&str> {
+        Some(&self.base.model)
+    }
+
     /// `response_format: {"type": "json_schema", "json_schema": {name, schema,
     /// strict: true}}`, not streamed.
     async fn complete_json(

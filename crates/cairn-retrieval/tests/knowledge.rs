@@ -179,6 +179,7 @@ async fn the_search_knowledge_tool_returns_passages_of_the_callers_tenant() {
     let tool = SearchKnowledgeTool::new(kb, 3);
     let ctx = |t: &str| ToolContext {
         knowledge_tags: Vec::new(),
+        traceparent: None,
         tenant_id: tenant(t),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::generate(),

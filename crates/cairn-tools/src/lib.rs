@@ -12,7 +12,8 @@
 //!   tenant (`allowed_tenants`), validates the arguments against the tool's input
 //!   schema before anything is sent, carries the idempotency key `turn_id:step` in
 //!   the request's `_meta` (`idempotency_key`) beside the caller's `tenant_id`
-//!   and `user_id`, and has a deadline (the server's
+//!   and `user_id` (and the call span's W3C `traceparent` when tracing is on),
+//!   and has a deadline (the server's
 //!   `timeout`): when it passes, the server is sent a cancellation and the agent
 //!   gets a tool error. Progress notifications extend the deadline, up to
 //!   `mcp.max_call_duration`. Results longer than `mcp.max_result_bytes` are cut
@@ -589,6 +590,10 @@ impl Tool for McpTool {
         meta.insert(IDEMPOTENCY_META_KEY.into(), json!(ctx.idempotency_key));
         meta.insert(TENANT_META_KEY.into(), json!(ctx.tenant_id.as_str()));
         meta.insert(USER_META_KEY.into(), json!(ctx.user_id.as_str()));
+        if let Some(tp) = &ctx.traceparent {
+            // W3C trace context, as the MCP tracing convention carries it.
+            meta.insert("traceparent".into(), json!(tp));
+        }
         let options = PeerRequestOptions::with_timeout(self.timeout)
             .reset_timeout_on_progress()
             .with_max_total_timeout(self.settings.max_call_duration)

@@ -54,6 +54,7 @@ fn settings(server: McpServerConfig) -> McpConfig {
 fn ctx() -> ToolContext {
     ToolContext {
         knowledge_tags: Vec::new(),
+        traceparent: None,
         tenant_id: TenantId::parse("acme").unwrap(),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("c1").unwrap(),

@@ -48,6 +48,7 @@ fn tenant(t: &str) -> TenantId {
 fn ctx(t: &str, key: &str) -> ToolContext {
     ToolContext {
         knowledge_tags: Vec::new(),
+        traceparent: None,
         tenant_id: tenant(t),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("c1").unwrap(),

@@ -67,6 +67,8 @@ pub struct App {
     pub knowledge: Option<KnowledgeBase>,
     /// True when the JWT secret was generated (development mode).
     pub dev_secret: bool,
+    /// The OpenTelemetry exporter, flushed at shutdown.
+    telemetry: Option<crate::telemetry::Telemetry>,
     /// The retention sweeper, stopped at shutdown.
     sweeper: Option<tokio::task::JoinHandle<()>>,
     /// Tells open streams that the server is closing.
@@ -749,6 +751,7 @@ pub async fn build(
             }
         })
     });
+    let telemetry = crate::telemetry::install(&config.telemetry, env)?;
     let metrics_token =
         match &config.metrics.bearer_token_env {
             Some(var) => Some(env(var).filter(|v| !v.is_empty()).with_context(|| {
@@ -832,6 +835,7 @@ pub async fn build(
     crate::datadir::restrict(dir)
         .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
     Ok(App {
+        telemetry,
         state,
         knowledge,
         dev_secret,
@@ -889,6 +893,11 @@ impl App {
             .take();
         if let Some(m) = maintainer {
             let _ = m.await;
+        }
+        if let Some(t) = &self.telemetry {
+            // The exporter blocks while it flushes: off the async workers.
+            let t = t.clone();
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`builtin_tools`]: tools every conversation gets.
 //! - [`datadir`]: the data dir made private (0700, files 0600).
 //! - [`alerts_cli`]: `cairn alerts …` against a running server.
+//! - [`telemetry`]: the OpenTelemetry tracer provider (OTLP/HTTP), when configured.
 //! - [`ingest`]: `cairn ingest` / `cairn search` over the embedded knowledge base.
 
 pub mod alerts_cli;
@@ -18,3 +19,4 @@ pub mod datadir;
 pub mod ingest;
 pub mod insights_eval;
 pub mod secret;
+pub mod telemetry;

@@ -665,6 +665,7 @@ async fn tools(
             };
             let ctx = cairn_core::ports::ToolContext {
                 knowledge_tags: Vec::new(),
+                traceparent: None,
                 tenant_id: tenant.clone(),
                 user_id: UserId::parse(user)?,
                 conversation_id: ConversationId::parse("cli")?,

@@ -13,6 +13,7 @@ use common::{Client, Server, config};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -377,6 +378,7 @@ fn with_echo_model(cfg: &mut cairn_core::config::Config, url: &str) {
 
 fn limited(cfg: &mut cairn_core::config::Config) {
     use cairn_core::gateway_config::{ClassLimits, Rate, TenantLimits};
+    cfg.rate_limits.enabled = true;
     cfg.rate_limits.messages = ClassLimits {
         tenant: Rate {
             per_minute: 600,
@@ -1218,4 +1220,215 @@ async fn the_openapi_document_covers_every_route_and_validates() {
         "the whole script is served"
     );
     server.stop().await;
+}
+
+// ---- OpenTelemetry -----------------------------------------------------------------
+
+mod otel {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use prost::Message as _;
+
+    #[derive(Debug, Clone)]
+    struct SpanSeen {
+        name: String,
+        trace: String,
+        id: String,
+        parent: String,
+        attributes: HashMap<String, String>,
+    }
+
+    type Spans = Arc<Mutex<Vec<SpanSeen>>>;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// An OTLP/HTTP receiver: decodes `ExportTraceServiceRequest` protobufs.
+    async fn receiver() -> (String, Spans) {
+        let spans: Spans = Arc::default();
+        let seen = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let req = ExportTraceServiceRequest::decode(body).unwrap();
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            for s in ss.spans {
+                                let attributes = s
+                                    .attributes
+                                    .iter()
+                                    .map(|kv| {
+                                        let v = kv
+                                            .value
+                                            .as_ref()
+                                            .and_then(|v| v.value.as_ref())
+                                            .map(|v| format!("{v:?}"))
+                                            .unwrap_or_default();
+                                        (kv.key.clone(), v)
+                                    })
+                                    .collect();
+                                seen.lock().unwrap().push(SpanSeen {
+                                    name: s.name,
+                                    trace: hex(&s.trace_id),
+                                    id: hex(&s.span_id),
+                                    parent: hex(&s.parent_span_id),
+                                    attributes,
+                                });
+                            }
+                        }
+                    }
+                    (
+                        [(header::CONTENT_TYPE, "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        (common::serve_local(app).await, spans)
+    }
+
+    /// A model that calls the tool whose name contains `whoami`, then answers
+    /// with the observation.
+    async fn tool_model() -> String {
+        async fn chat(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+            let messages = body["messages"].as_array().cloned().unwrap_or_default();
+            let observation = messages
+                .iter()
+                .rev()
+                .take_while(|m| m["role"] != "user")
+                .find(|m| m["role"] == "tool")
+                .cloned();
+            let tool = body["tools"]
+                .as_array()
+                .and_then(|ts| {
+                    ts.iter()
+                        .filter_map(|t| t["function"]["name"].as_str())
+                        .find(|n| n.contains("whoami"))
+                })
+                .unwrap_or("missing")
+                .to_owned();
+            axum::Json(match observation {
+                None => {
+                    json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": "{}"}}]}}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+                }
+                Some(obs) => json!({"choices": [{"message": {"role": "assistant",
+                    "content": format!("meta: {}", obs["content"].as_str().unwrap_or("?"))}}],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 5}}),
+            })
+        }
+        common::serve_local(
+            axum::Router::new().route("/chat/completions", axum::routing::post(chat)),
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_trace_links_request_turn_model_and_tool() {
+        let python = std::env::var("CAIRN_TEST_PYTHON_MCP").expect(
+            "CAIRN_TEST_PYTHON_MCP is not set: run the tests with scripts/test.sh, which installs the MCP Python SDK",
+        );
+        let (otlp, spans) = receiver().await;
+        let model = tool_model().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), None);
+        with_echo_model(&mut cfg, &model);
+        cfg.telemetry.otlp_endpoint = Some(otlp);
+        cfg.mcp.servers = vec![cairn_core::config::McpServerConfig {
+            name: "trace".into(),
+            transport: cairn_core::config::McpTransport::Stdio,
+            command: Some(python),
+            args: vec![
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python/meta_echo_server.py")
+                    .display()
+                    .to_string(),
+            ],
+            env: Default::default(),
+            cwd: None,
+            url: None,
+            headers: Default::default(),
+            timeout: Duration::from_secs(20),
+            allowed_tenants: vec!["acme".into()],
+            allowed_tools: vec![],
+            denied_tools: vec![],
+        }];
+        let mut server = Server::start(&cfg).await;
+        let c = named_client(&server, Some(server.token("acme", "ana")));
+        for _ in 0..500 {
+            if c.get("/v1/tools").await.body["servers"][0]["health"] == "healthy" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let tools = c.get("/v1/tools").await;
+        assert_eq!(
+            tools.body["servers"][0]["health"], "healthy",
+            "{}",
+            tools.body
+        );
+        let conv = c.new_conversation().await;
+        let answer = c.ask(&conv, "who am I?").await;
+        let text = answer["answer"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            text.contains("traceparent"),
+            "the MCP server saw no traceparent: {answer}"
+        );
+        // Spans are exported in batches: stopping the server flushes them.
+        server.stop().await;
+
+        let spans = spans.lock().unwrap().clone();
+        let turn = spans
+            .iter()
+            .find(|s| s.name.starts_with("invoke_agent"))
+            .unwrap_or_else(|| panic!("no turn span in {spans:#?}"));
+        let trace = turn.trace.clone();
+        let http = spans
+            .iter()
+            .find(|s| s.id == turn.parent)
+            .unwrap_or_else(|| panic!("the turn's parent was not exported: {spans:#?}"));
+        assert_eq!(http.name, "POST /v1/conversations/{id}/messages");
+        assert_eq!(http.trace, trace);
+        assert!(
+            http.attributes["http.response.status_code"].contains("200"),
+            "{http:?}"
+        );
+        let chats: Vec<&SpanSeen> = spans.iter().filter(|s| s.name == "chat echo").collect();
+        assert_eq!(chats.len(), 2, "{spans:#?}");
+        for chat in &chats {
+            assert_eq!(
+                (chat.trace.as_str(), chat.parent.as_str()),
+                (trace.as_str(), turn.id.as_str())
+            );
+            assert!(chat.attributes["gen_ai.request.model"].contains("echo"));
+            assert!(chat.attributes["gen_ai.provider.name"].contains("openai"));
+            assert!(
+                chat.attributes.contains_key("gen_ai.usage.input_tokens"),
+                "{chat:?}"
+            );
+        }
+        let tool = spans
+            .iter()
+            .find(|s| s.name == "execute_tool trace.whoami")
+            .unwrap_or_else(|| panic!("no tool span in {spans:#?}"));
+        assert_eq!(
+            (tool.trace.as_str(), tool.parent.as_str()),
+            (trace.as_str(), turn.id.as_str())
+        );
+        // The MCP server got the tool span's context in `_meta`.
+        assert!(
+            text.contains(&format!("00-{trace}-{}-01", tool.id)),
+            "{text} does not carry {trace}/{}",
+            tool.id
+        );
+    }
 }

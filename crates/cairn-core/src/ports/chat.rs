@@ -159,6 +159,11 @@ pub trait ChatModel: Send + Sync + 'static {
     /// Provider name for metadata and `/health` (`offline`, `openai`, …).
     fn provider(&self) -> &'static str;
 
+    /// The configured model name (`llm.model`), when there is one.
+    fn model_name(&self) -> Option<&str> {
+        None
+    }
+
     /// Whether this is a real LLM (false for the offline planner).
     fn is_llm(&self) -> bool {
         true

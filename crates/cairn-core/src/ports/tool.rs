@@ -36,6 +36,9 @@ pub struct ToolContext {
     /// Knowledge search only sees documents with one of these tags (the agent
     /// profile's `knowledge_tags`; empty: no restriction).
     pub knowledge_tags: Vec<String>,
+    /// The W3C trace context of the tool call's span; MCP calls carry it in
+    /// `_meta.traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// A tool's result. `is_error` results are observations for the model, not failures

@@ -63,6 +63,7 @@ async fn measure(
         .ok_or("no echo tool")?;
     let ctx = ToolContext {
         knowledge_tags: Vec::new(),
+        traceparent: None,
         tenant_id: tenant,
         user_id: cairn_core::UserId::parse("ana")?,
         conversation_id: ConversationId::parse("bench")?,
