@@ -65,6 +65,9 @@ pub const PROTOCOL: &str = "cairn.v1";
 const TICKETS: &str = "ws_tickets";
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 64 * 1024;
+/// Most bytes waiting to go out on one socket; past it a send fails and the
+/// slow client is closed.
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// Which framing a socket speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,9 +274,14 @@ async fn prepare(
         .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim() == PROTOCOL));
+    // Small buffers: an idle socket should cost kilobytes, not the 128 KiB
+    // read buffer tungstenite starts with (10,000 sockets per process).
     let mut upgrade = upgrade
         .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME);
+        .max_frame_size(MAX_FRAME)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     if offered_protocol {
         upgrade = upgrade.protocols([PROTOCOL]);
     }

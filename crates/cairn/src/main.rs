@@ -466,6 +466,11 @@ async fn serve(
         config.server.role = serde_json::from_value(serde_json::Value::String(role.into()))?;
         config.validate()?;
     }
+    // Every open stream (SSE, WebSocket) holds a socket: take the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let mut app = app::build(&config, &env_lookup, ToolCatalog::new(), None).await?;
     if let (Some(path), Some(hub)) = (common.config.clone(), app.tools.clone()) {
         // `POST /v1/admin/tools/reload` and edits of the file reload the servers.
