@@ -453,3 +453,67 @@ async fn embeddings_are_batched_ordered_and_retried() {
     );
     assert_eq!(reqs[3].2["input"], json!(["c"]));
 }
+
+/// A provider that answers 429 (`Retry-After: 1`) to everything in its first
+/// 300 ms and then succeeds, recording when each request arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_slows_every_caller_of_the_provider_at_once() {
+    #[derive(Clone)]
+    struct Limited {
+        start: std::time::Instant,
+        arrivals: Arc<Mutex<Vec<Duration>>>,
+    }
+    async fn limited(State(s): State<Limited>) -> Response {
+        let at = s.start.elapsed();
+        s.arrivals.lock().unwrap().push(at);
+        if at < Duration::from_millis(300) {
+            return Response::builder()
+                .status(429)
+                .header("retry-after", "1")
+                .body(Body::from("{\"error\":{\"message\":\"slow down\"}}"))
+                .unwrap();
+        }
+        let body = json!({"choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}});
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+    let s = Limited {
+        start: std::time::Instant::now(),
+        arrivals: Arc::default(),
+    };
+    let app = Router::new().fallback(post(limited)).with_state(s.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut cfg = config(Provider::Openai, &base, false);
+    cfg.retry_base_delay = Duration::from_millis(50);
+    cfg.max_retries = 5;
+    cfg.max_concurrency = 8;
+    let m = model(&cfg);
+    // Eight conversations call at once; the first answers are 429s.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.complete(&request(), None).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap().content, "ok");
+    }
+    let arrivals = s.arrivals.lock().unwrap().clone();
+    // Each caller alone would have retried after 50–100 ms; instead nobody
+    // called between the 429s and the end of the provider's Retry-After.
+    let early: Vec<&Duration> = arrivals
+        .iter()
+        .filter(|a| **a >= Duration::from_millis(300) && **a < Duration::from_millis(950))
+        .collect();
+    assert!(early.is_empty(), "calls during the pause: {arrivals:?}");
+    let first_429 = arrivals
+        .iter()
+        .filter(|a| **a < Duration::from_millis(300))
+        .count();
+    assert!(first_429 >= 1 && arrivals.len() >= 9, "{arrivals:?}");
+}

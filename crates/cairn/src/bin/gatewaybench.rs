@@ -111,7 +111,9 @@ async fn overhead(requests: usize, full: bool, otlp: &str) -> anyhow::Result<His
 
 fn verify_cost(n: usize) -> anyhow::Result<(f64, f64)> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let cfg = cairn_core::config::AuthConfig::default();
     let hs = cairn_api::auth::Authenticator::new(b"gateway-bench-secret-0123456789", &cfg);
     let token = hs.mint(
@@ -122,7 +124,8 @@ fn verify_cost(n: usize) -> anyhow::Result<(f64, f64)> {
     )?;
     let started = Instant::now();
     for _ in 0..n {
-        rt.block_on(hs.verify(&token)).map_err(|e| anyhow::anyhow!(e.message))?;
+        rt.block_on(hs.verify(&token))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let hs_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
     // RS256 with a JWKS held in memory: the same path as identity-provider tokens.
@@ -159,10 +162,12 @@ fn verify_cost(n: usize) -> anyhow::Result<(f64, f64)> {
     let now = chrono::Utc::now().timestamp();
     let claims = serde_json::json!({"sub": "ana", "tenant": "acme", "exp": now + 3600});
     let token = jsonwebtoken::encode(&header, &claims, &key)?;
-    rt.block_on(rs.verify(&token)).map_err(|e| anyhow::anyhow!(e.message))?;
+    rt.block_on(rs.verify(&token))
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let started = Instant::now();
     for _ in 0..n {
-        rt.block_on(rs.verify(&token)).map_err(|e| anyhow::anyhow!(e.message))?;
+        rt.block_on(rs.verify(&token))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let rs_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
     Ok((hs_us, rs_us))
@@ -218,7 +223,9 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
         cairn.display()
     );
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let file = dir.path().join("cairn.toml");
     std::fs::write(
         &file,
@@ -241,7 +248,12 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..300 {
-        if http.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -297,7 +309,9 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
             let mut buf = vec![0u8; 16 * 1024];
             let mut tail: Vec<u8> = Vec::new();
             loop {
-                let Ok(n) = s.read(&mut buf).await else { return };
+                let Ok(n) = s.read(&mut buf).await else {
+                    return;
+                };
                 if n == 0 {
                     return;
                 }
@@ -347,7 +361,12 @@ async fn main() -> anyhow::Result<()> {
     // An OTLP receiver that accepts and drops spans.
     let receiver = axum::Router::new().route(
         "/v1/traces",
-        axum::routing::post(|| async { ([("content-type", "application/x-protobuf")], Vec::<u8>::new()) }),
+        axum::routing::post(|| async {
+            (
+                [("content-type", "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let otlp = format!("http://{}", listener.local_addr()?);
@@ -366,7 +385,9 @@ async fn main() -> anyhow::Result<()> {
         pct(&full, 0.99) - pct(&bare, 0.99),
     );
     let (hs, rs) = tokio::task::spawn_blocking(|| verify_cost(5_000)).await??;
-    println!("token verification (in both runs): HS256 {hs:.1} µs, RS256 via JWKS {rs:.1} µs per token");
+    println!(
+        "token verification (in both runs): HS256 {hs:.1} µs, RS256 via JWKS {rs:.1} µs per token"
+    );
     if cli.sockets > 0 {
         fanout(cli.sockets).await?;
     }
