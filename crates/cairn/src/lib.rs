@@ -19,4 +19,22 @@ pub mod datadir;
 pub mod ingest;
 pub mod insights_eval;
 pub mod secret;
+
+/// Resident memory in MB of process `pid` (this process when `None`), from
+/// `/proc`; 0 where it cannot be read. Used by the benchmarks.
+pub fn rss_mb(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_owned(),
+        |p| format!("/proc/{p}/status"),
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 pub mod telemetry;

@@ -899,24 +899,33 @@ mod ws {
         }
     }
 
+    /// A server, a conversation of acme/ana, and a socket on `path(conv)`.
+    async fn opened(
+        path: impl Fn(&str) -> String,
+    ) -> (Server, tempfile::TempDir, String, Client, String, Socket) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&config(dir.path(), None)).await;
+        let token = server.token("acme", "ana");
+        let c = named_client(&server, Some(token.clone()));
+        let conv = c.new_conversation().await;
+        let (ws, _) = connect(
+            &server,
+            &path(&conv),
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+        (server, dir, token, c, conv, ws)
+    }
+
     fn answered(v: &Value) -> bool {
         v["event"] == "answer.completed" || v["event"] == "turn.failed"
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_go_in_and_events_come_out_with_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Server::start(&config(dir.path(), None)).await;
-        let token = server.token("acme", "ana");
-        let c = named_client(&server, Some(token.clone()));
-        let conv = c.new_conversation().await;
-        let (mut ws, _) = connect(
-            &server,
-            &format!("/v1/conversations/{conv}/ws"),
-            &[("authorization", format!("Bearer {token}"))],
-        )
-        .await
-        .unwrap();
+        let (mut server, _dir, token, _c, conv, mut ws) =
+            opened(|conv| format!("/v1/conversations/{conv}/ws")).await;
         ws.send(Message::Text(
             json!({"type": "message", "content": "what time is it?", "ref": 7})
                 .to_string()
@@ -1049,18 +1058,8 @@ mod ws {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_seed_path_sends_connected_then_intelligence_updates() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Server::start(&config(dir.path(), None)).await;
-        let token = server.token("acme", "ana");
-        let c = named_client(&server, Some(token.clone()));
-        let conv = c.new_conversation().await;
-        let (mut ws, _) = connect(
-            &server,
-            &format!("/ws/conversations/{conv}/stream"),
-            &[("authorization", format!("Bearer {token}"))],
-        )
-        .await
-        .unwrap();
+        let (mut server, _dir, _token, c, conv, mut ws) =
+            opened(|conv| format!("/ws/conversations/{conv}/stream")).await;
         let hello = read_until(&mut ws, |_| true).await;
         assert_eq!(hello[0]["type"], "connected");
         assert_eq!(hello[0]["conversation_id"], conv.as_str());

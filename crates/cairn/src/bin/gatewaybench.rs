@@ -173,18 +173,6 @@ fn verify_cost(n: usize) -> anyhow::Result<(f64, f64)> {
     Ok((hs_us, rs_us))
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Opens one WebSocket with a raw handshake; returns the stream after the 101.
 async fn open_ws(
     addr: std::net::SocketAddr,
@@ -277,7 +265,7 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
         .json()
         .await?;
     let id = conv["id"].as_str().context("no id")?.to_owned();
-    let before = rss_mb(pid);
+    let before = cairn::rss_mb(Some(pid));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let path = format!("/v1/conversations/{id}/ws");
     let started = Instant::now();
@@ -294,7 +282,7 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
     }
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = rss_mb(pid);
+    let after = cairn::rss_mb(Some(pid));
     println!(
         "websockets: {sockets} open in {:.1} s; server RSS {before:.0} MB before, {after:.0} MB after ({:.1} KB per socket)",
         opened.as_secs_f64(),
@@ -349,7 +337,7 @@ async fn fanout(sockets: usize) -> anyhow::Result<()> {
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
-        rss_mb(pid)
+        cairn::rss_mb(Some(pid))
     );
     let _ = child.kill().await;
     Ok(())

@@ -200,18 +200,6 @@ impl Target {
     }
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -343,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         } => {
             let t = Arc::new(start(None, Duration::from_secs(3600)).await?);
-            let before = rss_mb();
+            let before = cairn::rss_mb(None);
             let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut tasks = Vec::new();
             for _ in 0..conversations {
@@ -359,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
                 task.await??;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let after = rss_mb();
+            let after = cairn::rss_mb(None);
             let live: Value = t
                 .http
                 .get(format!("{}/health", t.base))
