@@ -370,6 +370,10 @@ impl Binary {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         env.push(("CAIRN_JWT_SECRET".into(), SECRET.into()));
+        // Tests send bursts and poll; the gateway tests cover the limits.
+        if !env.iter().any(|(k, _)| k == "CAIRN_RATE_LIMITS__ENABLED") {
+            env.push(("CAIRN_RATE_LIMITS__ENABLED".into(), "false".into()));
+        }
         let mut b = Binary {
             child: tokio::process::Command::new("true").spawn().unwrap(),
             base: String::new(),
