@@ -55,8 +55,19 @@ struct HsKey {
     encoding: EncodingKey,
 }
 
+/// How long a verified token is remembered (never past its `exp`).
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Most tokens remembered; past it, expired entries go, then all.
+const VERIFIED_MAX: usize = 10_000;
+
 /// Validates and mints tokens.
+///
+/// A token that verified is remembered for [`VERIFIED_TTL`] (at most until its
+/// `exp`), so a client sending the same token does not pay the signature check
+/// again — an RS256 check costs hundreds of microseconds. A key removed from the
+/// JWKS therefore stops working within that time, not at once.
 pub struct Authenticator {
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
     hs: Option<HsKey>,
     jwks: Option<Jwks>,
     leeway: u64,
@@ -87,6 +98,7 @@ impl Authenticator {
     /// once [`Authenticator::with_jwks`] adds the keys).
     pub fn without_secret(config: &AuthConfig) -> Self {
         Self {
+            verified: Default::default(),
             hs: None,
             jwks: None,
             leeway: config.leeway.as_secs(),
@@ -132,10 +144,52 @@ impl Authenticator {
 
     /// Validates a bearer token.
     pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let now = std::time::Instant::now();
+        if let Some((caller, until)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(token)
+            && *until > now
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, key_fresh_until) = self.verify_uncached(token).await?;
+        let left = caller
+            .expires_at
+            .map(|exp| exp.saturating_sub(chrono::Utc::now().timestamp()))
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_secs(u64::try_from(s).unwrap_or(0))
+            });
+        // A JWKS key is trusted only while its key set is fresh: a removed key
+        // stops working when the set is next fetched.
+        let key_left = key_fresh_until.map_or(VERIFIED_TTL, |t| t.saturating_duration_since(now));
+        let ttl = left.min(VERIFIED_TTL).min(key_left);
+        if !ttl.is_zero() {
+            let mut cache = self
+                .verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() >= VERIFIED_MAX {
+                cache.retain(|_, (_, until)| *until > now);
+                if cache.len() >= VERIFIED_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (caller.clone(), now + ttl));
+        }
+        Ok(caller)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Caller, Option<std::time::Instant>), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token is malformed (unreadable header or algorithm)"))?;
         let (key, alg): (&DecodingKey, Algorithm);
         let pinned;
+        let mut fresh_until = None;
         match header.alg {
             Algorithm::HS256 => {
                 let hs = self.hs.as_ref().ok_or_else(|| {
@@ -169,6 +223,7 @@ impl Authenticator {
                         "the token's algorithm does not match its signing key's",
                     ));
                 }
+                fresh_until = pinned.fresh_until;
                 (key, alg) = (pinned.key.as_ref(), asymmetric);
             }
         }
@@ -187,7 +242,7 @@ impl Authenticator {
                 ErrorKind::InvalidAudience => invalid("wrong token audience"),
                 _ => invalid("the token is malformed"),
             })?;
-        self.caller_of(&data.claims)
+        Ok((self.caller_of(&data.claims)?, fresh_until))
     }
 
     fn caller_of(&self, claims: &Map<String, Value>) -> Result<Caller, ApiError> {

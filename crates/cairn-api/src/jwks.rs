@@ -34,6 +34,8 @@ pub struct PinnedKey {
     pub algorithm: Algorithm,
     /// The public key.
     pub key: Arc<DecodingKey>,
+    /// Until when the key set it came from is fresh (set on lookup).
+    pub fresh_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -206,6 +208,12 @@ impl Jwks {
 }
 
 fn lookup(set: &KeySet, kid: Option<&str>) -> Option<PinnedKey> {
+    let mut found = find(set, kid)?;
+    found.fresh_until = set.expires;
+    Some(found)
+}
+
+fn find(set: &KeySet, kid: Option<&str>) -> Option<PinnedKey> {
     match kid {
         Some(kid) => set.by_kid.get(kid).cloned(),
         // A token without a kid is accepted only when exactly one key could
@@ -265,6 +273,7 @@ fn pin(jwk: &Jwk) -> Option<PinnedKey> {
     Some(PinnedKey {
         algorithm,
         key: Arc::new(key),
+        fresh_until: None,
     })
 }
 

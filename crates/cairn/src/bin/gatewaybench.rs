@@ -43,13 +43,21 @@ struct Cli {
     sockets: usize,
 }
 
-fn config(dir: &Path, full: bool, otlp: &str) -> anyhow::Result<Config> {
+/// Which of the three are on.
+#[derive(Clone, Copy)]
+struct Parts {
+    limits: bool,
+    metrics: bool,
+    tracing: bool,
+}
+
+fn config(dir: &Path, parts: Parts, otlp: &str) -> anyhow::Result<Config> {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cairn.example.toml");
     let mut c = Config::load(Some(&example), Vec::<(String, String)>::new())?;
     c.server.data_dir = dir.to_owned();
     c.knowledge.enabled = false;
     c.auth.jwt_secret = Some("gateway-bench-secret-0123456789".into());
-    c.rate_limits.enabled = full;
+    c.rate_limits.enabled = parts.limits;
     for class in [
         &mut c.rate_limits.messages,
         &mut c.rate_limits.uploads,
@@ -60,8 +68,8 @@ fn config(dir: &Path, full: bool, otlp: &str) -> anyhow::Result<Config> {
         class.user.per_minute = 100_000_000;
         class.user.burst = 100_000_000;
     }
-    c.metrics.enabled = full;
-    c.telemetry.otlp_endpoint = full.then(|| otlp.to_owned());
+    c.metrics.enabled = parts.metrics;
+    c.telemetry.otlp_endpoint = parts.tracing.then(|| otlp.to_owned());
     Ok(c)
 }
 
@@ -69,9 +77,9 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-async fn overhead(requests: usize, full: bool, otlp: &str) -> anyhow::Result<Histogram<u64>> {
+async fn overhead(requests: usize, parts: Parts, otlp: &str) -> anyhow::Result<Histogram<u64>> {
     let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path(), full, otlp)?;
+    let cfg = config(dir.path(), parts, otlp)?;
     let app = app::build(&cfg, &|_| None, ToolCatalog::new(), None).await?;
     let token = app.state.auth.mint(
         &UserId::parse("ana")?,
@@ -360,18 +368,55 @@ async fn main() -> anyhow::Result<()> {
     let otlp = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, receiver).await });
 
-    let bare = overhead(cli.requests, false, &otlp).await?;
-    let full = overhead(cli.requests, true, &otlp).await?;
+    let off = Parts {
+        limits: false,
+        metrics: false,
+        tracing: false,
+    };
+    // The recorder and the tracer provider are process-wide once installed:
+    // the runs go from fewer parts to more.
+    let runs = [
+        ("none", off),
+        (
+            "rate limits",
+            Parts {
+                limits: true,
+                ..off
+            },
+        ),
+        (
+            "+ metrics",
+            Parts {
+                limits: true,
+                metrics: true,
+                ..off
+            },
+        ),
+        (
+            "+ tracing (all three)",
+            Parts {
+                limits: true,
+                metrics: true,
+                tracing: true,
+            },
+        ),
+    ];
     println!(
-        "GET /v1/conversations/{{id}} in process, {} requests: without rate limits/metrics/tracing p50 {:.1} µs p99 {:.1} µs; with them p50 {:.1} µs p99 {:.1} µs; added p50 {:.1} µs p99 {:.1} µs",
-        cli.requests,
-        pct(&bare, 0.5),
-        pct(&bare, 0.99),
-        pct(&full, 0.5),
-        pct(&full, 0.99),
-        pct(&full, 0.5) - pct(&bare, 0.5),
-        pct(&full, 0.99) - pct(&bare, 0.99),
+        "GET /v1/conversations/{{id}} in process, {} requests each:",
+        cli.requests
     );
+    let mut bare: Option<Histogram<u64>> = None;
+    for (name, parts) in runs {
+        let h = overhead(cli.requests, parts, &otlp).await?;
+        let base = bare.get_or_insert_with(|| h.clone());
+        println!(
+            "  {name:<24} p50 {:6.1} µs  p99 {:6.1} µs  (added p50 {:+6.1} µs, p99 {:+6.1} µs)",
+            pct(&h, 0.5),
+            pct(&h, 0.99),
+            pct(&h, 0.5) - pct(base, 0.5),
+            pct(&h, 0.99) - pct(base, 0.99),
+        );
+    }
     let (hs, rs) = tokio::task::spawn_blocking(|| verify_cost(5_000)).await??;
     println!(
         "token verification (in both runs): HS256 {hs:.1} µs, RS256 via JWKS {rs:.1} µs per token"
