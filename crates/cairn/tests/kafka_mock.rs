@@ -155,12 +155,22 @@ async fn a_redelivered_message_does_not_run_its_turn_twice() {
     let api = server.client(&server.token("acme", "ana"));
     let conv = api.new_conversation().await;
     api.ask(&conv, "what is the refund window?").await;
-    server.stop().await;
-
     let group = format!(
         "{}cairn-conversations",
         config.kafka.topic_prefix.clone().unwrap()
     );
+    // The offset is stored after the turn and committed by the consumer shortly
+    // after: wait for it (bounded) so that stopping cannot race it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while committed(&cluster, &group, &topics.reasoning_tasks)
+        .iter()
+        .all(|o| *o <= 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+
     let done = committed(&cluster, &group, &topics.reasoning_tasks);
     assert_eq!(
         done.iter().filter(|o| **o > 0).count(),
