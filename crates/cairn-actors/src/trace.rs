@@ -14,8 +14,8 @@ use std::collections::HashMap;
 /// The instrumentation scope of Cairn's spans.
 pub const SCOPE: &str = "cairn";
 
-/// Reads a remote parent from a `traceparent` value.
-fn remote_parent(traceparent: Option<&str>) -> Context {
+/// Reads a remote parent from a `traceparent` value (an empty context for none).
+pub fn remote_parent(traceparent: Option<&str>) -> Context {
     let Some(tp) = traceparent else {
         return Context::new();
     };

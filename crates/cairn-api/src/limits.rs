@@ -92,12 +92,13 @@ fn set_headers(headers: &mut HeaderMap, d: &RateDecision) {
 }
 
 /// Checks `caller`'s limits of `class`. `Ok(None)` when nothing limits it (off,
-/// no rule, or the limiter's store failing); `Err` is the 429 to send.
+/// no rule, or the limiter's store failing); `Err` is the `rate_limited` error
+/// with the decision its `RateLimit-*` headers come from.
 pub async fn check(
     state: &AppState,
     caller: &Caller,
     class: RequestClass,
-) -> Result<Option<RateDecision>, Response> {
+) -> Result<Option<RateDecision>, (ApiError, RateDecision)> {
     let Some(limits) = state.limits.as_ref().filter(|l| l.config.enabled) else {
         return Ok(None);
     };
@@ -110,7 +111,7 @@ pub async fn check(
         Ok(d) => {
             crate::metrics::rate_limited(class);
             let retry = d.retry_after.map(secs_up).unwrap_or(1).max(1);
-            let mut response = ApiError::new(
+            let error = ApiError::new(
                 ErrorCode::RateLimited,
                 format!("too many {} requests; retry in {retry} s", class.as_str()),
             )
@@ -118,10 +119,8 @@ pub async fn check(
                 "class": class.as_str(),
                 "limit": d.limit,
                 "retry_after_seconds": retry,
-            }))
-            .into_response();
-            set_headers(response.headers_mut(), &d);
-            Err(response)
+            }));
+            Err((error, d))
         }
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; letting the request pass");
@@ -142,7 +141,11 @@ pub async fn middleware(
     let class = classify(request.method(), request.uri().path());
     let decision = match check(&state, &caller, class).await {
         Ok(d) => d,
-        Err(refused) => return refused,
+        Err((error, d)) => {
+            let mut response = error.into_response();
+            set_headers(response.headers_mut(), &d);
+            return response;
+        }
     };
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;

@@ -41,20 +41,25 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    let key = v.to_str().unwrap_or_default();
+    check_idempotency_key(v.to_str().unwrap_or_default(), "Idempotency-Key")?;
+    Ok(Some(v.to_str().unwrap_or_default().to_owned()))
+}
+
+/// Checks an idempotency key (from the header or a WebSocket frame's `field`):
+/// 1 to 128 characters of `A-Z a-z 0-9 - _ . :`.
+pub(crate) fn check_idempotency_key(key: &str, field: &str) -> ApiResult<()> {
     let ok = !key.is_empty()
         && key.len() <= 128
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     if !ok {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "`Idempotency-Key` must be 1 to 128 characters of A-Z a-z 0-9 - _ . :",
-        )
-        .with_details(json!({"field": "Idempotency-Key"})));
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` must be 1 to 128 characters of A-Z a-z 0-9 - _ . :"),
+        ));
     }
-    Ok(Some(key.to_owned()))
+    Ok(())
 }
 
 /// Body of `POST /v1/conversations/{id}/messages`.

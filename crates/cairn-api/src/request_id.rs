@@ -46,14 +46,7 @@ fn new_traceparent() -> String {
 
 fn http_span(method: &str, path: &str, incoming: Option<&str>) -> opentelemetry::Context {
     use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
-    let parent = match incoming {
-        Some(tp) => {
-            let carrier: std::collections::HashMap<String, String> =
-                [("traceparent".to_owned(), tp.to_owned())].into();
-            opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
-        }
-        None => opentelemetry::Context::new(),
-    };
+    let parent = cairn_actors::trace::remote_parent(incoming);
     let tracer = opentelemetry::global::tracer(cairn_actors::trace::SCOPE);
     let span = tracer
         .span_builder(method.to_owned())
