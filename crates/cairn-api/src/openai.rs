@@ -247,8 +247,17 @@ pub async fn chat_completions(
         ));
     }
     let mut history = Vec::with_capacity(body.messages.len());
+    let max = state.settings.max_message_chars;
     for (i, m) in body.messages.iter().enumerate() {
-        history.push((role_of(&m.role, i)?, text_of(&m.content, i)?));
+        let text = text_of(&m.content, i)?;
+        // Every message may end up in memory: each has the bound of a message.
+        if text.chars().take(max + 1).count() > max {
+            return Err(ApiError::invalid_field(
+                &format!("messages[{i}].content"),
+                format!("a message is longer than {max} characters (agent.max_message_chars)"),
+            ));
+        }
+        history.push((role_of(&m.role, i)?, text));
     }
     let Some((Role::User, question)) = history.pop() else {
         return Err(ApiError::invalid_field(
@@ -352,7 +361,7 @@ pub async fn chat_completions(
     );
     let timeout = state.settings.wait_timeout;
     let closed = state.closed();
-    let stream = async_stream(events, move |e: &StoredEvent, sent_text: &mut bool| {
+    let stream = chunk_stream(events, move |e: &StoredEvent, sent_text: &mut bool| {
         let mut out: Vec<Value> = Vec::new();
         match &e.event {
             TurnEvent::AnswerDelta { delta, .. } if !delta.is_empty() => {
@@ -411,7 +420,7 @@ pub async fn chat_completions(
 }
 
 /// Turns the turn's events into chunks; ends after the terminal event.
-fn async_stream<S, F>(
+fn chunk_stream<S, F>(
     events: S,
     mut to_chunks: F,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> + Send

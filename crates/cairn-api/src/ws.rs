@@ -440,26 +440,14 @@ async fn handle(state: &AppState, caller: &Caller, id: &ConversationId, text: &s
                     .as_str()
                     .ok_or_else(|| ApiError::invalid_field("content", "`content` must be a string"))?
                     .to_owned();
-                if let Err(refused) = crate::limits::check(state, caller, RequestClass::Messages).await {
-                    let _ = refused;
-                    return Err(ApiError::new(
-                        ErrorCode::RateLimited,
-                        "too many messages; wait before sending another",
-                    ));
-                }
+                crate::limits::check(state, caller, RequestClass::Messages)
+                    .await
+                    .map_err(|(refused, _)| refused)?;
                 load_owned(state, caller, id, Access::Write).await?;
                 crate::messages::admit(state, caller, id, &content, "content").await?;
                 let key = v["idempotency_key"].as_str();
                 if let Some(k) = key {
-                    let ok = !k.is_empty()
-                        && k.len() <= 128
-                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-                    if !ok {
-                        return Err(ApiError::invalid_field(
-                            "idempotency_key",
-                            "`idempotency_key` must be 1 to 128 characters of A-Z a-z 0-9 - _ . :",
-                        ));
-                    }
+                    crate::messages::check_idempotency_key(k, "idempotency_key")?;
                 }
                 let (request, _) = crate::messages::accept(state, caller, id, content, key).await?;
                 Ok(json!({"type": "accepted", "message_id": request.message_id, "turn_id": request.turn_id}))

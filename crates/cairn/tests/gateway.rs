@@ -815,6 +815,78 @@ async fn the_openai_python_sdk_talks_to_the_facade() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_facade_bounds_what_a_request_may_carry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.agent.max_message_chars = 100;
+    let mut server = Server::start(&cfg).await;
+    let c = named_client(&server, Some(server.token("acme", "ana")));
+    let user = |t: &str| json!({"role": "user", "content": t});
+    let too_many: Vec<Value> = (0..257).map(|_| user("hi")).collect();
+    let r = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "cairn", "messages": too_many}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "messages");
+    // An earlier message past agent.max_message_chars is refused like the last one.
+    let long = "x".repeat(101);
+    let r = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "cairn", "messages": [user(&long), user("short")]}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "messages[0].content");
+    let r = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "cairn", "messages": [user("hi")], "user": "u".repeat(257)}),
+        )
+        .await;
+    assert_eq!(r.body["error"]["details"]["field"], "user", "{}", r.body);
+    // A WebSocket frame past 64 KiB closes the socket instead of being read.
+    let conv = c.new_conversation().await;
+    let url = format!(
+        "{}/v1/conversations/{conv}/ws",
+        server.base.replace("http://", "ws://")
+    );
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token("acme", "ana"))
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    let big = json!({"type": "message", "content": "y".repeat(70 * 1024)}).to_string();
+    let _ = ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(big.into()))
+        .await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => {
+                    return true;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(end, Ok(true), "the oversized frame ended the socket");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_is_a_429_on_the_facade() {
     let model = start_echo_model().await;
     let dir = tempfile::tempdir().unwrap();
