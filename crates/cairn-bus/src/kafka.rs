@@ -10,10 +10,13 @@
 //! - **Consumers** (one per bridge and group): `enable.auto.offset.store=false`,
 //!   so offsets are stored only when the bridge says a record's work is done
 //!   ([`BusConsumer::commit`]); stored offsets are auto-committed every second and
-//!   committed synchronously when partitions are revoked. A task polls librdkafka
-//!   all the time and hands records over through a bounded buffer, pausing the
-//!   partitions while the buffer is full: slow work never makes a consumer miss
-//!   `max.poll.interval.ms` and leave its group. Rebalances use the
+//!   committed synchronously when partitions are revoked. A dedicated thread per
+//!   consumer polls librdkafka all the time and hands records over through a
+//!   bounded buffer, pausing the partitions while the buffer is full: slow work
+//!   never makes a consumer miss `max.poll.interval.ms` and leave its group, and
+//!   librdkafka's blocking calls (the synchronous commit on revoke, closing the
+//!   consumer) never hold an async worker — with the broker away they can block
+//!   for long, and on a small runtime that would stall every task. Rebalances use the
 //!   `cooperative-sticky` protocol, and the current assignment is published on a
 //!   watch channel ([`BusConsumer::assignment`]). Every record is decoded and
 //!   checked against the event schemas ([`cairn_core::schemas::decode`]); refused
@@ -23,12 +26,11 @@ use async_trait::async_trait;
 use cairn_core::envelope::Envelope;
 use cairn_core::ports::{Assignment, BusConsumer, BusError, BusRecord, EventBus, Topics};
 use cairn_core::schemas;
-use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -37,6 +39,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -354,66 +357,90 @@ impl EventBus for KafkaBus {
             // Brokers that answer a fetch as soon as data arrives make this
             // irrelevant; others (tansu) add it to every hop.
             .set("fetch.wait.max.ms", "10");
-        let consumer: StreamConsumer<Rebalances> = s
+        let consumer: BaseConsumer<Rebalances> = s
             .finish(&mut config)
             .create_with_context(context)
             .map_err(unavailable)?;
         consumer.subscribe(&[topic]).map_err(unavailable)?;
         let consumer = Arc::new(consumer);
         let (records_tx, records_rx) = mpsc::channel(BUFFER);
-        let poller = tokio::spawn(poll(consumer.clone(), records_tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, halt) = (consumer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("kafka-{group}"))
+            .spawn(move || poll(&c, &records_tx, &halt))
+            .map_err(unavailable)?;
         Ok(Box::new(KafkaConsumer {
-            consumer,
+            consumer: Some(consumer),
             topic: topic.to_owned(),
             records: records_rx,
             assignment: rx,
-            poller,
+            stop,
         }))
     }
 }
 
-/// Records buffered between the polling task and the bridge.
+/// Records buffered between the polling thread and the bridge.
 const BUFFER: usize = 256;
 
+/// How long one poll waits for a record when nothing is waiting to be handed over.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
 /// Keeps polling librdkafka (group membership, heartbeats, rebalances) and hands
-/// decoded records over; pauses the assigned partitions while the bridge is behind.
-async fn poll(
-    consumer: Arc<StreamConsumer<Rebalances>>,
-    tx: mpsc::Sender<Result<BusRecord, BusError>>,
+/// decoded records over; pauses the assigned partitions while the bridge is
+/// behind. Runs on its own thread until the consumer is dropped.
+fn poll(
+    consumer: &BaseConsumer<Rebalances>,
+    tx: &mpsc::Sender<Result<BusRecord, BusError>>,
+    stop: &AtomicBool,
 ) {
-    let mut stream = consumer.stream();
     let mut backlog: VecDeque<Result<BusRecord, BusError>> = VecDeque::new();
     let mut paused: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            m = stream.next() => match m {
-                Some(Ok(msg)) => {
-                    backlog.push_back(decode(&msg));
-                    if backlog.len() >= BUFFER && paused.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
-                        if let Ok(a) = consumer.assignment() && let Err(e) = consumer.pause(&a) {
-                            tracing::warn!(error = %e, "cannot pause partitions");
-                        }
-                        paused = Some(Instant::now());
+    while !stop.load(Ordering::Relaxed) {
+        while !backlog.is_empty() {
+            match tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some(r) = backlog.pop_front() {
+                        permit.send(r);
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                }
-                None => return,
-            },
-            permit = tx.reserve(), if !backlog.is_empty() => {
-                let Ok(permit) = permit else { return };
-                if let Some(r) = backlog.pop_front() {
-                    permit.send(r);
-                }
-                if paused.is_some() && backlog.len() <= BUFFER / 4 {
-                    if let Ok(a) = consumer.assignment() && let Err(e) = consumer.resume(&a) {
-                        tracing::warn!(error = %e, "cannot resume partitions");
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        if paused.is_some() && backlog.len() <= BUFFER / 4 {
+            if let Ok(a) = consumer.assignment()
+                && let Err(e) = consumer.resume(&a)
+            {
+                tracing::warn!(error = %e, "cannot resume partitions");
+            }
+            paused = None;
+        }
+        // While records wait for room, poll briefly so they are handed over soon.
+        let wait = if backlog.is_empty() {
+            IDLE_POLL
+        } else {
+            Duration::from_millis(5)
+        };
+        match consumer.poll(wait) {
+            Some(Ok(msg)) => {
+                backlog.push_back(decode(&msg));
+                if backlog.len() >= BUFFER
+                    && paused.is_none_or(|t| t.elapsed() > Duration::from_millis(100))
+                {
+                    if let Ok(a) = consumer.assignment()
+                        && let Err(e) = consumer.pause(&a)
+                    {
+                        tracing::warn!(error = %e, "cannot pause partitions");
                     }
-                    paused = None;
+                    paused = Some(Instant::now());
                 }
             }
-            () = tx.closed() => return,
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+            None => {}
         }
     }
 }
@@ -459,12 +486,14 @@ fn decode(msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<BusRecord, BusE
 
 /// One consumer of one topic within a group.
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer<Rebalances>>,
+    /// Shared with the polling thread; `None` once dropped.
+    consumer: Option<Arc<BaseConsumer<Rebalances>>>,
     topic: String,
     records: mpsc::Receiver<Result<BusRecord, BusError>>,
     /// The current assignment, kept by the rebalance callbacks.
     assignment: watch::Receiver<Assignment>,
-    poller: tokio::task::JoinHandle<()>,
+    /// Tells the polling thread to stop.
+    stop: Arc<AtomicBool>,
 }
 
 impl KafkaConsumer {
@@ -484,8 +513,16 @@ impl KafkaConsumer {
 }
 
 impl Drop for KafkaConsumer {
+    /// Stops the polling thread. Closing a librdkafka consumer leaves the group
+    /// and commits the stored offsets, which blocks (for long when the broker is
+    /// away): it happens on a thread of its own, never on an async worker.
     fn drop(&mut self) {
-        self.poller.abort();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.consumer.take() {
+            let _ = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(c));
+        }
     }
 }
 
@@ -503,7 +540,10 @@ impl BusConsumer for KafkaConsumer {
     async fn commit(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
         let p = i32::try_from(partition).map_err(unavailable)?;
         let o = i64::try_from(offset).map_err(unavailable)?;
-        match self.consumer.store_offset(&self.topic, p, o) {
+        let Some(consumer) = &self.consumer else {
+            return Err(BusError::Closed);
+        };
+        match consumer.store_offset(&self.topic, p, o) {
             Ok(()) => Ok(()),
             // Revoked meanwhile: the next owner redelivers and dedups.
             Err(_) if !self.owns(partition) => Ok(()),

@@ -130,9 +130,18 @@ impl Server {
         Client {
             base: self.base.clone(),
             token: Some(token.to_owned()),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
+}
+
+/// An HTTP client whose requests give up after a bound above the server's own
+/// `server.wait_timeout` (2 min), so a stuck request fails the test with a reason.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(150))
+        .build()
+        .unwrap()
 }
 
 pub struct Client {
@@ -430,7 +439,7 @@ impl Binary {
         Client {
             base: self.base.clone(),
             token: Some(self.token(tenant, user, scopes)),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
