@@ -436,7 +436,8 @@ fn acquire(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
 
 /// Starts the head of the queue if nothing runs.
 fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
-    if state.running.is_some() || state.queue.is_empty() {
+    if state.running.is_some() || state.queue.is_empty() || state.deps.lifecycle.draining() {
+        // Draining: queued messages stay in the store for the next owner.
         return;
     }
     let Some(fence) = state.lease else {
@@ -462,7 +463,9 @@ fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
         .unwrap_or_default()
         .to_owned();
     let log_span = tracing::info_span!("turn", trace_id = %trace_id);
+    let counted = deps.lifecycle.turn_started();
     let task = tokio::spawn(async move {
+        let _counted = counted;
         use opentelemetry::context::FutureExt as _;
         use tracing::Instrument as _;
         let r = run_turn(&deps, request, checkpoint, Some(fence))

@@ -27,7 +27,10 @@
 //!   and the analytics consumer (bus events → counters).
 //! - [`metered`]: Prometheus metrics of turns, steps, model and tool calls.
 //! - [`trace`]: OpenTelemetry spans of turns, model calls and tool calls.
-//! - [`runtime`]: starts and stops all of the above; the API's entry point.
+//! - [`lifecycle`]: whether the process is draining and how many turns run,
+//!   which a graceful shutdown waits on.
+//! - [`runtime`]: starts and stops all of the above (draining turns first); the
+//!   API's entry point.
 
 pub mod bridge;
 pub mod catalog;
@@ -35,6 +38,7 @@ pub mod conversation;
 pub mod desk;
 pub mod ingestion;
 pub mod insights;
+pub mod lifecycle;
 pub mod memory;
 pub mod metered;
 pub mod runtime;

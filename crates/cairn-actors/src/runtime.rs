@@ -12,6 +12,7 @@ use cairn_core::envelope::{DOCUMENT_SUBMITTED, Envelope, USER_MESSAGE};
 use cairn_core::ports::{BusError, EventBus, Topics};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// The running agent side of Cairn.
@@ -425,8 +426,26 @@ impl Runtime {
         &self.topics
     }
 
+    /// The first step of a graceful shutdown: stops taking records from the bus
+    /// (the bridges end; on Kafka the consumers leave their groups on threads of
+    /// their own, committing their offsets) and starting turns, then waits up to
+    /// `within` for the running turns to finish. Returns the turns still running
+    /// then; [`shutdown`](Self::shutdown) leaves them checkpointed.
+    pub async fn drain(&self, within: Duration) -> usize {
+        self.deps.lifecycle.start_draining();
+        for b in &self.bridges {
+            b.abort();
+        }
+        let running = self.deps.lifecycle.running();
+        if running > 0 {
+            tracing::info!(turns = running, "waiting for running turns to finish");
+        }
+        self.deps.lifecycle.idle_within(within).await
+    }
+
     /// Stops the bridges, then the supervision tree. Unfinished turns stay
-    /// checkpointed and resume at the next start.
+    /// checkpointed and resume at the next start; conversation actors release
+    /// their writer leases as they stop.
     pub async fn shutdown(&self) {
         for b in &self.bridges {
             b.abort();

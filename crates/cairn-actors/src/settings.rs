@@ -91,6 +91,8 @@ pub struct AgentDeps {
     /// Token budgets: checked before each model call, and where each call's
     /// usage is recorded (`None`: neither).
     pub budget: Option<Arc<dyn cairn_core::ports::TokenBudget>>,
+    /// Draining at shutdown, and the count of running turns.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Agent profiles and the classifier that routes messages among them.

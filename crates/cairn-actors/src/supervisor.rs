@@ -286,6 +286,13 @@ impl Actor for ConversationSupervisor {
                 resume(&myself, &state.deps, None).await;
             }
             SupervisorMsg::Release(assignment) => {
+                if state.deps.lifecycle.draining() {
+                    // This process is shutting down (its consumers leaving the
+                    // group is what revoked the partitions): running turns may
+                    // finish under their leases; the actors stop at the end of
+                    // the drain and release them, and the new owner waits for that.
+                    return Ok(());
+                }
                 let gone: Vec<ConvKey> = state
                     .children
                     .keys()

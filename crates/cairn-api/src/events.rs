@@ -4,8 +4,10 @@
 //! event exactly once, also across server restarts (events are stored).
 //!
 //! A stream counts against the caller's stream limits while it is open, and the
-//! server closes it (with an `error` event, code `token_expired` or
-//! `conversation_deleted`) when the token expires or the conversation is deleted.
+//! server closes it with an `error` event: code `token_expired` when the token
+//! expires, `conversation_deleted` when the conversation is deleted, and
+//! `server_restarting` (with an SSE `retry` of 1 s) when the server shuts down,
+//! so clients reconnect with `Last-Event-ID` and miss nothing.
 
 use crate::auth::Caller;
 use crate::conversations::{Access, load_owned};
@@ -63,10 +65,13 @@ impl StreamGuard {
     }
 }
 
-/// Stored events as an SSE response with keep-alives. The stream ends when the
-/// server closes, after a store error (sent as an `error` event carrying
-/// `on_error`), when `guard` ends it (an `error` event with code
-/// `token_expired` or `conversation_deleted`), and, with `until_terminal`, right
+/// How long an EventSource waits before reconnecting when the server shuts down.
+const RECONNECT_AFTER_RESTART: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stored events as an SSE response with keep-alives. The stream ends after a
+/// store error (sent as an `error` event carrying `on_error`), when `guard` ends
+/// it (an `error` event with code `token_expired`, `conversation_deleted` or
+/// `server_restarting`), and, with `until_terminal`, right
 /// after the first terminal event — checked before pulling again, so the
 /// response closes without waiting for another event.
 pub fn sse_response<S>(
@@ -89,10 +94,13 @@ where
             let next = tokio::select! {
                 next = inner.next() => next,
                 why = &mut end => {
-                    let ev = Event::default().event("error").data(
-                        json!({"code": why.code(), "message": "the server closed this stream"})
-                            .to_string(),
+                    let mut ev = Event::default().event("error").data(
+                        json!({"code": why.code(), "message": why.message()}).to_string(),
                     );
+                    if why == StreamEnd::ServerRestarting {
+                        // EventSource reconnects after `retry`, with Last-Event-ID.
+                        ev = ev.retry(RECONNECT_AFTER_RESTART);
+                    }
                     return Some((Ok(ev), (inner, end, permit, true)));
                 }
             };
@@ -108,8 +116,7 @@ where
             };
             Some((Ok::<_, Infallible>(ev), (inner, end, permit, done)))
         },
-    )
-    .take_until(state.closed());
+    );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
 }
 

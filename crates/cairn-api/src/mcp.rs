@@ -135,18 +135,15 @@ impl CairnMcp {
             .submit(&request, Some(&crate::request_id::traceparent()))
             .await
             .map_err(|e| format!("the event bus is unavailable: {e}"))?;
-        let events = until_terminal(
-            turn_events(state, &request, after),
-            state.settings.wait_timeout,
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "no answer within {:?}; the turn goes on in conversation {id}",
-                state.settings.wait_timeout
-            )
-        })?;
+        let events = until_terminal(state, turn_events(state, &request, after))
+            .await
+            .map_err(|e| e.message)?
+            .ok_or_else(|| {
+                format!(
+                    "no answer within {:?}; the turn goes on in conversation {id}",
+                    state.settings.wait_timeout
+                )
+            })?;
         match events.into_iter().last().map(|e| e.event) {
             Some(TurnEvent::AnswerCompleted {
                 content, citations, ..

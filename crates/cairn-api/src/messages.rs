@@ -132,7 +132,7 @@ pub async fn post(
     }
 
     if flag(&q, "wait") {
-        let events = match until_terminal(turn_events, state.settings.wait_timeout).await? {
+        let events = match until_terminal(&state, turn_events).await? {
             Some(events) => events,
             None => {
                 return Err(ApiError::new(
@@ -283,12 +283,14 @@ pub(crate) fn turn_events(
         })
 }
 
-/// A turn's events up to and including its terminal one; `None` when `timeout`
-/// passes first.
+/// A turn's events up to and including its terminal one; `None` when
+/// `server.wait_timeout` passes first, and 503 `unavailable` when the server
+/// shuts down before the turn ends (the turn resumes after the restart or on
+/// another replica; its events stay readable).
 pub(crate) async fn until_terminal(
+    state: &AppState,
     events: impl Stream<Item = Result<StoredEvent, StoreError>>,
-    timeout: std::time::Duration,
-) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+) -> ApiResult<Option<Vec<StoredEvent>>> {
     let collect = async move {
         let mut out: Vec<StoredEvent> = Vec::new();
         let mut s = Box::pin(events);
@@ -300,11 +302,17 @@ pub(crate) async fn until_terminal(
                 break;
             }
         }
-        Ok(out)
+        Ok::<_, StoreError>(out)
     };
-    match tokio::time::timeout(timeout, collect).await {
-        Ok(r) => r.map(Some),
-        Err(_) => Ok(None),
+    tokio::select! {
+        r = tokio::time::timeout(state.settings.wait_timeout, collect) => match r {
+            Ok(r) => Ok(Some(r?)),
+            Err(_) => Ok(None),
+        },
+        () = state.drain_over() => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server restarted before the turn ended; it resumes on its own — follow the conversation's events",
+        )),
     }
 }
 

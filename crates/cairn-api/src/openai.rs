@@ -295,7 +295,7 @@ pub async fn chat_completions(
     let conversation = HeaderValue::from_str(id.as_str()).ok();
     let (conv, turn) = (id.to_string(), request.turn_id.to_string());
     if !body.stream {
-        let waited = crate::messages::until_terminal(events, state.settings.wait_timeout).await?;
+        let waited = crate::messages::until_terminal(&state, events).await?;
         drop(permit);
         let Some(events) = waited else {
             return Err(ApiError::new(

@@ -87,9 +87,21 @@ pub struct AppState {
     /// Flips to true when the server shuts down; open streams end then, so a
     /// graceful shutdown does not wait on them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Flips to true when a shutdown's turn drain is over: requests still
+    /// waiting for a turn (`?wait=true`) answer 503 then, as the turn goes on
+    /// elsewhere or after the restart.
+    pub drained: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
+    /// Resolves when a shutdown's turn drain is over (see [`Self::drained`]).
+    pub fn drain_over(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.drained.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
     /// Resolves when the server starts shutting down.
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
         let mut rx = self.closing.clone();

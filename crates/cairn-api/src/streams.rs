@@ -105,6 +105,10 @@ pub enum StreamEnd {
     TokenExpired,
     /// The conversation was deleted.
     ConversationDeleted,
+    /// The server is shutting down (a deploy or a scale-in); reconnect, to
+    /// another replica or to this one once it is back, resuming after the last
+    /// event id.
+    ServerRestarting,
 }
 
 impl StreamEnd {
@@ -113,6 +117,18 @@ impl StreamEnd {
         match self {
             Self::TokenExpired => "token_expired",
             Self::ConversationDeleted => "conversation_deleted",
+            Self::ServerRestarting => "server_restarting",
+        }
+    }
+
+    /// The message sent with the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::TokenExpired => "the token expired; reconnect with a fresh token",
+            Self::ConversationDeleted => "the conversation was deleted",
+            Self::ServerRestarting => {
+                "the server is restarting; reconnect and resume after the last event id"
+            }
         }
     }
 }
@@ -131,6 +147,7 @@ pub fn stream_end(
     let memory = state.memory.clone();
     let recheck = state.settings.stream_recheck;
     let (tenant, id, created_at) = (meta.tenant_id.clone(), meta.id.clone(), meta.created_at);
+    let closed = state.closed();
     async move {
         let expiry = async {
             match expires_in {
@@ -165,6 +182,7 @@ pub fn stream_end(
         tokio::select! {
             () = expiry => StreamEnd::TokenExpired,
             () = deletion => StreamEnd::ConversationDeleted,
+            () = closed => StreamEnd::ServerRestarting,
         }
     }
 }

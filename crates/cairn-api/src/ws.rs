@@ -357,17 +357,14 @@ async fn run(
     let mut ping = tokio::time::interval(interval);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
-    let mut closed = std::pin::pin!(state.closed());
     loop {
         tokio::select! {
             why = &mut end => {
-                let e = json!({"type": "error", "code": why.code(), "message": "the server closed this stream"});
+                let e = json!({"type": "error", "code": why.code(), "message": why.message()});
                 let _ = send(&mut sink, &e).await;
-                close(&mut sink, 1008, why.code()).await;
-                return;
-            }
-            () = &mut closed => {
-                close(&mut sink, 1012, "server restarting; reconnect with since").await;
+                // 1012 (service restart) tells clients to reconnect; 1008 not to.
+                let code = if why == crate::streams::StreamEnd::ServerRestarting { 1012 } else { 1008 };
+                close(&mut sink, code, why.code()).await;
                 return;
             }
             _ = ping.tick() => {

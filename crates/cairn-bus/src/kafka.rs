@@ -29,9 +29,7 @@ use cairn_core::schemas;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::metadata::Metadata;
@@ -519,10 +517,47 @@ impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.consumer.take() {
-            let _ = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name("kafka-close".into())
-                .spawn(move || drop(c));
+                .spawn(move || drop(c))
+            {
+                Ok(t) => CLOSING
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(t),
+                Err(e) => tracing::warn!(error = %e, "cannot start a thread to close a consumer"),
+            }
         }
+    }
+}
+
+/// Consumers closing (leaving their group, committing offsets) on their threads.
+static CLOSING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits until every dropped consumer has closed, or `deadline` passes; true
+/// when all have. A graceful shutdown calls it so that offsets are committed
+/// before the process exits.
+pub async fn wait_closed(deadline: Instant) -> bool {
+    loop {
+        let open = {
+            let mut closing = CLOSING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            closing.retain(|t| !t.is_finished());
+            closing.len()
+        };
+        if open == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                consumers = open,
+                "Kafka consumers still closing at the deadline"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -296,6 +296,12 @@ pub struct ServerConfig {
     /// `Host` header values `/mcp` answers (e.g. `["cairn.example.com"]`);
     /// empty (the default) accepts any host, as every request needs a token.
     pub allowed_hosts: Vec<String>,
+    /// How long a shutdown (SIGTERM, Ctrl-C) may take: running turns get most of
+    /// it to finish (the rest stay checkpointed and resume on the next start or
+    /// another replica), then offsets are committed and leases released; the
+    /// process exits when it passes, whatever is left.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 /// `server.role`.
@@ -332,6 +338,7 @@ impl Default for ServerConfig {
             max_streams: 10_000,
             stream_recheck: Duration::from_secs(5),
             allowed_hosts: Vec::new(),
+            shutdown_timeout: Duration::from_secs(25),
         }
     }
 }

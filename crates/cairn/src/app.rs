@@ -73,6 +73,10 @@ pub struct App {
     sweeper: Option<tokio::task::JoinHandle<()>>,
     /// Tells open streams that the server is closing.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Tells waiting requests that the turn drain is over.
+    drained: tokio::sync::watch::Sender<bool>,
+    /// `server.shutdown_timeout`.
+    shutdown_timeout: Duration,
     /// The MCP tool host, when servers are configured.
     pub tools: Option<Arc<ToolHub>>,
     /// Knowledge-store housekeeping; finishes its current run at shutdown.
@@ -83,6 +87,10 @@ pub struct App {
 pub const MEMORY_FILE: &str = "memory.redb";
 /// The embedded bus log.
 pub const BUS_FILE: &str = "bus.redb";
+
+/// The part of `server.shutdown_timeout` kept for what follows the turn drain
+/// (stopping the actors, committing offsets, flushing exporters).
+pub const SHUTDOWN_RESERVE: Duration = Duration::from_secs(5);
 
 /// How often the retention sweeper runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -541,6 +549,7 @@ pub async fn build(
     let drafter = model.provider().to_owned();
     let deps = AgentDeps {
         budget: Some(budget.clone()),
+        lifecycle: Default::default(),
         memory: memory.clone(),
         events: events.clone(),
         model,
@@ -731,6 +740,7 @@ pub async fn build(
         })
     });
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let (drained, drained_rx) = tokio::sync::watch::channel(false);
     if let Some(r) = rules.filter(|_| config.server.role.runs_actors()) {
         let probe = hub
             .clone()
@@ -764,6 +774,7 @@ pub async fn build(
     }
     let state = AppState {
         closing: closing_rx,
+        drained: drained_rx,
         extra_health: Arc::new(extra_health),
         documents: knowledge.is_some().then_some(documents),
         tools: hub.clone(),
@@ -841,14 +852,28 @@ pub async fn build(
         dev_secret,
         sweeper,
         closing,
+        drained,
+        shutdown_timeout: config.server.shutdown_timeout,
         tools: hub,
         maintainer: std::sync::Mutex::new(maintainer),
     })
 }
 
 impl App {
-    /// Serves the API on `listener` until `shutdown` resolves, then stops the
-    /// runtime (unfinished turns stay checkpointed).
+    /// Serves the API on `listener` until `shutdown` resolves, then shuts down
+    /// gracefully within `server.shutdown_timeout`:
+    ///
+    /// 1. the listener stops accepting; open SSE and WebSocket streams end with
+    ///    a reconnect hint (`server_restarting`, close code 1012);
+    /// 2. the bus bridges stop (on Kafka the consumers leave their groups and
+    ///    commit their offsets) and no new turn starts; running turns get all but
+    ///    the last [`SHUTDOWN_RESERVE`] of the timeout to finish;
+    /// 3. requests still waiting for a turn answer 503, the supervision tree
+    ///    stops (turns still running stay checkpointed, writer leases are
+    ///    released), the tool servers stop and the exporters flush.
+    ///
+    /// Whatever is left when the timeout passes is abandoned: everything
+    /// accepted is durable by then, and the next start resumes it.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -859,20 +884,53 @@ impl App {
         } else {
             cairn_api::router(self.state.clone())
         };
-        let closing = self.closing.clone();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = closing.send(true);
-        };
         // Small SSE frames and JSON replies go out at once, not after a delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(signal)
-            .await?;
-        self.stop().await;
+        let closed = self.state.closed();
+        let mut http = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(closed)
+                .into_future(),
+        );
+        tokio::select! {
+            () = shutdown => {}
+            r = &mut http => {
+                // The server failed on its own: stop what runs and report it.
+                self.stop().await;
+                return Ok(r??);
+            }
+        }
+        let timeout = self.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(?timeout, "shutting down");
+        let _ = self.closing.send(true);
+        let for_turns = timeout.saturating_sub(SHUTDOWN_RESERVE).max(timeout / 2);
+        let left = self.state.runtime.drain(for_turns).await;
+        if left > 0 {
+            tracing::warn!(
+                turns = left,
+                "turns still running at the end of the drain stay checkpointed and resume on the next start"
+            );
+        }
+        let _ = self.drained.send(true);
+        let rest = async {
+            // Requests still open (they answer now that the drain is over).
+            if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
+                tracing::warn!("HTTP connections still open at the shutdown deadline");
+            }
+            self.stop().await;
+            cairn_bus::kafka::wait_closed(deadline.into_std()).await;
+        };
+        if tokio::time::timeout_at(deadline, rest).await.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "server.shutdown_timeout passed; exiting with work left"
+            );
+        } else {
+            tracing::info!("shut down");
+        }
         Ok(())
     }
 

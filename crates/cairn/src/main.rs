@@ -435,6 +435,9 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// How long past `server.shutdown_timeout` the watchdog lets a shutdown run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -514,7 +517,20 @@ async fn serve(
                 .display()
         );
     }
-    app.serve(listener, shutdown_signal()).await?;
+    let limit = config.server.shutdown_timeout;
+    let signal = async move {
+        shutdown_signal().await;
+        // The graceful shutdown keeps to server.shutdown_timeout itself; this is
+        // the backstop should something block past it.
+        let _ = std::thread::Builder::new()
+            .name("shutdown-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(limit + SHUTDOWN_GRACE);
+                eprintln!("error: shutdown took longer than server.shutdown_timeout; exiting");
+                std::process::exit(1);
+            });
+    };
+    app.serve(listener, signal).await?;
     Ok(ExitCode::SUCCESS)
 }
 

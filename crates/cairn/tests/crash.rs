@@ -1,7 +1,11 @@
-//! The whole process dies mid-turn (SIGKILL) and the next process resumes the turn
-//! from its checkpoint without repeating the tool call that had completed. The
-//! model is an OpenAI-compatible server run by the test (its real wire format), so
-//! the real `cairn serve` binary and client code run.
+//! The whole process stops mid-turn and nothing is lost. SIGKILL: the next process
+//! resumes the turn from its checkpoint without repeating the tool call that had
+//! completed. SIGTERM (graceful shutdown, `server.shutdown_timeout`): new
+//! connections are refused, open streams end with a reconnect hint, the running
+//! turn finishes (or, past the timeout, stays checkpointed and resumes on the
+//! next start), queued messages wait for the next start, and the process exits in
+//! time. The model is an OpenAI-compatible server run by the test (its real wire
+//! format), so the real `cairn serve` binary and client code run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -50,6 +54,15 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Json<Value> {
 }
 
 fn spawn_server(data: &std::path::Path, model_url: &str, port: u16) -> Child {
+    spawn_server_with(data, model_url, port, &[])
+}
+
+fn spawn_server_with(
+    data: &std::path::Path,
+    model_url: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
     for (k, _) in std::env::vars() {
         if k.starts_with("CAIRN_") {
@@ -64,6 +77,7 @@ fn spawn_server(data: &std::path::Path, model_url: &str, port: u16) -> Child {
         .env("CAIRN_LLM__MODEL", "test-model")
         .env("CAIRN_LLM__STREAM", "false")
         .env("CAIRN_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -185,4 +199,270 @@ async fn a_turn_survives_sigkill_of_the_whole_process() {
         3,
         "only the interrupted model call was repeated"
     );
+}
+
+/// The model server on a free port; returns its URL.
+async fn model_server(model: &Model) -> String {
+    let app = axum::Router::new()
+        .route("/chat/completions", post(chat))
+        .with_state(model.clone());
+    common::serve_local(app).await
+}
+
+/// A started server's client for tenant acme, user ana (the generated secret).
+async fn client_of(dir: &std::path::Path, port: u16) -> common::Client {
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_ready(&reqwest::Client::new(), &base).await;
+    let secret = std::fs::read_to_string(dir.join("jwt-secret")).unwrap();
+    let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
+    let token = auth
+        .mint(
+            &cairn_core::UserId::parse("ana").unwrap(),
+            &cairn_core::TenantId::parse("acme").unwrap(),
+            Duration::from_secs(600),
+            &[],
+        )
+        .unwrap();
+    common::Client {
+        base,
+        token: Some(token),
+        http: common::http_client(),
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM");
+}
+
+/// Waits (bounded) for the process to exit; returns its status and when.
+async fn exited(child: &mut Child, within: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "the process did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn model_calls_reach(model: &Model, n: usize) {
+    for _ in 0..500 {
+        if model.requests.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("model calls: {}", model.requests.load(Ordering::SeqCst));
+}
+
+/// The kinds of events of `turn` in `events`.
+fn kinds_of<'a>(events: &'a [(String, String, Value)], turn: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e.2["turn_id"] == turn)
+        .map(|e| e.1.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
+    cairn_llm::http::install_crypto_provider();
+    let model = Model {
+        hang: Arc::new(AtomicBool::new(true)),
+        ..Default::default()
+    };
+    let model_url = model_server(&model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let timeout = [("CAIRN_SERVER__SHUTDOWN_TIMEOUT", "30s")];
+    let mut first = spawn_server_with(dir.path(), &model_url, port, &timeout);
+    let c = client_of(dir.path(), port).await;
+    let conv = c.new_conversation().await;
+
+    // A stream of the conversation's events, open across the shutdown.
+    let stream = {
+        let (c, conv) = (c.clone(), conv.clone());
+        tokio::spawn(async move {
+            c.sse(
+                &format!("/v1/conversations/{conv}/events"),
+                None,
+                Duration::from_secs(30),
+                |ev| ev.iter().any(|e| e.1 == "error"),
+            )
+            .await
+        })
+    };
+    let one = c
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"content": "what time is it?"}),
+        )
+        .await;
+    assert_eq!(one.status, 202, "{:?}", one.body);
+    let turn_one = one.body["turn_id"].as_str().unwrap().to_owned();
+    // The tool has run and the answering model call hangs; a second message waits
+    // in the queue behind the running turn.
+    model_calls_reach(&model, 2).await;
+    let two = c
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"content": "and the date?"}),
+        )
+        .await;
+    assert_eq!(two.status, 202, "{:?}", two.body);
+    let turn_two = two.body["turn_id"].as_str().unwrap().to_owned();
+
+    sigterm(&first);
+    // The open stream ends with the reconnect hint while the turn still runs.
+    let events = tokio::time::timeout(Duration::from_secs(10), stream)
+        .await
+        .expect("the stream ends at the shutdown")
+        .unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.1, "error", "{events:?}");
+    assert_eq!(last.2["code"], "server_restarting", "{events:?}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "still finishing the turn"
+    );
+    // New connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if reqwest::get(format!("{}/live", c.base)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener closed");
+
+    // The model answers: the turn finishes, and the process exits on its own,
+    // well before the timeout, with success.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    model.hang.store(false, Ordering::SeqCst);
+    let (status, took) = exited(&mut first, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(15), "exited after {took:?}");
+    assert_eq!(
+        model.requests.load(Ordering::SeqCst),
+        2,
+        "the queued message did not start during the drain"
+    );
+
+    // The next start answers the queued message; the finished turn is not rerun.
+    let port = common::free_port();
+    let mut second = spawn_server(dir.path(), &model_url, port);
+    let c = client_of(dir.path(), port).await;
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(20),
+            |ev| {
+                kinds_of(ev, &turn_two)
+                    .iter()
+                    .any(|k| common::is_terminal(k))
+            },
+        )
+        .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(
+        kinds_of(&events, &turn_one),
+        vec![
+            "turn.started",
+            "tool.called",
+            "tool.completed",
+            "answer.completed"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(
+        kinds_of(&events, &turn_two).last(),
+        Some(&"answer.completed"),
+        "{events:?}"
+    );
+    assert_eq!(model.requests.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_shutdown_timeout_exits_in_time_and_the_turn_resumes() {
+    cairn_llm::http::install_crypto_provider();
+    let model = Model {
+        hang: Arc::new(AtomicBool::new(true)),
+        ..Default::default()
+    };
+    let model_url = model_server(&model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let timeout = [("CAIRN_SERVER__SHUTDOWN_TIMEOUT", "3s")];
+    let mut first = spawn_server_with(dir.path(), &model_url, port, &timeout);
+    let c = client_of(dir.path(), port).await;
+    let conv = c.new_conversation().await;
+    // A client waiting for the answer.
+    let waiting = {
+        let (c, conv) = (c.clone(), conv.clone());
+        tokio::spawn(async move {
+            c.post(
+                &format!("/v1/conversations/{conv}/messages?wait=true"),
+                json!({"content": "what time is it?"}),
+            )
+            .await
+        })
+    };
+    model_calls_reach(&model, 2).await;
+
+    sigterm(&first);
+    let (status, took) = exited(&mut first, Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "the graceful path, not the watchdog: {status:?}"
+    );
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    // The waiting client was told, not left hanging.
+    let waited = waiting.await.unwrap();
+    assert_eq!(waited.status, 503, "{:?}", waited.body);
+    assert_eq!(waited.body["error"]["code"], "unavailable");
+
+    // The next start resumes the checkpointed turn: the tool is not called again.
+    model.hang.store(false, Ordering::SeqCst);
+    let port = common::free_port();
+    let mut second = spawn_server(dir.path(), &model_url, port);
+    let c = client_of(dir.path(), port).await;
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(20),
+            |ev| ev.iter().any(|e| common::is_terminal(&e.1)),
+        )
+        .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let turn = events.iter().find(|e| e.1 == "turn.started").unwrap().2["turn_id"].clone();
+    let of_turn: Vec<&(String, String, Value)> =
+        events.iter().filter(|e| e.2["turn_id"] == turn).collect();
+    let kinds: Vec<&str> = of_turn.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "turn.started",
+            "tool.called",
+            "tool.completed",
+            "turn.started",
+            "answer.completed"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(of_turn[3].2["resumed"], true);
+    assert_eq!(model.requests.load(Ordering::SeqCst), 3);
 }

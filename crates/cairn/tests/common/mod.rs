@@ -144,6 +144,7 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub base: String,
     pub token: Option<String>,
