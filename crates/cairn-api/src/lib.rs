@@ -32,6 +32,8 @@
 //! - [`metrics`]: Prometheus `/metrics` and the HTTP request metrics.
 //! - [`cors`]: CORS for the configured browser origins.
 //! - [`health`]: `/health`, `/ready`, `/live`.
+//! - [`console`]: the web console at `/console` (plain JS and CSS embedded in
+//!   the binary, served with a strict Content-Security-Policy).
 //! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers'
 //!   annotations (`/openapi.json`) and the embedded reference page (`/docs`).
 //! - [`router`]: assembles everything into one `axum::Router`, registering
@@ -39,6 +41,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod console;
 pub mod conversations;
 pub mod cors;
 pub mod desk;

@@ -108,7 +108,11 @@ pub fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenA
         .routes(routes!(health::live))
         .routes(routes!(crate::openapi::json))
         .routes(routes!(crate::openapi::docs))
-        .routes(routes!(crate::openapi::docs_script));
+        .routes(routes!(crate::openapi::docs_script))
+        .routes(routes!(crate::console::page))
+        .routes(routes!(crate::console::script))
+        .routes(routes!(crate::console::style))
+        .routes(routes!(crate::console::config));
     if state.settings.metrics {
         root = root.routes(routes!(metrics::render));
     }

@@ -91,6 +91,8 @@ pub struct AppState {
     /// waiting for a turn (`?wait=true`) answer 503 then, as the turn goes on
     /// elsewhere or after the restart.
     pub drained: tokio::sync::watch::Receiver<bool>,
+    /// The development token the console pre-fills (development mode only).
+    pub console_token: Option<String>,
 }
 
 impl AppState {

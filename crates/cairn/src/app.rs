@@ -775,6 +775,7 @@ pub async fn build(
     let state = AppState {
         closing: closing_rx,
         drained: drained_rx,
+        console_token: None,
         extra_health: Arc::new(extra_health),
         documents: knowledge.is_some().then_some(documents),
         tools: hub.clone(),

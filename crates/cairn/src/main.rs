@@ -506,10 +506,12 @@ async fn serve(
                 config.auth.alerts_scope.clone(),
             ],
         )?;
+        app.state.console_token = Some(token.clone());
         println!(
             "\nDevelopment mode: no [auth] configured, so a secret was generated in {}.\n\
              A token for tenant \"default\", user \"dev\", valid 24 hours:\n\n  export CAIRN_TOKEN={token}\n\n\
-             Try: curl -s -X POST http://{addr}/v1/conversations -H \"Authorization: Bearer $CAIRN_TOKEN\"\n",
+             Try: curl -s -X POST http://{addr}/v1/conversations -H \"Authorization: Bearer $CAIRN_TOKEN\"\n\
+             or open the console at http://{addr}/console\n",
             config
                 .server
                 .data_dir
