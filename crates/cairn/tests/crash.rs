@@ -86,107 +86,27 @@ fn spawn_server_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_survives_sigkill_of_the_whole_process() {
-    cairn_llm::http::install_crypto_provider();
-    let model = Model {
-        hang: Arc::new(AtomicBool::new(true)),
-        ..Default::default()
-    };
-    let app = axum::Router::new()
-        .route("/chat/completions", post(chat))
-        .with_state(model.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut first = spawn_server(dir.path(), &model_url, port);
-    common::wait_ready(&http, &base).await;
-    let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
-    let auth = cairn_api::auth::Authenticator::new(secret.trim().as_bytes(), &Default::default());
-    let token = auth
-        .mint(
-            &cairn_core::UserId::parse("ana").unwrap(),
-            &cairn_core::TenantId::parse("acme").unwrap(),
-            Duration::from_secs(600),
-            &[],
-        )
-        .unwrap();
-    let conv: Value = http
-        .post(format!("{base}/v1/conversations"))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conv = conv["id"].as_str().unwrap().to_owned();
-    let accepted: Value = http
-        .post(format!("{base}/v1/conversations/{conv}/messages"))
-        .bearer_auth(&token)
-        .json(&json!({"content": "what time is it?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let turn = accepted["turn_id"].as_str().unwrap().to_owned();
-
-    // The tool has run and the second model call is in flight: kill -9.
-    for _ in 0..300 {
-        if model.requests.load(Ordering::SeqCst) >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(model.requests.load(Ordering::SeqCst), 2);
-    first.kill().unwrap();
-    first.wait().unwrap();
-
-    // A new process on the same data dir resumes the turn on start-up.
-    model.hang.store(false, Ordering::SeqCst);
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut second = spawn_server(dir.path(), &model_url, port);
-    common::wait_ready(&http, &base).await;
-    let c = common::Client {
-        base: base.clone(),
-        token: Some(token.clone()),
-        http: http.clone(),
-    };
-    let events = c
-        .sse(
-            &format!("/v1/conversations/{conv}/events"),
-            None,
-            Duration::from_secs(20),
-            |ev| ev.iter().any(|e| common::is_terminal(&e.1)),
+    let mut h = hanging_server("25s").await;
+    let (c, conv) = (h.c.clone(), h.conv.clone());
+    let accepted = c
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"content": "what time is it?"}),
         )
         .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    let turn = accepted.body["turn_id"].as_str().unwrap().to_owned();
 
-    let of_turn: Vec<&(String, String, Value)> = events
-        .iter()
-        .filter(|e| e.2["turn_id"] == turn.as_str())
-        .collect();
-    let kinds: Vec<&str> = of_turn.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(
-        kinds,
-        vec![
-            "turn.started",
-            "tool.called",
-            "tool.completed",
-            "turn.started",
-            "answer.completed"
-        ],
-        "{events:?}"
-    );
-    assert_eq!(of_turn[3].2["resumed"], true);
+    // The tool has run and the second model call is in flight: kill -9.
+    model_calls_reach(&h.model, 2).await;
+    assert_eq!(h.model.requests.load(Ordering::SeqCst), 2);
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+
+    // A new process on the same data dir resumes the turn on start-up.
+    let events = h
+        .restart_and_follow(|ev| ev.iter().any(|e| common::is_terminal(&e.1)))
+        .await;
+    let of_turn = resumed_once(&events, turn.as_str());
     let answer = of_turn[4].2["content"].as_str().unwrap();
     assert!(answer.starts_with("It is 20"), "{answer}");
     // Usage of both model calls was kept across the crash (5+9 in, 3+4 out).
@@ -195,7 +115,7 @@ async fn a_turn_survives_sigkill_of_the_whole_process() {
         json!({"input_tokens": 14, "output_tokens": 7})
     );
     assert_eq!(
-        model.requests.load(Ordering::SeqCst),
+        h.model.requests.load(Ordering::SeqCst),
         3,
         "only the interrupted model call was repeated"
     );
@@ -227,6 +147,64 @@ async fn client_of(dir: &std::path::Path, port: u16) -> common::Client {
         base,
         token: Some(token),
         http: common::http_client(),
+    }
+}
+
+/// A server whose model hangs on its answering call, with a new conversation.
+struct Hanging {
+    model: Model,
+    model_url: String,
+    dir: tempfile::TempDir,
+    child: Child,
+    c: common::Client,
+    conv: String,
+}
+
+async fn hanging_server(shutdown_timeout: &str) -> Hanging {
+    cairn_llm::http::install_crypto_provider();
+    let model = Model {
+        hang: Arc::new(AtomicBool::new(true)),
+        ..Default::default()
+    };
+    let model_url = model_server(&model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let timeout = [("CAIRN_SERVER__SHUTDOWN_TIMEOUT", shutdown_timeout)];
+    let child = spawn_server_with(dir.path(), &model_url, port, &timeout);
+    let c = client_of(dir.path(), port).await;
+    let conv = c.new_conversation().await;
+    Hanging {
+        model,
+        model_url,
+        dir,
+        child,
+        c,
+        conv,
+    }
+}
+
+impl Hanging {
+    /// Starts the next process on the same data dir (the model answering now)
+    /// and reads the conversation's events until `done` says so.
+    async fn restart_and_follow(
+        &self,
+        done: impl Fn(&[(String, String, Value)]) -> bool,
+    ) -> Vec<(String, String, Value)> {
+        self.model.hang.store(false, Ordering::SeqCst);
+        let port = common::free_port();
+        let mut second = spawn_server(self.dir.path(), &self.model_url, port);
+        let c = client_of(self.dir.path(), port).await;
+        let events = c
+            .sse(
+                &format!("/v1/conversations/{}/events", self.conv),
+                None,
+                Duration::from_secs(20),
+                done,
+            )
+            .await;
+        second.kill().unwrap();
+        second.wait().unwrap();
+        events
     }
 }
 
@@ -264,6 +242,30 @@ async fn model_calls_reach(model: &Model, n: usize) {
     panic!("model calls: {}", model.requests.load(Ordering::SeqCst));
 }
 
+/// The events of `turn`, checked to be one tool call, an interruption, and the
+/// resumed turn's answer (the tool not called again).
+fn resumed_once<'a>(
+    events: &'a [(String, String, Value)],
+    turn: &str,
+) -> Vec<&'a (String, String, Value)> {
+    let of_turn: Vec<&(String, String, Value)> =
+        events.iter().filter(|e| e.2["turn_id"] == turn).collect();
+    let kinds: Vec<&str> = of_turn.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "turn.started",
+            "tool.called",
+            "tool.completed",
+            "turn.started",
+            "answer.completed"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(of_turn[3].2["resumed"], true);
+    of_turn
+}
+
 /// The kinds of events of `turn` in `events`.
 fn kinds_of<'a>(events: &'a [(String, String, Value)], turn: &str) -> Vec<&'a str> {
     events
@@ -275,18 +277,8 @@ fn kinds_of<'a>(events: &'a [(String, String, Value)], turn: &str) -> Vec<&'a st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
-    cairn_llm::http::install_crypto_provider();
-    let model = Model {
-        hang: Arc::new(AtomicBool::new(true)),
-        ..Default::default()
-    };
-    let model_url = model_server(&model).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let timeout = [("CAIRN_SERVER__SHUTDOWN_TIMEOUT", "30s")];
-    let mut first = spawn_server_with(dir.path(), &model_url, port, &timeout);
-    let c = client_of(dir.path(), port).await;
-    let conv = c.new_conversation().await;
+    let mut h = hanging_server("30s").await;
+    let (c, conv) = (h.c.clone(), h.conv.clone());
 
     // A stream of the conversation's events, open across the shutdown.
     let stream = {
@@ -311,7 +303,7 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
     let turn_one = one.body["turn_id"].as_str().unwrap().to_owned();
     // The tool has run and the answering model call hangs; a second message waits
     // in the queue behind the running turn.
-    model_calls_reach(&model, 2).await;
+    model_calls_reach(&h.model, 2).await;
     let two = c
         .post(
             &format!("/v1/conversations/{conv}/messages"),
@@ -321,7 +313,7 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
     assert_eq!(two.status, 202, "{:?}", two.body);
     let turn_two = two.body["turn_id"].as_str().unwrap().to_owned();
 
-    sigterm(&first);
+    sigterm(&h.child);
     // The open stream ends with the reconnect hint while the turn still runs.
     let events = tokio::time::timeout(Duration::from_secs(10), stream)
         .await
@@ -331,7 +323,7 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
     assert_eq!(last.1, "error", "{events:?}");
     assert_eq!(last.2["code"], "server_restarting", "{events:?}");
     assert!(
-        first.try_wait().unwrap().is_none(),
+        h.child.try_wait().unwrap().is_none(),
         "still finishing the turn"
     );
     // New connections are refused.
@@ -348,34 +340,24 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
     // The model answers: the turn finishes, and the process exits on its own,
     // well before the timeout, with success.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    model.hang.store(false, Ordering::SeqCst);
-    let (status, took) = exited(&mut first, Duration::from_secs(30)).await;
+    h.model.hang.store(false, Ordering::SeqCst);
+    let (status, took) = exited(&mut h.child, Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(15), "exited after {took:?}");
     assert_eq!(
-        model.requests.load(Ordering::SeqCst),
+        h.model.requests.load(Ordering::SeqCst),
         2,
         "the queued message did not start during the drain"
     );
 
     // The next start answers the queued message; the finished turn is not rerun.
-    let port = common::free_port();
-    let mut second = spawn_server(dir.path(), &model_url, port);
-    let c = client_of(dir.path(), port).await;
-    let events = c
-        .sse(
-            &format!("/v1/conversations/{conv}/events"),
-            None,
-            Duration::from_secs(20),
-            |ev| {
-                kinds_of(ev, &turn_two)
-                    .iter()
-                    .any(|k| common::is_terminal(k))
-            },
-        )
+    let events = h
+        .restart_and_follow(|ev| {
+            kinds_of(ev, &turn_two)
+                .iter()
+                .any(|k| common::is_terminal(k))
+        })
         .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
     assert_eq!(
         kinds_of(&events, &turn_one),
         vec![
@@ -391,26 +373,15 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
         Some(&"answer.completed"),
         "{events:?}"
     );
-    assert_eq!(model.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(h.model.requests.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_shutdown_timeout_exits_in_time_and_the_turn_resumes() {
-    cairn_llm::http::install_crypto_provider();
-    let model = Model {
-        hang: Arc::new(AtomicBool::new(true)),
-        ..Default::default()
-    };
-    let model_url = model_server(&model).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let timeout = [("CAIRN_SERVER__SHUTDOWN_TIMEOUT", "3s")];
-    let mut first = spawn_server_with(dir.path(), &model_url, port, &timeout);
-    let c = client_of(dir.path(), port).await;
-    let conv = c.new_conversation().await;
+    let mut h = hanging_server("3s").await;
     // A client waiting for the answer.
     let waiting = {
-        let (c, conv) = (c.clone(), conv.clone());
+        let (c, conv) = (h.c.clone(), h.conv.clone());
         tokio::spawn(async move {
             c.post(
                 &format!("/v1/conversations/{conv}/messages?wait=true"),
@@ -419,10 +390,10 @@ async fn sigterm_past_the_shutdown_timeout_exits_in_time_and_the_turn_resumes() 
             .await
         })
     };
-    model_calls_reach(&model, 2).await;
+    model_calls_reach(&h.model, 2).await;
 
-    sigterm(&first);
-    let (status, took) = exited(&mut first, Duration::from_secs(10)).await;
+    sigterm(&h.child);
+    let (status, took) = exited(&mut h.child, Duration::from_secs(10)).await;
     assert!(
         status.success(),
         "the graceful path, not the watchdog: {status:?}"
@@ -434,35 +405,10 @@ async fn sigterm_past_the_shutdown_timeout_exits_in_time_and_the_turn_resumes() 
     assert_eq!(waited.body["error"]["code"], "unavailable");
 
     // The next start resumes the checkpointed turn: the tool is not called again.
-    model.hang.store(false, Ordering::SeqCst);
-    let port = common::free_port();
-    let mut second = spawn_server(dir.path(), &model_url, port);
-    let c = client_of(dir.path(), port).await;
-    let events = c
-        .sse(
-            &format!("/v1/conversations/{conv}/events"),
-            None,
-            Duration::from_secs(20),
-            |ev| ev.iter().any(|e| common::is_terminal(&e.1)),
-        )
+    let events = h
+        .restart_and_follow(|ev| ev.iter().any(|e| common::is_terminal(&e.1)))
         .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
     let turn = events.iter().find(|e| e.1 == "turn.started").unwrap().2["turn_id"].clone();
-    let of_turn: Vec<&(String, String, Value)> =
-        events.iter().filter(|e| e.2["turn_id"] == turn).collect();
-    let kinds: Vec<&str> = of_turn.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(
-        kinds,
-        vec![
-            "turn.started",
-            "tool.called",
-            "tool.completed",
-            "turn.started",
-            "answer.completed"
-        ],
-        "{events:?}"
-    );
-    assert_eq!(of_turn[3].2["resumed"], true);
-    assert_eq!(model.requests.load(Ordering::SeqCst), 3);
+    resumed_once(&events, turn.as_str().unwrap());
+    assert_eq!(h.model.requests.load(Ordering::SeqCst), 3);
 }
