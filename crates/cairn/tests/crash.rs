@@ -293,6 +293,20 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
             .await
         })
     };
+    // And a WebSocket of the same conversation.
+    let mut ws = {
+        let url = format!(
+            "{}/v1/conversations/{conv}/ws",
+            c.base.replace("http://", "ws://")
+        );
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        let bearer = format!("Bearer {}", c.token.clone().unwrap());
+        req.headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
     let one = c
         .post(
             &format!("/v1/conversations/{conv}/messages"),
@@ -322,6 +336,21 @@ async fn sigterm_lets_the_running_turn_finish_and_streams_reconnect() {
     let last = events.last().unwrap();
     assert_eq!(last.1, "error", "{events:?}");
     assert_eq!(last.2["code"], "server_restarting", "{events:?}");
+    // The WebSocket is closed with 1012 (service restart: reconnect).
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket closes at the shutdown");
+    assert_eq!(close, Some(1012));
     assert!(
         h.child.try_wait().unwrap().is_none(),
         "still finishing the turn"
