@@ -11,6 +11,7 @@
 //!   minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`fork`]: forking a conversation at a message, and a turn's recorded steps.
 //! - [`streams`]: open-stream limits per user and process, and the end of a
 //!   stream when its token expires or its conversation is deleted.
 //! - [`ws`]: WebSocket streams (`/v1/conversations/{id}/ws`, the seed path
@@ -49,6 +50,7 @@ pub mod documents;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod fork;
 pub mod health;
 pub mod insights;
 pub mod jwks;

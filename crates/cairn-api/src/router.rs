@@ -4,8 +4,8 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, conversations, desk, documents, events, health, insights, limits, messages, metrics,
-    openai, request_id, search, tools, ws,
+    alerts, conversations, desk, documents, events, fork, health, insights, limits, messages,
+    metrics, openai, request_id, search, tools, ws,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -67,6 +67,8 @@ pub fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenA
         .routes(routes!(conversations::get, conversations::delete))
         .routes(routes!(messages::list, messages::post))
         .routes(routes!(events::stream))
+        .routes(routes!(fork::fork))
+        .routes(routes!(fork::steps))
         .routes(routes!(ws::native))
         .routes(routes!(ws::ticket))
         .routes(routes!(insights::conversation_insights))
