@@ -317,11 +317,25 @@ async fn api_and_worker_roles_run_apart() {
     assert_eq!(health["components"]["actors"]["live_conversations"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
-    let (_broker, model, cluster) = setup().await;
+/// Two replicas, a conversation whose turn hangs in its model call, and which
+/// replica hosts it.
+struct InFlight {
+    _broker: Broker,
+    model: Model,
+    cluster: Cluster,
+    replicas: [Replica; 2],
+    token: String,
+    conv: String,
+    host: usize,
+}
+
+async fn turn_in_flight(env: &[(&str, &str)]) -> InFlight {
+    let (_broker, model, mut cluster) = setup().await;
+    cluster
+        .env
+        .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let http = reqwest::Client::new();
-    let mut replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
+    let replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
     for r in &replicas {
         common::wait_ready(&http, &r.base).await;
     }
@@ -357,18 +371,27 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
         }
     }
     let host = host.expect("one replica hosts the conversation");
-    replicas[host].kill();
-    model.hang.store(false, Ordering::SeqCst);
+    InFlight {
+        _broker,
+        model,
+        cluster,
+        replicas,
+        token,
+        conv,
+        host,
+    }
+}
 
-    // The survivor takes the partitions over, waits out the dead owner's lease,
-    // and resumes the turn from its checkpoint.
-    let survivor = replicas[1 - host].base.clone();
+/// Waits (bounded) until `base` shows the conversation answered; returns its
+/// transcript, checked to be one question and one answer.
+async fn answered_once(base: &str, conv: &str, token: &str) -> Vec<Value> {
+    let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let messages = loop {
         let r: Value = get_json(
             &http,
-            &format!("{survivor}/v1/conversations/{conv}/messages"),
-            Some(&token),
+            &format!("{base}/v1/conversations/{conv}/messages"),
+            Some(token),
         )
         .await;
         let items = r["items"].as_array().cloned().unwrap_or_default();
@@ -388,6 +411,64 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
         .collect();
     assert_eq!(roles, vec!["user", "assistant"]);
     assert_eq!(messages[1]["content"], "You asked: cancel my order");
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_with_sigterm_exits_in_time_and_the_other_resumes_its_turn() {
+    let mut f = turn_in_flight(&[("CAIRN_SERVER__SHUTDOWN_TIMEOUT", "3s")]).await;
+    let host = f.host;
+    let started = std::time::Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &f.replicas[host].child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // The model never answers the host: the drain ends at its deadline, the
+    // consumers leave the group with their offsets committed, the lease is
+    // released, and the process exits through the graceful path, in time.
+    let status = loop {
+        if let Some(s) = f.replicas[host].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica did not exit within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    f.model.hang.store(false, Ordering::SeqCst);
+    // The survivor takes the partitions over and resumes the turn: one answer.
+    let survivor = f.replicas[1 - host].base.clone();
+    answered_once(&survivor, &f.conv, &f.token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
+    let InFlight {
+        _broker,
+        model,
+        cluster,
+        mut replicas,
+        token,
+        conv,
+        host,
+    } = turn_in_flight(&[]).await;
+    let http = reqwest::Client::new();
+    replicas[host].kill();
+    model.hang.store(false, Ordering::SeqCst);
+
+    // The survivor takes the partitions over, waits out the dead owner's lease,
+    // and resumes the turn from its checkpoint.
+    let survivor = replicas[1 - host].base.clone();
+    answered_once(&survivor, &conv, &token).await;
 
     // One answer in the event stream, after a resumed start.
     let r = http
