@@ -191,6 +191,12 @@ impl Actor for ConversationActor {
                 let result = state.deps.memory.enqueue_turn(&request).await;
                 let answer = match result {
                     Ok(Enqueued::New) => {
+                        // A redelivery after a crash repeats this; requests
+                        // already made are not made again.
+                        if let Err(e) = crate::cancel::interrupt_before(&state.deps, &request).await
+                        {
+                            tracing::warn!(conversation = %state.key.1, error = %e, "cannot interrupt the turns before the message; they run");
+                        }
                         state.queue.push_back(request);
                         Ok(Enqueued::New)
                     }

@@ -322,6 +322,7 @@ async fn draft_reply(deps: &TicketDeps, t: &Ticket) -> Result<SuggestedReply, St
                         deadline: agent.settings.tool_timeout,
                         knowledge_tags: Vec::new(),
                         traceparent: None,
+                        cancel: Default::default(),
                     };
                     match tokio::time::timeout(
                         agent.settings.tool_timeout,

@@ -8,6 +8,8 @@
 //!   window of recent messages — and the incremental summariser.
 //! - [`turn`]: one turn of the ReAct loop, checkpointed after every step; with
 //!   `[[agents]]` profiles it routes by intent and honours `handoff`.
+//! - [`cancel`]: cancelling a running turn (`turn.cancel_requested` →
+//!   `turn.cancelled`), with every open tool call closed by a synthetic result.
 //! - [`conversation`]: `ConversationActor`, one per live conversation; it
 //!   serialises turns and runs each in a task so its mailbox stays responsive,
 //!   holds the conversation's writer lease (fencing token on every turn write)
@@ -33,6 +35,7 @@
 //!   API's entry point.
 
 pub mod bridge;
+pub mod cancel;
 pub mod catalog;
 pub mod conversation;
 pub mod desk;

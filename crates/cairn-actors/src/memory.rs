@@ -5,7 +5,7 @@
 
 use crate::settings::AgentDeps;
 use cairn_core::ids::{ConversationId, TenantId};
-use cairn_core::ports::{ChatMessage, ChatRequest, StoreError};
+use cairn_core::ports::{CancelMode, ChatMessage, ChatRequest, StoreError};
 use cairn_core::{Message, Role, Summary};
 
 /// Most messages read when loading the unsummarised tail.
@@ -147,7 +147,10 @@ async fn summarize(deps: &AgentDeps, tenant: &TenantId, old: &str, leaving: &[Me
 }
 
 /// The chat messages for a context: the summary as a system message, then the
-/// transcript (failure records left out).
+/// transcript. Failure records are left out; a cancelled (or interrupted)
+/// turn contributes the steps it took (each call with its result, a cut-short
+/// one with the synthetic "cancelled" observation) and its record; a
+/// rolled-back turn contributes nothing, its user message included.
 pub fn context_messages(summary: &Summary, recent: &[Message]) -> Vec<ChatMessage> {
     let mut out = Vec::with_capacity(recent.len() + 1);
     if !summary.text.is_empty() {
@@ -156,7 +159,18 @@ pub fn context_messages(summary: &Summary, recent: &[Message]) -> Vec<ChatMessag
             format!("Summary of the earlier conversation:\n{}", summary.text),
         ));
     }
+    let rolled_back: std::collections::HashSet<&cairn_core::TurnId> = recent
+        .iter()
+        .filter(|m| crate::cancel::cancelled_mode(m) == Some(CancelMode::Rollback))
+        .filter_map(|m| m.turn_id.as_ref())
+        .collect();
     for m in recent.iter().filter(|m| !is_failure_record(m)) {
+        if m.turn_id.as_ref().is_some_and(|t| rolled_back.contains(t)) {
+            continue;
+        }
+        if crate::cancel::cancelled_mode(m).is_some() {
+            out.extend(crate::turn::step_messages(&m.steps));
+        }
         out.push(ChatMessage::text(m.role, m.content.clone()));
     }
     out

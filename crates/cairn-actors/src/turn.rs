@@ -7,13 +7,14 @@
 //! `turn_id:step`), and continues. A turn started more than `max_turn_attempts`
 //! times fails with `turn_crashed` instead of looping forever.
 
+use crate::cancel::{CancelWatch, finish_cancelled};
 use crate::memory;
 use crate::settings::AgentDeps;
 use cairn_core::desk_config::AgentProfile;
 use cairn_core::insights::Pseudonyms;
 use cairn_core::ports::{
     AnalysisInput, ChatMessage, ChatRequest, ChatResponse, ModelError, ModelOptions, StoreError,
-    ToolContext, ToolSpec,
+    ToolContext, ToolError, ToolSpec,
 };
 use cairn_core::*;
 use cairn_desk::routing::HANDOFF_TOOL;
@@ -21,6 +22,7 @@ use chrono::Utc;
 use serde_json::json;
 use std::time::Instant;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Runs (or resumes) a turn to its end. Errors are store failures only; every
 /// other problem ends the turn with a `turn.failed` event and a transcript record.
@@ -33,6 +35,8 @@ pub async fn run_turn(
     fence: Option<u64>,
 ) -> Result<(), StoreError> {
     let settings = &deps.settings;
+    // Watching starts before the turn does: a cancel of a queued turn is seen too.
+    let cancel = CancelWatch::start(deps, &request).await?;
     let mut cp = match existing {
         Some(mut cp) => {
             cp.fence = fence;
@@ -139,6 +143,9 @@ pub async fn run_turn(
                 mask_messages(g, &all).1
             });
         for i in unfinished {
+            if cancel.is_cancelled() {
+                return finish_cancelled(deps, cp, &cancel).await;
+            }
             let restore = match (&guard, &pseudonyms) {
                 (Some(g), Some(p)) => match &cp.steps[i] {
                     Step::Tool { call, .. } if g.tool_sees_pii(&call.name) => Some(p),
@@ -146,7 +153,10 @@ pub async fn run_turn(
                 },
                 _ => None,
             };
-            run_tool_step(deps, &mut cp, i, restore).await?;
+            run_tool_step(deps, &mut cp, i, restore, cancel.token()).await?;
+        }
+        if cancel.is_cancelled() {
+            return finish_cancelled(deps, cp, &cancel).await;
         }
 
         if cp.model_calls >= settings.max_steps {
@@ -194,7 +204,12 @@ pub async fn run_turn(
             }
         }
         // Streamed fragments could split a placeholder: a masked turn is not streamed.
-        let response = match call_model(deps, &cp, &request, guard.is_none()).await? {
+        let called = tokio::select! {
+            r = call_model(deps, &cp, &request, guard.is_none()) => r?,
+            // The model call is dropped: its HTTP request is aborted.
+            () = cancel.token().cancelled() => return finish_cancelled(deps, cp, &cancel).await,
+        };
+        let response = match called {
             Ok(r) => r,
             Err(e) => {
                 // The provider's words stay in the log; the user gets a code.
@@ -285,7 +300,21 @@ fn started(cp: &TurnCheckpoint, resumed: bool) -> TurnEvent {
 
 /// The recorded steps as model messages: each model step is an assistant message
 /// with its tool calls, each completed tool step an observation.
+///
+/// A call without a recorded result is left out of its assistant message, so
+/// the model is never sent a call without its result (providers refuse that).
 pub fn step_messages(steps: &[Step]) -> Vec<ChatMessage> {
+    let answered: std::collections::HashSet<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Tool {
+                call,
+                outcome: Some(_),
+                ..
+            } => Some(call.id.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for s in steps {
         match s {
@@ -293,14 +322,24 @@ pub fn step_messages(steps: &[Step]) -> Vec<ChatMessage> {
                 thought,
                 tool_calls,
                 ..
-            } => out.push(ChatMessage {
-                role: Role::Assistant,
-                content: thought.clone().unwrap_or_default(),
-                tool_calls: tool_calls.clone(),
-                tool_call_id: None,
-                tool_name: None,
-                is_error: false,
-            }),
+            } => {
+                let calls: Vec<ToolCall> = tool_calls
+                    .iter()
+                    .filter(|c| answered.contains(c.id.as_str()))
+                    .cloned()
+                    .collect();
+                if calls.is_empty() && thought.as_deref().unwrap_or_default().is_empty() {
+                    continue;
+                }
+                out.push(ChatMessage {
+                    role: Role::Assistant,
+                    content: thought.clone().unwrap_or_default(),
+                    tool_calls: calls,
+                    tool_call_id: None,
+                    tool_name: None,
+                    is_error: false,
+                })
+            }
             Step::Tool {
                 call,
                 outcome: Some(o),
@@ -432,11 +471,14 @@ fn mask_messages(
     (out, p)
 }
 
+/// Runs the tool call of step `i` and records its outcome. When `cancel` fires
+/// first the step is left without one (the cancelled turn closes it).
 async fn run_tool_step(
     deps: &AgentDeps,
     cp: &mut TurnCheckpoint,
     i: usize,
     restore: Option<&Pseudonyms>,
+    cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let Step::Tool { index, call, .. } = cp.steps[i].clone() else {
         return Ok(());
@@ -500,6 +542,7 @@ async fn run_tool_step(
                 conversation_id: cp.request.conversation_id.clone(),
                 idempotency_key: idempotency_key(&turn, index),
                 deadline,
+                cancel: cancel.clone(),
             };
             // The tool enforces its deadline itself (an MCP call is cancelled, and
             // progress may extend it up to a cap); this guard only stops a tool
@@ -511,7 +554,21 @@ async fn run_tool_step(
                     .unwrap_or_else(|_| call.arguments.clone()),
                 None => call.arguments.clone(),
             };
-            match tokio::time::timeout(guard, tool.call(arguments, &ctx)).await {
+            // A cancelled tool gets a moment to stop by itself (an MCP server is
+            // told), then the turn stops waiting.
+            let stopped = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(crate::cancel::TOOL_CANCEL_GRACE).await;
+            };
+            let ran = tokio::select! {
+                r = tokio::time::timeout(guard, tool.call(arguments, &ctx)) => Some(r),
+                () = stopped => None,
+            };
+            let Some(ran) = ran.filter(|r| !matches!(r, Ok(Err(ToolError::Cancelled)))) else {
+                crate::trace::end(&span, Some("cancelled"), Vec::new());
+                return Ok(());
+            };
+            match ran {
                 Ok(Ok(out)) => (out.is_error, out.content),
                 Ok(Err(e)) => (true, e.to_string()),
                 Err(_) => (
@@ -669,7 +726,7 @@ fn handoff_target(
 
 /// Publishes the turn's figures for analytics (before the turn is marked
 /// finished; a resumed turn republishes the same event id, a duplicate).
-async fn publish_summary(deps: &AgentDeps, cp: &TurnCheckpoint, outcome: &str) {
+pub(crate) async fn publish_summary(deps: &AgentDeps, cp: &TurnCheckpoint, outcome: &str) {
     let Some(relay) = &deps.analytics else {
         return;
     };

@@ -520,6 +520,7 @@ async fn an_accepted_message_survives_a_crash_before_its_turn_starts() {
         redacted_pii: None,
         agent: None,
         traceparent: None,
+        interrupts: None,
     };
     let env = cairn_core::envelope::Envelope::new(
         cairn_core::envelope::USER_MESSAGE,

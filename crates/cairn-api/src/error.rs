@@ -66,8 +66,10 @@ pub enum ErrorCode {
     ModelNotFound,
     /// The turn behind a chat completion failed; `details.turn_code` says how.
     TurnFailed,
-    /// Turns cannot be cancelled yet (WebSocket `cancel` frames).
-    CancelUnsupported,
+    /// The turn to cancel is not queued or running (it ended, or never was).
+    TurnNotRunning,
+    /// `if_busy: "reject"` and the conversation has a turn queued or running.
+    ConversationBusy,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -92,13 +94,12 @@ impl ErrorCode {
             | MessageNotFound | ModelNotFound => StatusCode::NOT_FOUND,
             ReceiverFailed | TurnFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict => StatusCode::CONFLICT,
+            Conflict | TurnNotRunning | ConversationBusy => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
             QueueFull | TooManyConversations | TooManyStreams | RateLimited | BudgetExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            CancelUnsupported => StatusCode::NOT_IMPLEMENTED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,7 +135,8 @@ impl ErrorCode {
             RateLimited => "rate_limited",
             BudgetExceeded => "budget_exceeded",
             ModelNotFound => "model_not_found",
-            CancelUnsupported => "cancel_unsupported",
+            TurnNotRunning => "turn_not_running",
+            ConversationBusy => "conversation_busy",
             TurnFailed => "turn_failed",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
@@ -220,7 +222,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI document lists them).
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::MalformedJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -249,7 +251,8 @@ impl ErrorCode {
         ErrorCode::BudgetExceeded,
         ErrorCode::ModelNotFound,
         ErrorCode::TurnFailed,
-        ErrorCode::CancelUnsupported,
+        ErrorCode::TurnNotRunning,
+        ErrorCode::ConversationBusy,
         ErrorCode::ReceiverFailed,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -287,10 +290,11 @@ impl ErrorCode {
             ErrorCode::BudgetExceeded => 25,
             ErrorCode::ModelNotFound => 26,
             ErrorCode::TurnFailed => 27,
-            ErrorCode::CancelUnsupported => 28,
-            ErrorCode::ReceiverFailed => 29,
-            ErrorCode::Unavailable => 30,
-            ErrorCode::Internal => 31,
+            ErrorCode::TurnNotRunning => 28,
+            ErrorCode::ConversationBusy => 29,
+            ErrorCode::ReceiverFailed => 30,
+            ErrorCode::Unavailable => 31,
+            ErrorCode::Internal => 32,
         }
     }
 }

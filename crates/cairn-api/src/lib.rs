@@ -11,6 +11,8 @@
 //!   minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`control`]: cancelling a turn, and what a message does while one runs
+//!   (`if_busy`: enqueue, reject, interrupt, rollback).
 //! - [`fork`]: forking a conversation at a message, and a turn's recorded steps.
 //! - [`streams`]: open-stream limits per user and process, and the end of a
 //!   stream when its token expires or its conversation is deleted.
@@ -43,6 +45,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod console;
+pub mod control;
 pub mod conversations;
 pub mod cors;
 pub mod desk;

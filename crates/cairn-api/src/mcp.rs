@@ -151,6 +151,9 @@ impl CairnMcp {
             Some(TurnEvent::TurnFailed { code, reason, .. }) => {
                 Err(format!("the turn failed ({code:?}): {reason}"))
             }
+            Some(TurnEvent::TurnCancelled { reason, .. }) => {
+                Err(format!("the turn was cancelled: {reason}"))
+            }
             _ => Err("the event stream ended before the turn did".to_owned()),
         }
     }

@@ -68,6 +68,12 @@ pub(crate) fn check_idempotency_key(key: &str, field: &str) -> ApiResult<()> {
 pub struct PostMessage {
     /// The user's text.
     pub content: String,
+    /// What to do when a turn of the conversation is queued or running:
+    /// `enqueue` (default), `reject` (409 `conversation_busy`), `interrupt`
+    /// (cancel it, then answer this with the context so far) or `rollback`
+    /// (cancel it and leave it out of the context).
+    #[serde(default)]
+    pub if_busy: Option<crate::control::BusyPolicy>,
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
@@ -105,7 +111,18 @@ pub async fn post(
     let _wait_permit = (!sse && flag(&q, "wait"))
         .then(|| state.streams.acquire(&caller))
         .transpose()?;
-    let (request, after) = accept(&state, &caller, &id, body.content, key.as_deref()).await?;
+    let policy = body.if_busy.unwrap_or_default();
+    crate::control::refuse_if_busy(&state, &caller, &id, policy).await?;
+    let interrupts = policy.cancel_mode();
+    let (request, after, _) = accept_new(
+        &state,
+        &caller,
+        &id,
+        body.content,
+        key.as_deref(),
+        interrupts,
+    )
+    .await?;
     let events_url = format!("/v1/conversations/{id}/events?after={after}");
     tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
 
@@ -170,8 +187,22 @@ pub(crate) async fn accept(
     content: String,
     key: Option<&str>,
 ) -> ApiResult<(TurnRequest, u64)> {
+    let (request, after, _) = accept_new(state, caller, id, content, key, None).await?;
+    Ok((request, after))
+}
+
+/// [`accept`], also saying whether the message was a retry of an accepted one.
+pub(crate) async fn accept_new(
+    state: &AppState,
+    caller: &Caller,
+    id: &cairn_core::ConversationId,
+    content: String,
+    key: Option<&str>,
+    interrupts: Option<cairn_core::ports::CancelMode>,
+) -> ApiResult<(TurnRequest, u64, bool)> {
     let mut after = state.events.last_event_id(&caller.tenant, id).await?;
     let mut request = new_request(state, &caller.tenant, id, &caller.user, content);
+    request.interrupts = interrupts.map(|m| m.as_str().to_owned());
     let mut replay = false;
     if let Some(k) = key {
         let name = format!("{}/{id}/{k}", caller.tenant);
@@ -196,7 +227,7 @@ pub(crate) async fn accept(
             .await
             .map_err(|e| ApiError::unavailable("the event bus", &e))?;
     }
-    Ok((request, after))
+    Ok((request, after, replay))
 }
 
 /// A turn request for an admitted message, on every path (REST, MCP `ask`,
@@ -345,6 +376,11 @@ fn wait_body(request: &TurnRequest, events: &[StoredEvent]) -> Value {
             "failed",
             Value::Null,
             json!({"code": code, "reason": reason}),
+        ),
+        Some(TurnEvent::TurnCancelled { mode, reason, .. }) => (
+            "cancelled",
+            Value::Null,
+            crate::control::cancelled_error(mode, reason),
         ),
         _ => ("unknown", Value::Null, Value::Null),
     };

@@ -310,6 +310,9 @@ pub async fn chat_completions(
             Some(TurnEvent::TurnFailed { code, reason, .. }) => {
                 return Err(turn_failed(code, reason));
             }
+            Some(TurnEvent::TurnCancelled { reason, .. }) => {
+                return Err(turn_failed("cancelled", reason));
+            }
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::Internal,
@@ -385,8 +388,12 @@ pub async fn chat_completions(
                     out.push(u);
                 }
             }
-            TurnEvent::TurnFailed { code, reason, .. } => {
-                let e = turn_failed(code, reason);
+            TurnEvent::TurnFailed { .. } | TurnEvent::TurnCancelled { .. } => {
+                let e = match &e.event {
+                    TurnEvent::TurnFailed { code, reason, .. } => turn_failed(code, reason),
+                    TurnEvent::TurnCancelled { reason, .. } => turn_failed("cancelled", reason),
+                    _ => return out,
+                };
                 out.push(json!({"error": {
                     "code": e.code.as_str(), "message": e.message, "details": e.details,
                     "request_id": Value::Null,

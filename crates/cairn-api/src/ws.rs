@@ -11,7 +11,8 @@
 //! - **client → server**: `{"type":"message","content","idempotency_key"?,
 //!   "ref"?}` posts a message (the same checks and rate limits as `POST
 //!   …/messages`); `{"type":"cancel","turn_id","ref"?}` asks to cancel a turn —
-//!   answered with `cancel_unsupported` until turns can be cancelled.
+//!   answered with `{"type":"cancelling","turn_id"}` (the turn then ends with
+//!   `turn.cancelled`), or an error frame `turn_not_running`.
 //! - **resume**: `?since=<event id>` replays every later event exactly once.
 //! - **authentication**: `Authorization: Bearer` (non-browser clients); for
 //!   browsers, which cannot set headers on a WebSocket, a subprotocol
@@ -449,10 +450,16 @@ async fn handle(state: &AppState, caller: &Caller, id: &ConversationId, text: &s
                 let (request, _) = crate::messages::accept(state, caller, id, content, key).await?;
                 Ok(json!({"type": "accepted", "message_id": request.message_id, "turn_id": request.turn_id}))
             }
-            Some("cancel") => Err(ApiError::new(
-                ErrorCode::CancelUnsupported,
-                "turns cannot be cancelled yet; the turn goes on",
-            )),
+            Some("cancel") => {
+                let turn = v["turn_id"]
+                    .as_str()
+                    .and_then(|t| cairn_core::TurnId::parse(t).ok())
+                    .ok_or_else(|| ApiError::invalid_field("turn_id", "`turn_id` must be a turn id"))?;
+                load_owned(state, caller, id, Access::Write).await?;
+                let mode = cairn_core::ports::CancelMode::Cancel;
+                crate::control::cancel_turn(state, caller, id, &turn, mode).await?;
+                Ok(json!({"type": "cancelling", "turn_id": turn}))
+            }
             _ => Err(ApiError::invalid_field(
                 "type",
                 "frames are {\"type\":\"message\",\"content\":…} or {\"type\":\"cancel\",\"turn_id\":…}",

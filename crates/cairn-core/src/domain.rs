@@ -240,6 +240,11 @@ pub struct TurnRequest {
     /// the bus envelope), so the turn's spans join the request's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// `interrupt` or `rollback` (the message's `if_busy`): the conversation's
+    /// actor cancels every turn queued or running before this one when it
+    /// queues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupts: Option<String>,
 }
 
 impl TurnRequest {
@@ -261,6 +266,7 @@ impl TurnRequest {
             redacted_pii: None,
             agent: None,
             traceparent: None,
+            interrupts: None,
         }
     }
 }
@@ -405,6 +411,31 @@ pub enum TurnEvent {
         /// A readable explanation.
         reason: String,
     },
+    /// Someone asked to stop the turn (`POST …/turns/{turn_id}/cancel`, or a
+    /// message sent with `if_busy` = `interrupt` / `rollback`); `turn.cancelled`
+    /// follows once the turn has closed its open calls.
+    #[serde(rename = "turn.cancel_requested")]
+    TurnCancelRequested {
+        /// The turn.
+        turn_id: TurnId,
+        /// The user who asked.
+        by: String,
+        /// `cancel`, `interrupt` or `rollback`.
+        mode: String,
+    },
+    /// The turn was stopped before its answer. Every tool call it started has a
+    /// result (a synthetic "cancelled" one where the call was cut short), so the
+    /// transcript never holds a call without its result.
+    #[serde(rename = "turn.cancelled")]
+    TurnCancelled {
+        /// The turn.
+        turn_id: TurnId,
+        /// `cancel`, `interrupt` or `rollback` (a rolled-back turn is left out of
+        /// the model's context from now on; its record stays in the transcript).
+        mode: String,
+        /// A readable explanation.
+        reason: String,
+    },
     /// An alert about this conversation (the agent's escalation) is firing:
     /// on-call was paged.
     #[serde(rename = "alert.firing")]
@@ -484,6 +515,8 @@ impl TurnEvent {
             | TurnEvent::AnswerDelta { turn_id, .. }
             | TurnEvent::AnswerCompleted { turn_id, .. }
             | TurnEvent::TurnFailed { turn_id, .. }
+            | TurnEvent::TurnCancelRequested { turn_id, .. }
+            | TurnEvent::TurnCancelled { turn_id, .. }
             | TurnEvent::AlertFiring { turn_id, .. }
             | TurnEvent::AlertResolved { turn_id, .. }
             | TurnEvent::InsightsUpdated { turn_id, .. }
@@ -501,6 +534,8 @@ impl TurnEvent {
             TurnEvent::AnswerDelta { .. } => "answer.delta",
             TurnEvent::AnswerCompleted { .. } => "answer.completed",
             TurnEvent::TurnFailed { .. } => "turn.failed",
+            TurnEvent::TurnCancelRequested { .. } => "turn.cancel_requested",
+            TurnEvent::TurnCancelled { .. } => "turn.cancelled",
             TurnEvent::AlertFiring { .. } => "alert.firing",
             TurnEvent::AlertResolved { .. } => "alert.resolved",
             TurnEvent::InsightsUpdated { .. } => "insights.updated",
@@ -513,7 +548,9 @@ impl TurnEvent {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            TurnEvent::AnswerCompleted { .. } | TurnEvent::TurnFailed { .. }
+            TurnEvent::AnswerCompleted { .. }
+                | TurnEvent::TurnFailed { .. }
+                | TurnEvent::TurnCancelled { .. }
         )
     }
 }

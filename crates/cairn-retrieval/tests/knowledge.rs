@@ -180,6 +180,7 @@ async fn the_search_knowledge_tool_returns_passages_of_the_callers_tenant() {
     let ctx = |t: &str| ToolContext {
         knowledge_tags: Vec::new(),
         traceparent: None,
+        cancel: Default::default(),
         tenant_id: tenant(t),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::generate(),

@@ -695,6 +695,34 @@ pub async fn finished_events_are_remembered_for_their_ttl<S: Store>(s: S) {
     assert!(!done("cairn-router", other).await);
 }
 
+pub async fn cancel_requests_are_per_turn_and_the_first_mode_wins<S: Store>(s: S) {
+    use cairn_core::ports::{CancelMode, CancelRequests};
+    let t = tenant("acme");
+    let m = meta(&t, &user("ana"));
+    let (one, two) = (TurnId::generate(), TurnId::generate());
+    assert_eq!(s.cancel_requested(&t, &m.id, &one).await.unwrap(), None);
+    s.request_cancel(&t, &m.id, &one, CancelMode::Rollback)
+        .await
+        .unwrap();
+    s.request_cancel(&t, &m.id, &one, CancelMode::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.cancel_requested(&t, &m.id, &one).await.unwrap(),
+        Some(CancelMode::Rollback)
+    );
+    assert_eq!(s.cancel_requested(&t, &m.id, &two).await.unwrap(), None);
+    // Scoped to the tenant and conversation.
+    let other = meta(&t, &user("ana"));
+    assert_eq!(s.cancel_requested(&t, &other.id, &one).await.unwrap(), None);
+    assert_eq!(
+        s.cancel_requested(&tenant("globex"), &m.id, &one)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression that yields a fresh store; `$retention` is the event retention it
 /// was opened with.
@@ -873,6 +901,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; document_records_are_tenant_scoped);
         $crate::conformance_tests!(@case $make; leases_fence_stale_writers);
         $crate::conformance_tests!(@case $make; finished_events_are_remembered_for_their_ttl);
+        $crate::conformance_tests!(@case $make; cancel_requests_are_per_turn_and_the_first_mode_wins);
         $crate::conformance_tests!(@case $make; relay_progress_only_moves_forward);
         $crate::conformance_tests!(@case $make; conversations_are_counted_per_owner);
         $crate::conformance_tests!(@case $make; finishing_a_turn_is_independent_of_the_queue_length);

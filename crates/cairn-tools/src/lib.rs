@@ -30,7 +30,10 @@ use cairn_actors::ToolProvider;
 use cairn_core::TenantId;
 use cairn_core::config::{McpConfig, McpServerConfig, McpTransport};
 use cairn_core::ports::{Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
-use rmcp::model::{CallToolRequestParams, ClientRequest, Request, RequestMetaObject, ServerResult};
+use rmcp::model::{
+    CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
+    Request, RequestMetaObject, ServerResult,
+};
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -601,16 +604,38 @@ impl Tool for McpTool {
         let params = CallToolRequestParams::new(self.tool.clone()).with_arguments(args);
         let started = Instant::now();
         let response = async {
-            self.peer
+            let handle = self
+                .peer
                 .send_request_with_option(
                     ClientRequest::CallToolRequest(Request::new(params)),
                     options,
                 )
-                .await?
-                .await_response()
-                .await
+                .await?;
+            let id = handle.id.clone();
+            tokio::select! {
+                r = handle.await_response() => r.map(Some),
+                () = ctx.cancel.cancelled() => {
+                    // The turn was cancelled: tell the server to stop, stop waiting.
+                    let note = CancelledNotification::new(CancelledNotificationParam::new(
+                        Some(id),
+                        Some("the turn was cancelled".into()),
+                    ));
+                    if let Err(e) = self.peer.send_notification(note.into()).await {
+                        tracing::warn!(server = %self.server, tool = %self.tool, error = %e, "cannot send the cancellation");
+                    }
+                    Ok(None)
+                }
+            }
         }
         .await;
+        let response = match response {
+            Ok(None) => {
+                tracing::info!(server = %self.server, tool = %self.tool, "MCP call cancelled with its turn");
+                return Err(ToolError::Cancelled);
+            }
+            Ok(Some(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
         match response {
             Ok(ServerResult::CallToolResult(r)) => {
                 let mut parts: Vec<String> = Vec::new();

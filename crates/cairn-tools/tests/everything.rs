@@ -55,6 +55,7 @@ fn ctx() -> ToolContext {
     ToolContext {
         knowledge_tags: Vec::new(),
         traceparent: None,
+        cancel: Default::default(),
         tenant_id: TenantId::parse("acme").unwrap(),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("c1").unwrap(),

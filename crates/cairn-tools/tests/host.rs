@@ -49,6 +49,7 @@ fn ctx(t: &str, key: &str) -> ToolContext {
     ToolContext {
         knowledge_tags: Vec::new(),
         traceparent: None,
+        cancel: Default::default(),
         tenant_id: tenant(t),
         user_id: cairn_core::UserId::parse("ana").unwrap(),
         conversation_id: ConversationId::parse("c1").unwrap(),

@@ -689,6 +689,7 @@ async fn tools(
             let ctx = cairn_core::ports::ToolContext {
                 knowledge_tags: Vec::new(),
                 traceparent: None,
+                cancel: Default::default(),
                 tenant_id: tenant.clone(),
                 user_id: UserId::parse(user)?,
                 conversation_id: ConversationId::parse("cli")?,
@@ -917,6 +918,13 @@ async fn ask_in(
                         "failed",
                         Value::Null,
                         json!({"code": code, "reason": reason}),
+                    ));
+                }
+                TurnEvent::TurnCancelled { mode, reason, .. } => {
+                    return Ok((
+                        "cancelled",
+                        Value::Null,
+                        json!({"code": "cancelled", "mode": mode, "reason": reason}),
                     ));
                 }
                 _ => {}

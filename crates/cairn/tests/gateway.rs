@@ -1036,7 +1036,7 @@ mod ws {
         .await
         .unwrap();
         let f = read_until(&mut ws, |f| f["type"] == "error").await;
-        assert_eq!(f.last().unwrap()["code"], "cancel_unsupported");
+        assert_eq!(f.last().unwrap()["code"], "turn_not_running");
         ws.close(None).await.unwrap();
 
         // Resume: a new socket with `since` gets exactly the later events.

@@ -528,6 +528,88 @@ async fn when_the_replica_hosting_a_turn_dies_the_other_finishes_it_once() {
     );
 }
 
+/// Waits (bounded) until `base` shows `kind` for `turn` in the conversation's events.
+async fn event_seen(base: &str, conv: &str, token: &str, turn: &str, kind: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/conversations/{conv}/events?after=0"))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let events = common::collect_sse(r, Duration::from_secs(30), |evs| {
+        evs.iter()
+            .any(|(_, k, d)| k == kind && d["turn_id"] == turn)
+    })
+    .await;
+    events
+        .into_iter()
+        .find(|(_, k, d)| k == kind && d["turn_id"] == turn)
+        .unwrap_or_else(|| panic!("no {kind} for {turn}"))
+        .2
+}
+
+/// Cancels cross replicas: a cancel posted to the replica that does not host
+/// the turn stops it, and a message with `if_busy: interrupt` posted to either
+/// replica travels the bus to the host, which cancels the turn before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_interrupt_reach_the_turn_on_the_other_replica() {
+    let f = turn_in_flight(&[]).await;
+    let http = reqwest::Client::new();
+    let other = f.replicas[1 - f.host].base.clone();
+    let (conv, token) = (f.conv.clone(), f.token.clone());
+    let items = get_json(
+        &http,
+        &format!("{other}/v1/conversations/{conv}/messages"),
+        Some(&token),
+    )
+    .await;
+    let turn = items["items"][0]["turn_id"].as_str().unwrap().to_owned();
+    let r: Value = http
+        .post(format!(
+            "{other}/v1/conversations/{conv}/turns/{turn}/cancel?wait=true"
+        ))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "cancelled", "{r}");
+
+    // The model still hangs: a new turn hangs too, and the interrupt (sent to
+    // the other replica) cancels it through the host.
+    let post = |base: String, content: &'static str, if_busy: Option<&'static str>| {
+        let (http, conv, token) = (http.clone(), conv.clone(), token.clone());
+        async move {
+            let mut body = json!({"content": content});
+            if let Some(p) = if_busy {
+                body["if_busy"] = json!(p);
+            }
+            let r = http
+                .post(format!("{base}/v1/conversations/{conv}/messages"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            let v: Value = r.json().await.unwrap();
+            v["turn_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = post(f.replicas[f.host].base.clone(), "first", None).await;
+    event_seen(&other, &conv, &token, &first, "turn.started").await;
+    let second = post(other.clone(), "second", Some("interrupt")).await;
+    let cancelled = event_seen(&other, &conv, &token, &first, "turn.cancelled").await;
+    assert_eq!(cancelled["mode"], "interrupt");
+    f.model.hang.store(false, Ordering::SeqCst);
+    let answer = event_seen(&other, &conv, &token, &second, "answer.completed").await;
+    assert_eq!(answer["content"], "You asked: second");
+}
+
 /// A webhook receiver: (webhook-id, body) of every request.
 async fn webhook_receiver() -> (Arc<std::sync::Mutex<Vec<(String, Value)>>>, String) {
     let seen: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();

@@ -373,6 +373,8 @@ const STEP_TITLES = {
     `Model answer${e.metadata ? ` · ${e.metadata.provider}/${e.metadata.model}` : ""}` +
     (e.usage ? ` · ${e.usage.input_tokens} in / ${e.usage.output_tokens} out tokens` : ""),
   "turn.failed": (e) => `Turn failed: ${e.code || ""}`,
+  "turn.cancel_requested": (e) => `Cancel requested (${e.mode}) by ${e.by}`,
+  "turn.cancelled": (e) => `Turn cancelled (${e.mode})`,
   "insights.updated": () => "Insights updated",
   "alert.firing": (e) => `Alert firing: ${e.name || ""}`,
   "alert.resolved": (e) => `Alert resolved: ${e.name || ""}`,

@@ -244,6 +244,113 @@ pub trait MemoryStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// How long a cancel request is remembered: longer than any turn lives.
+pub const CANCEL_MEMORY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// What a cancel asks of the turn (see [`MemoryStore::request_cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Stop it; its steps stay in the model's context.
+    Cancel,
+    /// Stop it because a newer message interrupts it; its steps stay in context.
+    Interrupt,
+    /// Stop it and leave it (message and steps) out of the model's context.
+    Rollback,
+}
+
+impl CancelMode {
+    /// `cancel`, `interrupt` or `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelMode::Cancel => "cancel",
+            CancelMode::Interrupt => "interrupt",
+            CancelMode::Rollback => "rollback",
+        }
+    }
+
+    /// The mode named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Cancel, Self::Interrupt, Self::Rollback]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+fn cancel_group(tenant: &TenantId, id: &ConversationId) -> String {
+    format!("cancel/{tenant}/{id}")
+}
+
+/// Cancel requests, kept beside the turn they stop so that a turn resumed after
+/// a crash (on any replica) still sees them. Built on the store's remembered-key
+/// set (`mark_event_done`), so every adapter has them.
+#[async_trait]
+pub trait CancelRequests {
+    /// Records that `turn` is to stop (`mode`); the first request wins.
+    async fn request_cancel(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+        mode: CancelMode,
+    ) -> Result<(), StoreError>;
+
+    /// The cancel requested for `turn`, if any.
+    async fn cancel_requested(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+    ) -> Result<Option<CancelMode>, StoreError>;
+}
+
+#[async_trait]
+impl<S: MemoryStore + ?Sized> CancelRequests for S {
+    async fn request_cancel(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+        mode: CancelMode,
+    ) -> Result<(), StoreError> {
+        if self.cancel_requested(tenant, id, turn).await?.is_some() {
+            return Ok(());
+        }
+        // The mode first, then the marker the hot path reads: a marker is never
+        // seen without its mode.
+        let group = cancel_group(tenant, id);
+        let key = format!("{turn}/{}", mode.as_str());
+        self.mark_event_done(&group, &key, CANCEL_MEMORY).await?;
+        self.mark_event_done(&group, turn.as_str(), CANCEL_MEMORY)
+            .await
+    }
+
+    async fn cancel_requested(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        turn: &TurnId,
+    ) -> Result<Option<CancelMode>, StoreError> {
+        let group = cancel_group(tenant, id);
+        // One read for the common case: no cancel.
+        if !self.event_done(&group, turn.as_str()).await? {
+            return Ok(None);
+        }
+        for mode in [
+            CancelMode::Rollback,
+            CancelMode::Interrupt,
+            CancelMode::Cancel,
+        ] {
+            if self
+                .event_done(&group, &format!("{turn}/{}", mode.as_str()))
+                .await?
+            {
+                return Ok(Some(mode));
+            }
+        }
+        Ok(Some(CancelMode::Cancel))
+    }
+}
+
 /// The per-conversation stream of turn events, read by SSE clients. Event ids
 /// increase by one per conversation and survive restarts.
 #[async_trait]

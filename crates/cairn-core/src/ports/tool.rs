@@ -39,6 +39,9 @@ pub struct ToolContext {
     /// The W3C trace context of the tool call's span; MCP calls carry it in
     /// `_meta.traceparent`.
     pub traceparent: Option<String>,
+    /// Cancelled when the turn is cancelled: a tool stops waiting and tells its
+    /// server (MCP `notifications/cancelled`).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// A tool's result. `is_error` results are observations for the model, not failures
@@ -66,6 +69,9 @@ pub enum ToolError {
     /// The tool failed.
     #[error("tool failed: {0}")]
     Failed(String),
+    /// The turn was cancelled while the call ran; the tool was told to stop.
+    #[error("the call was cancelled with its turn")]
+    Cancelled,
 }
 
 /// A tool the agent can call.

@@ -64,6 +64,7 @@ async fn measure(
     let ctx = ToolContext {
         knowledge_tags: Vec::new(),
         traceparent: None,
+        cancel: Default::default(),
         tenant_id: tenant,
         user_id: cairn_core::UserId::parse("ana")?,
         conversation_id: ConversationId::parse("bench")?,

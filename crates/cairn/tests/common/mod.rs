@@ -272,7 +272,7 @@ pub async fn finished(c: &Client, id: &str) -> Value {
 }
 
 pub fn is_terminal(kind: &str) -> bool {
-    kind == "answer.completed" || kind == "turn.failed"
+    kind == "answer.completed" || kind == "turn.failed" || kind == "turn.cancelled"
 }
 
 /// A free loopback port (bound, then released).

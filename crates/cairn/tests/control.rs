@@ -1,0 +1,626 @@
+//! Steering a running agent through the real `cairn serve` binary: cancelling a
+//! turn (mid tool call, mid model call, queued) and the double-texting policies
+//! of a message sent while a turn runs (`enqueue`, `reject`, `interrupt`,
+//! `rollback`), including kill -9 while a cancel is in flight.
+//!
+//! The model is an OpenAI-wire server run by the test. Like OpenAI's API it
+//! refuses (400) a request whose assistant tool call has no tool result after
+//! it, so a dangling call left by a cancel would fail the next turn. The slow
+//! tool is an MCP server on the official Python SDK; it records the
+//! `notifications/cancelled` it receives.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use common::{Binary, Client};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Model {
+    /// Every request body, in order.
+    requests: Arc<Mutex<Vec<Value>>>,
+    /// Requests refused for a tool call without its result.
+    dangling: Arc<AtomicUsize>,
+    /// While set, a message containing "hang" gets no answer.
+    hang: Arc<AtomicBool>,
+}
+
+impl Model {
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Value {
+        self.requests.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// Ids of assistant tool calls with no tool result after them.
+fn unanswered(messages: &[Value]) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    for m in messages {
+        for c in m["tool_calls"].as_array().into_iter().flatten() {
+            open.push(c["id"].as_str().unwrap_or_default().to_owned());
+        }
+        if m["role"] == "tool" {
+            let id = m["tool_call_id"].as_str().unwrap_or_default();
+            open.retain(|o| o != id);
+        }
+    }
+    open
+}
+
+async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> axum::response::Response {
+    m.requests.lock().unwrap().push(body.clone());
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    if !unanswered(&messages).is_empty() {
+        m.dangling.fetch_add(1, Ordering::SeqCst);
+        let e = json!({"error": {"message": "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'.", "type": "invalid_request_error", "param": "messages", "code": null}});
+        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+    }
+    let user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let observation = messages
+        .iter()
+        .rev()
+        .take_while(|m| m["role"] != "user")
+        .find(|m| m["role"] == "tool")
+        .cloned();
+    let tool = |name: &str, args: Value| {
+        let found = body["tools"]
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .filter_map(|t| t["function"]["name"].as_str())
+                    .find(|n| n.contains(name))
+            })
+            .unwrap_or(name)
+            .to_owned();
+        Json(json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": format!("call_{}", m.count()), "type": "function", "function": {"name": found, "arguments": args.to_string()}}
+        ]}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}))
+        .into_response()
+    };
+    if observation.is_none() && user.contains("slow") {
+        return tool("wait", json!({"seconds": 60}));
+    }
+    if observation.is_none() && user.contains("time") {
+        return tool("current_time", json!({}));
+    }
+    if user.contains("hang") {
+        for _ in 0..3000 {
+            if !m.hang.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let content = match observation {
+        Some(o) => format!("Done: {}", o["content"].as_str().unwrap_or("?")),
+        None => format!("You said: {user}"),
+    };
+    Json(
+        json!({"choices": [{"message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4}}),
+    )
+    .into_response()
+}
+
+struct Setup {
+    server: Binary,
+    model: Model,
+    cancel_log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start(extra: &str, env: &[(&str, &str)]) -> Setup {
+        let python = std::env::var("CAIRN_TEST_PYTHON_MCP").expect(
+            "CAIRN_TEST_PYTHON_MCP is not set: run the tests with scripts/test.sh, which installs the MCP Python SDK",
+        );
+        let model = Model {
+            hang: Arc::new(AtomicBool::new(true)),
+            ..Default::default()
+        };
+        let url = common::serve_local(
+            axum::Router::new()
+                .route("/chat/completions", axum::routing::post(chat))
+                .with_state(model.clone()),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel_log = dir.path().join("cancelled.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/slow_server.py");
+        let config = format!(
+            r#"
+[llm]
+provider = "openai"
+base_url = "{url}"
+model = "test-model"
+stream = false
+
+[[mcp.servers]]
+name = "slow"
+transport = "stdio"
+command = "{python}"
+args = ["{script}"]
+env = {{ CANCEL_LOG = "{log}" }}
+timeout = "90s"
+allowed_tenants = ["acme"]
+{extra}
+"#,
+            script = script.display(),
+            log = cancel_log.display(),
+        );
+        let server = Binary::start(dir.path(), &config, env).await;
+        let setup = Setup {
+            server,
+            model,
+            cancel_log,
+            _dir: dir,
+        };
+        let c = setup.client();
+        for _ in 0..1000 {
+            if c.get("/v1/tools").await.body["servers"][0]["health"] == "healthy" {
+                return setup;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the slow MCP server did not come up");
+    }
+
+    fn client(&self) -> Client {
+        self.server.client("acme", "ana", &[])
+    }
+
+    /// The lines the MCP server wrote for cancelled calls (waits up to 10 s for `n`).
+    async fn cancelled_calls(&self, n: usize) -> Vec<String> {
+        for _ in 0..500 {
+            let lines: Vec<String> = std::fs::read_to_string(&self.cancel_log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the MCP server saw fewer than {n} cancellations");
+    }
+
+    async fn model_calls_reach(&self, n: usize) {
+        for _ in 0..1000 {
+            if self.model.count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("model calls: {}", self.model.count());
+    }
+}
+
+async fn post(c: &Client, conv: &str, content: &str, if_busy: Option<&str>) -> common::Reply {
+    let mut body = json!({"content": content});
+    if let Some(p) = if_busy {
+        body["if_busy"] = json!(p);
+    }
+    c.post(&format!("/v1/conversations/{conv}/messages"), body)
+        .await
+}
+
+/// The conversation's events until `turn` has its terminal event.
+async fn until_end(c: &Client, conv: &str, turn: &str) -> Vec<(String, String, Value)> {
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(60),
+            |ev| {
+                ev.iter()
+                    .any(|e| e.2["turn_id"] == turn && common::is_terminal(&e.1))
+            },
+        )
+        .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.2["turn_id"] == turn && common::is_terminal(&e.1)),
+        "{events:?}"
+    );
+    events
+}
+
+fn kinds(events: &[(String, String, Value)], turn: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.2["turn_id"] == turn && e.1 != "insights.updated")
+        .map(|e| e.1.clone())
+        .collect()
+}
+
+fn of<'a>(events: &'a [(String, String, Value)], turn: &str, kind: &str) -> &'a Value {
+    &events
+        .iter()
+        .find(|e| e.2["turn_id"] == turn && e.1 == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {events:?}"))
+        .2
+}
+
+/// Waits until the conversation's stream shows `kind` for `turn`.
+async fn reached(c: &Client, conv: &str, turn: &str, kind: &str) {
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(30),
+            |ev| ev.iter().any(|e| e.2["turn_id"] == turn && e.1 == kind),
+        )
+        .await;
+    assert!(
+        events.iter().any(|e| e.2["turn_id"] == turn && e.1 == kind),
+        "{events:?}"
+    );
+}
+
+/// The (role, content) of a model request's messages, the system prompt left out.
+fn roles_and_texts(request: &Value) -> Vec<(String, String)> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The `[redis]` section of a test on Redis (a key prefix of its own).
+fn on_redis() -> String {
+    format!(
+        "[redis]\nurl = \"{}\"\nkey_prefix = \"c{}\"\n",
+        common::redis_url(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_mid_tool_call_closes_the_call_tells_the_server_and_the_next_turn_runs() {
+    cancel_mid_tool_call("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_cancel_mid_tool_call_closes_the_call_and_the_next_turn_runs() {
+    cancel_mid_tool_call(&on_redis()).await;
+}
+
+async fn cancel_mid_tool_call(extra: &str) {
+    let s = Setup::start(extra, &[]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let r = post(&c, &conv, "do the slow thing", None).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &turn, "tool.called").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel?wait=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "cancelled");
+    assert_eq!(r.body["event"]["mode"], "cancel");
+    // The MCP server was told to stop the call.
+    let lines = s.cancelled_calls(1).await;
+    assert!(lines[0].starts_with("cancelled"), "{lines:?}");
+
+    let events = until_end(&c, &conv, &turn).await;
+    assert_eq!(
+        kinds(&events, &turn),
+        vec![
+            "turn.started",
+            "tool.called",
+            "turn.cancel_requested",
+            "tool.completed",
+            "turn.cancelled"
+        ]
+    );
+    assert_eq!(of(&events, &turn, "turn.cancel_requested")["by"], "ana");
+    let closed = of(&events, &turn, "tool.completed");
+    assert_eq!(closed["is_error"], true);
+    assert!(
+        closed["output"].as_str().unwrap().starts_with("Cancelled"),
+        "{closed}"
+    );
+
+    // The transcript keeps the record, with the closed call.
+    let items = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+    let record = &items.body["items"][1];
+    assert_eq!(record["metadata"]["turn_cancelled"]["mode"], "cancel");
+    let steps = record["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{record}");
+    assert!(
+        steps[1]["outcome"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cancelled")
+    );
+
+    // The next turn runs: its model call holds the cancelled call and its result.
+    let answer = c.ask(&conv, "what happened?").await;
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let last = s.model.last();
+    assert!(unanswered(last["messages"].as_array().unwrap()).is_empty());
+    let tool_results: Vec<&Value> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tool_results.len(), 1, "{last}");
+    assert_eq!(s.model.dangling.load(Ordering::SeqCst), 0);
+
+    // A cancel of a turn that ended is refused with the contract.
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "turn_not_running");
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/not%20a%20turn/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    // Another user cannot cancel ana's turns (the conversation is not theirs).
+    let bob = s.server.client("acme", "bob", &[]);
+    let r = bob
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_mid_model_call_aborts_it_and_a_queued_turn_is_cancelled_before_it_runs() {
+    let s = Setup::start("", &[]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let one = post(&c, &conv, "please hang", None).await;
+    let one = one.body["turn_id"].as_str().unwrap().to_owned();
+    let two = post(&c, &conv, "and then this", None).await;
+    let two = two.body["turn_id"].as_str().unwrap().to_owned();
+    s.model_calls_reach(1).await;
+
+    // The queued turn first: it never calls the model.
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{two}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["status"], "cancelling");
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{one}/cancel?wait=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "cancelled");
+    let events = until_end(&c, &conv, &two).await;
+    assert_eq!(
+        kinds(&events, &one),
+        vec!["turn.started", "turn.cancel_requested", "turn.cancelled"]
+    );
+    assert_eq!(
+        kinds(&events, &two),
+        vec!["turn.cancel_requested", "turn.started", "turn.cancelled"]
+    );
+    assert_eq!(
+        s.model.count(),
+        1,
+        "the queued turn never reached the model"
+    );
+
+    // The conversation goes on.
+    s.model.hang.store(false, Ordering::SeqCst);
+    let answer = c.ask(&conv, "still there?").await;
+    assert_eq!(answer["answer"]["content"], "You said: still there?");
+}
+
+/// Interrupt and rollback at each step boundary: while queued, mid model call,
+/// mid tool call, and mid model call after a tool result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_texting_policies_at_every_step_boundary() {
+    double_texting("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_double_texting_policies_at_every_step_boundary() {
+    double_texting(&on_redis()).await;
+}
+
+async fn double_texting(extra: &str) {
+    let s = Setup::start(extra, &[]).await;
+    let c = s.client();
+
+    // reject: 409 while a turn runs, with the turn it waits on.
+    let conv = c.new_conversation().await;
+    let running = post(&c, &conv, "do the slow thing", None).await;
+    let running = running.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &running, "tool.called").await;
+    let r = post(&c, &conv, "me too", Some("reject")).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "conversation_busy");
+    assert_eq!(r.body["error"]["details"]["turn_id"], running.as_str());
+    let r = post(&c, &conv, "me too", Some("sometimes")).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+
+    // interrupt mid tool call: the new message runs with the context so far.
+    let r = post(&c, &conv, "never mind, hello", Some("interrupt")).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let new = r.body["turn_id"].as_str().unwrap().to_owned();
+    let events = until_end(&c, &conv, &new).await;
+    assert_eq!(of(&events, &running, "turn.cancelled")["mode"], "interrupt");
+    assert_eq!(
+        of(&events, &new, "answer.completed")["content"],
+        "You said: never mind, hello"
+    );
+    let seen = roles_and_texts(&s.model.last());
+    assert_eq!(seen[0], ("user".into(), "do the slow thing".into()));
+    assert_eq!(seen[1].0, "assistant");
+    assert_eq!(seen[2].0, "tool");
+    assert!(seen[2].1.starts_with("Cancelled"), "{seen:?}");
+    assert_eq!(
+        seen.last().unwrap(),
+        &("user".into(), "never mind, hello".into())
+    );
+    s.cancelled_calls(1).await;
+
+    // rollback mid tool call: the interrupted turn leaves the context.
+    let conv = c.new_conversation().await;
+    let old = post(&c, &conv, "do the slow thing again", None).await;
+    let old = old.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &old, "tool.called").await;
+    let r = post(&c, &conv, "forget that", Some("rollback")).await;
+    let new = r.body["turn_id"].as_str().unwrap().to_owned();
+    let events = until_end(&c, &conv, &new).await;
+    assert_eq!(of(&events, &old, "turn.cancelled")["mode"], "rollback");
+    assert_eq!(
+        roles_and_texts(&s.model.last()),
+        vec![("user".into(), "forget that".into())]
+    );
+    s.cancelled_calls(2).await;
+    // Kept for audit: the transcript still has the rolled-back turn.
+    let items = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+    let items = items.body["items"].as_array().unwrap().clone();
+    assert_eq!(items[0]["content"], "do the slow thing again");
+    assert_eq!(items[1]["metadata"]["turn_cancelled"]["mode"], "rollback");
+
+    // interrupt mid model call, and a queued turn with it.
+    s.model.hang.store(true, Ordering::SeqCst);
+    let conv = c.new_conversation().await;
+    let first = post(&c, &conv, "hang here", None).await;
+    let first = first.body["turn_id"].as_str().unwrap().to_owned();
+    let queued = post(&c, &conv, "queued behind", None).await;
+    let queued = queued.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &first, "turn.started").await;
+    let r = post(&c, &conv, "stop all that", Some("rollback")).await;
+    let new = r.body["turn_id"].as_str().unwrap().to_owned();
+    let events = until_end(&c, &conv, &new).await;
+    assert_eq!(
+        kinds(&events, &first).last().unwrap(),
+        "turn.cancelled",
+        "{events:?}"
+    );
+    assert_eq!(kinds(&events, &queued).last().unwrap(), "turn.cancelled");
+    assert!(!kinds(&events, &queued).contains(&"tool.called".to_owned()));
+    assert_eq!(
+        roles_and_texts(&s.model.last()),
+        vec![("user".into(), "stop all that".into())]
+    );
+
+    // interrupt mid model call after a tool result (the built-in clock ran).
+    let conv = c.new_conversation().await;
+    let r = post(&c, &conv, "what time is it? hang", None).await;
+    let timed = r.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &timed, "tool.completed").await;
+    let r = post(&c, &conv, "skip it", Some("interrupt")).await;
+    let new = r.body["turn_id"].as_str().unwrap().to_owned();
+    let events = until_end(&c, &conv, &new).await;
+    assert_eq!(
+        kinds(&events, &timed),
+        vec![
+            "turn.started",
+            "tool.called",
+            "tool.completed",
+            "turn.cancel_requested",
+            "turn.cancelled"
+        ]
+    );
+    let seen = roles_and_texts(&s.model.last());
+    // The completed call keeps its real result.
+    assert_eq!(seen[2].0, "tool");
+    assert!(!seen[2].1.starts_with("Cancelled"), "{seen:?}");
+    s.model.hang.store(false, Ordering::SeqCst);
+
+    // enqueue (the default): the second message waits for the first.
+    let conv = c.new_conversation().await;
+    let a = post(&c, &conv, "first", Some("enqueue")).await;
+    let b = post(&c, &conv, "second", Some("enqueue")).await;
+    let b = b.body["turn_id"].as_str().unwrap().to_owned();
+    let events = until_end(&c, &conv, &b).await;
+    let a = a.body["turn_id"].as_str().unwrap().to_owned();
+    assert_eq!(kinds(&events, &a).last().unwrap(), "answer.completed");
+    assert_eq!(kinds(&events, &b).last().unwrap(), "answer.completed");
+
+    assert_eq!(s.model.dangling.load(Ordering::SeqCst), 0);
+}
+
+/// kill -9 right after a cancel was accepted: whichever came first, the turn
+/// ends once, cancelled, and the model is not called for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_survives_kill_9() {
+    let mut s = Setup::start("", &[]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let r = post(&c, &conv, "please hang", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    s.model_calls_reach(1).await;
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    s.server.restart().await;
+    let c = s.client();
+    let events = until_end(&c, &conv, &turn).await;
+    let k = kinds(&events, &turn);
+    assert_eq!(k.last().unwrap(), "turn.cancelled", "{k:?}");
+    assert_eq!(
+        k.iter().filter(|k| common::is_terminal(k)).count(),
+        1,
+        "{k:?}"
+    );
+    assert_eq!(
+        s.model.count(),
+        1,
+        "the cancelled turn called the model again"
+    );
+    s.model.hang.store(false, Ordering::SeqCst);
+    assert_eq!(
+        c.ask(&conv, "hello again").await["answer"]["content"],
+        "You said: hello again"
+    );
+}
