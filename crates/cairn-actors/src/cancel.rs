@@ -254,6 +254,7 @@ pub async fn finish_cancelled(
     record.steps = cp.steps.clone();
     record.usage = (cp.usage != Usage::default()).then_some(cp.usage);
     record.metadata = json!({ "turn_cancelled": { "mode": mode.as_str(), "reason": reason } });
+    crate::approval::for_record(&cp, &mut record.metadata);
     crate::turn::publish_summary(deps, &cp, "cancelled").await;
     let event = TurnEvent::TurnCancelled {
         turn_id: turn.clone(),

@@ -75,6 +75,9 @@ pub enum ConversationMsg {
 pub enum TurnEnd {
     /// Answered or failed; either way recorded.
     Done,
+    /// Waiting for an approval as the process drains: still queued and
+    /// checkpointed for the next owner.
+    Suspended,
     /// The store failed; the turn stays queued and is retried.
     Store(StoreError),
     /// The task panicked.
@@ -219,6 +222,9 @@ impl Actor for ConversationActor {
                         }
                         start_next(&myself, state);
                         report_if_idle(state);
+                    }
+                    TurnEnd::Suspended => {
+                        tracing::info!(conversation = %state.key.1, "turn waiting for an approval left for the next owner");
                     }
                     TurnEnd::Store(StoreError::Fenced) => {
                         tracing::warn!(conversation = %state.key.1, "another replica owns the conversation now; stopping");
@@ -485,7 +491,8 @@ fn start_next(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState)
     let me = myself.clone();
     tokio::spawn(async move {
         let end = match task.await {
-            Ok(Ok(())) => TurnEnd::Done,
+            Ok(Ok(crate::turn::TurnExit::Ended)) => TurnEnd::Done,
+            Ok(Ok(crate::turn::TurnExit::Suspended)) => TurnEnd::Suspended,
             Ok(Err(e)) => TurnEnd::Store(e),
             Err(e) if e.is_panic() => {
                 let payload = e.into_panic();

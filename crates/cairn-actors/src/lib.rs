@@ -8,6 +8,8 @@
 //!   window of recent messages — and the incremental summariser.
 //! - [`turn`]: one turn of the ReAct loop, checkpointed after every step; with
 //!   `[[agents]]` profiles it routes by intent and honours `handoff`.
+//! - [`approval`]: the gate in front of each tool call: a call matching an
+//!   `[approvals]` rule waits (checkpointed) for a person's decision.
 //! - [`cancel`]: cancelling a running turn (`turn.cancel_requested` →
 //!   `turn.cancelled`), with every open tool call closed by a synthetic result.
 //! - [`conversation`]: `ConversationActor`, one per live conversation; it
@@ -34,6 +36,7 @@
 //! - [`runtime`]: starts and stops all of the above (draining turns first); the
 //!   API's entry point.
 
+pub mod approval;
 pub mod bridge;
 pub mod cancel;
 pub mod catalog;

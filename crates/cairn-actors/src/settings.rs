@@ -35,6 +35,8 @@ pub struct AgentSettings {
     /// Resume every conversation with unfinished work at start-up (one process
     /// owns everything). Off on Kafka, where partition assignment decides.
     pub resume_all_at_start: bool,
+    /// Tool calls that wait for a person's approval.
+    pub approvals: cairn_core::approvals::ApprovalsConfig,
 }
 
 impl AgentSettings {
@@ -53,6 +55,7 @@ impl AgentSettings {
             replica_id: format!("replica-{}", uuid::Uuid::now_v7()),
             lease_ttl: c.agent.lease_ttl,
             resume_all_at_start: c.kafka.brokers.is_empty(),
+            approvals: c.approvals.clone(),
         }
     }
 }

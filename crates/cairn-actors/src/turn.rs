@@ -7,6 +7,7 @@
 //! `turn_id:step`), and continues. A turn started more than `max_turn_attempts`
 //! times fails with `turn_crashed` instead of looping forever.
 
+use crate::approval::Gate;
 use crate::cancel::{CancelWatch, finish_cancelled};
 use crate::memory;
 use crate::settings::AgentDeps;
@@ -24,6 +25,20 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How a turn task stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnExit {
+    /// Answered, failed or cancelled: recorded, out of the queue.
+    Ended,
+    /// Waiting for an approval while the process drains: checkpointed, still
+    /// queued; the next owner resumes it.
+    Suspended,
+}
+
+fn ended(r: Result<(), StoreError>) -> Result<TurnExit, StoreError> {
+    r.map(|()| TurnExit::Ended)
+}
+
 /// Runs (or resumes) a turn to its end. Errors are store failures only; every
 /// other problem ends the turn with a `turn.failed` event and a transcript record.
 /// `fence` is the conversation lease's token: every write carries it, and a
@@ -33,7 +48,7 @@ pub async fn run_turn(
     request: TurnRequest,
     existing: Option<TurnCheckpoint>,
     fence: Option<u64>,
-) -> Result<(), StoreError> {
+) -> Result<TurnExit, StoreError> {
     let settings = &deps.settings;
     // Watching starts before the turn does: a cancel of a queued turn is seen too.
     let cancel = CancelWatch::start(deps, &request).await?;
@@ -47,7 +62,7 @@ pub async fn run_turn(
                     cp.attempts - 1,
                     settings.max_turn_attempts
                 );
-                return fail(deps, &cp, "turn_crashed", reason).await;
+                return ended(fail(deps, &cp, "turn_crashed", reason).await);
             }
             // Announce the resumption and, again, the calls that did not complete.
             let mut events = vec![started(&cp, true)];
@@ -74,6 +89,7 @@ pub async fn run_turn(
                 usage: Usage::default(),
                 started_at: Utc::now(),
                 fence,
+                approvals: Vec::new(),
             };
             let mut user = Message::new(Role::User, request.content.clone());
             user.id = request.message_id.clone();
@@ -144,7 +160,7 @@ pub async fn run_turn(
             });
         for i in unfinished {
             if cancel.is_cancelled() {
-                return finish_cancelled(deps, cp, &cancel).await;
+                return ended(finish_cancelled(deps, cp, &cancel).await);
             }
             let restore = match (&guard, &pseudonyms) {
                 (Some(g), Some(p)) => match &cp.steps[i] {
@@ -153,10 +169,16 @@ pub async fn run_turn(
                 },
                 _ => None,
             };
+            match crate::approval::gate(deps, &mut cp, i, &cancel).await? {
+                Gate::Run => {}
+                Gate::Decided => continue,
+                Gate::Cancelled => return ended(finish_cancelled(deps, cp, &cancel).await),
+                Gate::Suspended => return Ok(TurnExit::Suspended),
+            }
             run_tool_step(deps, &mut cp, i, restore, cancel.token()).await?;
         }
         if cancel.is_cancelled() {
-            return finish_cancelled(deps, cp, &cancel).await;
+            return ended(finish_cancelled(deps, cp, &cancel).await);
         }
 
         if cp.model_calls >= settings.max_steps {
@@ -164,7 +186,7 @@ pub async fn run_turn(
                 "the agent used all {} model calls without reaching an answer (agent.max_steps)",
                 settings.max_steps
             );
-            return fail(deps, &cp, "max_steps_exceeded", reason).await;
+            return ended(fail(deps, &cp, "max_steps_exceeded", reason).await);
         }
 
         // Think.
@@ -197,7 +219,7 @@ pub async fn run_turn(
             match budget.check(&cp.request.tenant_id).await {
                 Ok(Ok(())) => {}
                 Ok(Err(spent)) => {
-                    return fail(deps, &cp, "budget_exceeded", spent.to_string()).await;
+                    return ended(fail(deps, &cp, "budget_exceeded", spent.to_string()).await);
                 }
                 // A budget that cannot be read does not stop the service.
                 Err(e) => tracing::warn!(error = %e, "token budget unreadable; calling the model"),
@@ -207,7 +229,7 @@ pub async fn run_turn(
         let called = tokio::select! {
             r = call_model(deps, &cp, &request, guard.is_none()) => r?,
             // The model call is dropped: its HTTP request is aborted.
-            () = cancel.token().cancelled() => return finish_cancelled(deps, cp, &cancel).await,
+            () = cancel.token().cancelled() => return ended(finish_cancelled(deps, cp, &cancel).await),
         };
         let response = match called {
             Ok(r) => r,
@@ -215,7 +237,7 @@ pub async fn run_turn(
                 // The provider's words stay in the log; the user gets a code.
                 tracing::warn!(turn = %cp.request.turn_id, error = %e, "model call failed");
                 let (code, message) = e.for_users();
-                return fail(deps, &cp, code, message.to_owned()).await;
+                return ended(fail(deps, &cp, code, message.to_owned()).await);
             }
         };
         if let (Some(budget), Some(u)) = (&deps.budget, response.usage) {
@@ -235,7 +257,7 @@ pub async fn run_turn(
             if let Some(p) = &pseudonyms {
                 response.content = p.restore(&response.content);
             }
-            return complete(deps, cp, response).await;
+            return ended(complete(deps, cp, response).await);
         }
         let base = cp.steps.len() as u32;
         let thought = (!response.content.is_empty()).then(|| response.content.clone());
@@ -656,7 +678,7 @@ async fn select_agent(
 
 /// The profile answering now: the last successful handoff of this turn, or
 /// the one the turn started with.
-fn current_agent(cp: &TurnCheckpoint) -> Option<(String, bool)> {
+pub(crate) fn current_agent(cp: &TurnCheckpoint) -> Option<(String, bool)> {
     let handed = cp.steps.iter().rev().find_map(|s| match s {
         Step::Tool {
             call,
@@ -861,6 +883,7 @@ async fn complete(
     answer.usage = usage;
     answer.metadata = response.metadata.clone();
     agent_metadata(&cp, &mut answer.metadata);
+    crate::approval::for_record(&cp, &mut answer.metadata);
     publish_summary(deps, &cp, "answered").await;
     let event = TurnEvent::AnswerCompleted {
         turn_id: cp.request.turn_id.clone(),
@@ -924,6 +947,7 @@ async fn fail(
     record.steps = cp.steps.clone();
     record.metadata = json!({ "turn_failed": { "code": code, "reason": reason } });
     agent_metadata(cp, &mut record.metadata);
+    crate::approval::for_record(cp, &mut record.metadata);
     publish_summary(deps, cp, "failed").await;
     deps.memory
         .finish_turn(

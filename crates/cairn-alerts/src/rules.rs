@@ -68,6 +68,7 @@ struct Counts {
     ingestion: HashMap<String, u32>,
     crashes: HashMap<(String, String), u32>,
     dlq: HashMap<(String, String), u32>,
+    waiting: HashMap<(String, String), String>,
 }
 
 impl RuleEngine {
@@ -113,6 +114,14 @@ impl RuleEngine {
                 }
                 Signal::DlqRecord { tenant, topic } => {
                     *c.dlq.entry((tenant.clone(), topic.clone())).or_default() += 1;
+                }
+                Signal::ApprovalWaiting {
+                    tenant,
+                    conversation,
+                    tool,
+                } => {
+                    c.waiting
+                        .insert((tenant.clone(), conversation.clone()), tool.clone());
                 }
             }
         }
@@ -175,6 +184,14 @@ impl RuleEngine {
                 a.conversation_id = Some(conversation.clone());
                 out.push(a);
             }
+        }
+        for ((tenant, conversation), tool) in &c.waiting {
+            let mut a = Alert::firing("ApprovalWaiting", tenant, "warning", AlertSource::Rule)
+                .label("conversation", conversation.clone())
+                .label("tool", tool.clone())
+                .annotation("summary", format!("a call to {tool} in conversation {conversation} waits for approval (approvals.alert_after passed)"));
+            a.conversation_id = Some(conversation.clone());
+            out.push(a);
         }
         for ((tenant, topic), n) in &c.dlq {
             if *n >= cfg.dlq_records {

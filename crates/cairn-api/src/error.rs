@@ -70,6 +70,10 @@ pub enum ErrorCode {
     TurnNotRunning,
     /// `if_busy: "reject"` and the conversation has a turn queued or running.
     ConversationBusy,
+    /// No approval with this id waits in the conversation.
+    ApprovalNotFound,
+    /// The approval was decided already (the first decision counts).
+    ApprovalDecided,
     /// A receiver refused a test notification or could not be reached.
     ReceiverFailed,
     /// A dependency (store, bus) is unavailable; retry later.
@@ -91,10 +95,10 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
             | InsightsDisabled | TicketNotFound | TicketsDisabled | AnalyticsDisabled
-            | MessageNotFound | ModelNotFound => StatusCode::NOT_FOUND,
+            | MessageNotFound | ModelNotFound | ApprovalNotFound => StatusCode::NOT_FOUND,
             ReceiverFailed | TurnFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict | TurnNotRunning | ConversationBusy => StatusCode::CONFLICT,
+            Conflict | TurnNotRunning | ConversationBusy | ApprovalDecided => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
             QueueFull | TooManyConversations | TooManyStreams | RateLimited | BudgetExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -137,6 +141,8 @@ impl ErrorCode {
             ModelNotFound => "model_not_found",
             TurnNotRunning => "turn_not_running",
             ConversationBusy => "conversation_busy",
+            ApprovalNotFound => "approval_not_found",
+            ApprovalDecided => "approval_decided",
             TurnFailed => "turn_failed",
             ReceiverFailed => "receiver_failed",
             Unavailable => "unavailable",
@@ -222,7 +228,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI document lists them).
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::MalformedJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -253,6 +259,8 @@ impl ErrorCode {
         ErrorCode::TurnFailed,
         ErrorCode::TurnNotRunning,
         ErrorCode::ConversationBusy,
+        ErrorCode::ApprovalNotFound,
+        ErrorCode::ApprovalDecided,
         ErrorCode::ReceiverFailed,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -292,9 +300,11 @@ impl ErrorCode {
             ErrorCode::TurnFailed => 27,
             ErrorCode::TurnNotRunning => 28,
             ErrorCode::ConversationBusy => 29,
-            ErrorCode::ReceiverFailed => 30,
-            ErrorCode::Unavailable => 31,
-            ErrorCode::Internal => 32,
+            ErrorCode::ApprovalNotFound => 30,
+            ErrorCode::ApprovalDecided => 31,
+            ErrorCode::ReceiverFailed => 32,
+            ErrorCode::Unavailable => 33,
+            ErrorCode::Internal => 34,
         }
     }
 }

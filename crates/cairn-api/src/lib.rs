@@ -11,6 +11,7 @@
 //!   minting for `cairn token`.
 //! - [`extract`]: JSON bodies and ids parsed into the error contract.
 //! - [`conversations`], [`messages`], [`events`]: the `/v1` routes.
+//! - [`approvals`]: listing and deciding the approvals a turn waits for.
 //! - [`control`]: cancelling a turn, and what a message does while one runs
 //!   (`if_busy`: enqueue, reject, interrupt, rollback).
 //! - [`fork`]: forking a conversation at a message, and a turn's recorded steps.
@@ -43,6 +44,7 @@
 //!   every route through the OpenAPI router so the document cannot drift.
 
 pub mod alerts;
+pub mod approvals;
 pub mod auth;
 pub mod console;
 pub mod control;

@@ -40,6 +40,23 @@ pub struct AskArgs {
     pub conversation_id: Option<String>,
 }
 
+/// Arguments of `decide_approval`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct DecideArgs {
+    /// The conversation the approval waits in.
+    pub conversation_id: String,
+    /// The approval (from `approval.requested`).
+    pub approval_id: String,
+    /// `approve`, `reject` or `edit`.
+    pub decision: String,
+    /// Why.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// For `edit`: the arguments to run the call with.
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+}
+
 /// Arguments of `search_knowledge`.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct SearchArgs {
@@ -177,6 +194,34 @@ impl CairnMcp {
         match self.run_turn(&caller, args).await {
             Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
             Err(e) => error(e),
+        }
+    }
+
+    /// Decides an approval a turn waits for (needs the `approve` scope).
+    #[tool(
+        description = "Approve, reject or edit a tool call that waits for a person's approval in a Cairn conversation (needs the `approve` scope). decision: approve, reject or edit (then pass arguments)."
+    )]
+    async fn decide_approval(
+        &self,
+        Parameters(args): Parameters<DecideArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = match self.caller(&context).await {
+            Ok(c) => c,
+            Err(e) => return error(e),
+        };
+        let id = match ConversationId::parse(&args.conversation_id) {
+            Ok(id) => id,
+            Err(e) => return error(e.to_string()),
+        };
+        let body = crate::approvals::Decide {
+            decision: args.decision,
+            comment: args.comment,
+            arguments: args.arguments,
+        };
+        match crate::approvals::decide(&self.state, &caller, &id, &args.approval_id, body).await {
+            Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
+            Err(e) => error(format!("{}: {}", e.code.as_str(), e.message)),
         }
     }
 

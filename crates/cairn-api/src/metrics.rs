@@ -194,7 +194,9 @@ impl cairn_core::signals::SignalSink for SignalMetrics {
             Signal::DlqRecord { topic, .. } => {
                 metrics::counter!("cairn_dlq_records_total", "topic" => topic.clone()).increment(1)
             }
-            Signal::TurnEnded { .. } | Signal::ModelCall { .. } => {}
+            Signal::TurnEnded { .. }
+            | Signal::ModelCall { .. }
+            | Signal::ApprovalWaiting { .. } => {}
         }
         if let Some(next) = &self.next {
             next.emit(signal);

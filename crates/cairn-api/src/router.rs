@@ -4,8 +4,8 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
-    alerts, control, conversations, desk, documents, events, fork, health, insights, limits,
-    messages, metrics, openai, request_id, search, tools, ws,
+    alerts, approvals, control, conversations, desk, documents, events, fork, health, insights,
+    limits, messages, metrics, openai, request_id, search, tools, ws,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -70,6 +70,8 @@ pub fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenA
         .routes(routes!(fork::fork))
         .routes(routes!(fork::steps))
         .routes(routes!(control::cancel))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::post))
         .routes(routes!(ws::native))
         .routes(routes!(ws::ticket))
         .routes(routes!(insights::conversation_insights))

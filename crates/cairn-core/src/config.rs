@@ -84,6 +84,8 @@ pub struct Config {
     pub cors: crate::gateway_config::CorsConfig,
     /// OpenTelemetry traces.
     pub telemetry: crate::gateway_config::TelemetryConfig,
+    /// Tool calls that wait for a human's approval.
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 /// `[mcp]`
@@ -755,6 +757,9 @@ impl Config {
                     });
                 }
             }
+        }
+        if let Err((key, message)) = self.approvals.validate() {
+            return Err(ConfigError::Key { key, message });
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio", "must be between 0.0 and 1.0");

@@ -299,6 +299,9 @@ pub struct TurnCheckpoint {
     /// True when this is the conversation's first turn (for analytics).
     #[serde(default)]
     pub first_turn: bool,
+    /// Approvals the turn asked for (`[approvals]`), decided or waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<crate::approvals::PendingApproval>,
 }
 
 /// Which agent profile a turn started with, and why.
@@ -436,6 +439,45 @@ pub enum TurnEvent {
         /// A readable explanation.
         reason: String,
     },
+    /// A tool call matched an `[approvals]` rule: the turn waits for a decision
+    /// (`POST /v1/conversations/{id}/approvals/{approval_id}`) before it runs.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested {
+        /// The turn.
+        turn_id: TurnId,
+        /// The approval (in the decision's URL).
+        approval_id: String,
+        /// The tool step it guards.
+        step: u32,
+        /// The tool.
+        tool: String,
+        /// The arguments the model asked for.
+        arguments: Value,
+        /// Why it needs approval.
+        reason: String,
+        /// Who may decide: users of the tenant with this scope.
+        approver_scope: String,
+        /// When it is rejected as `expired` unless decided.
+        expires_at: DateTime<Utc>,
+    },
+    /// An approval was decided; the first decision of an approval counts.
+    #[serde(rename = "approval.decided")]
+    ApprovalDecided {
+        /// The turn.
+        turn_id: TurnId,
+        /// The approval.
+        approval_id: String,
+        /// `approve`, `reject`, `edit` or `expired`.
+        decision: crate::approvals::Verdict,
+        /// Who decided (`system` for an expiry).
+        by: String,
+        /// The approver's comment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// The arguments an `edit` runs with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arguments: Option<Value>,
+    },
     /// An alert about this conversation (the agent's escalation) is firing:
     /// on-call was paged.
     #[serde(rename = "alert.firing")]
@@ -517,6 +559,8 @@ impl TurnEvent {
             | TurnEvent::TurnFailed { turn_id, .. }
             | TurnEvent::TurnCancelRequested { turn_id, .. }
             | TurnEvent::TurnCancelled { turn_id, .. }
+            | TurnEvent::ApprovalRequested { turn_id, .. }
+            | TurnEvent::ApprovalDecided { turn_id, .. }
             | TurnEvent::AlertFiring { turn_id, .. }
             | TurnEvent::AlertResolved { turn_id, .. }
             | TurnEvent::InsightsUpdated { turn_id, .. }
@@ -536,6 +580,8 @@ impl TurnEvent {
             TurnEvent::TurnFailed { .. } => "turn.failed",
             TurnEvent::TurnCancelRequested { .. } => "turn.cancel_requested",
             TurnEvent::TurnCancelled { .. } => "turn.cancelled",
+            TurnEvent::ApprovalRequested { .. } => "approval.requested",
+            TurnEvent::ApprovalDecided { .. } => "approval.decided",
             TurnEvent::AlertFiring { .. } => "alert.firing",
             TurnEvent::AlertResolved { .. } => "alert.resolved",
             TurnEvent::InsightsUpdated { .. } => "insights.updated",

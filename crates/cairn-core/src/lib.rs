@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`alerts`]: alerts on the `alerts` topic and the label matchers of routes and silences.
 //! - [`alerts_config`]: the `[alerts]` section of the configuration.
+//! - [`approvals`]: `[approvals]` rules (tool calls that wait for a human) and
+//!   the approval a paused turn keeps in its checkpoint.
 //! - [`desk`]: tickets, feedback, the analytics events and counter updates.
 //! - [`desk_config`]: `[tickets]`, `[analytics]`, `[[agents]]` and `[routing]`.
 //! - [`insights`]: the analysis of a message, a conversation's insights, PII
@@ -24,6 +26,7 @@
 
 pub mod alerts;
 pub mod alerts_config;
+pub mod approvals;
 pub mod config;
 pub mod desk;
 pub mod desk_config;

@@ -34,6 +34,15 @@ pub enum Signal {
         /// The tenant.
         tenant: String,
     },
+    /// A tool call has waited for approval longer than `approvals.alert_after`.
+    ApprovalWaiting {
+        /// The tenant.
+        tenant: String,
+        /// The conversation.
+        conversation: String,
+        /// The tool waiting.
+        tool: String,
+    },
     /// A record was written to the DLQ.
     DlqRecord {
         /// The tenant of the record (`unknown` when undecodable).

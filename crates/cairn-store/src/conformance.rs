@@ -222,6 +222,7 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
 
     let cp = TurnCheckpoint {
         agent: None,
+        approvals: Vec::new(),
         first_turn: false,
         request: r1.clone(),
         steps: vec![Step::Tool {
@@ -574,6 +575,7 @@ pub async fn leases_fence_stale_writers<S: Store>(s: S) {
     s.enqueue_turn(&r).await.unwrap();
     let mut cp = TurnCheckpoint {
         agent: None,
+        approvals: Vec::new(),
         first_turn: false,
         request: r.clone(),
         steps: vec![],

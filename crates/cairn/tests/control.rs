@@ -1,7 +1,8 @@
 //! Steering a running agent through the real `cairn serve` binary: cancelling a
-//! turn (mid tool call, mid model call, queued) and the double-texting policies
+//! turn (mid tool call, mid model call, queued), the double-texting policies
 //! of a message sent while a turn runs (`enqueue`, `reject`, `interrupt`,
-//! `rollback`), including kill -9 while a cancel is in flight.
+//! `rollback`), and approvals before risky tool calls, including kill -9 while
+//! a cancel is in flight and while an approval waits.
 //!
 //! The model is an OpenAI-wire server run by the test. Like OpenAI's API it
 //! refuses (400) a request whose assistant tool call has no tool result after
@@ -97,6 +98,12 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> axum::response
     };
     if observation.is_none() && user.contains("slow") {
         return tool("wait", json!({"seconds": 60}));
+    }
+    if observation.is_none() && user.contains("medium") {
+        return tool("wait", json!({"seconds": 1}));
+    }
+    if observation.is_none() && user.contains("quick") {
+        return tool("wait", json!({"seconds": 0.2}));
     }
     if observation.is_none() && user.contains("time") {
         return tool("current_time", json!({}));
@@ -622,5 +629,242 @@ async fn a_cancel_survives_kill_9() {
     assert_eq!(
         c.ask(&conv, "hello again").await["answer"]["content"],
         "You said: hello again"
+    );
+}
+
+/// Calls of `slow.wait` longer than half a second wait for a person.
+const APPROVALS: &str = r#"
+[approvals]
+alert_after = "0s"
+[[approvals.rules]]
+tool = "slow.wait"
+when = { pointer = "/seconds", op = "gt", value = 0.5 }
+reason = "long waits need a supervisor"
+"#;
+
+async fn approval_requested(c: &Client, conv: &str, turn: &str) -> Value {
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(30),
+            |ev| {
+                ev.iter()
+                    .any(|e| e.2["turn_id"] == turn && e.1 == "approval.requested")
+            },
+        )
+        .await;
+    of(&events, turn, "approval.requested").clone()
+}
+
+async fn answer_of(c: &Client, conv: &str, turn: &str) -> (Vec<(String, String, Value)>, String) {
+    let events = until_end(c, conv, turn).await;
+    let answer = of(&events, turn, "answer.completed")["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (events, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risky_call_waits_for_a_person_who_approves_edits_or_rejects_it() {
+    let s = Setup::start(APPROVALS, &[]).await;
+    let c = s.client();
+    let sam = s.server.client("acme", "sam", &["approve"]);
+    let conv = c.new_conversation().await;
+
+    // Below the threshold: no approval.
+    let r = post(&c, &conv, "a quick one", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let (events, answer) = answer_of(&c, &conv, &turn).await;
+    assert_eq!(answer, "Done: waited 0.2 s");
+    assert!(!kinds(&events, &turn).contains(&"approval.requested".to_owned()));
+
+    // Above it: the call waits.
+    let r = post(&c, &conv, "the slow thing", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let asked = approval_requested(&c, &conv, &turn).await;
+    assert_eq!(asked["tool"], "slow.wait");
+    assert_eq!(asked["arguments"], json!({"seconds": 60}));
+    assert_eq!(asked["reason"], "long waits need a supervisor");
+    assert_eq!(asked["approver_scope"], "approve");
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    let listed = c.get(&format!("/v1/conversations/{conv}/approvals")).await;
+    assert_eq!(
+        listed.body["items"][0]["status"], "pending",
+        "{:?}",
+        listed.body
+    );
+    let url = format!("/v1/conversations/{conv}/approvals/{id}");
+
+    // Who may decide, and what a decision must hold.
+    let r = c.post(&url, json!({"decision": "approve"})).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "forbidden");
+    let stranger = s.server.client("globex", "gil", &["approve"]);
+    let r = stranger.post(&url, json!({"decision": "approve"})).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    let r = sam.post(&url, json!({"decision": "edit"})).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "arguments");
+    let r = sam.post(&url, json!({"decision": "maybe"})).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = sam
+        .post(
+            &format!("/v1/conversations/{conv}/approvals/nope"),
+            json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "approval_not_found");
+
+    // Edit: the call runs with the supervisor's arguments.
+    let r = sam
+        .post(
+            &url,
+            json!({"decision": "edit", "arguments": {"seconds": 0.1}, "comment": "shorter"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = sam.post(&url, json!({"decision": "reject"})).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "approval_decided");
+    let (events, answer) = answer_of(&c, &conv, &turn).await;
+    assert_eq!(answer, "Done: waited 0.1 s");
+    let decided = of(&events, &turn, "approval.decided");
+    assert_eq!(decided["decision"], "edit");
+    assert_eq!(decided["by"], "sam");
+    assert_eq!(decided["comment"], "shorter");
+    let items = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+    let record = items.body["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(record["metadata"]["approvals"][0]["decision"]["by"], "sam");
+    assert_eq!(
+        record["metadata"]["approvals"][0]["decision"]["decision"],
+        "edit"
+    );
+
+    // Approve as asked: the call runs as the model asked.
+    let r = post(&c, &conv, "a medium one", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let asked = approval_requested(&c, &conv, &turn).await;
+    let url = format!(
+        "/v1/conversations/{conv}/approvals/{}",
+        asked["approval_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        sam.post(&url, json!({"decision": "approve"})).await.status,
+        202
+    );
+    assert_eq!(answer_of(&c, &conv, &turn).await.1, "Done: waited 1.0 s");
+
+    // Reject: the model is told, the tool never runs.
+    let r = post(&c, &conv, "the slow thing again", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let asked = approval_requested(&c, &conv, &turn).await;
+    let url = format!(
+        "/v1/conversations/{conv}/approvals/{}",
+        asked["approval_id"].as_str().unwrap()
+    );
+    let r = sam
+        .post(&url, json!({"decision": "reject", "comment": "too long"}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(
+        answer_of(&c, &conv, &turn).await.1,
+        "Done: Not run: sam rejected this call (too long)"
+    );
+    assert_eq!(s.model.dangling.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_approval_expires_and_a_waiting_turn_can_be_cancelled() {
+    let rules = APPROVALS.replace(
+        "reason = \"long waits need a supervisor\"",
+        "reason = \"long waits need a supervisor\"\nexpires_after = \"1s\"",
+    );
+    let s = Setup::start(&rules, &[]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let r = post(&c, &conv, "the slow thing", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let (events, answer) = answer_of(&c, &conv, &turn).await;
+    assert_eq!(
+        answer,
+        "Done: Not run: nobody approved this call before its approval expired."
+    );
+    let decided = of(&events, &turn, "approval.decided");
+    assert_eq!(decided["decision"], "expired");
+    assert_eq!(decided["by"], "system");
+
+    // A turn waiting for an approval is cancelled like any other.
+    let r = post(&c, &conv, "the slow thing once more", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    approval_requested(&c, &conv, &turn).await;
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel?wait=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{:?}", r.body);
+    assert!(
+        std::fs::read_to_string(&s.cancel_log)
+            .unwrap_or_default()
+            .is_empty(),
+        "the tool never ran, so nothing was cancelled on the server"
+    );
+}
+
+/// kill -9 while an approval waits: the restarted server waits for the same
+/// approval, and the approved call runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_survives_kill_9() {
+    let mut s = Setup::start(APPROVALS, &[]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let r = post(&c, &conv, "a medium one", None).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let asked = approval_requested(&c, &conv, &turn).await;
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    s.server.restart().await;
+    let c = s.client();
+    // The resumed turn holds the same approval.
+    let mut listed = Value::Null;
+    for _ in 0..500 {
+        listed = c
+            .get(&format!("/v1/conversations/{conv}/approvals"))
+            .await
+            .body;
+        if listed["items"][0]["approval_id"] == id.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed["items"][0]["approval_id"], id.as_str(), "{listed}");
+    let sam = s.server.client("acme", "sam", &["approve"]);
+    let r = sam
+        .post(
+            &format!("/v1/conversations/{conv}/approvals/{id}"),
+            json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let (events, answer) = answer_of(&c, &conv, &turn).await;
+    assert_eq!(answer, "Done: waited 1.0 s");
+    let k = kinds(&events, &turn);
+    assert_eq!(
+        k.iter().filter(|k| *k == "approval.requested").count(),
+        1,
+        "{k:?}"
+    );
+    assert_eq!(
+        k.iter().filter(|k| *k == "tool.completed").count(),
+        1,
+        "{k:?}"
     );
 }
