@@ -339,6 +339,11 @@ mod tests {
             tenant: t(),
             topic: "user_events".into(),
         });
+        r.emit(Signal::ApprovalWaiting {
+            tenant: t(),
+            conversation: "c2".into(),
+            tool: "tickets.refund".into(),
+        });
         let mut names: Vec<String> = r
             .evaluate(Instant::now(), &[])
             .iter()
@@ -351,6 +356,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "ApprovalWaiting",
                 "DlqRecords",
                 "IngestionFailures",
                 "ModelFailures",
@@ -364,5 +370,12 @@ mod tests {
             .unwrap();
         assert_eq!(crash.conversation_id.as_deref(), Some("c1"));
         assert_eq!(crash.labels["conversation"], "c1");
+        let waiting = r
+            .evaluate(Instant::now(), &[])
+            .into_iter()
+            .find(|a| a.name() == "ApprovalWaiting")
+            .unwrap();
+        assert_eq!(waiting.conversation_id.as_deref(), Some("c2"));
+        assert_eq!(waiting.labels["tool"], "tickets.refund");
     }
 }

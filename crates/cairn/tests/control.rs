@@ -752,13 +752,33 @@ async fn a_risky_call_waits_for_a_person_who_approves_edits_or_rejects_it() {
     let r = post(&c, &conv, "a medium one", None).await;
     let turn = r.body["turn_id"].as_str().unwrap().to_owned();
     let asked = approval_requested(&c, &conv, &turn).await;
-    let url = format!(
-        "/v1/conversations/{conv}/approvals/{}",
-        asked["approval_id"].as_str().unwrap()
+    // Through /mcp this time, with the official MCP Python SDK as the client;
+    // a token without the scope is refused there too.
+    let mcp = |token: String| {
+        let (base, conv) = (s.server.base.clone(), conv.clone());
+        let id = asked["approval_id"].as_str().unwrap().to_owned();
+        async move {
+            let python = std::env::var("CAIRN_TEST_PYTHON_MCP").unwrap();
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_decide.py");
+            tokio::process::Command::new(python)
+                .arg(script)
+                .args([format!("{base}/mcp"), token, conv, id, "approve".into()])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = mcp(s.server.token("acme", "ana", &[])).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{out:?}"
     );
-    assert_eq!(
-        sam.post(&url, json!({"decision": "approve"})).await.status,
-        202
+    let out = mcp(s.server.token("acme", "sam", &["approve"])).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"decision\":\"approve\""),
+        "{out:?}"
     );
     assert_eq!(answer_of(&c, &conv, &turn).await.1, "Done: waited 1.0 s");
 

@@ -360,7 +360,10 @@ async fn the_mcp_endpoint_works_behind_a_dns_name_and_speaks_to_the_python_sdk()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("server cairn"), "{stdout}");
-    assert!(stdout.contains("tools ask,search_knowledge"), "{stdout}");
+    assert!(
+        stdout.contains("tools ask,decide_approval,search_knowledge"),
+        "{stdout}"
+    );
     assert!(stdout.contains("ask ok"), "{stdout}");
     assert!(!stderr.contains("Session termination failed"), "{stderr}");
 }
