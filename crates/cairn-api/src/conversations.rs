@@ -16,7 +16,7 @@ use std::collections::HashMap;
 const DEFAULT_LIMIT: u64 = 20;
 const MAX_LIMIT: u64 = 100;
 /// Longest title.
-const MAX_TITLE: usize = 200;
+pub const MAX_TITLE: usize = 200;
 
 /// Body of `POST /v1/conversations` (every field optional).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -74,6 +74,23 @@ pub async fn load_owned(
     Ok(meta)
 }
 
+/// A title as given: trimmed, `None` when blank, refused past
+/// [`MAX_TITLE`] characters.
+pub fn clean_title(title: Option<String>) -> ApiResult<Option<String>> {
+    let title = title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if title
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("`title` is longer than {MAX_TITLE} characters"),
+        )
+        .with_details(json!({"field": "title"})));
+    }
+    Ok(title)
+}
+
 /// Refuses a new conversation past `agent.max_conversations_per_user` (429).
 pub async fn check_conversation_quota(state: &AppState, caller: &Caller) -> ApiResult<()> {
     let max = state.settings.max_conversations_per_user;
@@ -98,20 +115,7 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let title = body
-        .title
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
-    if title
-        .as_ref()
-        .is_some_and(|t| t.chars().count() > MAX_TITLE)
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "`title` is longer than 200 characters",
-        )
-        .with_details(json!({"field": "title"})));
-    }
+    let title = clean_title(body.title)?;
     let id = match body.id {
         Some(raw) => ConversationId::parse(raw).map_err(|e| {
             ApiError::new(ErrorCode::InvalidField, e.to_string())

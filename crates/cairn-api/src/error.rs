@@ -70,6 +70,8 @@ pub enum ErrorCode {
     TurnNotRunning,
     /// `if_busy: "reject"` and the conversation has a turn queued or running.
     ConversationBusy,
+    /// A fork would copy more than `agent.max_fork_messages` messages.
+    ForkTooLarge,
     /// No approval with this id waits in the conversation.
     ApprovalNotFound,
     /// The approval was decided already (the first decision counts).
@@ -88,7 +90,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedJson | InvalidField => StatusCode::BAD_REQUEST,
-            MissingField => StatusCode::UNPROCESSABLE_ENTITY,
+            MissingField | ForkTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | InvalidToken | TokenExpired => StatusCode::UNAUTHORIZED,
@@ -141,6 +143,7 @@ impl ErrorCode {
             ModelNotFound => "model_not_found",
             TurnNotRunning => "turn_not_running",
             ConversationBusy => "conversation_busy",
+            ForkTooLarge => "fork_too_large",
             ApprovalNotFound => "approval_not_found",
             ApprovalDecided => "approval_decided",
             TurnFailed => "turn_failed",
@@ -228,7 +231,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI document lists them).
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::MalformedJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -259,6 +262,7 @@ impl ErrorCode {
         ErrorCode::TurnFailed,
         ErrorCode::TurnNotRunning,
         ErrorCode::ConversationBusy,
+        ErrorCode::ForkTooLarge,
         ErrorCode::ApprovalNotFound,
         ErrorCode::ApprovalDecided,
         ErrorCode::ReceiverFailed,
@@ -300,11 +304,12 @@ impl ErrorCode {
             ErrorCode::TurnFailed => 27,
             ErrorCode::TurnNotRunning => 28,
             ErrorCode::ConversationBusy => 29,
-            ErrorCode::ApprovalNotFound => 30,
-            ErrorCode::ApprovalDecided => 31,
-            ErrorCode::ReceiverFailed => 32,
-            ErrorCode::Unavailable => 33,
-            ErrorCode::Internal => 34,
+            ErrorCode::ForkTooLarge => 30,
+            ErrorCode::ApprovalNotFound => 31,
+            ErrorCode::ApprovalDecided => 32,
+            ErrorCode::ReceiverFailed => 33,
+            ErrorCode::Unavailable => 34,
+            ErrorCode::Internal => 35,
         }
     }
 }

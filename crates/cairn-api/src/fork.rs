@@ -11,7 +11,9 @@
 //! rebuilds its own as its window fills. A fork that fails half-way is deleted.
 
 use crate::auth::Caller;
-use crate::conversations::{Access, check_conversation_quota, conversation_json, load_owned};
+use crate::conversations::{
+    Access, MAX_TITLE, check_conversation_quota, clean_title, conversation_json, load_owned,
+};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::{JsonBody, conversation_id};
 use crate::state::AppState;
@@ -24,8 +26,6 @@ use serde_json::{Value, json};
 
 /// Messages read or copied at a time.
 const PAGE: usize = 500;
-/// Longest title.
-const MAX_TITLE: usize = 200;
 
 /// Body of `POST /v1/conversations/{id}/fork`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -70,17 +70,7 @@ pub async fn fork(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = conversation_id(&id)?;
     let source = load_owned(&state, &caller, &id, Access::Read).await?;
-    let title = match body
-        .title
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) if t.chars().count() > MAX_TITLE => {
-            return Err(ApiError::invalid_field(
-                "title",
-                "`title` is longer than 200 characters",
-            ));
-        }
+    let title = match clean_title(body.title)? {
         Some(t) => t,
         None => {
             let of: String = source
@@ -102,6 +92,15 @@ pub async fn fork(
             )
             .with_details(json!({"field": "message_id"}))
         })?;
+    // Sequence numbers count from 0: the fork copies `seq + 1` messages at most.
+    let max = state.settings.max_fork_messages;
+    if at.seq >= max {
+        return Err(ApiError::new(
+            ErrorCode::ForkTooLarge,
+            format!("a fork copies at most {max} messages (agent.max_fork_messages); fork at an earlier message"),
+        )
+        .with_details(json!({"field": "message_id", "max": max})));
+    }
     check_conversation_quota(&state, &caller).await?;
     let fork = ConversationMeta::new(
         ConversationId::generate(),

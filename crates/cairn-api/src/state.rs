@@ -23,6 +23,8 @@ pub struct ApiSettings {
     pub max_message_chars: usize,
     /// Queued messages per conversation (`agent.max_queued_messages`).
     pub max_queued_messages: u32,
+    /// Messages a fork copies at most (`agent.max_fork_messages`).
+    pub max_fork_messages: u64,
     /// Conversations per user (`agent.max_conversations_per_user`).
     pub max_conversations_per_user: u64,
     /// How often an open stream re-checks that its conversation still exists

@@ -558,6 +558,9 @@ pub struct AgentConfig {
     /// Messages waiting in one conversation's queue (the one in flight
     /// included); a post past it gets 429 `queue_full`.
     pub max_queued_messages: u32,
+    /// Most messages a fork copies (`POST …/fork` at a later message gets 422
+    /// `fork_too_large`).
+    pub max_fork_messages: u64,
     /// Conversations one user may hold; creating one more gets 429
     /// `too_many_conversations`.
     pub max_conversations_per_user: u64,
@@ -580,6 +583,7 @@ impl Default for AgentConfig {
             lease_ttl: Duration::from_secs(15),
             max_tool_calls_per_step: 16,
             max_queued_messages: 100,
+            max_fork_messages: 10_000,
             max_conversations_per_user: 10_000,
             max_message_chars: 32_000,
         }
@@ -917,6 +921,9 @@ impl Config {
         }
         if self.agent.max_tool_calls_per_step == 0 {
             return bad("agent.max_tool_calls_per_step", "must be at least 1");
+        }
+        if self.agent.max_fork_messages == 0 {
+            return bad("agent.max_fork_messages", "must be at least 1");
         }
         if self.agent.max_queued_messages == 0 {
             return bad("agent.max_queued_messages", "must be at least 1");

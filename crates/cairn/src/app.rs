@@ -793,6 +793,7 @@ pub async fn build(
             ingest_scope: Some(config.auth.ingest_scope.clone()).filter(|s| !s.is_empty()),
             max_message_chars: config.agent.max_message_chars,
             max_queued_messages: config.agent.max_queued_messages,
+            max_fork_messages: config.agent.max_fork_messages,
             max_conversations_per_user: config.agent.max_conversations_per_user,
             stream_recheck: config.server.stream_recheck,
             allowed_hosts: config.server.allowed_hosts.clone(),

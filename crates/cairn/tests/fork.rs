@@ -11,7 +11,9 @@ use serde_json::json;
 
 async fn forks_and_steps(redis: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&config(dir.path(), redis)).await;
+    let mut cfg = config(dir.path(), redis);
+    cfg.agent.max_fork_messages = 4;
+    let mut server = Server::start(&cfg).await;
     let c = server.client(&server.token("acme", "ana"));
     let src = c.new_conversation().await;
     for q in [
@@ -83,6 +85,16 @@ async fn forks_and_steps(redis: Option<String>) {
         .await;
     assert_eq!(r.status, 404, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "message_not_found");
+    // A fork copies at most agent.max_fork_messages (4 here): not at the 5th.
+    let r = c
+        .post(
+            &format!("/v1/conversations/{src}/fork"),
+            json!({"message_id": items[4]["id"]}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "fork_too_large");
+    assert_eq!(r.body["error"]["details"]["max"], 4);
     let other = server.client(&server.token("acme", "bob"));
     let r = other
         .post(
