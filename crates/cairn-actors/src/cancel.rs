@@ -256,6 +256,16 @@ pub async fn finish_cancelled(
     record.metadata = json!({ "turn_cancelled": { "mode": mode.as_str(), "reason": reason } });
     crate::approval::for_record(&cp, &mut record.metadata);
     crate::turn::publish_summary(deps, &cp, "cancelled").await;
+    let error = json!({"code": "cancelled", "mode": mode.as_str(), "reason": reason});
+    crate::webhook::publish(
+        deps,
+        &cp,
+        "cancelled",
+        &cp.request.message_id,
+        None,
+        Some(error),
+    )
+    .await;
     let event = TurnEvent::TurnCancelled {
         turn_id: turn.clone(),
         mode: mode.as_str().into(),

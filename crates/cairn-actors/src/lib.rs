@@ -30,6 +30,8 @@
 //! - [`desk`]: the ticket enricher (`tickets` → enriched tickets, risk alerts)
 //!   and the analytics consumer (bus events → counters).
 //! - [`metered`]: Prometheus metrics of turns, steps, model and tool calls.
+//! - [`webhook`]: turn webhooks: the outcome of a turn whose message named a
+//!   `webhook`, published on the bus and delivered signed, with retries.
 //! - [`trace`]: OpenTelemetry spans of turns, model calls and tool calls.
 //! - [`lifecycle`]: whether the process is draining and how many turns run,
 //!   which a graceful shutdown waits on.
@@ -52,6 +54,7 @@ pub mod settings;
 pub mod supervisor;
 pub mod trace;
 pub mod turn;
+pub mod webhook;
 
 pub use catalog::{ToolCatalog, ToolProvider};
 pub use runtime::Runtime;

@@ -346,6 +346,19 @@ impl Runtime {
             .await
     }
 
+    /// Runs the turn webhook consumer in this process.
+    pub fn start_webhooks(
+        &mut self,
+        ctx: Consuming,
+        config: cairn_core::config::TurnWebhooksConfig,
+    ) {
+        if !self.role.runs_actors() {
+            return;
+        }
+        self.bridges
+            .push(tokio::spawn(crate::webhook::run_webhooks(ctx, config)));
+    }
+
     /// Runs the ticket enricher and the analytics consumers in this process
     /// (either may be absent).
     pub fn start_desk(

@@ -96,6 +96,9 @@ pub struct AgentDeps {
     pub budget: Option<Arc<dyn cairn_core::ports::TokenBudget>>,
     /// Draining at shutdown, and the count of running turns.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Where turn webhooks are published (`conversation_events`), for messages
+    /// that name a `webhook`.
+    pub webhooks: Option<Relay>,
 }
 
 /// Agent profiles and the classifier that routes messages among them.

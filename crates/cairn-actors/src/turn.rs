@@ -885,6 +885,16 @@ async fn complete(
     agent_metadata(&cp, &mut answer.metadata);
     crate::approval::for_record(&cp, &mut answer.metadata);
     publish_summary(deps, &cp, "answered").await;
+    let answered = json!({"message_id": answer.id, "content": response.content, "citations": response.citations});
+    crate::webhook::publish(
+        deps,
+        &cp,
+        "completed",
+        &cp.request.message_id,
+        Some(answered),
+        None,
+    )
+    .await;
     let event = TurnEvent::AnswerCompleted {
         turn_id: cp.request.turn_id.clone(),
         message_id: answer.id.clone(),
@@ -949,6 +959,16 @@ async fn fail(
     agent_metadata(cp, &mut record.metadata);
     crate::approval::for_record(cp, &mut record.metadata);
     publish_summary(deps, cp, "failed").await;
+    let error = json!({"code": code, "reason": reason});
+    crate::webhook::publish(
+        deps,
+        cp,
+        "failed",
+        &cp.request.message_id,
+        None,
+        Some(error),
+    )
+    .await;
     deps.memory
         .finish_turn(
             &cp.request.tenant_id,

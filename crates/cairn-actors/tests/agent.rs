@@ -521,6 +521,7 @@ async fn an_accepted_message_survives_a_crash_before_its_turn_starts() {
         agent: None,
         traceparent: None,
         interrupts: None,
+        webhook: None,
     };
     let env = cairn_core::envelope::Envelope::new(
         cairn_core::envelope::USER_MESSAGE,

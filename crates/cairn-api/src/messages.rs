@@ -74,6 +74,11 @@ pub struct PostMessage {
     /// (cancel it and leave it out of the context).
     #[serde(default)]
     pub if_busy: Option<crate::control::BusyPolicy>,
+    /// A URL that receives the turn's outcome (`turn.completed`,
+    /// `turn.failed` or `turn.cancelled`; Standard Webhooks, signed, retried);
+    /// its host must be in `turn_webhooks.allowed_hosts` for the tenant.
+    #[serde(default)]
+    pub webhook: Option<String>,
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
@@ -111,16 +116,28 @@ pub async fn post(
     let _wait_permit = (!sse && flag(&q, "wait"))
         .then(|| state.streams.acquire(&caller))
         .transpose()?;
+    if let Some(url) = &body.webhook
+        && let Err(why) = state
+            .settings
+            .turn_webhooks
+            .check(caller.tenant.as_str(), url)
+    {
+        return Err(ApiError::invalid_field("webhook", why));
+    }
     let policy = body.if_busy.unwrap_or_default();
     crate::control::refuse_if_busy(&state, &caller, &id, policy).await?;
     let interrupts = policy.cancel_mode();
+    let accepting = Accepting {
+        interrupts,
+        webhook: body.webhook,
+    };
     let (request, after, _) = accept_new(
         &state,
         &caller,
         &id,
         body.content,
         key.as_deref(),
-        interrupts,
+        accepting,
     )
     .await?;
     let events_url = format!("/v1/conversations/{id}/events?after={after}");
@@ -187,7 +204,8 @@ pub(crate) async fn accept(
     content: String,
     key: Option<&str>,
 ) -> ApiResult<(TurnRequest, u64)> {
-    let (request, after, _) = accept_new(state, caller, id, content, key, None).await?;
+    let (request, after, _) =
+        accept_new(state, caller, id, content, key, Accepting::default()).await?;
     Ok((request, after))
 }
 
@@ -198,11 +216,12 @@ pub(crate) async fn accept_new(
     id: &cairn_core::ConversationId,
     content: String,
     key: Option<&str>,
-    interrupts: Option<cairn_core::ports::CancelMode>,
+    with: Accepting,
 ) -> ApiResult<(TurnRequest, u64, bool)> {
     let mut after = state.events.last_event_id(&caller.tenant, id).await?;
     let mut request = new_request(state, &caller.tenant, id, &caller.user, content);
-    request.interrupts = interrupts.map(|m| m.as_str().to_owned());
+    request.interrupts = with.interrupts.map(|m| m.as_str().to_owned());
+    request.webhook = with.webhook;
     let mut replay = false;
     if let Some(k) = key {
         let name = format!("{}/{id}/{k}", caller.tenant);
@@ -228,6 +247,15 @@ pub(crate) async fn accept_new(
             .map_err(|e| ApiError::unavailable("the event bus", &e))?;
     }
     Ok((request, after, replay))
+}
+
+/// What a REST message adds to its turn request.
+#[derive(Debug, Default)]
+pub(crate) struct Accepting {
+    /// `if_busy` = interrupt / rollback.
+    pub interrupts: Option<cairn_core::ports::CancelMode>,
+    /// The checked webhook URL.
+    pub webhook: Option<String>,
 }
 
 /// A turn request for an admitted message, on every path (REST, MCP `ask`,

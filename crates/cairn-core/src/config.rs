@@ -84,8 +84,59 @@ pub struct Config {
     pub cors: crate::gateway_config::CorsConfig,
     /// OpenTelemetry traces.
     pub telemetry: crate::gateway_config::TelemetryConfig,
-    /// Tool calls that wait for a human's approval.
+    /// Tool calls that wait for a person's approval.
     pub approvals: crate::approvals::ApprovalsConfig,
+    /// Callbacks with a turn's outcome (`webhook` on a message).
+    pub turn_webhooks: TurnWebhooksConfig,
+}
+
+/// `[turn_webhooks]`: a message's `webhook` URL receives its turn's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnWebhooksConfig {
+    /// Hosts (`host` or `host:port`) a tenant's webhooks may call, per tenant
+    /// id; a tenant without an entry cannot use webhooks.
+    pub allowed_hosts: std::collections::BTreeMap<String, Vec<String>>,
+    /// Allow `http://` URLs (development); otherwise only `https://`.
+    pub allow_http: bool,
+    /// The environment variable holding the Standard Webhooks signing secret
+    /// (`whsec_…`); without it requests are not signed.
+    pub secret_env: Option<String>,
+    /// Retries, backoff and the deadline of one attempt (as for alert webhooks).
+    pub delivery: crate::alerts_config::DeliveryConfig,
+}
+
+impl TurnWebhooksConfig {
+    /// Checks a webhook URL for `tenant`: scheme, no credentials, an allowed host.
+    /// The error says which rule it broke.
+    pub fn check(&self, tenant: &str, raw: &str) -> Result<(), String> {
+        if raw.len() > 2048 {
+            return Err("the webhook URL is longer than 2048 characters".into());
+        }
+        let url = url::Url::parse(raw).map_err(|_| "the webhook is not a URL".to_owned())?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            _ => return Err("the webhook must be an https:// URL".into()),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the webhook URL must not carry credentials".into());
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let with_port = url.port().map(|p| format!("{host}:{p}"));
+        let allowed = self.allowed_hosts.get(tenant).is_some_and(|hosts| {
+            hosts.iter().any(|h| {
+                let h = h.to_ascii_lowercase();
+                h == host || Some(&h) == with_port.as_ref()
+            })
+        });
+        if !allowed {
+            return Err(
+                "the webhook's host is not in turn_webhooks.allowed_hosts for this tenant".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[mcp]`

@@ -245,6 +245,10 @@ pub struct TurnRequest {
     /// queues it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupts: Option<String>,
+    /// Where the turn's outcome is posted (`turn.completed` / `turn.failed` /
+    /// `turn.cancelled`), checked against `turn_webhooks.allowed_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 impl TurnRequest {
@@ -267,6 +271,7 @@ impl TurnRequest {
             agent: None,
             traceparent: None,
             interrupts: None,
+            webhook: None,
         }
     }
 }

@@ -53,6 +53,11 @@ pub const MESSAGE_ANALYSED: &str = "message.analysed";
 /// is a [`Feedback`](crate::desk::Feedback).
 pub const FEEDBACK_RECORDED: &str = "feedback.recorded";
 
+/// Event type of a turn's outcome for the message's webhook (topic
+/// `conversation_events`); `data` is `{url, body}`, delivered by the webhook
+/// consumer.
+pub const TURN_WEBHOOK: &str = "turn.webhook";
+
 /// Every event type a consumer accepts; anything else goes to the DLQ.
 pub const EVENT_TYPES: &[&str] = &[
     USER_MESSAGE,
@@ -66,6 +71,7 @@ pub const EVENT_TYPES: &[&str] = &[
     TURN_SUMMARY,
     MESSAGE_ANALYSED,
     FEEDBACK_RECORDED,
+    TURN_WEBHOOK,
 ];
 
 /// A stable event id for an event about `name` (e.g. `turn.summary/<turn id>`):

@@ -9,7 +9,7 @@
 use crate::envelope::{
     ALERT_RAISED, CONVERSATION_EVENT, DLQ_RECORD, DOCUMENT_SUBMITTED, EVENT_TYPES, Envelope,
     FEEDBACK_RECORDED, MESSAGE_ANALYSED, SUPPORT_MESSAGE, TICKET_ENRICHED, TICKET_SUBMITTED,
-    TURN_SUMMARY, USER_MESSAGE,
+    TURN_SUMMARY, TURN_WEBHOOK, USER_MESSAGE,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -60,6 +60,10 @@ const TYPES: &[(&str, &str)] = &[
     (
         FEEDBACK_RECORDED,
         include_str!("../../../schemas/events/feedback.recorded.v1.json"),
+    ),
+    (
+        TURN_WEBHOOK,
+        include_str!("../../../schemas/events/turn.webhook.v1.json"),
     ),
 ];
 

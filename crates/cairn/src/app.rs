@@ -550,6 +550,10 @@ pub async fn build(
     let deps = AgentDeps {
         budget: Some(budget.clone()),
         lifecycle: Default::default(),
+        webhooks: (!config.turn_webhooks.allowed_hosts.is_empty()).then(|| Relay {
+            bus: bus.clone(),
+            topic: topics.conversation_events.clone(),
+        }),
         memory: memory.clone(),
         events: events.clone(),
         model,
@@ -668,6 +672,9 @@ pub async fn build(
         }),
         _ => None,
     };
+    if !config.turn_webhooks.allowed_hosts.is_empty() {
+        runtime.start_webhooks(consuming.clone(), config.turn_webhooks.clone());
+    }
     runtime.start_desk(
         consuming,
         ticket_deps,
@@ -794,6 +801,7 @@ pub async fn build(
             max_message_chars: config.agent.max_message_chars,
             max_queued_messages: config.agent.max_queued_messages,
             max_fork_messages: config.agent.max_fork_messages,
+            turn_webhooks: config.turn_webhooks.clone(),
             max_conversations_per_user: config.agent.max_conversations_per_user,
             stream_recheck: config.server.stream_recheck,
             allowed_hosts: config.server.allowed_hosts.clone(),

@@ -888,3 +888,140 @@ async fn an_approval_survives_kill_9() {
         "{k:?}"
     );
 }
+
+/// (webhook-id, body) of each request a receiver got.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A receiver that refuses the first request with 503 and accepts the rest.
+async fn flaky_receiver() -> (Seen, String) {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |State(seen): State<Seen>,
+                 headers: axum::http::HeaderMap,
+                 Json(body): Json<Value>| async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((id, body));
+                    if seen.len() == 1 {
+                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")]).into_response()
+                    } else {
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let base = common::serve_local(app).await;
+    (seen, format!("{base}/hook"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_webhooks_deliver_each_outcome_signed_and_retried() {
+    use tokio::io::AsyncBufReadExt;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let python = std::env::var("CAIRN_TEST_PYTHON_MCP").expect(
+        "CAIRN_TEST_PYTHON_MCP is not set: run the tests with scripts/test.sh, which installs standardwebhooks",
+    );
+    // The verifier is the `standardwebhooks` package from PyPI.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cairn-alerts/tests/python/webhook_receiver.py");
+    let mut receiver = tokio::process::Command::new(python)
+        .arg(script)
+        .args([secret, "2"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port = lines.next_line().await.unwrap().unwrap();
+    let verified = format!("http://127.0.0.1:{port}/turns");
+    let (flaky, flaky_url) = flaky_receiver().await;
+
+    let config = r#"
+[turn_webhooks]
+allow_http = true
+secret_env = "TURN_HOOK_SECRET"
+[turn_webhooks.allowed_hosts]
+acme = ["127.0.0.1"]
+[turn_webhooks.delivery]
+initial_backoff = "50ms"
+max_attempts = 3
+"#;
+    let s = Setup::start(config, &[("TURN_HOOK_SECRET", secret)]).await;
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let with_hook = |content: &str, url: &str| json!({"content": content, "webhook": url});
+    let path = format!("/v1/conversations/{conv}/messages");
+
+    // Refused before anything runs.
+    for bad in [
+        "https://evil.example.net/hook",
+        "ftp://127.0.0.1/hook",
+        "http://user:pw@127.0.0.1/hook",
+        "not a url",
+    ] {
+        let r = c.post(&path, with_hook("hi", bad)).await;
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
+        assert_eq!(r.body["error"]["details"]["field"], "webhook");
+    }
+    let globex = s.server.client("globex", "gil", &[]);
+    let theirs = globex.new_conversation().await;
+    let r = globex
+        .post(
+            &format!("/v1/conversations/{theirs}/messages"),
+            with_hook("hi", &verified),
+        )
+        .await;
+    assert_eq!(r.status, 400, "another tenant's allow-list: {:?}", r.body);
+
+    // Completed: signed, verified by the standardwebhooks package.
+    let r = c.post(&path, with_hook("a quick one", &verified)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    let line: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(line["ok"], true, "{line}");
+    let body = &line["body"];
+    assert_eq!(body["type"], "turn.completed");
+    assert_eq!(body["data"]["turn_id"], turn.as_str());
+    assert_eq!(body["data"]["status"], "completed");
+    assert_eq!(body["data"]["answer"]["content"], "Done: waited 0.2 s");
+
+    // Cancelled.
+    let r = c.post(&path, with_hook("please hang", &verified)).await;
+    let turn = r.body["turn_id"].as_str().unwrap().to_owned();
+    reached(&c, &conv, &turn, "turn.started").await;
+    let r = c
+        .post(
+            &format!("/v1/conversations/{conv}/turns/{turn}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let line: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["body"]["type"], "turn.cancelled");
+    assert_eq!(line["body"]["data"]["error"]["code"], "cancelled");
+
+    // A receiver that fails once gets the same webhook-id again.
+    s.model.hang.store(false, Ordering::SeqCst);
+    let r = c.post(&path, with_hook("hello", &flaky_url)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    for _ in 0..500 {
+        if flaky.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = flaky.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, seen[1].0, "a retry keeps its webhook-id");
+    assert!(!seen[0].0.is_empty());
+    assert_eq!(seen[1].1["data"]["answer"]["content"], "You said: hello");
+}

@@ -206,6 +206,7 @@ impl Harness {
         let (store, bus) = open_store(dir).await;
         let deps = AgentDeps {
             budget: None,
+            webhooks: None,
             lifecycle: Default::default(),
             memory: Arc::new(store.clone()),
             events: Arc::new(store.clone()),
