@@ -179,7 +179,7 @@ pub async fn decide(
 }
 
 /// `POST /v1/conversations/{id}/approvals/{approval_id}`.
-#[utoipa::path(post, path = "/conversations/{id}/approvals/{approval_id}", tag = "messages", summary = "Approve, reject or edit a tool call waiting for approval (scope `approve`)", request_body = Decide, params(("id" = String, Path, description = "Conversation id"), ("approval_id" = String, Path, description = "From `approval.requested`")), responses((status = 202, description = "Recorded: `approval_id`, `decision`, `by`, `event_id`; the turn goes on", body = serde_json::Value)))]
+#[utoipa::path(post, path = "/conversations/{id}/approvals/{approval_id}", tag = "approvals", summary = "Approve, reject or edit a tool call waiting for approval (scope `approve`)", request_body = Decide, params(("id" = String, Path, description = "Conversation id"), ("approval_id" = String, Path, description = "From `approval.requested`")), responses((status = 202, description = "Recorded: `approval_id`, `decision`, `by`, `event_id`; the turn goes on", body = serde_json::Value)))]
 pub async fn post(
     State(state): State<AppState>,
     caller: Caller,
@@ -192,7 +192,7 @@ pub async fn post(
 }
 
 /// `GET /v1/conversations/{id}/approvals`.
-#[utoipa::path(get, path = "/conversations/{id}/approvals", tag = "messages", summary = "The approvals of the conversation's running turn (scope `approve`, or the conversation's owner)", params(("id" = String, Path, description = "Conversation id")), responses((status = 200, description = "`items`: approval_id, turn_id, tool, arguments, reason, expires_at, status (pending / decided), decision", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/conversations/{id}/approvals", tag = "approvals", summary = "The approvals of the conversation's running turn (scope `approve`, or the conversation's owner)", params(("id" = String, Path, description = "Conversation id")), responses((status = 200, description = "`items`: approval_id, turn_id, tool, arguments, reason, expires_at, status (pending / decided), decision", body = serde_json::Value)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

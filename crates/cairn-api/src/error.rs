@@ -72,6 +72,10 @@ pub enum ErrorCode {
     ConversationBusy,
     /// A fork would copy more than `agent.max_fork_messages` messages.
     ForkTooLarge,
+    /// The schedule does not exist for this caller.
+    ScheduleNotFound,
+    /// The user holds `schedules.max_per_user` schedules already.
+    TooManySchedules,
     /// No approval with this id waits in the conversation.
     ApprovalNotFound,
     /// The approval was decided already (the first decision counts).
@@ -97,14 +101,15 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             ConversationNotFound | NotFound | SilenceNotFound | AlertsDisabled
             | InsightsDisabled | TicketNotFound | TicketsDisabled | AnalyticsDisabled
-            | MessageNotFound | ModelNotFound | ApprovalNotFound => StatusCode::NOT_FOUND,
+            | MessageNotFound | ModelNotFound | ApprovalNotFound | ScheduleNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ReceiverFailed | TurnFailed => StatusCode::BAD_GATEWAY,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict | TurnNotRunning | ConversationBusy | ApprovalDecided => StatusCode::CONFLICT,
             TurnTimeout => StatusCode::GATEWAY_TIMEOUT,
-            QueueFull | TooManyConversations | TooManyStreams | RateLimited | BudgetExceeded => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            QueueFull | TooManyConversations | TooManyStreams | RateLimited | BudgetExceeded
+            | TooManySchedules => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -144,6 +149,8 @@ impl ErrorCode {
             TurnNotRunning => "turn_not_running",
             ConversationBusy => "conversation_busy",
             ForkTooLarge => "fork_too_large",
+            ScheduleNotFound => "schedule_not_found",
+            TooManySchedules => "too_many_schedules",
             ApprovalNotFound => "approval_not_found",
             ApprovalDecided => "approval_decided",
             TurnFailed => "turn_failed",
@@ -231,7 +238,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI document lists them).
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::MalformedJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -263,6 +270,8 @@ impl ErrorCode {
         ErrorCode::TurnNotRunning,
         ErrorCode::ConversationBusy,
         ErrorCode::ForkTooLarge,
+        ErrorCode::ScheduleNotFound,
+        ErrorCode::TooManySchedules,
         ErrorCode::ApprovalNotFound,
         ErrorCode::ApprovalDecided,
         ErrorCode::ReceiverFailed,
@@ -305,11 +314,13 @@ impl ErrorCode {
             ErrorCode::TurnNotRunning => 28,
             ErrorCode::ConversationBusy => 29,
             ErrorCode::ForkTooLarge => 30,
-            ErrorCode::ApprovalNotFound => 31,
-            ErrorCode::ApprovalDecided => 32,
-            ErrorCode::ReceiverFailed => 33,
-            ErrorCode::Unavailable => 34,
-            ErrorCode::Internal => 35,
+            ErrorCode::ScheduleNotFound => 31,
+            ErrorCode::TooManySchedules => 32,
+            ErrorCode::ApprovalNotFound => 33,
+            ErrorCode::ApprovalDecided => 34,
+            ErrorCode::ReceiverFailed => 35,
+            ErrorCode::Unavailable => 36,
+            ErrorCode::Internal => 37,
         }
     }
 }

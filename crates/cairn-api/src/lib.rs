@@ -14,6 +14,7 @@
 //! - [`approvals`]: listing and deciding the approvals a turn waits for.
 //! - [`control`]: cancelling a turn, and what a message does while one runs
 //!   (`if_busy`: enqueue, reject, interrupt, rollback).
+//! - [`schedules`]: scheduled turns (`/v1/schedules`) and the scheduler.
 //! - [`fork`]: forking a conversation at a message, and a turn's recorded steps.
 //! - [`streams`]: open-stream limits per user and process, and the end of a
 //!   stream when its token expires or its conversation is deleted.
@@ -67,6 +68,7 @@ pub mod openai;
 pub mod openapi;
 pub mod request_id;
 pub mod router;
+pub mod schedules;
 pub mod search;
 pub mod state;
 pub mod streams;

@@ -5,7 +5,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{
     alerts, approvals, control, conversations, desk, documents, events, fork, health, insights,
-    limits, messages, metrics, openai, request_id, search, tools, ws,
+    limits, messages, metrics, openai, request_id, schedules, search, tools, ws,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -72,6 +72,10 @@ pub fn documented(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenA
         .routes(routes!(control::cancel))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::post))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(schedules::delete))
         .routes(routes!(ws::native))
         .routes(routes!(ws::ticket))
         .routes(routes!(insights::conversation_insights))

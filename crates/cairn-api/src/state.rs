@@ -25,6 +25,8 @@ pub struct ApiSettings {
     pub max_queued_messages: u32,
     /// Messages a fork copies at most (`agent.max_fork_messages`).
     pub max_fork_messages: u64,
+    /// Scheduled turns (`[schedules]`).
+    pub schedules: cairn_core::schedules::SchedulesConfig,
     /// Which webhook URLs a message may name (`[turn_webhooks]`).
     pub turn_webhooks: cairn_core::config::TurnWebhooksConfig,
     /// Conversations per user (`agent.max_conversations_per_user`).

@@ -88,6 +88,8 @@ pub struct Config {
     pub approvals: crate::approvals::ApprovalsConfig,
     /// Callbacks with a turn's outcome (`webhook` on a message).
     pub turn_webhooks: TurnWebhooksConfig,
+    /// Scheduled turns.
+    pub schedules: crate::schedules::SchedulesConfig,
 }
 
 /// `[turn_webhooks]`: a message's `webhook` URL receives its turn's outcome.

@@ -483,6 +483,16 @@ pub enum TurnEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         arguments: Option<Value>,
     },
+    /// A schedule posted this turn's message (`POST /v1/schedules`).
+    #[serde(rename = "schedule.fired")]
+    ScheduleFired {
+        /// The turn it started.
+        turn_id: TurnId,
+        /// The schedule.
+        schedule_id: String,
+        /// The fire time it ran for.
+        fire_time: DateTime<Utc>,
+    },
     /// An alert about this conversation (the agent's escalation) is firing:
     /// on-call was paged.
     #[serde(rename = "alert.firing")]
@@ -566,6 +576,7 @@ impl TurnEvent {
             | TurnEvent::TurnCancelled { turn_id, .. }
             | TurnEvent::ApprovalRequested { turn_id, .. }
             | TurnEvent::ApprovalDecided { turn_id, .. }
+            | TurnEvent::ScheduleFired { turn_id, .. }
             | TurnEvent::AlertFiring { turn_id, .. }
             | TurnEvent::AlertResolved { turn_id, .. }
             | TurnEvent::InsightsUpdated { turn_id, .. }
@@ -587,6 +598,7 @@ impl TurnEvent {
             TurnEvent::TurnCancelled { .. } => "turn.cancelled",
             TurnEvent::ApprovalRequested { .. } => "approval.requested",
             TurnEvent::ApprovalDecided { .. } => "approval.decided",
+            TurnEvent::ScheduleFired { .. } => "schedule.fired",
             TurnEvent::AlertFiring { .. } => "alert.firing",
             TurnEvent::AlertResolved { .. } => "alert.resolved",
             TurnEvent::InsightsUpdated { .. } => "insights.updated",

@@ -20,6 +20,8 @@
 //! - [`ports`]: the traits adapters implement — [`ports::MemoryStore`],
 //!   [`ports::EventStream`], [`ports::EventBus`], [`ports::ChatModel`], [`ports::Tool`],
 //!   [`ports::RecordStore`], [`ports::RateLimiter`], [`ports::TokenBudget`].
+//! - [`schedules`]: `[schedules]` and scheduled turns (cron or one time, in a
+//!   time zone) with per-fire-time ids.
 //! - [`signals`]: what the actors report for Cairn's own alert rules.
 //! - [`config`]: the one configuration struct, loaded from TOML plus `CAIRN_…`
 //!   environment overrides, validated with errors that name the offending key.
@@ -37,6 +39,7 @@ pub mod ids;
 pub mod insights;
 pub mod insights_config;
 pub mod ports;
+pub mod schedules;
 pub mod schemas;
 pub mod signals;
 

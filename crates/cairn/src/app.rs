@@ -802,6 +802,7 @@ pub async fn build(
             max_queued_messages: config.agent.max_queued_messages,
             max_fork_messages: config.agent.max_fork_messages,
             turn_webhooks: config.turn_webhooks.clone(),
+            schedules: config.schedules.clone(),
             max_conversations_per_user: config.agent.max_conversations_per_user,
             stream_recheck: config.server.stream_recheck,
             allowed_hosts: config.server.allowed_hosts.clone(),
@@ -839,6 +840,9 @@ pub async fn build(
             })
         }),
     };
+    if config.schedules.enabled && config.server.role.runs_actors() {
+        tokio::spawn(cairn_api::schedules::run_scheduler(state.clone()));
+    }
     {
         // Expired WebSocket tickets are deleted now and then.
         let st = state.clone();

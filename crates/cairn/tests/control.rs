@@ -1025,3 +1025,178 @@ max_attempts = 3
     assert!(!seen[0].0.is_empty());
     assert_eq!(seen[1].1["data"]["answer"]["content"], "You said: hello");
 }
+
+/// The user messages of a conversation.
+async fn user_messages(c: &Client, conv: &str) -> Vec<String> {
+    c.get(&format!("/v1/conversations/{conv}/messages"))
+        .await
+        .body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits (bounded) until `conv` holds `n` answers.
+async fn answers_reach(c: &Client, conv: &str, n: usize) {
+    for _ in 0..1000 {
+        let r = c.get(&format!("/v1/conversations/{conv}/messages")).await;
+        let answers = r.body["items"]
+            .as_array()
+            .map(|a| a.iter().filter(|m| m["role"] == "assistant").count())
+            .unwrap_or(0);
+        if answers >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{conv} did not reach {n} answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_once_per_time_and_can_be_paused_and_deleted() {
+    let s = Setup::start("[schedules]\ntick = \"200ms\"\n", &[]).await;
+    let c = s.client();
+    s.model.hang.store(false, Ordering::SeqCst);
+    let conv = c.new_conversation().await;
+
+    // Refused with the contract.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let past = (chrono::Utc::now() - chrono::Duration::seconds(2)).to_rfc3339();
+    let bob = s.server.client("acme", "bob", &[]);
+    let bobs = bob.new_conversation().await;
+    for (body, field) in [
+        (json!({"cron": "every day", "content": "x"}), "cron"),
+        (json!({"at": past, "content": "x"}), "at"),
+        (
+            json!({"cron": "* * * * *", "at": soon, "content": "x"}),
+            "cron",
+        ),
+        (json!({"content": "x"}), "cron"),
+        (
+            json!({"cron": "* * * * *", "timezone": "Mars/Olympus", "content": "x"}),
+            "timezone",
+        ),
+        (json!({"cron": "* * * * *", "content": " "}), "content"),
+    ] {
+        let r = c.post("/v1/schedules", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["details"]["field"], field, "{body}");
+    }
+    let r = c
+        .post(
+            "/v1/schedules",
+            json!({"at": soon, "conversation_id": bobs, "content": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "another user's conversation: {:?}", r.body);
+
+    // One time, into a conversation: runs once, announced in its events.
+    let r = c
+        .post(
+            "/v1/schedules",
+            json!({"at": soon, "conversation_id": conv, "content": "single ping"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "active");
+    let once = r.body["id"].as_str().unwrap().to_owned();
+    answers_reach(&c, &conv, 1).await;
+    let events = c
+        .sse(
+            &format!("/v1/conversations/{conv}/events"),
+            None,
+            Duration::from_secs(10),
+            |ev| ev.iter().any(|e| e.1 == "answer.completed"),
+        )
+        .await;
+    let fired = events.iter().find(|e| e.1 == "schedule.fired").unwrap();
+    assert_eq!(fired.2["schedule_id"], once.as_str());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(user_messages(&c, &conv).await, vec!["single ping"]);
+    let listed = c.get("/v1/schedules").await;
+    let one = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == once.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(one["status"], "done");
+    assert_eq!(one["runs"], 1);
+
+    // Every second, a new conversation per run; pause stops it, delete removes it.
+    let r = c
+        .post(
+            "/v1/schedules",
+            json!({"cron": "* * * * * *", "timezone": "Europe/Paris", "content": "scheduled hello"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let every = r.body["id"].as_str().unwrap().to_owned();
+    let scheduled = || async {
+        c.get("/v1/conversations?limit=100").await.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["title"] == "Scheduled: scheduled hello")
+            .count()
+    };
+    for _ in 0..500 {
+        if scheduled().await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(scheduled().await >= 2);
+    let r = c
+        .post(&format!("/v1/schedules/{every}/pause"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "paused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let paused_at = scheduled().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(scheduled().await, paused_at, "a paused schedule fired");
+    let r = bob.delete(&format!("/v1/schedules/{every}")).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "schedule_not_found");
+    let r = c.delete(&format!("/v1/schedules/{every}")).await;
+    assert_eq!(r.status, 204);
+    let listed = c.get("/v1/schedules").await;
+    assert!(
+        listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["id"] != every.as_str())
+    );
+}
+
+/// A fire time that passed while the server was down runs once when it
+/// comes back (within the catch-up window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_time_missed_while_down_runs_once_on_start() {
+    let mut s = Setup::start("[schedules]\ntick = \"200ms\"\n", &[]).await;
+    s.model.hang.store(false, Ordering::SeqCst);
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let r = c
+        .post(
+            "/v1/schedules",
+            json!({"at": at, "conversation_id": conv, "content": "missed ping"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    s.server.child.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.server.restart().await;
+    let c = s.client();
+    answers_reach(&c, &conv, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(user_messages(&c, &conv).await, vec!["missed ping"]);
+}
