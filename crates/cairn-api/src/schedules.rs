@@ -13,6 +13,11 @@
 //! is within `schedules.catch_up_window` (missed times collapse into the
 //! latest); older ones are skipped. Each run is announced in its conversation
 //! by a `schedule.fired` event.
+//!
+//! The record store has no compare-and-set: a replica moving a schedule on
+//! re-reads it first and leaves it alone when it was paused, resumed or
+//! deleted meanwhile; a change landing between that read and the write can
+//! still be overwritten (a window of one store round trip).
 
 use crate::auth::Caller;
 use crate::conversations::{Access, load_owned};
@@ -298,7 +303,7 @@ async fn fire_due(state: &AppState) -> ApiResult<()> {
         let full = page.len() == PAGE;
         let now = Utc::now();
         for (_, raw) in page {
-            let Ok(mut s) = serde_json::from_str::<Schedule>(&raw) else {
+            let Ok(s) = serde_json::from_str::<Schedule>(&raw) else {
                 continue;
             };
             if s.paused {
@@ -307,17 +312,36 @@ async fn fire_due(state: &AppState) -> ApiResult<()> {
             let Some(fire) = s.due(now) else { continue };
             let window = chrono::Duration::from_std(state.settings.schedules.catch_up_window)
                 .unwrap_or_default();
-            if now - fire > window {
+            let ran = if now - fire > window {
                 tracing::warn!(schedule = %s.id, fire_time = %fire, "fire time missed beyond schedules.catch_up_window; skipped");
+                false
             } else if let Err(e) = fire_one(state, &s, fire).await {
                 tracing::warn!(schedule = %s.id, error = %e.message, "schedule not fired yet; retrying");
                 continue;
             } else {
-                s.runs += 1;
-                s.last_fire = Some(fire);
+                true
+            };
+            // Move the schedule on from what is stored now: a pause, resume
+            // or delete made meanwhile (on any replica) stays.
+            let Some(raw) = state
+                .records
+                .get_record(COLLECTION, &key(&s.tenant_id, &s.id))
+                .await?
+            else {
+                continue;
+            };
+            let Ok(mut current) = serde_json::from_str::<Schedule>(&raw) else {
+                continue;
+            };
+            if current.paused || current.next_fire != s.next_fire {
+                continue;
             }
-            s.next_fire = s.next_after(fire.max(now));
-            save(state, &s).await?;
+            if ran {
+                current.runs += 1;
+                current.last_fire = Some(fire);
+            }
+            current.next_fire = current.next_after(fire.max(now));
+            save(state, &current).await?;
         }
         if !full {
             return Ok(());

@@ -610,6 +610,77 @@ async fn cancel_and_interrupt_reach_the_turn_on_the_other_replica() {
     assert_eq!(answer["content"], "You asked: second");
 }
 
+/// Both replicas run the scheduler: a schedule firing every second still
+/// starts exactly one turn per fire time (each run's conversation holds one
+/// message, answered once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_a_schedule_runs_once_per_fire_time() {
+    let (_broker, _model, mut cluster) = setup().await;
+    cluster
+        .env
+        .push(("CAIRN_SCHEDULES__TICK".into(), "\"200ms\"".into()));
+    let http = reqwest::Client::new();
+    let replicas = [Replica::spawn(&cluster), Replica::spawn(&cluster)];
+    for r in &replicas {
+        common::wait_ready(&http, &r.base).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let token = token();
+    let api = replicas[0].base.clone();
+    let r = http
+        .post(format!("{api}/v1/schedules"))
+        .bearer_auth(&token)
+        .json(&json!({"cron": "* * * * * *", "content": "tick"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = http
+        .post(format!("{}/v1/schedules/{id}/pause", replicas[1].base))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Let the runs already queued finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let list = get_json(
+        &http,
+        &format!("{api}/v1/conversations?limit=100"),
+        Some(&token),
+    )
+    .await;
+    let runs: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["title"] == "Scheduled: tick")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(runs.len() >= 3, "{list}");
+    for conv in &runs {
+        let messages = get_json(
+            &http,
+            &format!("{api}/v1/conversations/{conv}/messages"),
+            Some(&token),
+        )
+        .await;
+        let roles: Vec<&str> = messages["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, vec!["user", "assistant"], "{conv}: {messages}");
+    }
+}
+
 /// A webhook receiver: (webhook-id, body) of every request.
 async fn webhook_receiver() -> (Arc<std::sync::Mutex<Vec<(String, Value)>>>, String) {
     let seen: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();

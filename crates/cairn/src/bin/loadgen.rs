@@ -10,6 +10,9 @@
 //! cairn-loadgen steps  --turns 500                      # per-step orchestration overhead
 //! cairn-loadgen idle   --conversations 10000            # memory of idle conversations
 //! ```
+//!
+//! `CAIRN_LOADGEN_APPROVAL_RULES=N` adds N `[approvals]` rules on the turn's tool
+//! whose predicates never hold: the cost of the approval check on every call.
 
 /// mimalloc: the service allocates many small, short-lived buffers (JSON, events);
 /// measured faster than the system allocator in the load generator.
@@ -131,6 +134,24 @@ async fn start_replica(
     // One benchmark user drives every conversation with `?wait=true`, each an
     // open stream: lift the per-user stream bound (default 16) for the run.
     env.push(("CAIRN_SERVER__MAX_STREAMS_PER_USER".into(), "100000".into()));
+    // CAIRN_LOADGEN_APPROVAL_RULES=N: N approval rules on the turn's tool whose
+    // predicates never hold, to measure the approval check on every call.
+    if let Some(n) = std::env::var("CAIRN_LOADGEN_APPROVAL_RULES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let rules: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{{tool = \"current_time\", when = {{pointer = \"/never{i}\", op = \"gt\", value = 1}}}}"
+                )
+            })
+            .collect();
+        env.push((
+            "CAIRN_APPROVALS__RULES".into(),
+            format!("[{}]", rules.join(", ")),
+        ));
+    }
     let config = Config::load(None, env)?;
     let app = app::build(&config, &|_| None, ToolCatalog::new(), None).await?;
     let token = app.state.auth.mint(
