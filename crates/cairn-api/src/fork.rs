@@ -161,7 +161,7 @@ async fn copy(
 }
 
 /// `GET /v1/conversations/{id}/turns/{turn_id}/steps`.
-#[utoipa::path(get, path = "/conversations/{id}/turns/{turn_id}/steps", tag = "conversations", summary = "The steps a finished turn recorded (tool calls and results) and its answer", params(("id" = String, Path, description = "Conversation id"), ("turn_id" = String, Path, description = "Turn id")), responses((status = 200, description = "`turn_id`, `steps`, `answer`, `citations`", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/conversations/{id}/turns/{turn_id}/steps", tag = "conversations", summary = "The steps a finished turn recorded (tool calls and results) and its answer", params(("id" = String, Path, description = "Conversation id"), ("turn_id" = String, Path, description = "Turn id")), responses((status = 200, description = "`turn_id`, `question`, `context` (the model's input before the turn: summary and message window), `steps` (each model step's tool calls, each call's result), `answer`, `citations` — what `cairn replay` feeds another model", body = serde_json::Value)))]
 pub async fn steps(
     State(state): State<AppState>,
     caller: Caller,
@@ -179,9 +179,33 @@ pub async fn steps(
             "no finished turn with this id in the conversation (a running turn has no steps yet)",
         )
     })?;
+    // The model's input before the turn's first step: the summary (when it
+    // covers nothing later) and the window of messages before the question.
+    let question = find_message(&state, &meta, |m| {
+        m.role == Role::User && m.turn_id.as_ref().is_some_and(|t| t.as_str() == turn_id)
+    })
+    .await?;
+    let context = match &question {
+        Some(q) => {
+            let window = state.runtime.deps().settings.window_messages as u64;
+            let from = q.seq.saturating_sub(window);
+            let before = state
+                .memory
+                .messages(&meta.tenant_id, &meta.id, from, (q.seq - from) as usize)
+                .await?;
+            let mut summary = state.memory.summary(&meta.tenant_id, &meta.id).await?;
+            if summary.covers_until > from {
+                summary = Default::default();
+            }
+            cairn_actors::memory::context_messages(&summary, &before)
+        }
+        None => Vec::new(),
+    };
     Ok(Json(json!({
         "turn_id": turn_id,
         "message_id": answer.id,
+        "question": question.map(|q| q.content),
+        "context": context,
         "steps": answer.steps,
         "answer": answer.content,
         "citations": answer.citations,

@@ -6,6 +6,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod replay;
+
 use anyhow::{Context, bail};
 use cairn::app;
 use cairn_actors::ToolCatalog;
@@ -210,6 +212,40 @@ enum Command {
         #[command(subcommand)]
         action: AnalyticsAction,
     },
+    /// Replay a finished turn against another model or prompt: its recorded
+    /// tool results are fed back instead of running the tools again; prints the
+    /// old and new answers side by side.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// The turn (`turn_id`).
+        turn: String,
+        /// Its conversation.
+        #[arg(long)]
+        conversation: String,
+        /// The model to replay with (default: `llm.model` of the configuration).
+        #[arg(long)]
+        model: Option<String>,
+        /// A system prompt to replay with (default: `agent.system_prompt`).
+        #[arg(long)]
+        system_prompt: Option<String>,
+        /// The running server holding the turn.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Token for --server (default: $CAIRN_TOKEN, else one minted with the
+        /// configured secret).
+        #[arg(long, env = "CAIRN_TOKEN")]
+        token: Option<String>,
+        /// The tenant (when minting a token).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The user (when minting a token).
+        #[arg(long, default_value = "cli")]
+        user: String,
+        /// Print JSON instead of two columns.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask one question and print the answer (exits non-zero if the turn fails).
     Ask {
         #[command(flatten)]
@@ -407,6 +443,26 @@ async fn run(cli: Cli) -> ExitCode {
             ttl,
             scopes,
         } => token(&common, &sub, &tenant, ttl, &scopes),
+        Command::Replay {
+            common,
+            turn,
+            conversation,
+            model,
+            system_prompt,
+            server,
+            token,
+            tenant,
+            user,
+            json,
+        } => {
+            let who = (tenant.as_str(), user.as_str());
+            let with = replay::With {
+                model,
+                system_prompt,
+                json,
+            };
+            replay::run(&common, &server, token, who, &conversation, &turn, with).await
+        }
         Command::Ask {
             common,
             question,

@@ -117,6 +117,10 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> axum::response
         }
     }
     let content = match observation {
+        // A replay against "new-model" answers in its own words.
+        Some(o) if body["model"] == "new-model" => {
+            format!("New: {}", o["content"].as_str().unwrap_or("?"))
+        }
         Some(o) => format!("Done: {}", o["content"].as_str().unwrap_or("?")),
         None => format!("You said: {user}"),
     };
@@ -1199,4 +1203,109 @@ async fn a_fire_time_missed_while_down_runs_once_on_start() {
     answers_reach(&c, &conv, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(user_messages(&c, &conv).await, vec!["missed ping"]);
+}
+
+/// `cairn replay` runs a finished turn's question through another model and
+/// feeds the new model's tool calls from the recorded results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_replays_against_another_model_from_its_recorded_steps() {
+    let s = Setup::start("", &[]).await;
+    s.model.hang.store(false, Ordering::SeqCst);
+    let c = s.client();
+    let conv = c.new_conversation().await;
+    c.ask(&conv, "hello there").await;
+    let answer = c.ask(&conv, "a quick one").await;
+    assert_eq!(answer["answer"]["content"], "Done: waited 0.2 s");
+    let turn = answer["turn_id"].as_str().unwrap().to_owned();
+
+    // The recorded steps carry the model's input before the turn.
+    let steps = c
+        .get(&format!("/v1/conversations/{conv}/turns/{turn}/steps"))
+        .await;
+    assert_eq!(steps.status, 200, "{:?}", steps.body);
+    assert_eq!(steps.body["question"], "a quick one");
+    let context: Vec<(String, String)> = steps.body["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        context,
+        vec![
+            ("user".to_owned(), "hello there".to_owned()),
+            ("assistant".to_owned(), "You said: hello there".to_owned())
+        ]
+    );
+    let calls_before = s.model.count();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "replay",
+            &turn,
+            "--conversation",
+            &conv,
+            "--model",
+            "new-model",
+            "--json",
+        ])
+        .arg("--server")
+        .arg(&s.server.base)
+        .arg("--token")
+        .arg(s.server.token("acme", "ana", &[]))
+        .arg("--config")
+        .arg(&s.server.config)
+        .env("CAIRN_JWT_SECRET", common::SECRET)
+        .env("CAIRN_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["old"], "Done: waited 0.2 s");
+    assert_eq!(
+        v["new"], "New: waited 0.2 s",
+        "the recorded result was fed back"
+    );
+    assert_eq!(v["calls"][0]["recorded"], true);
+    assert!(v["calls"][0]["tool"].as_str().unwrap().ends_with("wait"));
+    // Two model calls (the tool call, the answer), both with the new model.
+    let requests = s.model.requests.lock().unwrap()[calls_before..].to_vec();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r["model"] == "new-model"));
+    // The side-by-side form names both columns.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "replay",
+            &turn,
+            "--conversation",
+            &conv,
+            "--model",
+            "new-model",
+        ])
+        .arg("--server")
+        .arg(&s.server.base)
+        .arg("--token")
+        .arg(s.server.token("acme", "ana", &[]))
+        .arg("--config")
+        .arg(&s.server.config)
+        .env("CAIRN_JWT_SECRET", common::SECRET)
+        .env("CAIRN_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("old answer") && text.contains("new answer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Done: waited 0.2 s") && text.contains("New: waited 0.2 s"),
+        "{text}"
+    );
 }
