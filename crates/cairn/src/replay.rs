@@ -187,7 +187,7 @@ fn wrap(text: &str) -> Vec<String> {
 
 fn print_side_by_side(old: &str, new: &str) {
     let (a, b) = (wrap(old), wrap(new));
-    println!("{:<COLUMN$} | {}", "old answer", "new answer");
+    println!("{:<COLUMN$} | new answer", "old answer");
     println!("{:-<COLUMN$}-+-{:-<COLUMN$}", "", "");
     for i in 0..a.len().max(b.len()) {
         let l = a.get(i).map(String::as_str).unwrap_or_default();
