@@ -14,7 +14,7 @@
 
 use crate::bridge::Consuming;
 use crate::settings::AgentDeps;
-use cairn_alerts::notify::{SendError, retry_after};
+use cairn_alerts::notify::{SendError, refusal, retry_after, transport_class};
 use cairn_core::config::TurnWebhooksConfig;
 use cairn_core::envelope::{Envelope, TURN_WEBHOOK, derived_event_id};
 use cairn_core::*;
@@ -98,13 +98,7 @@ impl Sender {
             .send()
             .await
             .map_err(|e| SendError::Retry {
-                reason: if e.is_timeout() {
-                    "timeout".into()
-                } else if e.is_connect() {
-                    "connection failed".into()
-                } else {
-                    "request failed".into()
-                },
+                reason: transport_class(&e),
                 after: None,
             })?;
         let status = resp.status();
@@ -117,11 +111,7 @@ impl Sender {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, Utc::now()));
         let reason = format!("HTTP {}", status.as_u16());
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            Err(SendError::Retry { reason, after })
-        } else {
-            Err(SendError::Permanent { reason })
-        }
+        Err(refusal(status.as_u16(), reason, after))
     }
 
     /// Delivers one webhook; `Err` carries the reason and the attempts made.

@@ -227,16 +227,22 @@ impl Channel for Notifier {
         };
         let reason = format!("HTTP {}{detail}", status.as_u16());
         tracing::debug!(receiver = %self.receiver, status = status.as_u16(), "receiver refused a notification");
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            Err(SendError::Retry { reason, after })
-        } else {
-            Err(SendError::Permanent { reason })
-        }
+        Err(refusal(status.as_u16(), reason, after))
+    }
+}
+
+/// A receiver's refusal: worth retrying on 5xx, 408 and 429 (after `after`
+/// when it said so), permanent otherwise.
+pub fn refusal(status: u16, reason: String, after: Option<Duration>) -> SendError {
+    if status >= 500 || status == 408 || status == 429 {
+        SendError::Retry { reason, after }
+    } else {
+        SendError::Permanent { reason }
     }
 }
 
 /// The error class of a failed request (no URL).
-fn transport_class(e: &reqwest::Error) -> String {
+pub fn transport_class(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timeout".into()
     } else if e.is_connect() {

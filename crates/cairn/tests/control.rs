@@ -1244,16 +1244,17 @@ async fn a_turn_replays_against_another_model_from_its_recorded_steps() {
     );
     let calls_before = s.model.count();
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
+    let replay = |extra: &'static [&'static str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args([
             "replay",
             &turn,
             "--conversation",
             &conv,
             "--model",
             "new-model",
-            "--json",
         ])
+        .args(extra)
         .arg("--server")
         .arg(&s.server.base)
         .arg("--token")
@@ -1261,10 +1262,10 @@ async fn a_turn_replays_against_another_model_from_its_recorded_steps() {
         .arg("--config")
         .arg(&s.server.config)
         .env("CAIRN_JWT_SECRET", common::SECRET)
-        .env("CAIRN_LOG", "error")
-        .output()
-        .await
-        .unwrap();
+        .env("CAIRN_LOG", "error");
+        cmd
+    };
+    let out = replay(&["--json"]).output().await.unwrap();
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["old"], "Done: waited 0.2 s");
@@ -1279,26 +1280,7 @@ async fn a_turn_replays_against_another_model_from_its_recorded_steps() {
     assert_eq!(requests.len(), 2);
     assert!(requests.iter().all(|r| r["model"] == "new-model"));
     // The side-by-side form names both columns.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "replay",
-            &turn,
-            "--conversation",
-            &conv,
-            "--model",
-            "new-model",
-        ])
-        .arg("--server")
-        .arg(&s.server.base)
-        .arg("--token")
-        .arg(s.server.token("acme", "ana", &[]))
-        .arg("--config")
-        .arg(&s.server.config)
-        .env("CAIRN_JWT_SECRET", common::SECRET)
-        .env("CAIRN_LOG", "error")
-        .output()
-        .await
-        .unwrap();
+    let out = replay(&[]).output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("old answer") && text.contains("new answer"),

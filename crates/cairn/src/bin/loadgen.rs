@@ -134,6 +134,9 @@ async fn start_replica(
     // One benchmark user drives every conversation with `?wait=true`, each an
     // open stream: lift the per-user stream bound (default 16) for the run.
     env.push(("CAIRN_SERVER__MAX_STREAMS_PER_USER".into(), "100000".into()));
+    // One user sends every message: the request rate limits would measure
+    // themselves (the gateway benchmark covers them).
+    env.push(("CAIRN_RATE_LIMITS__ENABLED".into(), "false".into()));
     // CAIRN_LOADGEN_APPROVAL_RULES=N: N approval rules on the turn's tool whose
     // predicates never hold, to measure the approval check on every call.
     if let Some(n) = std::env::var("CAIRN_LOADGEN_APPROVAL_RULES")
