@@ -241,7 +241,7 @@ async fn cairn_serves_ask_and_search_knowledge_over_mcp() {
         .map(|t| t.name.to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["ask", "search_knowledge"]);
+    assert_eq!(names, ["ask", "decide_approval", "search_knowledge"]);
     let args = |v: Value| v.as_object().cloned().unwrap();
     let found = client
         .call_tool(
