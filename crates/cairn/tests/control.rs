@@ -713,6 +713,12 @@ async fn a_risky_call_waits_for_a_person_who_approves_edits_or_rejects_it() {
     assert_eq!(r.body["error"]["details"]["field"], "arguments");
     let r = sam.post(&url, json!({"decision": "maybe"})).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
+    let long = "x".repeat(2001);
+    let r = sam
+        .post(&url, json!({"decision": "reject", "comment": long}))
+        .await;
+    assert_eq!(r.status, 400, "too long a comment: {:?}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "comment");
     let r = sam
         .post(
             &format!("/v1/conversations/{conv}/approvals/nope"),
@@ -970,6 +976,7 @@ max_attempts = 3
         "ftp://127.0.0.1/hook",
         "http://user:pw@127.0.0.1/hook",
         "not a url",
+        format!("http://127.0.0.1/{}", "x".repeat(2100)).as_str(),
     ] {
         let r = c.post(&path, with_hook("hi", bad)).await;
         assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
@@ -1062,7 +1069,7 @@ async fn answers_reach(c: &Client, conv: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_fire_once_per_time_and_can_be_paused_and_deleted() {
-    let s = Setup::start("[schedules]\ntick = \"200ms\"\n", &[]).await;
+    let s = Setup::start("[schedules]\ntick = \"200ms\"\nmax_per_user = 2\n", &[]).await;
     let c = s.client();
     s.model.hang.store(false, Ordering::SeqCst);
     let conv = c.new_conversation().await;
@@ -1141,6 +1148,15 @@ async fn schedules_fire_once_per_time_and_can_be_paused_and_deleted() {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let every = r.body["id"].as_str().unwrap().to_owned();
+    // schedules.max_per_user (2 here) bounds how many one user holds.
+    let r = c
+        .post(
+            "/v1/schedules",
+            json!({"cron": "0 9 * * *", "content": "one too many"}),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "too_many_schedules");
     let scheduled = || async {
         c.get("/v1/conversations?limit=100").await.body["items"]
             .as_array()
