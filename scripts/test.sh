@@ -14,6 +14,8 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v zstd >/dev/null || need_pkgs+=(zstd)
 # librdkafka (built by rdkafka-sys) links OpenSSL and zlib.
 dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
@@ -103,14 +105,53 @@ fi
 export CAIRN_TEST_TANSU="$TANSU"
 echo "==> Kafka-protocol broker at $CAIRN_TEST_TANSU"
 
+# The Qdrant server (release 1.18.3) for the server adapter's conformance suite and
+# the end-to-end test: the prebuilt binary from ../shared/tools when it runs here,
+# otherwise built once from ../shared/vendor (35-50 min on 2 cores). Cached in
+# ~/.cache/cairn/qdrant like tansu.
+QDRANT_VERSION="1.18.3"
+QDRANT_ROOT="$HOME/.cache/cairn/qdrant"
+QDRANT="$QDRANT_ROOT/bin/qdrant"
+SHARED="$(cd .. && pwd)/shared"
+if ! "$QDRANT" --version 2>/dev/null | grep -q "$QDRANT_VERSION"; then
+  mkdir -p "$QDRANT_ROOT/bin"
+  PREBUILT="$SHARED/tools/qdrant-$QDRANT_VERSION-x86_64-linux.zst"
+  if [ -f "$PREBUILT" ] && command -v zstd >/dev/null; then
+    echo "==> installing the prebuilt Qdrant server $QDRANT_VERSION"
+    zstd -q -d -f "$PREBUILT" -o "$QDRANT" && chmod +x "$QDRANT"
+  fi
+  if ! "$QDRANT" --version 2>/dev/null | grep -q "$QDRANT_VERSION"; then
+    echo "==> building the Qdrant server $QDRANT_VERSION from source (once; cached in $QDRANT_ROOT)"
+    qpkgs=()
+    for p in zstd protobuf-compiler cmake clang libclang-dev autoconf automake libtool; do
+      dpkg -s "$p" >/dev/null 2>&1 || qpkgs+=("$p")
+    done
+    if [ ${#qpkgs[@]} -gt 0 ]; then
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${qpkgs[@]}" >/dev/null
+    fi
+    QSRC="$QDRANT_ROOT/src"
+    rm -rf "$QSRC" && mkdir -p "$QSRC"
+    ( tar --zstd -xf "$SHARED/vendor/qdrant-$QDRANT_VERSION.tar.zst" -C "$QSRC" \
+      && cd "$QSRC" \
+      && CARGO_TARGET_DIR="$QDRANT_ROOT/target" CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+         cargo build --release --locked --bin qdrant \
+      && cp "$QDRANT_ROOT/target/release/qdrant" "$QDRANT" ) \
+      || echo "warning: the Qdrant server could not be built; its tests will fail" >&2
+    rm -rf "$QSRC" "$QDRANT_ROOT/target"
+  fi
+fi
+
 # A private Redis on a free port, removed when this script exits.
 REDIS_DIR="$(mktemp -d)"
 REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" \
   --appendonly no --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+QDRANT_DIR="$(mktemp -d)"
 cleanup() {
   if [ -f "$REDIS_DIR/redis.pid" ]; then kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true; fi
-  rm -rf "$REDIS_DIR"
+  if [ -f "$QDRANT_DIR/pid" ]; then kill "$(cat "$QDRANT_DIR/pid")" 2>/dev/null || true; fi
+  rm -rf "$REDIS_DIR" "$QDRANT_DIR"
 }
 trap cleanup EXIT
 for _ in $(seq 1 50); do
@@ -120,6 +161,27 @@ done
 redis-cli -p "$REDIS_PORT" ping >/dev/null
 export CAIRN_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 echo "==> redis-server on $CAIRN_TEST_REDIS_URL"
+
+# A private Qdrant server on free loopback ports, telemetry off, storage in a
+# temporary directory; stopped when this script exits.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+QDRANT_HTTP="$(free_port)"
+QDRANT_GRPC="$(free_port)"
+if [ -x "$QDRANT" ]; then
+  ( cd "$QDRANT_DIR" && QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT="$QDRANT_HTTP" \
+    QDRANT__SERVICE__GRPC_PORT="$QDRANT_GRPC" QDRANT__STORAGE__STORAGE_PATH="$QDRANT_DIR/storage" \
+    QDRANT__STORAGE__SNAPSHOTS_PATH="$QDRANT_DIR/snapshots" QDRANT__TELEMETRY_DISABLED=true \
+    QDRANT__LOG_LEVEL=WARN exec "$QDRANT" >"$QDRANT_DIR/qdrant.log" 2>&1 ) &
+  echo $! > "$QDRANT_DIR/pid"
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null \
+    || { echo "warning: the Qdrant server did not start; its tests will fail" >&2; tail -20 "$QDRANT_DIR/qdrant.log" >&2; }
+fi
+export CAIRN_TEST_QDRANT_URL="http://127.0.0.1:$QDRANT_GRPC"
+echo "==> Qdrant server $QDRANT_VERSION on $CAIRN_TEST_QDRANT_URL (gRPC)"
 
 if cargo nextest --version >/dev/null 2>&1; then
   # Doc tests first, so that the closing line is nextest's summary with the counts.

@@ -277,21 +277,4 @@ macro_rules! vector_store_conformance {
             $crate::conformance::$name(s).await;
         }
     };
-    // `$make` yields `Option<store>`: `None` prints that the case was skipped.
-    (optional $make:expr) => {
-        $crate::vector_store_conformance!(@optional $make; every_mode_ranks_the_nearest_first);
-        $crate::vector_store_conformance!(@optional $make; tenants_never_see_each_other);
-        $crate::vector_store_conformance!(@optional $make; filters_restrict_results);
-        $crate::vector_store_conformance!(@optional $make; replacing_a_document_keeps_only_the_new_version);
-        $crate::vector_store_conformance!(@optional $make; replace_document_swaps_versions_and_reports_them);
-    };
-    (@optional $make:expr; $name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            match $make {
-                Some(s) => $crate::conformance::$name(s).await,
-                None => eprintln!(concat!("SKIPPED ", stringify!($name), ": set QDRANT_URL to run it against a Qdrant server")),
-            }
-        }
-    };
 }

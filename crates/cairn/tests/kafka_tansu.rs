@@ -891,3 +891,220 @@ async fn with_two_replicas_each_message_is_analysed_once() {
         assert_eq!(m["items"].as_array().unwrap().len(), 2, "{m:#}");
     }
 }
+
+fn token_for(tenant: &str, user: &str, scopes: &[&str]) -> String {
+    let auth = cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default());
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+    auth.mint(
+        &cairn_core::UserId::parse(user).unwrap(),
+        &cairn_core::TenantId::parse(tenant).unwrap(),
+        Duration::from_secs(600),
+        &scopes,
+    )
+    .unwrap()
+}
+
+/// A support article in `sections` parts, each carrying `marker`, so that a
+/// search hit tells which version it came from.
+fn article(marker: &str, sections: usize) -> String {
+    let mut text = String::from("# Refund policy\n\n");
+    for i in 0..sections {
+        text.push_str(&format!(
+            "## Rule {i}\n\n{marker} The refund window for item class {i} is {} days from delivery; \
+             refunds go back to the original payment method.\n\n",
+            14 + i
+        ));
+    }
+    text
+}
+
+/// The texts `GET /v1/search` returns for `q`.
+async fn search_texts(http: &reqwest::Client, base: &str, token: &str, q: &str) -> Vec<String> {
+    let r = http
+        .get(format!(
+            "{base}/v1/search?limit=10&q={}",
+            q.replace(' ', "%20")
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn upload(http: &reqwest::Client, base: &str, token: &str, id: &str, text: &str) {
+    let r = http
+        .post(format!("{base}/v1/documents"))
+        .bearer_auth(token)
+        .json(&json!({"document_id": id, "title": "Refund policy", "text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+}
+
+/// Waits until the document's latest job has ended; returns the record.
+async fn document_done(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Value {
+    for _ in 0..1500 {
+        let d = get_json(http, &format!("{base}/v1/documents/{id}"), Some(token)).await;
+        if d["job"]["status"] == "done" || d["job"]["status"] == "failed" {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("document {id} did not finish");
+}
+
+/// The production shape of the knowledge path: two replicas on the broker and
+/// Redis, their chunks on a real Qdrant server (`scripts/test.sh` starts one).
+/// A document uploaded through one replica is found and cited through the
+/// other; a re-upload replaces it while a reader searching through the other
+/// replica never sees two versions at once, nor the old one after the new; a
+/// delete removes it; another tenant (with a document of the same id) never
+/// sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_qdrant_server_two_replicas_share_documents_and_a_replacement_is_atomic() {
+    let qdrant = std::env::var("CAIRN_TEST_QDRANT_URL").expect(
+        "CAIRN_TEST_QDRANT_URL is not set: run the tests with scripts/test.sh, which starts a Qdrant server",
+    );
+    let (_broker, _model, mut cluster) = setup().await;
+    let collection = format!("cairn_e2e_{}", uuid::Uuid::new_v4().simple());
+    cluster.env = vec![
+        ("CAIRN_KNOWLEDGE__ENABLED".into(), "true".into()),
+        ("CAIRN_KNOWLEDGE__QDRANT_URL".into(), qdrant),
+        ("CAIRN_KNOWLEDGE__QDRANT_COLLECTION".into(), collection),
+        ("CAIRN_LLM__PROVIDER".into(), "offline".into()),
+    ];
+    let a = Replica::spawn(&cluster);
+    let b = Replica::spawn(&cluster);
+    let http = reqwest::Client::new();
+    common::wait_ready(&http, &a.base).await;
+    common::wait_ready(&http, &b.base).await;
+    let health: Value = get_json(&http, &format!("{}/health", b.base), None).await;
+    assert_eq!(
+        health["components"]["knowledge"]["backend"], "qdrant",
+        "{health}"
+    );
+    let ops = token_for("acme", "ops", &["ingest"]);
+    let q = "refund window item class";
+
+    // Uploaded through A, ingested by whichever replica took the job, found through B.
+    upload(&http, &a.base, &ops, "refunds", &article("VERSIONONE", 40)).await;
+    let d = document_done(&http, &b.base, &ops, "refunds").await;
+    assert_eq!(d["job"]["status"], "done", "{d}");
+    let chunks_v1 = d["chunks"].as_u64().unwrap();
+    assert!(chunks_v1 > 10, "{d}");
+    let hits = search_texts(&http, &b.base, &ops, q).await;
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|t| t.contains("VERSIONONE")), "{hits:?}");
+
+    // An answer through B cites it.
+    let token = token();
+    let conv = new_conversation(&http, &b.base, &token).await;
+    let r: Value = http
+        .post(format!(
+            "{}/v1/conversations/{conv}/messages?wait=true",
+            b.base
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"content": "What is the refund window for item class 3?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["answer"]["citations"][0]["source"], "refunds", "{r}");
+
+    // Another tenant uploads a document with the same id: each sees only its own.
+    let other = token_for("globex", "ops", &["ingest"]);
+    assert!(search_texts(&http, &b.base, &other, q).await.is_empty());
+    let r = http
+        .get(format!("{}/v1/documents/refunds", b.base))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    upload(&http, &b.base, &other, "refunds", &article("GLOBEXONLY", 3)).await;
+    assert_eq!(
+        document_done(&http, &a.base, &other, "refunds").await["job"]["status"],
+        "done"
+    );
+    let theirs = search_texts(&http, &a.base, &other, q).await;
+    assert!(
+        !theirs.is_empty() && theirs.iter().all(|t| t.contains("GLOBEXONLY")),
+        "{theirs:?}"
+    );
+    let ours = search_texts(&http, &a.base, &ops, q).await;
+    assert!(ours.iter().all(|t| t.contains("VERSIONONE")), "{ours:?}");
+
+    // A re-upload through A while a reader searches through B.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (http, base, ops, stop) = (http.clone(), b.base.clone(), ops.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut searches, mut saw_new, mut mixed, mut went_back, mut empty) =
+                (0, false, 0, 0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let hits = search_texts(&http, &base, &ops, q).await;
+                searches += 1;
+                let old = hits.iter().filter(|t| t.contains("VERSIONONE")).count();
+                let new = hits.iter().filter(|t| t.contains("VERSIONTWO")).count();
+                if old > 0 && new > 0 {
+                    mixed += 1;
+                }
+                if saw_new && old > 0 {
+                    went_back += 1;
+                }
+                if hits.is_empty() {
+                    empty += 1;
+                }
+                saw_new |= new > 0;
+            }
+            (searches, saw_new, mixed, went_back, empty)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upload(&http, &a.base, &ops, "refunds", &article("VERSIONTWO", 60)).await;
+    let d = document_done(&http, &a.base, &ops, "refunds").await;
+    assert_eq!(d["job"]["outcome"], "replaced", "{d}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (searches, saw_new, mixed, went_back, empty) = reader.await.unwrap();
+    eprintln!("reader: {searches} searches during the replacement");
+    assert!(searches >= 5, "the reader searched {searches} times");
+    assert!(saw_new, "the reader saw the new version");
+    assert_eq!(mixed, 0, "searches holding both versions, of {searches}");
+    assert_eq!(
+        went_back, 0,
+        "searches back on the old version after the new, of {searches}"
+    );
+    assert_eq!(empty, 0, "searches finding nothing, of {searches}");
+    let hits = search_texts(&http, &b.base, &ops, q).await;
+    assert!(hits.iter().all(|t| t.contains("VERSIONTWO")), "{hits:?}");
+    assert!(d["chunks"].as_u64().unwrap() > chunks_v1, "{d}");
+
+    // A delete through B removes every chunk, and only this tenant's.
+    let r = http
+        .delete(format!("{}/v1/documents/refunds", b.base))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(search_texts(&http, &a.base, &ops, q).await.is_empty());
+    let theirs = search_texts(&http, &a.base, &other, q).await;
+    assert!(
+        !theirs.is_empty() && theirs.iter().all(|t| t.contains("GLOBEXONLY")),
+        "{theirs:?}"
+    );
+}
