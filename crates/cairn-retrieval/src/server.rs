@@ -207,6 +207,43 @@ impl QdrantServerStore {
         Ok(out)
     }
 
+    /// Waits until the server reports the collection green (every segment
+    /// indexed, no optimisation pending), up to `timeout`; for benchmarks and
+    /// tests that time queries against built indexes.
+    pub async fn wait_optimized(&self, timeout: std::time::Duration) -> Result<(), VectorError> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let info = self
+                .client
+                .collection_info(&self.collection)
+                .await
+                .map_err(unavailable)?;
+            let green = info
+                .result
+                .is_some_and(|i| i.status == qdrant_client::qdrant::CollectionStatus::Green as i32);
+            if green {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(VectorError::Unavailable(format!(
+                    "collection {} still optimising after {timeout:?}",
+                    self.collection
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Deletes the whole collection (every tenant's points): for benchmarks and
+    /// tests that made a collection of their own.
+    pub async fn drop_collection(&self) -> Result<(), VectorError> {
+        self.client
+            .delete_collection(&self.collection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn delete_by(&self, filter: Filter) -> Result<(), VectorError> {
         self.client
             .delete_points(

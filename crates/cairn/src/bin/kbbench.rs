@@ -1,4 +1,5 @@
-//! `cairn-kbbench`: knowledge benchmarks on the embedded store.
+//! `cairn-kbbench`: knowledge benchmarks on the embedded store (Qdrant Edge) or a
+//! Qdrant server.
 //!
 //! ```text
 //! # ingestion throughput through the ingestion actors (parse/chunk actor +
@@ -7,6 +8,9 @@
 //! cairn-kbbench ingest --documents 200 --minilm-dir "$(scripts/minilm-dir.sh)"
 //! # hybrid query latency over N chunks (HNSW built first)
 //! cairn-kbbench query --chunks 100000 --minilm-dir "$(scripts/minilm-dir.sh)"
+//! # the same against a Qdrant server (gRPC URL; a fresh collection, dropped after)
+//! cairn-kbbench ingest --documents 2000 --qdrant-url http://127.0.0.1:6334
+//! cairn-kbbench query --chunks 100000 --qdrant-url http://127.0.0.1:6334 --minilm-dir …
 //! ```
 //!
 //! Documents are built from the paragraphs of the sample knowledge base (`kb/`),
@@ -27,7 +31,7 @@ use cairn_core::ports::{
 use cairn_core::{DocumentSubmission, TenantId};
 use cairn_retrieval::chunk::ChunkSettings;
 use cairn_retrieval::knowledge::KnowledgeBase;
-use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder};
+use cairn_retrieval::{Bm25Embedder, EdgeVectorStore, MiniLmEmbedder, QdrantServerStore};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -68,6 +72,9 @@ enum Mode {
         /// The sample knowledge base.
         #[arg(long, default_value = "kb")]
         kb: PathBuf,
+        /// A Qdrant server's gRPC URL; without it, the embedded Qdrant Edge.
+        #[arg(long)]
+        qdrant_url: Option<String>,
     },
     /// Hybrid (and dense, sparse) query latency over N chunks.
     Query {
@@ -86,7 +93,28 @@ enum Mode {
         /// The evaluation questions (the queries).
         #[arg(long, default_value = "eval/questions.json")]
         questions: PathBuf,
+        /// A Qdrant server's gRPC URL; without it, the embedded Qdrant Edge.
+        #[arg(long)]
+        qdrant_url: Option<String>,
     },
+}
+
+/// The store under test: Qdrant Edge in `dir`, or a fresh collection on the
+/// Qdrant server at `url` (its handle is kept to wait for the indexes and to
+/// drop the collection at the end).
+async fn open_store(
+    dir: &std::path::Path,
+    url: Option<&str>,
+    dense_dim: Option<usize>,
+) -> anyhow::Result<(Arc<dyn VectorStore>, Option<QdrantServerStore>)> {
+    match url {
+        None => Ok((Arc::new(EdgeVectorStore::open(dir, dense_dim)?), None)),
+        Some(url) => {
+            let collection = format!("cairn_bench_{}", uuid::Uuid::new_v4().simple());
+            let s = QdrantServerStore::connect(url, None, &collection, dense_dim).await?;
+            Ok((Arc::new(s.clone()), Some(s)))
+        }
+    }
 }
 
 /// Every paragraph of the sample knowledge base (Markdown blocks that are not headings).
@@ -133,6 +161,7 @@ async fn ingest(
     batch: usize,
     concurrency: usize,
     kb_dir: PathBuf,
+    qdrant_url: Option<String>,
 ) -> anyhow::Result<()> {
     let pool = paragraphs(&kb_dir)?;
     let dir = tempfile::tempdir()?;
@@ -140,12 +169,14 @@ async fn ingest(
         Some(d) => Some(Arc::new(MiniLmEmbedder::load(d)?)),
         None => None,
     };
-    let store = EdgeVectorStore::open(
+    let (store, server) = open_store(
         &dir.path().join("kb"),
+        qdrant_url.as_deref(),
         dense.as_ref().map(|d| d.dimension()),
-    )?;
+    )
+    .await?;
     let kb = KnowledgeBase::new(
-        Arc::new(store),
+        store,
         Arc::new(Bm25Embedder::english().map_err(|e| anyhow::anyhow!(e))?),
         dense,
         ChunkSettings::default(),
@@ -182,7 +213,12 @@ async fn ingest(
     let elapsed = started.elapsed();
     let chunks = kb.count_all(&tenant).await?;
     println!(
-        "mode={} documents={documents} chunks={chunks} bytes={bytes} workers={workers} batch={batch} concurrency={concurrency} seconds={:.2} chunks_per_s={:.0}",
+        "store={} mode={} documents={documents} chunks={chunks} bytes={bytes} workers={workers} batch={batch} concurrency={concurrency} seconds={:.2} chunks_per_s={:.0}",
+        if server.is_some() {
+            "qdrant-server"
+        } else {
+            "qdrant-edge"
+        },
         if minilm_dir.is_some() {
             "minilm+bm25"
         } else {
@@ -198,6 +234,9 @@ async fn ingest(
     pool_task.await?;
     drop(kb);
     drop(dir);
+    if let Some(s) = server {
+        s.drop_collection().await?;
+    }
     Ok(())
 }
 
@@ -265,6 +304,7 @@ async fn query(
     minilm_dir: PathBuf,
     kb_dir: PathBuf,
     questions: PathBuf,
+    qdrant_url: Option<String>,
 ) -> anyhow::Result<()> {
     let pool = paragraphs(&kb_dir)?;
     let minilm = MiniLmEmbedder::load(&minilm_dir)?;
@@ -274,7 +314,12 @@ async fn query(
         .await
         .map_err(|e| anyhow::anyhow!(e.0))?;
     let dir = tempfile::tempdir()?;
-    let store = EdgeVectorStore::open(&dir.path().join("kb"), Some(minilm.dimension()))?;
+    let (store, server) = open_store(
+        &dir.path().join("kb"),
+        qdrant_url.as_deref(),
+        Some(minilm.dimension()),
+    )
+    .await?;
     let tenant = TenantId::parse("bench")?;
     let mut rng = StdRng::seed_from_u64(11);
     let started = Instant::now();
@@ -317,9 +362,18 @@ async fn query(
     let load = started.elapsed();
     let started = Instant::now();
     store.maintain().await?;
+    if let Some(s) = &server {
+        s.wait_optimized(std::time::Duration::from_secs(3600))
+            .await?;
+    }
     let optimize = started.elapsed();
+    let backend = if server.is_some() {
+        "qdrant-server"
+    } else {
+        "qdrant-edge"
+    };
     println!(
-        "chunks={chunks} load_s={:.1} optimize_s={:.1}",
+        "store={backend} chunks={chunks} load_s={:.1} optimize_s={:.1}",
         load.as_secs_f64(),
         optimize.as_secs_f64()
     );
@@ -360,7 +414,7 @@ async fn query(
             }
         }
         println!(
-            "chunks={chunks} mode={name} queries={queries} {}",
+            "store={backend} chunks={chunks} mode={name} queries={queries} {}",
             percentiles(&h)
         );
     }
@@ -386,10 +440,14 @@ async fn query(
         h.record((t.elapsed().as_micros() as u64).max(1))?;
     }
     println!(
-        "chunks={chunks} mode=hybrid+embed queries={} {}",
+        "store={backend} chunks={chunks} mode=hybrid+embed queries={} {}",
         200.min(queries),
         percentiles(&h)
     );
+    drop(store);
+    if let Some(s) = server {
+        s.drop_collection().await?;
+    }
     Ok(())
 }
 
@@ -405,6 +463,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
             concurrency,
             kb,
+            qdrant_url,
         } => {
             ingest(
                 documents,
@@ -414,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
                 batch,
                 concurrency,
                 kb,
+                qdrant_url,
             )
             .await
         }
@@ -423,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
             minilm_dir,
             kb,
             questions,
-        } => query(chunks, queries, minilm_dir, kb, questions).await,
+            qdrant_url,
+        } => query(chunks, queries, minilm_dir, kb, questions, qdrant_url).await,
     }
 }
