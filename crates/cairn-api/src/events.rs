@@ -120,6 +120,21 @@ where
     Sse::new(stream).keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive))
 }
 
+/// Reads a `Last-Event-ID` header: an event id of the stream (decimal,
+/// surrounding spaces allowed), or a 400 `invalid_field` naming the header.
+pub fn last_event_id(value: &[u8]) -> Result<u64, ApiError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidField,
+                "`Last-Event-ID` must be an event id from this stream",
+            )
+            .with_details(json!({"field": "Last-Event-ID"}))
+        })
+}
+
 /// `GET /v1/conversations/{id}/events`.
 #[utoipa::path(get, path = "/conversations/{id}/events", tag = "streaming", summary = "Stream the conversation's events (Server-Sent Events)", params(("id" = String, Path, description = "Conversation id"), ("after" = Option<u64>, Query, description = "Replay events after this id"), ("Last-Event-ID" = Option<u64>, Header, description = "Replay events after this id")), responses((status = 200, description = "`text/event-stream`; resume with `Last-Event-ID` or `?after=`", body = serde_json::Value)))]
 pub async fn stream(
@@ -133,17 +148,7 @@ pub async fn stream(
     let meta = load_owned(&state, &caller, &id, Access::Read).await?;
     let guard = StreamGuard::open(&state, &caller, &meta)?;
     let after = match headers.get("last-event-id") {
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidField,
-                    "`Last-Event-ID` must be an event id from this stream",
-                )
-                .with_details(json!({"field": "Last-Event-ID"}))
-            })?,
+        Some(v) => last_event_id(v.as_bytes())?,
         None => query_u64(&q, "after")?.unwrap_or(0),
     };
     let events = state.events.subscribe(caller.tenant.clone(), id, after);

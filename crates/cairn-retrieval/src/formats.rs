@@ -423,7 +423,11 @@ pub fn parse_pdf(
         return Err(ParseError::Encrypted);
     }
     check_pdf_streams(&doc, limits.max_decompressed_bytes)?;
-    let pages = pdf_extract::extract_text_from_mem_by_pages(bytes)
+    // pdf-extract unwraps on some malformed content streams (text shown before
+    // any font is set, found by the property tests): its panic is this
+    // document's failure, not the process's.
+    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
+        .map_err(|_| ParseError::Corrupt("the PDF's content streams are malformed".into()))?
         .map_err(|e| ParseError::Corrupt(format!("cannot extract text: {e}")))?;
     let mut b = DocBuilder::new();
     for (i, page) in pages.iter().enumerate() {
