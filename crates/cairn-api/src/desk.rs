@@ -16,6 +16,9 @@
 //!   replaces it), `GET /v1/feedback/summary`.
 //! - `GET /v1/analytics/{overview,intents,satisfaction,tickets}?from=&to=`:
 //!   read from the counters (`cairn_desk::analytics`), never by scanning.
+//!
+//! Tickets, analytics and the feedback summary need `auth.desk_scope` (or
+//! `operator`): they are the whole tenant's support data.
 
 use crate::auth::{Caller, OPERATOR_SCOPE};
 use crate::conversations::{Access, load_owned};
@@ -77,8 +80,25 @@ fn desk(state: &AppState) -> ApiResult<&Arc<DeskApi>> {
     })
 }
 
-fn tickets(state: &AppState) -> ApiResult<(&Arc<DeskApi>, &Arc<dyn TicketStore>)> {
+/// Tickets and analytics hold the whole tenant's support data (customers'
+/// messages, names, PII findings): they need `auth.desk_scope` (or
+/// `operator`), not just any token of the tenant.
+fn require_desk_scope(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    match &state.settings.desk_scope {
+        Some(s) if !caller.has_scope(s) && !caller.has_scope(OPERATOR_SCOPE) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("tickets and analytics need the `{s}` scope"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn tickets<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+) -> ApiResult<(&'a Arc<DeskApi>, &'a Arc<dyn TicketStore>)> {
     let d = desk(state)?;
+    require_desk_scope(state, caller)?;
     let t = d.tickets.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::TicketsDisabled,
@@ -180,7 +200,7 @@ pub async fn post_ticket(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PostTicket>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (d, store) = tickets(&state)?;
+    let (d, store) = tickets(&state, &caller)?;
     if body
         .tenant_id
         .as_ref()
@@ -313,7 +333,7 @@ pub async fn list_tickets(
     caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (d, store) = tickets(&state)?;
+    let (d, store) = tickets(&state, &caller)?;
     let q = query_pairs(raw);
     let known = [
         "risk_min",
@@ -439,7 +459,7 @@ pub async fn get_ticket(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (_, store) = tickets(&state)?;
+    let (_, store) = tickets(&state, &caller)?;
     id_field("ticket_id", &id).map_err(|_| ticket_not_found())?;
     let t = store
         .get_ticket(&caller.tenant, &id)
@@ -491,7 +511,7 @@ pub async fn patch_ticket(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PatchTicket>,
 ) -> ApiResult<Json<Value>> {
-    let (d, store) = tickets(&state)?;
+    let (d, store) = tickets(&state, &caller)?;
     id_field("ticket_id", &id).map_err(|_| ticket_not_found())?;
     let status = body
         .status
@@ -761,6 +781,7 @@ async fn report(
     report: fn(&Totals) -> Value,
 ) -> ApiResult<Json<Value>> {
     let (d, c) = counters(state)?;
+    require_desk_scope(state, caller)?;
     let q = query_pairs(raw);
     if let Some((k, _)) = q
         .iter()

@@ -19,6 +19,9 @@ pub struct ApiSettings {
     pub max_document_bytes: usize,
     /// Scope needed to add or delete documents; `None` means any caller may.
     pub ingest_scope: Option<String>,
+    /// Scope needed for tickets and analytics (`auth.desk_scope`); `None`
+    /// means any caller may.
+    pub desk_scope: Option<String>,
     /// Longest user message in characters (`agent.max_message_chars`).
     pub max_message_chars: usize,
     /// Queued messages per conversation (`agent.max_queued_messages`).

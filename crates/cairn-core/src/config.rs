@@ -422,6 +422,10 @@ pub struct AuthConfig {
     /// notifications (`/v1/alerts`, `/v1/silences`); empty: any token may.
     /// Reading a tenant's alerts needs no scope.
     pub alerts_scope: String,
+    /// Scope a token needs for the support desk: tickets (post, list, read,
+    /// update) and the tenant's analytics and feedback summary; empty: any
+    /// token may. A user's own feedback on an answer needs no scope.
+    pub desk_scope: String,
     /// Claim that carries the user id.
     pub user_claim: String,
     /// Claims read for scopes, each a space-separated string (`scope`, Entra's
@@ -456,6 +460,7 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(30),
             ingest_scope: "ingest".into(),
             alerts_scope: "alerts".into(),
+            desk_scope: "desk".into(),
             user_claim: "sub".into(),
             scope_claims: ["scope", "scp", "scopes", "permissions"]
                 .map(String::from)

@@ -93,6 +93,14 @@ pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, String> {
         .map_err(|_| format!("`{name}` is not an IANA time zone (e.g. Europe/Paris)"))
 }
 
+/// `t` without its fraction of a second: croner keeps the fraction of the time
+/// it starts from, and a fire time must not depend on when (or on which
+/// replica) it was computed, since its run id is derived from it.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    t.with_nanosecond(0).unwrap_or(t)
+}
+
 impl Schedule {
     /// The first fire time after `t` (`None` when there is none).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -100,7 +108,7 @@ impl Schedule {
             (Some(expr), _) => {
                 let cron = parse_cron(expr).ok()?;
                 let tz = parse_timezone(&self.timezone).ok()?;
-                cron.find_next_occurrence(&t.with_timezone(&tz), false)
+                cron.find_next_occurrence(&whole_seconds(t).with_timezone(&tz), false)
                     .ok()
                     .map(|d| d.with_timezone(&Utc))
             }
@@ -118,7 +126,7 @@ impl Schedule {
                 let cron = parse_cron(expr).ok()?;
                 let tz = parse_timezone(&self.timezone).ok()?;
                 let latest = cron
-                    .find_previous_occurrence(&now.with_timezone(&tz), true)
+                    .find_previous_occurrence(&whole_seconds(now).with_timezone(&tz), true)
                     .ok()
                     .map(|d| d.with_timezone(&Utc))?;
                 Some(latest.max(next))
@@ -183,6 +191,12 @@ mod tests {
         // Ids per fire time are stable and distinct.
         assert_eq!(s.run_id(next, "message"), s.run_id(next, "message"));
         assert_ne!(s.run_id(next, "message"), s.run_id(later, "message"));
+        // The fraction of a second of the time it is computed from (which
+        // differs between replicas) never reaches a fire time or its run id.
+        let a = s.next_after(t + chrono::Duration::nanoseconds(453_062_659));
+        assert_eq!(a, Some(next));
+        let b = s.due(later + chrono::Duration::nanoseconds(12_345));
+        assert_eq!(b, Some(Utc.with_ymd_and_hms(2026, 7, 4, 7, 0, 0).unwrap()));
         assert!(parse_cron("every day").is_err());
         assert!(parse_timezone("Mars/Olympus").is_err());
         assert!(parse_cron("*/2 * * * * *").is_ok());

@@ -798,6 +798,7 @@ pub async fn build(
             sse_keepalive: config.server.sse_keepalive,
             max_document_bytes: config.knowledge.max_document_bytes,
             ingest_scope: Some(config.auth.ingest_scope.clone()).filter(|s| !s.is_empty()),
+            desk_scope: Some(config.auth.desk_scope.clone()).filter(|s| !s.is_empty()),
             max_message_chars: config.agent.max_message_chars,
             max_queued_messages: config.agent.max_queued_messages,
             max_fork_messages: config.agent.max_fork_messages,

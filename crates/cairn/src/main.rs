@@ -560,6 +560,7 @@ async fn serve(
                 "operator".to_owned(),
                 config.auth.ingest_scope.clone(),
                 config.auth.alerts_scope.clone(),
+                config.auth.desk_scope.clone(),
             ],
         )?;
         app.state.console_token = Some(token.clone());

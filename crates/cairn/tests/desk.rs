@@ -78,7 +78,7 @@ async fn add_refund_policy(c: &Client) {
 async fn tickets_are_enriched_filtered_paged_edited_and_alert_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(&config(dir.path(), None)).await;
-    let c = s.client(&s.token_with_scopes("acme", "desk", &["ingest"]));
+    let c = s.client(&s.token_with_scopes("acme", "desk", &["ingest", "desk"]));
     add_refund_policy(&c).await;
 
     // Accepted once durable, then enriched.
@@ -239,7 +239,7 @@ async fn tickets_are_enriched_filtered_paged_edited_and_alert_once() {
     assert_error(&c.post("/v1/tickets", huge).await, 400, "invalid_field");
     assert_error(&c.get("/v1/tickets/nope").await, 404, "ticket_not_found");
     // Tickets are tenant-scoped.
-    let globex = s.client(&s.token("globex", "desk"));
+    let globex = s.client(&s.token_with_scopes("globex", "desk", &["desk"]));
     assert_error(
         &globex.get("/v1/tickets/T-1").await,
         404,
@@ -476,7 +476,7 @@ async fn with_a_model_the_agent_drafts_the_reply_and_a_failing_model_fails_the_t
     cfg.tickets.max_attempts = 1;
     cfg.llm.max_retries = 0;
     let mut s = Server::start(&cfg).await;
-    let c = s.client(&s.token_with_scopes("acme", "desk", &["ingest"]));
+    let c = s.client(&s.token_with_scopes("acme", "desk", &["ingest", "desk"]));
     add_refund_policy(&c).await;
     let r = c
         .post(
@@ -586,7 +586,7 @@ async fn messages_are_routed_by_intent_and_handed_off_with_memory() {
         })
         .collect();
     let mut s = Server::start(&cfg).await;
-    let c = s.client(&s.token("acme", "ana"));
+    let c = s.client(&s.token_with_scopes("acme", "ana", &["desk"]));
     let conv = c.new_conversation().await;
 
     // A billing question goes to the billing agent, with only its tools.
@@ -691,7 +691,7 @@ async fn messages_are_routed_by_intent_and_handed_off_with_memory() {
 async fn feedback_replaces_per_user_and_answer_and_is_summarised() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(&config(dir.path(), None)).await;
-    let c = s.client(&s.token("acme", "ana"));
+    let c = s.client(&s.token_with_scopes("acme", "ana", &["desk"]));
     let conv = c.new_conversation().await;
     let a = c.ask(&conv, "How do I reset my password?").await;
     let answer = a["answer"]["message_id"].as_str().unwrap().to_owned();
@@ -744,6 +744,14 @@ async fn feedback_replaces_per_user_and_answer_and_is_summarised() {
         404,
         "conversation_not_found",
     );
+    // The tenant's support data needs the desk scope, not just a token of it.
+    for path in [
+        "/v1/tickets",
+        "/v1/analytics/overview",
+        "/v1/feedback/summary",
+    ] {
+        assert_error(&bob.get(path).await, 403, "forbidden");
+    }
 
     // The overview counts the conversation, its message, turn and intent.
     let o = eventually(&c, "/v1/analytics/overview", |b| {
@@ -757,7 +765,7 @@ async fn feedback_replaces_per_user_and_answer_and_is_summarised() {
     assert_eq!(o["satisfaction"]["average_rating"], 5.0);
     let intents = c.get("/v1/analytics/intents").await.body;
     assert_eq!(intents["total"], 1, "{intents}");
-    let other = s.client(&s.token("globex", "zed"));
+    let other = s.client(&s.token_with_scopes("globex", "zed", &["desk"]));
     assert_eq!(
         other.get("/v1/analytics/overview").await.body["messages"],
         0
@@ -834,7 +842,7 @@ async fn analytics_equal_a_recount_of_raw_events_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     // The bus keeps what was consumed, so the recount can replay it.
     let mut s = common::Binary::start(dir.path(), "[bus]\nkeep_consumed = true\n", &[]).await;
-    let c = s.client("acme", "ana", &[]);
+    let c = s.client("acme", "ana", &["desk"]);
     let mut convs = Vec::new();
     for _ in 0..6 {
         convs.push(c.new_conversation().await);
@@ -847,7 +855,7 @@ async fn analytics_equal_a_recount_of_raw_events_after_kill_9() {
     };
     tokio::join!(burst(&c, &convs, 0, &acc), killer);
     s.restart().await;
-    let c = s.client("acme", "ana", &[]);
+    let c = s.client("acme", "ana", &["desk"]);
     burst(&c, &convs, 1, &acc).await;
     let (messages, support, tickets) = (
         acc.messages.load(SeqCst),

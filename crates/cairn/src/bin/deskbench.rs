@@ -116,7 +116,7 @@ async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Running> {
         &UserId::parse("bench")?,
         &TenantId::parse("bench")?,
         Duration::from_secs(7200),
-        &["ingest".to_owned()],
+        &["ingest".to_owned(), "desk".to_owned()],
     )?;
     let state = app.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
