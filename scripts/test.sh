@@ -183,10 +183,22 @@ fi
 export CAIRN_TEST_QDRANT_URL="http://127.0.0.1:$QDRANT_GRPC"
 echo "==> Qdrant server $QDRANT_VERSION on $CAIRN_TEST_QDRANT_URL (gRPC)"
 
+# The chaos suite's short form: a fixed seed, one minute per mode (embedded and
+# Redis). It needs redis-server and python3 (above). It runs before the tests so
+# that nextest's summary stays the closing line; a violation fails the run after
+# the tests have run.
+CHAOS_SEED="${CAIRN_CHAOS_SEED:-20261202}"
+chaos_status=0
+scripts/chaos.sh --seed "$CHAOS_SEED" --duration "${CAIRN_CHAOS_DURATION:-60}" --mode all || chaos_status=$?
+
+test_status=0
 if cargo nextest --version >/dev/null 2>&1; then
   # Doc tests first, so that the closing line is nextest's summary with the counts.
   cargo test --workspace --doc --quiet
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || test_status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || test_status=$?
 fi
+if [ "$chaos_status" -ne 0 ]; then echo "the chaos suite failed (exit $chaos_status): see its counts above" >&2; fi
+[ "$test_status" -eq 0 ] || exit "$test_status"
+exit "$chaos_status"

@@ -67,6 +67,15 @@ struct Cli {
     /// Seconds the work may take to settle after the faults stop.
     #[arg(long, default_value_t = 180)]
     settle: u64,
+    /// No faults: steady load only (the soak, `scripts/soak.sh`).
+    #[arg(long)]
+    no_faults: bool,
+    /// Append a CSV sample every 10 s: seconds, the replica's RSS (KiB) and open
+    /// file descriptors, Redis `used_memory` (bytes), the data dir's size
+    /// (bytes), messages accepted, and the p50/p99 of `POST …/messages` (ms)
+    /// over the interval.
+    #[arg(long)]
+    samples: Option<PathBuf>,
 }
 
 const SECRET: &str = "chaos-secret-0123456789abcdef0123456789";
@@ -226,6 +235,8 @@ impl Redis {
 }
 
 struct Replica {
+    /// The running process's pid (0 while down), for the sampler.
+    pid: Arc<std::sync::atomic::AtomicU32>,
     proc: Option<Proc>,
     cairn: PathBuf,
     data: PathBuf,
@@ -260,7 +271,9 @@ impl Replica {
                     .append(true)
                     .open(self.data.with_extension("log"))?,
             );
-        self.proc = Some(Proc(cmd.spawn().context("cairn starts")?));
+        let child = cmd.spawn().context("cairn starts")?;
+        self.pid.store(child.id(), Ordering::Relaxed);
+        self.proc = Some(Proc(child));
         Ok(())
     }
 
@@ -291,6 +304,8 @@ struct Ledger {
     /// conversation → accepted turn ids.
     accepted: Mutex<BTreeMap<String, Vec<String>>>,
     refused: AtomicUsize,
+    /// Latencies (µs) of accepted posts since the last sample.
+    latencies: Mutex<Vec<u64>>,
     cross_tenant_reads: AtomicUsize,
     cross_tenant_leaks: AtomicUsize,
 }
@@ -334,8 +349,14 @@ async fn load(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            let sent = Instant::now();
             match post_json(&http, &url, &token, &body, Some(&key)).await {
                 Some((202, v)) => {
+                    ledger
+                        .latencies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(sent.elapsed().as_micros() as u64);
                     if let Some(t) = v["turn_id"].as_str() {
                         let mut a = ledger.accepted.lock().unwrap_or_else(|e| e.into_inner());
                         let turns = a.entry(conv.clone()).or_default();
@@ -354,6 +375,98 @@ async fn load(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn redis_used_memory(port: u16) -> u64 {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "memory"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("used_memory:")
+                        .map(|v| v.trim().parse().ok())
+                })
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Writes a CSV row every 10 s until `stop` (see `--samples`).
+async fn sampler(
+    path: PathBuf,
+    pid: Arc<std::sync::atomic::AtomicU32>,
+    redis_port: Option<u16>,
+    data: PathBuf,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(&path)?;
+    writeln!(
+        f,
+        "seconds,rss_kib,fds,redis_used_memory,data_dir_bytes,accepted,p50_ms,p99_ms"
+    )?;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let pid = pid.load(Ordering::Relaxed);
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| {
+                        l.strip_prefix("VmRSS:")
+                            .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    })
+                    .flatten()
+            })
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let redis = redis_port.map(redis_used_memory).unwrap_or(0);
+        let mut lat =
+            std::mem::take(&mut *ledger.latencies.lock().unwrap_or_else(|e| e.into_inner()));
+        lat.sort_unstable();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |v| *v as f64 / 1000.0)
+        };
+        let accepted: usize = ledger
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum();
+        writeln!(
+            f,
+            "{},{rss},{fds},{redis},{},{accepted},{:.2},{:.2}",
+            started.elapsed().as_secs(),
+            dir_bytes(&data),
+            pct(0.5),
+            pct(0.99)
+        )?;
+        f.flush()?;
+    }
+    Ok(())
 }
 
 /// Another tenant tries the conversations now and then: it must find nothing.
@@ -564,6 +677,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     }
     let data = work.path().join("data");
     let mut replica = Replica {
+        pid: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         proc: None,
         cairn,
         data,
@@ -646,6 +760,17 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         stop.clone(),
     ));
 
+    let sampler = cli.samples.clone().map(|path| {
+        tokio::spawn(sampler(
+            path,
+            replica.pid.clone(),
+            redis.as_ref().map(|r| r.port),
+            replica.data.clone(),
+            ledger.clone(),
+            stop.clone(),
+        ))
+    });
+
     // The fault injector.
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
@@ -675,6 +800,9 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
                 "mcp_hang",
             ]
         };
+        if cli.no_faults {
+            continue;
+        }
         let kind = kinds[rng.random_range(0..kinds.len())];
         *faults.entry(kind).or_default() += 1;
         let hold = Duration::from_millis(rng.random_range(300..2500));
@@ -729,6 +857,9 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         let _ = l.await;
     }
     let _ = intruder.await;
+    if let Some(s) = sampler {
+        s.await??;
+    }
     let mut followed = Vec::new();
     for (c, f) in followers {
         followed.push((c, f.await.unwrap_or_default()));
