@@ -296,6 +296,19 @@ pub async fn turn_queue_dedups_and_finishes<S: Store>(s: S) {
     );
     // A duplicate of a finished message is still recognised.
     assert_eq!(s.enqueue_turn(&r1).await.unwrap(), Enqueued::Duplicate);
+    // Finishing it again (a retry whose first reply was lost) writes nothing:
+    // one answer, one outcome.
+    let mut again = Message::new(Role::Assistant, "done again");
+    again.turn_id = Some(r1.turn_id.clone());
+    assert_eq!(
+        s.finish_turn(&t, &m.id, &r1.turn_id, Some(&again), &done, None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.last_event_id(&t, &m.id).await.unwrap(), event_id);
+    assert_eq!(s.messages(&t, &m.id, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(s.pending_turns(&t, &m.id).await.unwrap(), vec![r2.clone()]);
 
     s.finish_turn(&t, &m.id, &r2.turn_id, None, &started(&r2.turn_id), None)
         .await

@@ -702,15 +702,6 @@ impl MemoryStore for EmbeddedStore {
                     if !fence_ok(txn, &k, fence)? {
                         return Ok(Err(StoreError::Fenced));
                     }
-                    if let Some(m) = &answer
-                        && let Err(e) = append_in(txn, &k, m)?
-                    {
-                        return Ok(Err(e));
-                    }
-                    txn.open_table(CHECKPOINT)
-                        .map_err(r)?
-                        .remove(k.as_str())
-                        .map_err(r)?;
                     let mut pending = txn.open_table(PENDING).map_err(r)?;
                     // Turns run in queue order, so the finished one is the head:
                     // O(1) in the queue length. Anything else is searched for.
@@ -726,26 +717,47 @@ impl MemoryStore for EmbeddedStore {
                                 .is_ok_and(|req| req.turn_id == turn);
                             (seq, is_turn)
                         });
-                    match head {
+                    let queued = match head {
                         Some((seq, true)) => {
                             pending.remove((k.as_str(), seq)).map_err(r)?;
+                            true
                         }
                         Some((_, false)) => {
+                            let mut found = false;
                             pending
                                 .retain_in((k.as_str(), 0)..=(k.as_str(), u64::MAX), |_, v| {
-                                    serde_json::from_slice::<TurnRequest>(v)
-                                        .map(|req| req.turn_id != turn)
-                                        .unwrap_or(true)
+                                    let this = serde_json::from_slice::<TurnRequest>(v)
+                                        .is_ok_and(|req| req.turn_id == turn);
+                                    found |= this;
+                                    !this
                                 })
                                 .map_err(r)?;
+                            found
                         }
-                        None => {}
-                    }
+                        None => false,
+                    };
                     drop(pending);
-                    Ok(Ok(append_event_in(txn, &k, event, retention)?))
+                    // A turn no longer queued was finished already: nothing
+                    // is written again (the same rule as the Redis store's).
+                    if !queued {
+                        return Ok(Ok(None));
+                    }
+                    if let Some(m) = &answer
+                        && let Err(e) = append_in(txn, &k, m)?
+                    {
+                        return Ok(Err(e));
+                    }
+                    txn.open_table(CHECKPOINT)
+                        .map_err(r)?
+                        .remove(k.as_str())
+                        .map_err(r)?;
+                    Ok(Ok(Some(append_event_in(txn, &k, event, retention)?)))
                 })
                 .await,
         )?;
+        let Some(event_id) = event_id else {
+            return Ok(0);
+        };
         let id = event_id.id;
         self.notify(&k2, vec![event_id]);
         Ok(id)

@@ -240,22 +240,30 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
         r"{FENCE_LUA}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if fenced(KEYS[9], ARGV[8]) then return -2 end
+-- Turns run in queue order, so the finished one is the head: O(1). A request
+-- that is not the head (only after manual surgery) is searched for. A turn no
+-- longer queued has been finished already (a retry whose first reply was
+-- lost when Redis went down): nothing is written again.
+local head = redis.call('LINDEX', KEYS[4], 0)
+if head and string.find(head, ARGV[3], 1, true) then
+  redis.call('LPOP', KEYS[4])
+else
+  local found = false
+  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if string.find(item, ARGV[3], 1, true) then
+      redis.call('LREM', KEYS[4], 1, item)
+      found = true
+      break
+    end
+  end
+  if not found then return 0 end
+end
 if ARGV[1] ~= '' then
   local n = redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'message_count', n)
   redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
 end
 redis.call('DEL', KEYS[3])
--- Turns run in queue order, so the finished one is the head: O(1). A request
--- that is not the head (only after manual surgery) is searched for.
-local head = redis.call('LINDEX', KEYS[4], 0)
-if head and string.find(head, ARGV[3], 1, true) then
-  redis.call('LPOP', KEYS[4])
-else
-  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    if string.find(item, ARGV[3], 1, true) then redis.call('LREM', KEYS[4], 1, item) break end
-  end
-end
 if redis.call('LLEN', KEYS[4]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
 local id = redis.call('INCR', KEYS[7])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], id .. '-1', 'e', ARGV[6])

@@ -160,7 +160,10 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// the checkpoint, removes the request from the queue, and appends the turn's
     /// terminal `event` to the conversation's event stream. Returns the event id.
     /// Doing all of it in one write means a crash can never leave an answered
-    /// turn without its `answer.completed` event, or the reverse.
+    /// turn without its `answer.completed` event, or the reverse. A turn that is
+    /// no longer queued has been finished already (a retried write whose first
+    /// reply was lost): nothing is written again and the id returned is 0, so a
+    /// turn has one outcome however often its end is retried.
     /// `fence` is the writer's lease token, checked like a checkpoint's.
     #[allow(clippy::too_many_arguments)]
     async fn finish_turn(
