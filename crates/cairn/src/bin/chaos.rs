@@ -776,30 +776,24 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
     let started = Instant::now();
     let tickets_needle = db.display().to_string();
+    // Replica kills weigh double; Redis restarts (last) only in Redis mode.
+    const KINDS: [&str; 8] = [
+        "kill_cairn",
+        "kill_cairn",
+        "model_429",
+        "model_500",
+        "model_timeout",
+        "mcp_crash",
+        "mcp_hang",
+        "redis_restart",
+    ];
+    let kinds = if redis.is_some() {
+        &KINDS[..]
+    } else {
+        &KINDS[..7]
+    };
     while started.elapsed() < Duration::from_secs(cli.duration) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1500..4000))).await;
-        let kinds: &[&str] = if redis.is_some() {
-            &[
-                "kill_cairn",
-                "kill_cairn",
-                "model_429",
-                "model_500",
-                "model_timeout",
-                "mcp_crash",
-                "mcp_hang",
-                "redis_restart",
-            ]
-        } else {
-            &[
-                "kill_cairn",
-                "kill_cairn",
-                "model_429",
-                "model_500",
-                "model_timeout",
-                "mcp_crash",
-                "mcp_hang",
-            ]
-        };
         if cli.no_faults {
             continue;
         }
