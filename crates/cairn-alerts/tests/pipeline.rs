@@ -49,6 +49,17 @@ impl RecordStore for OnOwnRuntime {
         self.call(move |s| Box::pin(async move { s.write_records(changes).await }))
             .await
     }
+    async fn replace_record(
+        &self,
+        change: RecordChange,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let expected = expected.map(str::to_owned);
+        self.call(move |s| {
+            Box::pin(async move { s.replace_record(change, expected.as_deref()).await })
+        })
+        .await
+    }
     async fn get_record(&self, c: &str, k: &str) -> Result<Option<String>, StoreError> {
         let (c, k) = (c.to_owned(), k.to_owned());
         self.call(move |s| Box::pin(async move { s.get_record(&c, &k).await }))

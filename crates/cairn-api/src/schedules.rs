@@ -14,10 +14,10 @@
 //! latest); older ones are skipped. Each run is announced in its conversation
 //! by a `schedule.fired` event.
 //!
-//! The record store has no compare-and-set: a replica moving a schedule on
-//! re-reads it first and leaves it alone when it was paused, resumed or
-//! deleted meanwhile; a change landing between that read and the write can
-//! still be overwritten (a window of one store round trip).
+//! A schedule moves on by compare-and-set from the value that was read
+//! (`RecordStore::replace_record`): a pause, resume or delete made while a
+//! replica fired it is never overwritten, and two replicas firing the same
+//! time move it on once.
 
 use crate::auth::Caller;
 use crate::conversations::{Access, load_owned};
@@ -103,7 +103,8 @@ async fn owned(state: &AppState, caller: &Caller) -> ApiResult<Vec<Schedule>> {
     Ok(out)
 }
 
-async fn load(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Schedule> {
+/// The caller's schedule `id` and its stored text (for [`replace`]).
+async fn load(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(Schedule, String)> {
     let not_found = || ApiError::new(ErrorCode::ScheduleNotFound, "no such schedule");
     let raw = state
         .records
@@ -114,7 +115,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Schedule
     if s.owner != caller.user {
         return Err(not_found());
     }
-    Ok(s)
+    Ok((s, raw))
 }
 
 async fn save(state: &AppState, s: &Schedule) -> ApiResult<()> {
@@ -128,6 +129,15 @@ async fn save(state: &AppState, s: &Schedule) -> ApiResult<()> {
         )])
         .await?;
     Ok(())
+}
+
+/// Stores `s` if the record is still `read` (compare-and-set); `false` when
+/// another writer (a pause, the scheduler on any replica, a delete) got there
+/// first.
+async fn replace(state: &AppState, s: &Schedule, read: &str) -> ApiResult<bool> {
+    let v = serde_json::to_string(s).unwrap_or_default();
+    let change = RecordChange::put(COLLECTION, key(&s.tenant_id, &s.id), v);
+    Ok(state.records.replace_record(change, Some(read)).await?)
 }
 
 /// `POST /v1/schedules`.
@@ -220,17 +230,29 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     Ok(Json(json!({ "items": items })))
 }
 
+/// Attempts at a pause or resume before giving up on a schedule that keeps
+/// moving under it (it moves at most once per fire).
+const SET_PAUSED_ATTEMPTS: usize = 8;
+
 async fn set_paused(state: &AppState, caller: &Caller, id: &str, paused: bool) -> ApiResult<Value> {
-    let mut s = load(state, caller, id).await?;
-    if s.paused != paused {
+    for _ in 0..SET_PAUSED_ATTEMPTS {
+        let (mut s, read) = load(state, caller, id).await?;
+        if s.paused == paused {
+            return Ok(schedule_json(&s));
+        }
         s.paused = paused;
         if !paused {
             // Times passed while paused are not caught up.
             s.next_fire = s.next_after(Utc::now());
         }
-        save(state, &s).await?;
+        if replace(state, &s, &read).await? {
+            return Ok(schedule_json(&s));
+        }
     }
-    Ok(schedule_json(&s))
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        "the schedule kept changing; try again",
+    ))
 }
 
 /// `POST /v1/schedules/{id}/pause`.
@@ -260,7 +282,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let s = load(&state, &caller, &id).await?;
+    let (s, _) = load(&state, &caller, &id).await?;
     state
         .records
         .write_records(vec![RecordChange::delete(
@@ -321,27 +343,19 @@ async fn fire_due(state: &AppState) -> ApiResult<()> {
             } else {
                 true
             };
-            // Move the schedule on from what is stored now: a pause, resume
-            // or delete made meanwhile (on any replica) stays.
-            let Some(raw) = state
-                .records
-                .get_record(COLLECTION, &key(&s.tenant_id, &s.id))
-                .await?
-            else {
-                continue;
-            };
-            let Ok(mut current) = serde_json::from_str::<Schedule>(&raw) else {
-                continue;
-            };
-            if current.paused || current.next_fire != s.next_fire {
-                continue;
-            }
+            // Move the schedule on from the value this pass read, or not at
+            // all: a pause, resume or delete made meanwhile (on any replica)
+            // wins, and a fire that ran stays idempotent when the next pass
+            // finds the same time still due.
+            let mut next = s.clone();
             if ran {
-                current.runs += 1;
-                current.last_fire = Some(fire);
+                next.runs += 1;
+                next.last_fire = Some(fire);
             }
-            current.next_fire = current.next_after(fire.max(now));
-            save(state, &current).await?;
+            next.next_fire = next.next_after(fire.max(now));
+            if !replace(state, &next, &raw).await? {
+                tracing::debug!(schedule = %s.id, "schedule changed while it fired; left as stored");
+            }
         }
         if !full {
             return Ok(());

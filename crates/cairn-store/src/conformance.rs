@@ -899,6 +899,38 @@ pub async fn records_are_written_in_batches_and_scanned_in_key_order<S: Store>(s
     assert!(s.get_record("a.two", "t1/001").await.unwrap().is_some());
 }
 
+pub async fn a_record_is_replaced_only_from_the_value_read<S: Store>(s: S) {
+    let put = |v: &str| RecordChange::put("cas", "t1/a", v.to_owned());
+    // Absent expected: creates once.
+    assert!(s.replace_record(put("1"), None).await.unwrap());
+    assert!(!s.replace_record(put("x"), None).await.unwrap());
+    // Two writers read "1": the first moves it on, the second is refused.
+    assert!(s.replace_record(put("2"), Some("1")).await.unwrap());
+    assert!(!s.replace_record(put("3"), Some("1")).await.unwrap());
+    assert_eq!(
+        s.get_record("cas", "t1/a").await.unwrap().as_deref(),
+        Some("2")
+    );
+    // A delete from a stale value is refused; from the current one it lands,
+    // and the key leaves the scan too.
+    let del = || RecordChange::delete("cas", "t1/a");
+    assert!(!s.replace_record(del(), Some("1")).await.unwrap());
+    assert!(s.replace_record(del(), Some("2")).await.unwrap());
+    assert_eq!(s.get_record("cas", "t1/a").await.unwrap(), None);
+    assert!(
+        s.scan_records("cas", "", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A value expected on an absent key is refused; a prefix is not a match.
+    assert!(!s.replace_record(put("4"), Some("2")).await.unwrap());
+    assert!(s.replace_record(put("10"), None).await.unwrap());
+    assert!(!s.replace_record(put("5"), Some("1")).await.unwrap());
+    let rows = s.scan_records("cas", "", None, 10).await.unwrap();
+    assert_eq!(rows, [("t1/a".to_owned(), "10".to_owned())]);
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr, $retention:expr) => {
@@ -923,6 +955,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@case $make; retention_keeps_conversations_with_queued_work);
         $crate::conformance_tests!(@case $make; reading_from_the_last_sequence_number_is_empty);
         $crate::conformance_tests!(@case $make; records_are_written_in_batches_and_scanned_in_key_order);
+        $crate::conformance_tests!(@case $make; a_record_is_replaced_only_from_the_value_read);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn events_are_numbered_and_trimmed() {
             let s = $make;

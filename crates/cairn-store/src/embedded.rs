@@ -1309,6 +1309,37 @@ impl RecordStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
+    async fn replace_record(
+        &self,
+        change: RecordChange,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let expected = expected.map(str::to_owned);
+        self.db
+            .write(move |txn| {
+                let mut t = txn.open_table(RECORDS).map_err(r)?;
+                let k = (change.collection.as_str(), change.key.as_str());
+                let same = {
+                    let cur = t.get(k).map_err(r)?;
+                    cur.as_ref().map(|v| v.value()) == expected.as_deref().map(str::as_bytes)
+                };
+                if !same {
+                    return Ok(false);
+                }
+                match &change.value {
+                    Some(v) => {
+                        t.insert(k, v.as_bytes()).map_err(r)?;
+                    }
+                    None => {
+                        t.remove(k).map_err(r)?;
+                    }
+                }
+                Ok(true)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn get_record(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
         let (collection, key) = (collection.to_owned(), key.to_owned());
         let v = self

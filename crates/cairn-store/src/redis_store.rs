@@ -187,6 +187,28 @@ return 1",
     )
 });
 
+/// Compare-and-set of one record: KEYS = values hash, key set; ARGV = key,
+/// expected ('' flag then value), new ('p' value or 'd'). Returns 1 if written.
+static REPLACE_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == 'absent' then
+  if cur then return 0 end
+elseif cur ~= ARGV[3] then
+  return 0
+end
+if ARGV[4] == 'p' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1",
+    )
+});
+
 static PUT_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -1249,6 +1271,27 @@ impl RecordStore for RedisStore {
         let mut c = self.conn.clone();
         let _: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn replace_record(
+        &self,
+        change: RecordChange,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (h, z) = self.record_keys(&change.collection);
+        let mut inv = REPLACE_RECORD.prepare_invoke();
+        inv.key(h).key(z).arg(&change.key);
+        match expected {
+            Some(v) => inv.arg("value").arg(v),
+            None => inv.arg("absent").arg(""),
+        };
+        match &change.value {
+            Some(v) => inv.arg("p").arg(v),
+            None => inv.arg("d").arg(""),
+        };
+        let mut c = self.conn.clone();
+        let written: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(written == 1)
     }
 
     async fn get_record(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {

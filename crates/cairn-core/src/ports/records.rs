@@ -44,6 +44,16 @@ pub trait RecordStore: Send + Sync + 'static {
     /// stored or none.
     async fn write_records(&self, changes: Vec<RecordChange>) -> Result<(), StoreError>;
 
+    /// Compare-and-set: writes `change` only if the record under its key is
+    /// still `expected` (`None`: absent), all in one step; returns whether it
+    /// was written. Two writers that read the same value cannot both move it
+    /// on: the second sees `false`, re-reads and decides again.
+    async fn replace_record(
+        &self,
+        change: RecordChange,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
     /// One record.
     async fn get_record(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError>;
 
