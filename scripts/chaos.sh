@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The chaos suite: Cairn under seeded random faults, with its promises counted.
-# Usage: scripts/chaos.sh [--seed N] [--duration SECONDS] [--mode embedded|redis|all]
+# Usage: scripts/chaos.sh [--seed N] [--duration SECONDS] [--mode embedded|redis|kafka|all]
+#                        [--redis-loss]
 # Each mode runs `cairn-chaos` (crates/cairn/src/bin/chaos.rs: what it injects and
 # checks is documented there) for DURATION seconds; the seed is printed so that a
 # failure can be replayed. The last line is `violations: N` (the sum over the
 # modes); the exit status is non-zero when N > 0. CI runs it with a fixed seed
-# for one minute per mode (scripts/test.sh).
+# for one minute per mode (scripts/test.sh). `kafka` runs two replicas on
+# librdkafka's mock cluster. `--redis-loss` also makes Redis lose its last second of acknowledged writes
+# (README, "Redis durability"): its counts show what Cairn cannot promise then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}"
@@ -13,18 +16,20 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}"
 SEED="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"
 DURATION=600
 MODE=all
+EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) SEED="$2"; shift 2 ;;
     --duration) DURATION="$2"; shift 2 ;;
     --mode) MODE="$2"; shift 2 ;;
-    *) echo "usage: scripts/chaos.sh [--seed N] [--duration SECONDS] [--mode embedded|redis|all]" >&2; exit 2 ;;
+    --redis-loss) EXTRA+=(--redis-loss); shift ;;
+    *) echo "usage: scripts/chaos.sh [--seed N] [--duration SECONDS] [--mode embedded|redis|kafka|all] [--redis-loss]" >&2; exit 2 ;;
   esac
 done
 case "$MODE" in
-  all) MODES="embedded redis" ;;
-  embedded|redis) MODES="$MODE" ;;
-  *) echo "--mode is embedded, redis or all" >&2; exit 2 ;;
+  all) MODES="embedded redis kafka" ;;
+  embedded|redis|kafka) MODES="$MODE" ;;
+  *) echo "--mode is embedded, redis, kafka or all" >&2; exit 2 ;;
 esac
 
 cargo build --quiet -p cairn --bin cairn --bin cairn-chaos -p mcp-tickets
@@ -35,7 +40,7 @@ for mode in $MODES; do
   out="$(mktemp)"
   set +e
   "$BIN/cairn-chaos" --seed "$SEED" --duration "$DURATION" --mode "$mode" \
-    --cairn "$BIN/cairn" --tickets "$BIN/mcp-tickets" 2>&1 | tee "$out"
+    --cairn "$BIN/cairn" --tickets "$BIN/mcp-tickets" "${EXTRA[@]}" 2>&1 | tee "$out"
   set -e
   n="$(sed -n 's/^violations: \([0-9]*\)$/\1/p' "$out" | tail -1)"
   rm -f "$out"

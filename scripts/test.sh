@@ -183,8 +183,9 @@ fi
 export CAIRN_TEST_QDRANT_URL="http://127.0.0.1:$QDRANT_GRPC"
 echo "==> Qdrant server $QDRANT_VERSION on $CAIRN_TEST_QDRANT_URL (gRPC)"
 
-# The chaos suite's short form: a fixed seed, one minute per mode (embedded and
-# Redis). It needs redis-server and python3 (above). It runs before the tests so
+# The chaos suite's short form: a fixed seed, one minute per mode (embedded,
+# Redis, and two replicas on Kafka). It needs redis-server and python3 (above),
+# and mounts a tmpfs for the disk-full fault when it may. It runs before the tests so
 # that nextest's summary stays the closing line; a violation fails the run after
 # the tests have run.
 CHAOS_SEED="${CAIRN_CHAOS_SEED:-20261202}"

@@ -372,16 +372,31 @@ pub async fn create(
         )
         .await
     {
-        // Not accepted: put the previous record back so nothing is half-done.
-        let restored = match &previous {
-            Some(p) => documents.put_document(&caller.tenant, p).await,
-            None => documents
-                .delete_document(&caller.tenant, &document_id)
-                .await
-                .map(|_| ()),
+        // Not accepted. The record is undone only while it is still this
+        // upload's (`update_job` compares the job id), so a concurrent upload
+        // of the same document that was accepted is never overwritten. A
+        // finished previous version comes back (under this job id, which
+        // never ran); otherwise (a new document, or an earlier upload still in
+        // flight, whose job may already have been skipped as stale) this job
+        // is recorded as failed with the reason, never left `queued`.
+        let undo = match previous.filter(|p| p.status.is_terminal()) {
+            Some(p) => DocumentRecord {
+                job_id: job_id.clone(),
+                updated_at: Utc::now(),
+                ..p
+            },
+            None => DocumentRecord {
+                status: JobStatus::Failed,
+                error: Some(
+                    "the upload was not accepted (the event bus was unavailable); upload it again"
+                        .to_owned(),
+                ),
+                updated_at: Utc::now(),
+                ..record
+            },
         };
-        if let Err(r) = restored {
-            tracing::error!(error = %r, "cannot restore a document record after a failed upload");
+        if let Err(r) = documents.update_job(&caller.tenant, &undo).await {
+            tracing::error!(error = %r, document = %document_id, "cannot undo a document record after a refused upload");
         }
         return Err(ApiError::unavailable("the event bus", &e));
     }

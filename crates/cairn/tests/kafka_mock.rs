@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -239,13 +239,48 @@ async fn a_redelivered_message_does_not_run_its_turn_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_503_while_the_broker_is_down_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, config, _topics) = setup(dir.path());
+    let (cluster, mut config, _topics) = setup(dir.path());
+    config.knowledge.enabled = true;
     let mut server = Server::start(&config).await;
-    let api = server.client(&server.token("acme", "ana"));
+    let api = server.client(&server.token_with_scopes("acme", "ana", &["ingest"]));
     let conv = api.new_conversation().await;
     api.ask(&conv, "first question").await;
+    let doc = |id: &str, title: &str| json!({"document_id": id, "title": title, "text": "How to reset a router."});
+    assert_eq!(
+        api.post("/v1/documents", doc("kept", "First")).await.status,
+        202
+    );
+    let mut first = Value::Null;
+    for _ in 0..200 {
+        first = api.get("/v1/documents/kept").await.body;
+        if first["job"]["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first["job"]["status"], "done", "{first}");
 
     cluster.broker_down(-1).unwrap();
+    // An upload the bus refuses is never left `queued`: a new version of a
+    // finished document leaves it as it was, a new document is recorded as
+    // failed with the reason.
+    let r = api.post("/v1/documents", doc("kept", "Second")).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let kept = api.get("/v1/documents/kept").await.body;
+    assert_eq!(kept["title"], "First", "{kept}");
+    assert_eq!(kept["job"]["status"], "done", "{kept}");
+    assert_eq!(kept["chunks"], first["chunks"], "{kept}");
+    let r = api.post("/v1/documents", doc("fresh", "Fresh")).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let fresh = api.get("/v1/documents/fresh").await.body;
+    assert_eq!(fresh["job"]["status"], "failed", "{fresh}");
+    assert!(
+        fresh["job"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not accepted"),
+        "{fresh}"
+    );
     let started = std::time::Instant::now();
     // The client sends an idempotency key, so it can retry safely.
     let lost = api

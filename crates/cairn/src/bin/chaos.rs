@@ -1,28 +1,40 @@
 //! `cairn-chaos`: Cairn's promises under random faults (run by `scripts/chaos.sh`).
 //!
 //! ```text
-//! cairn-chaos --seed 7 --duration 120 --mode embedded|redis
+//! cairn-chaos --seed 7 --duration 120 --mode embedded|redis|kafka [--redis-loss]
 //!   [--cairn target/debug/cairn] [--tickets target/debug/mcp-tickets]
 //! ```
 //!
-//! Starts a `cairn serve` replica (its own data dir; in `redis` mode on a
-//! private `redis-server` with AOF `appendfsync always`), an OpenAI-wire model
-//! server in this process that answers every question with one call to the
-//! `tickets` MCP server's idempotent `update_ticket` (a note naming the
-//! message) and then an answer, and keeps conversations busy while a fault
-//! injector, driven by the printed seed, repeatedly:
-//! - kills the replica with SIGKILL and starts it again;
+//! Starts `cairn serve` — one replica with its own data dir (`embedded`), one on
+//! a private `redis-server` with AOF `appendfsync always` (`redis`), or two
+//! replicas on librdkafka's mock cluster (in this process) and that Redis
+//! (`kafka`) — an OpenAI-wire model server in this process that answers every
+//! question with one call to the `tickets` MCP server's idempotent
+//! `update_ticket` (a note naming the message) and then an answer; keeps
+//! conversations busy and uploads documents (new ones, and new versions of
+//! earlier ones), spreading requests over the replicas, while a fault injector,
+//! driven by the printed seed, repeatedly:
+//! - kills a replica with SIGKILL and starts it again;
 //! - makes the model server answer 429, 500, or not at all (a timeout);
 //! - crashes the MCP server (SIGKILL; Cairn restarts it) or hangs it
 //!   (SIGSTOP, then SIGCONT);
-//! - in `redis` mode, kills Redis with SIGKILL and restarts it from its AOF.
+//! - with Redis, kills it with SIGKILL and restarts it from its AOF; with
+//!   `--redis-loss` (and `appendfsync everysec`), also restarts it from a copy
+//!   of the AOF a second or so old: a machine crash losing acknowledged writes;
+//! - on Kafka, takes the broker down and brings it back, and publishes
+//!   poison records (a known type failing its schema, an unknown type) to
+//!   `user_events`;
+//! - in `embedded` mode, when it may mount a tmpfs on the data dir, fills that
+//!   disk and frees it.
 //!
 //! Then it stops the faults, lets the work settle, and checks, printing counts:
 //! every message accepted with 202 has exactly one outcome (`answer.completed`,
 //! or `turn.failed` with a reason); no note of `update_ticket` (one per
 //! message) was applied twice; every SSE client that resumed with
 //! `Last-Event-ID` saw the stored ids with no gap and no duplicate; no read by
-//! another tenant found a conversation. The last line is `violations: N`.
+//! another tenant found a conversation; every accepted document is `done`, or
+//! `failed` with a reason; on Kafka, every DLQ record names where it came from
+//! and why, and every poison record is there. The last line is `violations: N`.
 
 use anyhow::Context;
 use axum::Json;
@@ -36,7 +48,7 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -52,9 +64,15 @@ struct Cli {
     /// Seconds of faults and load.
     #[arg(long, default_value_t = 120)]
     duration: u64,
-    /// `embedded` (the data dir) or `redis` (memory in a private redis-server).
+    /// `embedded` (the data dir), `redis` (memory in a private redis-server)
+    /// or `kafka` (two replicas on librdkafka's mock cluster and Redis).
     #[arg(long, default_value = "embedded")]
     mode: String,
+    /// Also lose Redis's last second of acknowledged writes now and then (a
+    /// machine crash under `appendfsync everysec`): what Cairn cannot promise
+    /// then is counted, not hidden (README, "Redis durability").
+    #[arg(long)]
+    redis_loss: bool,
     /// The `cairn` binary (default: next to this one).
     #[arg(long)]
     cairn: Option<PathBuf>,
@@ -67,6 +85,13 @@ struct Cli {
     /// Seconds the work may take to settle after the faults stop.
     #[arg(long, default_value_t = 180)]
     settle: u64,
+    /// Keep the work dir (data dirs, logs, Redis and broker files) and print
+    /// where it is.
+    #[arg(long)]
+    keep: bool,
+    /// The replicas' `CAIRN_LOG` (their logs are `data<N>.log` in the work dir).
+    #[arg(long, default_value = "error")]
+    log: String,
     /// No faults: steady load only (the soak, `scripts/soak.sh`).
     #[arg(long)]
     no_faults: bool,
@@ -185,32 +210,39 @@ struct Redis {
     proc: Option<Proc>,
     port: u16,
     dir: PathBuf,
+    /// `appendfsync everysec` and no AOF rewrites (for `--redis-loss`), else
+    /// `always`.
+    everysec: bool,
 }
 
+/// Where [`Redis::snapshot`] keeps the AOF as it was a moment ago.
+const AOF_DIR: &str = "appendonlydir";
+
 impl Redis {
-    fn start(dir: &Path) -> anyhow::Result<Redis> {
+    fn start(dir: &Path, everysec: bool) -> anyhow::Result<Redis> {
         let mut r = Redis {
             proc: None,
             port: free_port()?,
             dir: dir.to_owned(),
+            everysec,
         };
         r.spawn()?;
         Ok(r)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        let fsync = if self.everysec { "everysec" } else { "always" };
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(&self.dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(["--appendonly", "yes", "--appendfsync", fsync, "--save", ""])
+            // A rewrite would swap the AOF files under a snapshot being taken.
+            .args(if self.everysec {
+                &["--auto-aof-rewrite-percentage", "0"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -232,6 +264,70 @@ impl Redis {
         }
         self.proc = None;
     }
+
+    /// Copies the AOF aside (`snapshot.new`, then renamed over `snapshot`):
+    /// what a machine crash under `appendfsync everysec` would leave on disk
+    /// about a second later.
+    fn snapshot(&self) -> anyhow::Result<()> {
+        let tmp = self.dir.join("snapshot.new");
+        let _ = std::fs::remove_dir_all(&tmp);
+        copy_dir(&self.dir.join(AOF_DIR), &tmp)?;
+        let _ = std::fs::remove_dir_all(self.dir.join("snapshot"));
+        std::fs::rename(&tmp, self.dir.join("snapshot"))?;
+        Ok(())
+    }
+
+    /// Kills Redis and starts it from the last snapshot: the writes it
+    /// acknowledged since then are gone.
+    fn lose_last_writes(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let snap = self.dir.join("snapshot");
+        if snap.exists() {
+            let aof = self.dir.join(AOF_DIR);
+            std::fs::remove_dir_all(&aof)?;
+            copy_dir(&snap, &aof)?;
+        }
+        self.spawn()
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+/// A tmpfs mounted on a replica's data dir: [`fill`](Tmpfs::fill) makes its
+/// disk full, [`free`](Tmpfs::free) gives the space back; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn filler(&self) -> PathBuf {
+        self.0.join("chaos-filler")
+    }
+
+    /// Writes a file until the file system refuses (ENOSPC).
+    fn fill(&self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler())?;
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        Ok(())
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 struct Replica {
@@ -243,6 +339,7 @@ struct Replica {
     config: PathBuf,
     port: u16,
     env: Vec<(String, String)>,
+    log: String,
 }
 
 impl Replica {
@@ -263,7 +360,7 @@ impl Replica {
             .arg(&self.data)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .envs(self.env.iter().cloned())
-            .env("CAIRN_LOG", "error")
+            .env("CAIRN_LOG", &self.log)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -285,12 +382,22 @@ impl Replica {
         self.proc = None;
     }
 
-    async fn wait_ready(&self, http: &reqwest::Client) -> bool {
+    /// Waits until the replica answers `/ready`. A replica that exited (it
+    /// refuses to start while the broker is down) is started again, as its
+    /// supervisor (systemd, Kubernetes) would.
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> bool {
         for _ in 0..600 {
             if let Ok(r) = http.get(format!("{}/ready", self.base())).send().await
                 && r.status().is_success()
             {
                 return true;
+            }
+            let exited = self
+                .proc
+                .as_mut()
+                .is_some_and(|p| matches!(p.0.try_wait(), Ok(Some(_))));
+            if exited && self.spawn().is_err() {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -308,6 +415,8 @@ struct Ledger {
     latencies: Mutex<Vec<u64>>,
     cross_tenant_reads: AtomicUsize,
     cross_tenant_leaks: AtomicUsize,
+    /// Documents accepted (202), by id.
+    documents: Mutex<BTreeSet<String>>,
 }
 
 async fn post_json(
@@ -331,24 +440,28 @@ async fn post_json(
 }
 
 /// Keeps `conv` busy: one message at a time, each retried with its
-/// Idempotency-Key until it is accepted (or the run ends).
+/// Idempotency-Key (through the next replica) until it is accepted (or the run
+/// ends).
 async fn load(
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
     token: String,
     conv: String,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut attempt = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let mark = uuid::Uuid::new_v4().simple().to_string();
         let key = uuid::Uuid::new_v4().to_string();
-        let url = format!("{base}/v1/conversations/{conv}/messages");
         let body = json!({"content": format!("please note {mark}")});
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            attempt += 1;
+            let base = &bases[attempt % bases.len()];
+            let url = format!("{base}/v1/conversations/{conv}/messages");
             let sent = Instant::now();
             match post_json(&http, &url, &token, &body, Some(&key)).await {
                 Some((202, v)) => {
@@ -374,6 +487,55 @@ async fn load(
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Uploads a document every second or so (a new one, or now and then a new
+/// version of an earlier one), each retried under its id until accepted.
+async fn uploader(
+    http: reqwest::Client,
+    bases: Vec<String>,
+    token: String,
+    seed: u64,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd0c5);
+    let mut attempt = 0usize;
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = if n > 4 && rng.random_ratio(1, 5) {
+            format!("chaos-doc-{}", rng.random_range(1..n))
+        } else {
+            format!("chaos-doc-{n}")
+        };
+        let text = (0..rng.random_range(3..12))
+            .map(|p| format!("## Part {p}\n\nVersion {n} of {id}: how to reset a router, step {p}, with care and patience."))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let body = json!({"document_id": id, "title": format!("Chaos {id}"), "text": text});
+        while !stop.load(Ordering::Relaxed) {
+            attempt += 1;
+            let base = &bases[attempt % bases.len()];
+            match post_json(&http, &format!("{base}/v1/documents"), &token, &body, None).await {
+                Some((202, _)) => {
+                    ledger
+                        .documents
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone());
+                    break;
+                }
+                Some((s, v)) if s < 500 && s != 429 && s != 409 => {
+                    eprintln!("document {id} refused: {s} {v}");
+                    ledger.refused.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
     }
 }
 
@@ -472,7 +634,7 @@ async fn sampler(
 /// Another tenant tries the conversations now and then: it must find nothing.
 async fn intruder(
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
     token: String,
     convs: Vec<String>,
     ledger: Arc<Ledger>,
@@ -481,6 +643,7 @@ async fn intruder(
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
         let conv = &convs[i % convs.len()];
+        let base = &bases[i % bases.len()];
         i += 1;
         for path in ["", "/messages"] {
             if let Ok(r) = http
@@ -500,18 +663,21 @@ async fn intruder(
     }
 }
 
-/// An SSE client that reconnects with `Last-Event-ID` whenever its stream
-/// breaks; returns every id it received, in order.
+/// An SSE client that reconnects with `Last-Event-ID` (to the next replica)
+/// whenever its stream breaks; returns every id it received, in order.
 async fn follower(
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
     token: String,
     conv: String,
     stop: Arc<AtomicBool>,
     resumes: Arc<AtomicUsize>,
 ) -> Vec<u64> {
     let mut seen: Vec<u64> = Vec::new();
+    let mut attempt = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        attempt += 1;
+        let base = &bases[attempt % bases.len()];
         let mut rb = http
             .get(format!("{base}/v1/conversations/{conv}/events"))
             .bearer_auth(&token);
@@ -578,6 +744,128 @@ async fn read_events(
     Ok(out)
 }
 
+/// Every accepted document ends `done`, or `failed` with a reason, by
+/// `deadline`; prints the counts and returns the violations.
+async fn check_documents(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    ledger: &Ledger,
+    deadline: Instant,
+) -> usize {
+    let ids: Vec<String> = ledger
+        .documents
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let mut states: BTreeMap<String, (String, String)> = BTreeMap::new();
+    loop {
+        for id in &ids {
+            let r = http
+                .get(format!("{base}/v1/documents/{id}"))
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            let state = match r {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    (
+                        v["job"]["status"].as_str().unwrap_or("?").to_owned(),
+                        v["job"]["error"].as_str().unwrap_or("").to_owned(),
+                    )
+                }
+                Ok(r) => (format!("http {}", r.status().as_u16()), String::new()),
+                Err(_) => ("unreachable".to_owned(), String::new()),
+            };
+            states.insert(id.clone(), state);
+        }
+        let open = states
+            .values()
+            .filter(|(s, _)| s != "done" && s != "failed")
+            .count();
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let done = states.values().filter(|(s, _)| s == "done").count();
+    let failed: Vec<&String> = states
+        .values()
+        .filter(|(s, _)| s == "failed")
+        .map(|(_, e)| e)
+        .collect();
+    let no_reason = failed.iter().filter(|e| e.is_empty()).count();
+    let stuck: Vec<(&String, &String)> = states
+        .iter()
+        .filter(|(_, (s, _))| s != "done" && s != "failed")
+        .map(|(id, (s, _))| (id, s))
+        .collect();
+    for (id, s) in &stuck {
+        eprintln!("document {id} ended {s}");
+    }
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &failed {
+        *reasons.entry(e.as_str()).or_default() += 1;
+    }
+    println!(
+        "documents accepted: {} done: {done} failed: {} {reasons:?}; neither: {}; failed without a reason: {no_reason}",
+        ids.len(),
+        failed.len(),
+        stuck.len()
+    );
+    stuck.len() + no_reason
+}
+
+/// Reads the DLQ from the start: every record names where it came from and
+/// why (`dlq.record` data: topic, partition, offset, group, error_class,
+/// reason), and every poison record published is among them.
+async fn check_dlq(
+    bus: &cairn_bus::kafka::KafkaBus,
+    topics: &cairn_core::ports::Topics,
+    poison: &BTreeSet<String>,
+) -> anyhow::Result<usize> {
+    use cairn_core::ports::EventBus;
+    let mut consumer = bus.subscribe(&topics.dlq, "chaos-dlq-check").await?;
+    let (mut records, mut without) = (0usize, 0usize);
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    while let Ok(Ok(rec)) = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
+        records += 1;
+        let d = &rec.envelope.data;
+        let named = |k: &str| d[k].as_str().is_some_and(|v| !v.is_empty());
+        let complete = named("topic")
+            && named("group")
+            && named("error_class")
+            && named("reason")
+            && d["offset"].is_u64()
+            && d["partition"].is_u64();
+        if !complete {
+            without += 1;
+            eprintln!("DLQ record without provenance: {d}");
+        }
+        let original = d["envelope"]["event_id"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| {
+                d["payload"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                    .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+            });
+        if let Some(id) = original {
+            found.insert(id);
+        }
+    }
+    let missing = poison.difference(&found).count();
+    println!(
+        "DLQ records: {records} (poison published: {}); without provenance: {without}; poison not in the DLQ: {missing}",
+        poison.len()
+    );
+    Ok(without + missing)
+}
+
 fn is_terminal(kind: &str) -> bool {
     kind == "answer.completed" || kind == "turn.failed" || kind == "turn.cancelled"
 }
@@ -610,8 +898,8 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     println!("seed: {seed} (replay: --seed {seed})");
     println!("mode: {} duration: {}s", cli.mode, cli.duration);
     anyhow::ensure!(
-        cli.mode == "embedded" || cli.mode == "redis",
-        "--mode is embedded or redis"
+        ["embedded", "redis", "kafka"].contains(&cli.mode.as_str()),
+        "--mode is embedded, redis or kafka"
     );
     let here = std::env::current_exe()?
         .parent()
@@ -629,7 +917,15 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         tickets.display()
     );
     let work = tempfile::tempdir()?;
-    let db = work.path().join("tickets.db");
+    // With --keep the dir outlives the run, failed or not.
+    let (work, _cleanup) = if cli.keep {
+        let kept = work.keep();
+        println!("work dir: {} (kept)", kept.display());
+        (kept, None)
+    } else {
+        (work.path().to_owned(), Some(work))
+    };
+    let db = work.as_path().join("tickets.db");
 
     // The model server.
     let model = Model::default();
@@ -642,14 +938,31 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         let _ = axum::serve(listener, app).await;
     });
 
-    let mut redis = if cli.mode == "redis" {
-        let dir = work.path().join("redis");
+    let kafka = cli.mode == "kafka";
+    let mut redis = if cli.mode == "redis" || kafka {
+        let dir = work.as_path().join("redis");
         std::fs::create_dir_all(&dir)?;
-        Some(Redis::start(&dir)?)
+        Some(Redis::start(&dir, cli.redis_loss)?)
     } else {
         None
     };
-    let config = work.path().join("cairn.toml");
+    let prefix = "chaos.";
+    // librdkafka's mock cluster, in this process: its brokers go down and come
+    // back with what they acknowledged (a broker restart, as the clients see
+    // it). tansu cannot stand in: with its in-memory storage a restart loses
+    // every topic, and its SQLite storage (0.6.0) panics under this load.
+    let broker = if kafka {
+        let cluster = rdkafka::mocking::MockCluster::new(1).context("mock cluster")?;
+        for t in cairn_core::ports::Topics::with_prefix(prefix).all() {
+            cluster
+                .create_topic(t, 4, 1)
+                .context("create a topic on the mock cluster")?;
+        }
+        Some(cluster)
+    } else {
+        None
+    };
+    let config = work.as_path().join("cairn.toml");
     std::fs::write(
         &config,
         format!(
@@ -666,7 +979,6 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         ("CAIRN_LLM__STREAM".to_owned(), "false".to_owned()),
         ("CAIRN_LLM__REQUEST_TIMEOUT".to_owned(), "3s".to_owned()),
         ("CAIRN_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
-        ("CAIRN_KNOWLEDGE__ENABLED".to_owned(), "false".to_owned()),
         ("CAIRN_AGENT__LEASE_TTL".to_owned(), "2s".to_owned()),
     ];
     if let Some(r) = &redis {
@@ -675,28 +987,70 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
             format!("redis://127.0.0.1:{}/0", r.port),
         ));
     }
-    let data = work.path().join("data");
-    let mut replica = Replica {
-        pid: Arc::new(std::sync::atomic::AtomicU32::new(0)),
-        proc: None,
-        cairn,
-        data,
-        config,
-        port: free_port()?,
-        env,
+    if let Some(b) = &broker {
+        for (k, v) in [
+            ("CAIRN_KAFKA__BROKERS", b.bootstrap_servers()),
+            ("CAIRN_KAFKA__TOPIC_PREFIX", prefix.to_owned()),
+            ("CAIRN_KAFKA__PARTITIONS", "4".to_owned()),
+            ("CAIRN_KAFKA__SESSION_TIMEOUT", "3s".to_owned()),
+        ] {
+            env.push((k.to_owned(), v));
+        }
+    }
+    let mut replicas = Vec::new();
+    for i in 0..if kafka { 2 } else { 1 } {
+        replicas.push(Replica {
+            pid: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            proc: None,
+            cairn: cairn.clone(),
+            data: work.as_path().join(format!("data{i}")),
+            config: config.clone(),
+            port: free_port()?,
+            env: env.clone(),
+            log: cli.log.clone(),
+        });
+    }
+    // The disk-full fault needs the data dir on a small tmpfs of its own.
+    let tmpfs = if cli.mode == "embedded" && !cli.no_faults {
+        std::fs::create_dir_all(&replicas[0].data)?;
+        match Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=384m", "tmpfs"])
+            .arg(&replicas[0].data)
+            .stderr(Stdio::piped())
+            .output()
+        {
+            Ok(o) if o.status.success() => Some(Tmpfs(replicas[0].data.clone())),
+            Ok(o) => {
+                println!(
+                    "disk_full: not injected (cannot mount a tmpfs: {})",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("disk_full: not injected (cannot mount a tmpfs: {e})");
+                None
+            }
+        }
+    } else {
+        None
     };
-    replica.spawn()?;
     let http = reqwest::Client::new();
-    if !replica.wait_ready(&http).await {
-        let log = std::fs::read_to_string(replica.data.with_extension("log")).unwrap_or_default();
-        anyhow::bail!("cairn did not get ready:\n{log}");
+    for r in &mut replicas {
+        r.spawn()?;
+    }
+    for r in &mut replicas {
+        if !r.wait_ready(&http).await {
+            let log = std::fs::read_to_string(r.data.with_extension("log")).unwrap_or_default();
+            anyhow::bail!("cairn did not get ready:\n{log}");
+        }
     }
     let auth = cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default());
     let token = auth.mint(
         &cairn_core::UserId::parse("chaos")?,
         &cairn_core::TenantId::parse(TENANT)?,
         Duration::from_secs(24 * 3600),
-        &[],
+        &["ingest".to_owned()],
     )?;
     let other = auth.mint(
         &cairn_core::UserId::parse("chaos")?,
@@ -704,7 +1058,8 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         Duration::from_secs(24 * 3600),
         &[],
     )?;
-    let base = replica.base();
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+    let base = bases[0].clone();
     let mut convs = Vec::new();
     for _ in 0..cli.conversations.max(1) {
         let (s, v) = post_json(
@@ -727,9 +1082,19 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     for c in &convs {
         loads.push(tokio::spawn(load(
             http.clone(),
-            base.clone(),
+            bases.clone(),
             token.clone(),
             c.clone(),
+            ledger.clone(),
+            stop.clone(),
+        )));
+    }
+    if !cli.no_faults {
+        loads.push(tokio::spawn(uploader(
+            http.clone(),
+            bases.clone(),
+            token.clone(),
+            seed,
             ledger.clone(),
             stop.clone(),
         )));
@@ -742,7 +1107,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
                 c.clone(),
                 tokio::spawn(follower(
                     http.clone(),
-                    base.clone(),
+                    bases.clone(),
                     token.clone(),
                     c.clone(),
                     stop.clone(),
@@ -753,7 +1118,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         .collect();
     let intruder = tokio::spawn(intruder(
         http.clone(),
-        base.clone(),
+        bases.clone(),
         other,
         convs.clone(),
         ledger.clone(),
@@ -763,21 +1128,32 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     let sampler = cli.samples.clone().map(|path| {
         tokio::spawn(sampler(
             path,
-            replica.pid.clone(),
+            replicas[0].pid.clone(),
             redis.as_ref().map(|r| r.port),
-            replica.data.clone(),
+            replicas[0].data.clone(),
             ledger.clone(),
             stop.clone(),
         ))
     });
+
+    // On Kafka: a client of the bus, to publish poison records and read the DLQ.
+    let topics = cairn_core::ports::Topics::with_prefix(prefix);
+    let bus = match &broker {
+        Some(b) => {
+            let mut settings = cairn_bus::kafka::KafkaSettings::new(&b.bootstrap_servers());
+            settings.group_prefix = prefix.to_owned();
+            Some(cairn_bus::kafka::KafkaBus::connect(settings, &topics).await?)
+        }
+        None => None,
+    };
+    let mut poison: BTreeSet<String> = BTreeSet::new();
 
     // The fault injector.
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
     let started = Instant::now();
     let tickets_needle = db.display().to_string();
-    // Replica kills weigh double; Redis restarts (last) only in Redis mode.
-    const KINDS: [&str; 8] = [
+    let mut kinds: Vec<&str> = vec![
         "kill_cairn",
         "kill_cairn",
         "model_429",
@@ -785,15 +1161,37 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         "model_timeout",
         "mcp_crash",
         "mcp_hang",
-        "redis_restart",
     ];
-    let kinds = if redis.is_some() {
-        &KINDS[..]
-    } else {
-        &KINDS[..7]
-    };
+    if redis.is_some() {
+        kinds.push("redis_restart");
+    }
+    if cli.redis_loss && redis.is_some() {
+        kinds.extend(["redis_loss", "redis_loss"]);
+    }
+    if broker.is_some() {
+        kinds.extend(["broker_restart", "poison"]);
+    }
+    if tmpfs.is_some() {
+        kinds.push("disk_full");
+    }
+    let mut last_snapshot = Instant::now();
     while started.elapsed() < Duration::from_secs(cli.duration) {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..4000))).await;
+        let pause = Duration::from_millis(rng.random_range(1500..4000));
+        if cli.redis_loss
+            && let Some(r) = &redis
+        {
+            // Keep a copy of the AOF a second or so behind the live one.
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                if last_snapshot.elapsed() >= Duration::from_secs(1) {
+                    r.snapshot()?;
+                    last_snapshot = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            tokio::time::sleep(pause).await;
+        }
         if cli.no_faults {
             continue;
         }
@@ -802,10 +1200,12 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         let hold = Duration::from_millis(rng.random_range(300..2500));
         match kind {
             "kill_cairn" => {
-                replica.kill();
+                let i = rng.random_range(0..replicas.len());
+                let r = &mut replicas[i];
+                r.kill();
                 tokio::time::sleep(hold).await;
-                replica.spawn()?;
-                replica.wait_ready(&http).await;
+                r.spawn()?;
+                r.wait_ready(&http).await;
             }
             "model_429" | "model_500" | "model_timeout" => {
                 let f = match kind {
@@ -839,6 +1239,47 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
                     r.spawn()?;
                 }
             }
+            "redis_loss" => {
+                if let Some(r) = redis.as_mut() {
+                    r.lose_last_writes()?;
+                }
+            }
+            "broker_restart" => {
+                if let Some(b) = &broker {
+                    b.broker_down(-1)?;
+                    tokio::time::sleep(hold).await;
+                    b.broker_up(-1)?;
+                }
+            }
+            "poison" => {
+                if let Some(bus) = &bus {
+                    use cairn_core::ports::EventBus;
+                    // One of a known type failing its schema, or of no known type.
+                    let kind = if rng.random_bool(0.5) {
+                        "user.message"
+                    } else {
+                        "chaos.poison"
+                    };
+                    let envelope = cairn_core::envelope::Envelope::new(
+                        kind,
+                        cairn_core::TenantId::parse(TENANT)?,
+                        json!({"poison": true}),
+                    );
+                    match bus.publish(&topics.user_events, &convs[0], &envelope).await {
+                        Ok(()) => {
+                            poison.insert(envelope.event_id.clone());
+                        }
+                        Err(e) => eprintln!("poison not published: {e}"),
+                    }
+                }
+            }
+            "disk_full" => {
+                if let Some(t) = &tmpfs {
+                    t.fill()?;
+                    tokio::time::sleep(hold).await;
+                    t.free();
+                }
+            }
             _ => {}
         }
     }
@@ -861,7 +1302,9 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     println!("faults: {faults:?}");
 
     // Settle: every accepted turn reaches its outcome.
-    anyhow::ensure!(replica.wait_ready(&http).await, "cairn did not come back");
+    for r in &mut replicas {
+        anyhow::ensure!(r.wait_ready(&http).await, "cairn did not come back");
+    }
     let accepted: BTreeMap<String, Vec<String>> = ledger
         .accepted
         .lock()
@@ -988,7 +1431,14 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         ledger.cross_tenant_reads.load(Ordering::Relaxed)
     );
     println!("model requests: {}", model.requests.load(Ordering::Relaxed));
-    replica.kill();
+    violations += check_documents(&http, &base, &token, &ledger, deadline).await;
+    if let Some(bus) = &bus {
+        violations += check_dlq(bus, &topics, &poison).await?;
+    }
+    for r in &mut replicas {
+        r.kill();
+    }
+    drop(tmpfs);
     if let Some(r) = redis.as_mut() {
         r.kill();
     }
