@@ -26,7 +26,8 @@ case "$MODE" in
   *) echo "--mode is embedded, redis or all" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
-cargo build --release --quiet -p cairn --bin cairn --bin cairn-chaos -p mcp-tickets
+cargo build --release --quiet -p cairn --bin cairn --bin cairn-chaos
+cargo build --release --quiet -p mcp-tickets
 BIN="$CARGO_TARGET_DIR/release"
 PLOT_DIR="$HOME/.cache/cairn/py-plot"
 if ! "$PLOT_DIR/bin/python" -c "import matplotlib" 2>/dev/null; then
