@@ -35,7 +35,10 @@ if ! "$PLOT_DIR/bin/python" -c "import matplotlib" 2>/dev/null; then
 fi
 for mode in $MODES; do
   echo "==> soak: $mode, $DURATION s"
+  # New conversations every 50 messages each and a 5-minute retention: old
+  # conversations go idle and are deleted, so steady state is flat.
   "$BIN/cairn-chaos" --no-faults --seed 1 --duration "$DURATION" --mode "$mode" \
+    --rotate 50 --retention 5m \
     --cairn "$BIN/cairn" --tickets "$BIN/mcp-tickets" --samples "$OUT/soak-$mode.csv"
   "$PLOT_DIR/bin/python" scripts/soak-plot.py "$OUT/soak-$mode.csv" "$OUT/soak-$mode.png"
 done

@@ -575,6 +575,9 @@ pub struct MemoryConfig {
     pub retention: Duration,
     /// Events kept per conversation stream (oldest are trimmed).
     pub event_retention: u64,
+    /// How often the retention sweep looks for conversations past `retention`.
+    #[serde(with = "humantime_serde")]
+    pub retention_sweep: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -584,6 +587,7 @@ impl Default for MemoryConfig {
             summary_max_chars: 2000,
             retention: Duration::from_secs(30 * 24 * 3600),
             event_retention: 10_000,
+            retention_sweep: Duration::from_secs(3600),
         }
     }
 }

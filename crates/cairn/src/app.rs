@@ -92,8 +92,6 @@ pub const BUS_FILE: &str = "bus.redb";
 /// (stopping the actors, committing offsets, flushing exporters).
 pub const SHUTDOWN_RESERVE: Duration = Duration::from_secs(5);
 
-/// How often the retention sweeper runs.
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// How often the knowledge store's housekeeping (index building) runs after writes.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(15);
 
@@ -729,8 +727,9 @@ pub async fn build(
     let sweeper = (!config.memory.retention.is_zero()).then(|| {
         let memory = memory.clone();
         let retention = config.memory.retention;
+        let every = config.memory.retention_sweep.max(Duration::from_secs(1));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let Ok(age) = chrono::Duration::from_std(retention) else {

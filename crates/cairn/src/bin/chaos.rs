@@ -92,6 +92,14 @@ struct Cli {
     /// The replicas' `CAIRN_LOG` (their logs are `data<N>.log` in the work dir).
     #[arg(long, default_value = "error")]
     log: String,
+    /// Move each conversation's load to a new conversation after this many
+    /// accepted messages (0: never), so that old ones go idle.
+    #[arg(long, default_value_t = 0)]
+    rotate: usize,
+    /// The replicas' `memory.retention` (e.g. `5m`; swept every 10 s), so that
+    /// idle conversations are deleted during the run.
+    #[arg(long)]
+    retention: Option<String>,
     /// No faults: steady load only (the soak, `scripts/soak.sh`).
     #[arg(long)]
     no_faults: bool,
@@ -446,12 +454,29 @@ async fn load(
     http: reqwest::Client,
     bases: Vec<String>,
     token: String,
-    conv: String,
+    mut conv: String,
+    rotate: usize,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
 ) {
     let mut attempt = 0usize;
+    let mut sent_here = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        if rotate > 0 && sent_here >= rotate {
+            let base = &bases[attempt % bases.len()];
+            let url = format!("{base}/v1/conversations");
+            match post_json(&http, &url, &token, &json!({}), None).await {
+                Some((201 | 200, v)) if v["id"].is_string() => {
+                    conv = v["id"].as_str().unwrap_or_default().to_owned();
+                    sent_here = 0;
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        sent_here += 1;
         let mark = uuid::Uuid::new_v4().simple().to_string();
         let key = uuid::Uuid::new_v4().to_string();
         let body = json!({"content": format!("please note {mark}")});
@@ -712,18 +737,22 @@ async fn follower(
 }
 
 /// The conversation's stored events, read from the start until the stream
-/// stays quiet: (id, type, data).
+/// stays quiet: (id, type, data); `None` when the conversation is gone
+/// (deleted by `--retention`).
 async fn read_events(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     conv: &str,
-) -> anyhow::Result<Vec<(u64, String, Value)>> {
+) -> anyhow::Result<Option<Vec<(u64, String, Value)>>> {
     let r = http
         .get(format!("{base}/v1/conversations/{conv}/events?after=0"))
         .bearer_auth(token)
         .send()
         .await?;
+    if r.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     anyhow::ensure!(r.status().is_success(), "events: {}", r.status());
     let mut events = r.bytes_stream().eventsource();
     let mut out = Vec::new();
@@ -741,7 +770,7 @@ async fn read_events(
             ));
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Every accepted document ends `done`, or `failed` with a reason, by
@@ -981,6 +1010,10 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         ("CAIRN_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
         ("CAIRN_AGENT__LEASE_TTL".to_owned(), "2s".to_owned()),
     ];
+    if let Some(r) = &cli.retention {
+        env.push(("CAIRN_MEMORY__RETENTION".to_owned(), r.clone()));
+        env.push(("CAIRN_MEMORY__RETENTION_SWEEP".to_owned(), "10s".to_owned()));
+    }
     if let Some(r) = &redis {
         env.push((
             "CAIRN_REDIS__URL".to_owned(),
@@ -1085,6 +1118,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
             bases.clone(),
             token.clone(),
             c.clone(),
+            cli.rotate,
             ledger.clone(),
             stop.clone(),
         )));
@@ -1313,12 +1347,22 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     let total: usize = accepted.values().map(Vec::len).sum();
     let deadline = Instant::now() + Duration::from_secs(cli.settle);
     let mut events: HashMap<String, Vec<(u64, String, Value)>> = HashMap::new();
+    // Conversations deleted by `--retention` (their turns are not checked).
+    let mut purged: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut open = 0;
         for (conv, turns) in &accepted {
-            let evs = read_events(&http, &base, &token, conv)
-                .await
-                .unwrap_or_default();
+            let evs = match read_events(&http, &base, &token, conv).await {
+                Ok(Some(evs)) => evs,
+                Ok(None) => {
+                    purged.insert(conv.clone());
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            };
+            if purged.contains(conv) {
+                continue;
+            }
             open += turns
                 .iter()
                 .filter(|t| {
@@ -1339,7 +1383,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     let (mut answered, mut failed, mut cancelled, mut unanswered, mut twice, mut no_reason) =
         (0, 0, 0, 0, 0, 0);
     let mut failure_codes: BTreeMap<String, usize> = BTreeMap::new();
-    for (conv, turns) in &accepted {
+    for (conv, turns) in accepted.iter().filter(|(c, _)| !purged.contains(*c)) {
         let evs = &events[conv];
         for t in turns {
             let outcomes: Vec<&(u64, String, Value)> = evs
@@ -1379,6 +1423,13 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         "accepted: {total} answered: {answered} failed: {failed} {failure_codes:?} cancelled: {cancelled} refused_before_202: {}",
         ledger.refused.load(Ordering::Relaxed)
     );
+    if !purged.is_empty() {
+        let turns: usize = purged.iter().map(|c| accepted[c].len()).sum();
+        println!(
+            "deleted by memory.retention before the check: {} conversations ({turns} accepted messages, not checked)",
+            purged.len()
+        );
+    }
     println!("accepted without an outcome: {unanswered}");
     println!("accepted with more than one outcome: {twice}");
     println!("failures without a reason: {no_reason}");
@@ -1399,7 +1450,7 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     );
 
     let mut gaps = 0;
-    for (conv, seen) in &followed {
+    for (conv, seen) in followed.iter().filter(|(c, _)| !purged.contains(c)) {
         let stored: Vec<u64> = events[conv].iter().map(|e| e.0).collect();
         if seen.as_slice() != &stored[..seen.len().min(stored.len())] || seen.len() > stored.len() {
             gaps += 1;
