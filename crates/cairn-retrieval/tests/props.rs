@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{docx, one_page_pdf};
 use cairn_retrieval::chunk::{ChunkSettings, chunk, parse_markdown, parse_text};
 use cairn_retrieval::formats::{parse_bytes, parse_html};
 use proptest::prelude::*;
@@ -52,21 +55,6 @@ fn html() -> impl Strategy<Value = String> {
     .prop_map(|parts| parts.concat())
 }
 
-fn docx(document_xml: &str) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut z = zip::ZipWriter::new(&mut buf);
-        z.start_file(
-            "word/document.xml",
-            zip::write::SimpleFileOptions::default(),
-        )
-        .unwrap();
-        z.write_all(document_xml.as_bytes()).unwrap();
-        z.finish().unwrap();
-    }
-    buf.into_inner()
-}
-
 fn docx_xml() -> impl Strategy<Value = String> {
     prop::collection::vec(
         prop_oneof![
@@ -88,43 +76,6 @@ fn docx_xml() -> impl Strategy<Value = String> {
             parts.concat()
         )
     })
-}
-
-/// A small valid PDF (objects numbered from 1) with `content` as its page.
-fn pdf(content: &[u8]) -> Vec<u8> {
-    let mut objects: Vec<Vec<u8>> = vec![
-        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
-    ];
-    let mut stream = format!("<< /Length {} >>\nstream\n", content.len()).into_bytes();
-    stream.extend_from_slice(content);
-    stream.extend_from_slice(b"\nendstream");
-    objects.push(stream);
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(o);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for off in offsets {
-        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
 }
 
 fn pdf_content() -> impl Strategy<Value = Vec<u8>> {
@@ -259,7 +210,7 @@ proptest! {
 
     #[test]
     fn pdf_with_any_page_content_parses_or_fails_cleanly(content in pdf_content(), s in settings()) {
-        if let Ok(doc) = parse_bytes("pdf", &pdf(&content), "t") {
+        if let Ok(doc) = parse_bytes("pdf", &one_page_pdf(&content), "t") {
             check_chunks(&doc, s)?;
         }
     }

@@ -175,14 +175,7 @@ impl Drop for Replica {
 }
 
 fn token() -> String {
-    let auth = cairn_api::auth::Authenticator::new(SECRET.as_bytes(), &Default::default());
-    auth.mint(
-        &cairn_core::UserId::parse("ana").unwrap(),
-        &cairn_core::TenantId::parse("acme").unwrap(),
-        Duration::from_secs(600),
-        &[],
-    )
-    .unwrap()
+    token_for("acme", "ana", &[])
 }
 
 async fn setup() -> (Broker, Model, Cluster) {
