@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{docx, one_page_pdf, pdf_of};
 use cairn_retrieval::formats::{ParseError, ParseLimits, parse_bytes, parse_bytes_limited};
+use common::{docx, one_page_pdf, pdf_of};
 use std::io::Write;
 
 fn block_texts(doc: &cairn_retrieval::chunk::ParsedDocument) -> Vec<(Vec<String>, String)> {

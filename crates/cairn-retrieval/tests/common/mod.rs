@@ -5,7 +5,7 @@
 use std::io::Write;
 
 /// A DOCX holding only `word/document.xml`.
-pub fn docx(document_xml: &str) -> Vec<u8> {
+pub(crate) fn docx(document_xml: &str) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut z = zip::ZipWriter::new(&mut buf);
@@ -20,7 +20,7 @@ pub fn docx(document_xml: &str) -> Vec<u8> {
 
 /// A one-page PDF whose page content stream is `content` (font `/F1`,
 /// Helvetica), xref offsets computed.
-pub fn one_page_pdf(content: &[u8]) -> Vec<u8> {
+pub(crate) fn one_page_pdf(content: &[u8]) -> Vec<u8> {
     let mut stream = format!("<< /Length {} >>\nstream\n", content.len()).into_bytes();
     stream.extend_from_slice(content);
     stream.extend_from_slice(b"\nendstream");
@@ -34,7 +34,7 @@ pub fn one_page_pdf(content: &[u8]) -> Vec<u8> {
 }
 
 /// A PDF of these objects (numbered from 1; the first is the catalog).
-pub fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
