@@ -18,6 +18,8 @@ SERIES = [
     ("redis_used_memory", "Redis used_memory (MiB)", 1 / 2**20),
     ("data_dir_bytes", "data dir (MiB)", 1 / 2**20),
     ("p99_ms", "POST p99 (ms)", 1),
+    ("backlog", "turns accepted, not ended", 1),
+    ("redis_keys", "Redis keys", 1),
 ]
 
 
@@ -33,10 +35,12 @@ def slope(xs, ys):
 def main():
     rows = list(csv.DictReader(open(sys.argv[1])))
     t = [float(r["seconds"]) for r in rows]
-    fig, axes = plt.subplots(len(SERIES), 1, figsize=(8, 2.2 * len(SERIES)), sharex=True)
+    # Older sample files lack the later columns.
+    series = [s for s in SERIES if rows and s[0] in rows[0]]
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.2 * len(series)), sharex=True)
     half = len(rows) // 2
-    for ax, (key, label, scale) in zip(axes, SERIES):
-        ys = [float(r[key]) * scale for r in rows]
+    for ax, (key, label, scale) in zip(axes, series):
+        ys = [float(r[key] or 0) * scale for r in rows]
         ax.plot([x / 60 for x in t], ys)
         ax.set_ylabel(label, fontsize=8)
         per_hour = slope(t[half:], ys[half:]) * 3600

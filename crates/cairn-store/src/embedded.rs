@@ -85,6 +85,18 @@ pub(crate) fn r<E: Into<redb::Error>>(e: E) -> DbError {
     DbError::from_redb(e)
 }
 
+/// Writes one record change (a value, or `None` to delete) into the records table.
+fn apply_record(
+    t: &mut redb::Table<(&str, &str), &[u8]>,
+    change: &RecordChange,
+) -> Result<(), DbError> {
+    let k = (change.collection.as_str(), change.key.as_str());
+    match &change.value {
+        Some(v) => t.insert(k, v.as_bytes()).map(drop).map_err(r),
+        None => t.remove(k).map(drop).map_err(r),
+    }
+}
+
 pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
     serde_json::to_vec(v).map_err(|e| DbError(format!("encode: {e}")))
 }
@@ -1293,15 +1305,7 @@ impl RecordStore for EmbeddedStore {
             .write(move |txn| {
                 let mut t = txn.open_table(RECORDS).map_err(r)?;
                 for c in &changes {
-                    let k = (c.collection.as_str(), c.key.as_str());
-                    match &c.value {
-                        Some(v) => {
-                            t.insert(k, v.as_bytes()).map_err(r)?;
-                        }
-                        None => {
-                            t.remove(k).map_err(r)?;
-                        }
-                    }
+                    apply_record(&mut t, c)?;
                 }
                 Ok(())
             })
@@ -1323,18 +1327,10 @@ impl RecordStore for EmbeddedStore {
                     let cur = t.get(k).map_err(r)?;
                     cur.as_ref().map(|v| v.value()) == expected.as_deref().map(str::as_bytes)
                 };
-                if !same {
-                    return Ok(false);
+                if same {
+                    apply_record(&mut t, &change)?;
                 }
-                match &change.value {
-                    Some(v) => {
-                        t.insert(k, v.as_bytes()).map_err(r)?;
-                    }
-                    None => {
-                        t.remove(k).map_err(r)?;
-                    }
-                }
-                Ok(true)
+                Ok(same)
             })
             .await
             .map_err(unavailable)

@@ -188,7 +188,8 @@ return 1",
 });
 
 /// Compare-and-set of one record: KEYS = values hash, key set; ARGV = key,
-/// expected ('' flag then value), new ('p' value or 'd'). Returns 1 if written.
+/// expected ('absent' or 'value', then the value or ''), new ('p' then the
+/// value, or 'd' then ''). Returns 1 if written.
 static REPLACE_RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

@@ -173,6 +173,7 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Response {
 }
 
 /// A child process killed on drop.
+/// A child process, killed with SIGKILL and reaped when dropped.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -265,11 +266,8 @@ impl Redis {
         anyhow::bail!("redis-server did not listen")
     }
 
+    /// kill -9 (dropping a [`Proc`] kills and reaps it).
     fn kill(&mut self) {
-        if let Some(p) = self.proc.as_mut() {
-            signal(p.0.id(), "-KILL");
-            let _ = p.0.wait();
-        }
         self.proc = None;
     }
 
@@ -382,11 +380,8 @@ impl Replica {
         Ok(())
     }
 
+    /// kill -9 (dropping a [`Proc`] kills and reaps it).
     fn kill(&mut self) {
-        if let Some(p) = self.proc.as_mut() {
-            signal(p.0.id(), "-KILL");
-            let _ = p.0.wait();
-        }
         self.proc = None;
     }
 
@@ -447,6 +442,43 @@ async fn post_json(
     Some((status, r.json().await.unwrap_or(Value::Null)))
 }
 
+/// How [`post_until_settled`] ended.
+enum Posted {
+    /// 202, with the body and how long the accepted attempt took.
+    Accepted(Value, Duration),
+    /// Refused for good (a 4xx other than 409 and 429).
+    Refused(u16, Value),
+    /// The run ended first.
+    Stopped,
+}
+
+/// Posts `body` to `path`, through the next replica on each attempt, until it
+/// is accepted or refused for good; 5xx, 409, 429 and lost connections are
+/// retried every 200 ms (with the same Idempotency-Key, if any).
+#[allow(clippy::too_many_arguments)]
+async fn post_until_settled(
+    http: &reqwest::Client,
+    bases: &[String],
+    attempt: &mut usize,
+    path: &str,
+    token: &str,
+    body: &Value,
+    key: Option<&str>,
+    stop: &AtomicBool,
+) -> Posted {
+    while !stop.load(Ordering::Relaxed) {
+        *attempt += 1;
+        let url = format!("{}{path}", bases[*attempt % bases.len()]);
+        let sent = Instant::now();
+        match post_json(http, &url, token, body, key).await {
+            Some((202, v)) => return Posted::Accepted(v, sent.elapsed()),
+            Some((s, v)) if s < 500 && s != 429 && s != 409 => return Posted::Refused(s, v),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    Posted::Stopped
+}
+
 /// Keeps `conv` busy: one message at a time, each retried with its
 /// Idempotency-Key (through the next replica) until it is accepted (or the run
 /// ends).
@@ -480,36 +512,37 @@ async fn load(
         let mark = uuid::Uuid::new_v4().simple().to_string();
         let key = uuid::Uuid::new_v4().to_string();
         let body = json!({"content": format!("please note {mark}")});
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            attempt += 1;
-            let base = &bases[attempt % bases.len()];
-            let url = format!("{base}/v1/conversations/{conv}/messages");
-            let sent = Instant::now();
-            match post_json(&http, &url, &token, &body, Some(&key)).await {
-                Some((202, v)) => {
-                    ledger
-                        .latencies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(sent.elapsed().as_micros() as u64);
-                    if let Some(t) = v["turn_id"].as_str() {
-                        let mut a = ledger.accepted.lock().unwrap_or_else(|e| e.into_inner());
-                        let turns = a.entry(conv.clone()).or_default();
-                        if !turns.iter().any(|x| x == t) {
-                            turns.push(t.to_owned());
-                        }
+        let path = format!("/v1/conversations/{conv}/messages");
+        match post_until_settled(
+            &http,
+            &bases,
+            &mut attempt,
+            &path,
+            &token,
+            &body,
+            Some(&key),
+            &stop,
+        )
+        .await
+        {
+            Posted::Accepted(v, took) => {
+                ledger
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(took.as_micros() as u64);
+                if let Some(t) = v["turn_id"].as_str() {
+                    let mut a = ledger.accepted.lock().unwrap_or_else(|e| e.into_inner());
+                    let turns = a.entry(conv.clone()).or_default();
+                    if !turns.iter().any(|x| x == t) {
+                        turns.push(t.to_owned());
                     }
-                    break;
                 }
-                Some((s, _)) if s < 500 && s != 429 && s != 409 => {
-                    ledger.refused.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
+            Posted::Refused(..) => {
+                ledger.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Posted::Stopped => return,
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -540,25 +573,30 @@ async fn uploader(
             .collect::<Vec<_>>()
             .join("\n\n");
         let body = json!({"document_id": id, "title": format!("Chaos {id}"), "text": text});
-        while !stop.load(Ordering::Relaxed) {
-            attempt += 1;
-            let base = &bases[attempt % bases.len()];
-            match post_json(&http, &format!("{base}/v1/documents"), &token, &body, None).await {
-                Some((202, _)) => {
-                    ledger
-                        .documents
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id.clone());
-                    break;
-                }
-                Some((s, v)) if s < 500 && s != 429 && s != 409 => {
-                    eprintln!("document {id} refused: {s} {v}");
-                    ledger.refused.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        match post_until_settled(
+            &http,
+            &bases,
+            &mut attempt,
+            "/v1/documents",
+            &token,
+            &body,
+            None,
+            &stop,
+        )
+        .await
+        {
+            Posted::Accepted(..) => {
+                ledger
+                    .documents
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone());
             }
+            Posted::Refused(status, v) => {
+                eprintln!("document {id} refused: {status} {v}");
+                ledger.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Posted::Stopped => return,
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
     }
@@ -579,25 +617,81 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 fn redis_used_memory(port: u16) -> u64 {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "info", "memory"])
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("used_memory:")
-                        .map(|v| v.trim().parse().ok())
-                })
-                .flatten()
+    redis_cli(port, &["info", "memory"])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("used_memory:")
+                .map(|v| v.trim().parse().ok())
         })
+        .flatten()
         .unwrap_or(0)
 }
 
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn redis_dbsize(port: u16) -> u64 {
+    redis_cli(port, &["dbsize"]).trim().parse().unwrap_or(0)
+}
+
+/// Redis keys grouped by their shape (ids replaced by `*`), with their count and
+/// `MEMORY USAGE` summed: what a soak's Redis memory is made of.
+fn redis_key_breakdown(port: u16) -> Vec<(String, u64, u64)> {
+    let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for key in redis_cli(port, &["--scan", "--count", "1000"]).lines() {
+        let shape = key
+            .split(':')
+            .map(|part| {
+                let idlike = part.len() >= 16 && part.chars().any(|c| c.is_ascii_digit());
+                if idlike { "*" } else { part }
+            })
+            .collect::<Vec<_>>()
+            .join(":");
+        let bytes = redis_cli(port, &["memory", "usage", key])
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let g = groups.entry(shape).or_default();
+        g.0 += 1;
+        g.1 += bytes;
+    }
+    let mut v: Vec<_> = groups.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+    v.sort_by_key(|(_, _, b)| std::cmp::Reverse(*b));
+    v
+}
+
+/// Turns the replica has ended (any outcome), from its `/metrics`.
+async fn turns_ended(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("cairn_turns_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
+}
+
 /// Writes a CSV row every 10 s until `stop` (see `--samples`).
+#[allow(clippy::too_many_arguments)]
 async fn sampler(
     path: PathBuf,
+    http: reqwest::Client,
+    base: String,
     pid: Arc<std::sync::atomic::AtomicU32>,
     redis_port: Option<u16>,
     data: PathBuf,
@@ -608,7 +702,7 @@ async fn sampler(
     let mut f = std::fs::File::create(&path)?;
     writeln!(
         f,
-        "seconds,rss_kib,fds,redis_used_memory,data_dir_bytes,accepted,p50_ms,p99_ms"
+        "seconds,rss_kib,fds,redis_used_memory,data_dir_bytes,accepted,p50_ms,p99_ms,backlog,redis_keys"
     )?;
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -643,9 +737,16 @@ async fn sampler(
             .values()
             .map(Vec::len)
             .sum();
+        // Turns accepted but not yet ended: a backlog that grows means the load
+        // outruns the server (the end check then finds turns without an outcome).
+        let backlog = match turns_ended(&http, &base).await {
+            Some(ended) => (accepted as i64 - ended as i64).to_string(),
+            None => String::new(),
+        };
+        let keys = redis_port.map(redis_dbsize).unwrap_or(0);
         writeln!(
             f,
-            "{},{rss},{fds},{redis},{},{accepted},{:.2},{:.2}",
+            "{},{rss},{fds},{redis},{},{accepted},{:.2},{:.2},{backlog},{keys}",
             started.elapsed().as_secs(),
             dir_bytes(&data),
             pct(0.5),
@@ -1008,8 +1109,11 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
         ("CAIRN_LLM__STREAM".to_owned(), "false".to_owned()),
         ("CAIRN_LLM__REQUEST_TIMEOUT".to_owned(), "3s".to_owned()),
         ("CAIRN_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
-        ("CAIRN_AGENT__LEASE_TTL".to_owned(), "2s".to_owned()),
     ];
+    if !cli.no_faults {
+        // A killed replica's turns move on 2 s after its last renewal, not 15 s.
+        env.push(("CAIRN_AGENT__LEASE_TTL".to_owned(), "2s".to_owned()));
+    }
     if let Some(r) = &cli.retention {
         env.push(("CAIRN_MEMORY__RETENTION".to_owned(), r.clone()));
         env.push(("CAIRN_MEMORY__RETENTION_SWEEP".to_owned(), "10s".to_owned()));
@@ -1162,6 +1266,8 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     let sampler = cli.samples.clone().map(|path| {
         tokio::spawn(sampler(
             path,
+            http.clone(),
+            replicas[0].base(),
             replicas[0].pid.clone(),
             redis.as_ref().map(|r| r.port),
             replicas[0].data.clone(),
@@ -1491,6 +1597,12 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     }
     drop(tmpfs);
     if let Some(r) = redis.as_mut() {
+        if cli.samples.is_some() {
+            println!("redis keys by shape (keys, bytes):");
+            for (shape, keys, bytes) in redis_key_breakdown(r.port).iter().take(25) {
+                println!("  {shape}: {keys} keys, {bytes} bytes");
+            }
+        }
         r.kill();
     }
     println!("violations: {violations}");
