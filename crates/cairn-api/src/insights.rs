@@ -27,7 +27,7 @@ use cairn_core::insights::{
     SupportMessage, redact,
 };
 use cairn_core::insights_config::InsightsConfig;
-use cairn_core::ports::{AnalysisInput, Analyzer, RecordStore};
+use cairn_core::ports::{AnalysisInput, Analyzer, RecordStore, StoreError};
 use cairn_core::{ConversationId, Message, MessageId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -82,29 +82,37 @@ impl InsightsApi {
 
     /// Deletes a conversation's analyses and insights (with the conversation).
     pub async fn forget(&self, tenant: &TenantId, id: &ConversationId) -> ApiResult<()> {
-        let prefix = format!("{}/", conversation_key(tenant.as_str(), id));
-        loop {
-            let page = self
-                .records
-                .scan_records(MESSAGES, &prefix, None, 500)
-                .await?;
-            if page.is_empty() {
-                break;
-            }
-            let changes = page
-                .into_iter()
-                .map(|(k, _)| cairn_core::ports::RecordChange::delete(MESSAGES, k))
-                .collect();
-            self.records.write_records(changes).await?;
-        }
-        self.records
-            .write_records(vec![cairn_core::ports::RecordChange::delete(
-                CONVERSATIONS,
-                conversation_key(tenant.as_str(), id),
-            )])
-            .await?;
+        forget(self.records.as_ref(), tenant, id).await?;
         Ok(())
     }
+}
+
+/// Deletes a conversation's message analyses and folded insights from `records`:
+/// called when the conversation is deleted, by the API or by `memory.retention`
+/// (they would otherwise outlive it, one record per analysed message).
+pub async fn forget(
+    records: &dyn RecordStore,
+    tenant: &TenantId,
+    id: &ConversationId,
+) -> Result<(), StoreError> {
+    let prefix = format!("{}/", conversation_key(tenant.as_str(), id));
+    loop {
+        let page = records.scan_records(MESSAGES, &prefix, None, 500).await?;
+        if page.is_empty() {
+            break;
+        }
+        let changes = page
+            .into_iter()
+            .map(|(k, _)| cairn_core::ports::RecordChange::delete(MESSAGES, k))
+            .collect();
+        records.write_records(changes).await?;
+    }
+    records
+        .write_records(vec![cairn_core::ports::RecordChange::delete(
+            CONVERSATIONS,
+            conversation_key(tenant.as_str(), id),
+        )])
+        .await
 }
 
 fn api(state: &AppState) -> ApiResult<&Arc<InsightsApi>> {

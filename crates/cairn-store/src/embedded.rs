@@ -799,8 +799,11 @@ impl MemoryStore for EmbeddedStore {
             .map_err(unavailable)
     }
 
-    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let stale: Vec<String> = self
+    async fn purge_inactive(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
+        let stale: Vec<(String, TenantId, ConversationId)> = self
             .db
             .read(move |txn| {
                 let mut out = Vec::new();
@@ -808,15 +811,15 @@ impl MemoryStore for EmbeddedStore {
                     let (k, v) = item.map_err(r)?;
                     let meta: ConversationMeta = dec(v.value())?;
                     if meta.updated_at < before {
-                        out.push(k.value().to_owned());
+                        out.push((k.value().to_owned(), meta.tenant_id, meta.id));
                     }
                 }
                 Ok(out)
             })
             .await
             .map_err(unavailable)?;
-        let mut n = 0;
-        for k in stale {
+        let mut purged = Vec::new();
+        for (k, tenant, id) in stale {
             // Re-check inside the write: the conversation may have been touched since.
             let deleted = self
                 .db
@@ -847,9 +850,11 @@ impl MemoryStore for EmbeddedStore {
                 })
                 .await
                 .map_err(unavailable)?;
-            n += u64::from(deleted);
+            if deleted {
+                purged.push((tenant, id));
+            }
         }
-        Ok(n)
+        Ok(purged)
     }
 
     async fn acquire_lease(

@@ -895,7 +895,10 @@ impl MemoryStore for RedisStore {
         Ok(out)
     }
 
-    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn purge_inactive(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(TenantId, ConversationId)>, StoreError> {
         let mut c = self.conn.clone();
         let members: Vec<String> = c
             .zrangebyscore(
@@ -905,7 +908,7 @@ impl MemoryStore for RedisStore {
             )
             .await
             .map_err(unavailable)?;
-        let mut n = 0;
+        let mut purged = Vec::new();
         for m in members {
             let Some((t, id)) = split_member(&m) else {
                 continue;
@@ -933,9 +936,11 @@ impl MemoryStore for RedisStore {
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            n += deleted.max(0) as u64;
+            if deleted > 0 {
+                purged.push((t, id));
+            }
         }
-        Ok(n)
+        Ok(purged)
     }
 
     async fn acquire_lease(

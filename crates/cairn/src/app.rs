@@ -726,6 +726,7 @@ pub async fn build(
     let (auth, dev_secret) = authenticator(config, env)?;
     let sweeper = (!config.memory.retention.is_zero()).then(|| {
         let memory = memory.clone();
+        let records = records.clone();
         let retention = config.memory.retention;
         let every = config.memory.retention_sweep.max(Duration::from_secs(1));
         tokio::spawn(async move {
@@ -736,9 +737,20 @@ pub async fn build(
                     return;
                 };
                 match memory.purge_inactive(chrono::Utc::now() - age).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(purged = n, "deleted conversations past memory.retention")
+                    Ok(purged) if purged.is_empty() => {}
+                    Ok(purged) => {
+                        // Their support insights go with them.
+                        for (tenant, id) in &purged {
+                            if let Err(e) =
+                                cairn_api::insights::forget(records.as_ref(), tenant, id).await
+                            {
+                                tracing::warn!(error = %e, "insights of a purged conversation not deleted");
+                            }
+                        }
+                        tracing::info!(
+                            purged = purged.len(),
+                            "deleted conversations past memory.retention"
+                        )
                     }
                     Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
                 }

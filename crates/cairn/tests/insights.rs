@@ -608,3 +608,38 @@ async fn redact_model_shows_the_model_placeholders_and_the_user_the_values() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_a_conversations_insights_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), None);
+    config.memory.retention = Duration::from_secs(2);
+    config.memory.retention_sweep = Duration::from_secs(1);
+    let mut s = Server::start(&config).await;
+    let c = s.client(&s.token("acme", "ana"));
+    let first = support(
+        &c,
+        "sup-ret",
+        "customer",
+        "My parcel never arrived, I want a refund",
+    )
+    .await;
+    let conv = first["conversation_id"].as_str().unwrap().to_owned();
+    insights_after(&c, &conv, 1).await;
+
+    // Idle past `memory.retention`: the sweep deletes the conversation...
+    let mut gone = false;
+    for _ in 0..300 {
+        if c.get(&format!("/v1/conversations/{conv}")).await.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the idle conversation was not purged");
+    // ...and its insights: a new conversation under the same id starts from nothing.
+    support(&c, "sup-ret", "customer", "Where is my order?").await;
+    let ins = insights_after(&c, &conv, 1).await;
+    assert_eq!(ins["analyzed_messages"], 1, "{ins:#}");
+    s.stop().await;
+}

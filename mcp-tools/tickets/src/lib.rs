@@ -78,6 +78,9 @@ fn ticket_json(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
     }))
 }
 
+/// Notes shown in `update_ticket`'s result (the newest); `get_ticket` shows all.
+pub const UPDATE_NOTES_SHOWN: usize = 10;
+
 const COLUMNS: &str = "id, customer, subject, status, notes, updated_at";
 
 /// Adds a ticket for `tenant`; returns it.
@@ -177,7 +180,14 @@ pub fn update(
         params![id, status, Value::Array(notes).to_string(), tenant],
     )
     .map_err(|e| e.to_string())?;
-    let result = json!({ "ticket": get(&tx, tenant, id)?, "replayed": false });
+    let mut ticket = get(&tx, tenant, id)?;
+    // Only the newest notes: the result (and the stored replay of it) stays the
+    // same size however many notes a long-lived ticket gathers.
+    if let Some(all) = ticket["notes"].as_array().cloned() {
+        ticket["notes_total"] = json!(all.len());
+        ticket["notes"] = json!(all[all.len().saturating_sub(UPDATE_NOTES_SHOWN)..]);
+    }
+    let result = json!({ "ticket": ticket, "replayed": false });
     if let Some(k) = &key {
         tx.execute(
             "INSERT INTO applied_calls (key, result, at) VALUES (?1, ?2, datetime('now'))",
@@ -315,7 +325,7 @@ impl Tickets {
 
     /// Updates a ticket once per idempotency key.
     #[tool(
-        description = "Change a ticket's status and/or add a note. Safe to retry: a repeated call of the same agent step is applied once."
+        description = "Change a ticket's status and/or add a note; answers with the ticket, its newest 10 notes and notes_total. Safe to retry: a repeated call of the same agent step is applied once."
     )]
     async fn update_ticket(
         &self,

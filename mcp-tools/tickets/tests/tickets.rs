@@ -174,3 +174,26 @@ async fn a_call_without_a_tenant_is_refused() {
     );
     client.cancel().await.unwrap();
 }
+
+#[test]
+fn an_update_shows_only_the_newest_notes_however_many_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = mcp_tickets::open(&dir.path().join("t.db")).unwrap();
+    let mut last = json!(null);
+    for i in 0..25 {
+        let key = format!("turn-{i}:0");
+        let note = format!("note {i}");
+        last = mcp_tickets::update(&mut c, "default", Some(&key), 2, None, Some(&note)).unwrap();
+    }
+    let shown = last["ticket"]["notes"].as_array().unwrap();
+    assert_eq!(shown.len(), mcp_tickets::UPDATE_NOTES_SHOWN);
+    assert_eq!(shown.last().unwrap(), "note 24");
+    assert_eq!(
+        shown[0],
+        format!("note {}", 25 - mcp_tickets::UPDATE_NOTES_SHOWN)
+    );
+    assert_eq!(last["ticket"]["notes_total"], 25);
+    // Reading the ticket still shows every note.
+    let all = mcp_tickets::get(&c, "default", 2).unwrap();
+    assert_eq!(all["notes"].as_array().unwrap().len(), 25);
+}

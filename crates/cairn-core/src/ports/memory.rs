@@ -180,8 +180,13 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// start-up.
     async fn active_conversations(&self) -> Result<Vec<(TenantId, ConversationId)>, StoreError>;
 
-    /// Deletes conversations not updated since `before`; returns how many.
-    async fn purge_inactive(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes conversations not updated since `before` (and without queued or
+    /// running turns); returns the ones it deleted, so that what other parts
+    /// keep per conversation (support insights) can be deleted with them.
+    async fn purge_inactive(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(TenantId, ConversationId)>, StoreError>;
 
     /// Takes the conversation's writer lease for `owner` for `ttl`, unless another
     /// owner holds an unexpired one. Returns the fencing token: it grows with every

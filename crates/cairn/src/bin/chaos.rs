@@ -172,7 +172,6 @@ async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Response {
     .into_response()
 }
 
-/// A child process killed on drop.
 /// A child process, killed with SIGKILL and reaped when dropped.
 struct Proc(Child);
 
