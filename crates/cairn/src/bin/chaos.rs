@@ -644,7 +644,7 @@ fn redis_dbsize(port: u16) -> u64 {
 /// `MEMORY USAGE` summed: what a soak's Redis memory is made of.
 fn redis_key_breakdown(port: u16) -> Vec<(String, u64, u64)> {
     let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for key in redis_cli(port, &["--scan", "--count", "1000"]).lines() {
+    for key in redis_cli(port, &["--scan"]).lines() {
         let shape = key
             .split(':')
             .map(|part| {
