@@ -918,7 +918,8 @@ async fn complete(
         tenant: cp.request.tenant_id.to_string(),
         failed: false,
     });
-    tracing::info!(
+    // Per turn, so DEBUG: `cairn_turns_total` and the turn's events carry it.
+    tracing::debug!(
         turn = %cp.request.turn_id,
         model_calls = cp.model_calls,
         input_tokens = cp.usage.input_tokens,

@@ -141,7 +141,9 @@ pub async fn post(
     )
     .await?;
     let events_url = format!("/v1/conversations/{id}/events?after={after}");
-    tracing::info!(conversation = %id, turn = %request.turn_id, "message accepted");
+    // Per message: DEBUG (the request metrics count them; INFO on every message
+    // cost a formatted line and a write per message, issue 18).
+    tracing::debug!(conversation = %id, turn = %request.turn_id, "message accepted");
 
     let turn = request.turn_id.clone();
     let turn_events = turn_events(&state, &request, after);

@@ -3,8 +3,17 @@
 //! Latin script fall back to English, the language of most support traffic;
 //! `und` when nothing can be said.
 
+/// Characters of a message that language detection looks at.
+const DETECT_CHARS: usize = 1000;
+
 /// The language code of `text`.
 pub fn detect(text: &str) -> String {
+    // The language shows in the first sentences; whatlang's cost grows with
+    // the text, so a long message is judged on its first DETECT_CHARS.
+    let text = match text.char_indices().nth(DETECT_CHARS) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    };
     let info = whatlang::detect(text);
     let words = text.split_whitespace().count();
     match info {
@@ -96,5 +105,17 @@ mod tests {
         );
         assert_eq!(super::detect("ok"), "en");
         assert_eq!(super::detect("1234"), "und");
+    }
+
+    #[test]
+    fn a_long_message_is_judged_on_its_beginning() {
+        // Spanish filling the first DETECT_CHARS, then far more German: only
+        // the beginning is read, so the answer is Spanish (and the cost of a
+        // 200 KB message is that of 1,000 characters).
+        let spanish = "Mi pedido no ha llegado y lo necesito para mañana. ".repeat(25);
+        let german = "Meine Bestellung ist nicht angekommen, ich brauche sie morgen. ".repeat(3000);
+        assert!(spanish.chars().count() >= super::DETECT_CHARS);
+        assert_eq!(super::detect(&format!("{spanish}{german}")), "es");
+        assert_eq!(super::detect(&german), "de");
     }
 }

@@ -94,6 +94,15 @@ impl MiniLmEmbedder {
         Ok(out)
     }
 
+    /// WordPiece tokens of the texts as the model sees them ([CLS] and [SEP]
+    /// included, truncated to [`MAX_TOKENS`], no padding).
+    pub fn count_tokens(&self, texts: &[String]) -> Result<usize, EmbedError> {
+        texts.iter().try_fold(0, |n, t| {
+            let e = self.inner.tokenizer.encode(t.as_str(), true).map_err(err)?;
+            Ok(n + e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+        })
+    }
+
     fn forward(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inner = &self.inner;
         let encodings = inner

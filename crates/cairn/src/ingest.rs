@@ -12,6 +12,10 @@ use cairn_retrieval::formats::parse_bytes;
 use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase, document_id_from};
 use std::path::{Path, PathBuf};
 
+/// Documents [`ingest_paths`] parses, embeds and stores at once (the default
+/// of `knowledge.ingest_concurrency`).
+const DOCUMENTS_IN_FLIGHT: usize = 4;
+
 /// Largest file ingested.
 pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
 
@@ -117,24 +121,43 @@ pub async fn ingest_paths(
     tenant: &TenantId,
     paths: &[PathBuf],
 ) -> std::io::Result<IngestSummary> {
+    ingest_paths_with(kb, tenant, paths, DOCUMENTS_IN_FLIGHT).await
+}
+
+/// [`ingest_paths`] with `in_flight` documents parsed, embedded and stored at
+/// once (`knowledge.ingest_concurrency` for `cairn ingest`): while one waits
+/// for the store, another's chunks are embedded; one at a time left a core
+/// idle (see BENCHMARKS.md, issue 18).
+pub async fn ingest_paths_with(
+    kb: &KnowledgeBase,
+    tenant: &TenantId,
+    paths: &[PathBuf],
+    in_flight: usize,
+) -> std::io::Result<IngestSummary> {
+    use futures::StreamExt;
     let files = collect_files(paths)?;
     let bar = progress_bar(files.len());
     let mut summary = IngestSummary::default();
-    for (root, file) in files {
+    let mut outcomes = futures::stream::iter(files)
+        .map(|(root, file)| async move {
+            let outcome = match parse_file(&file) {
+                Ok(doc) => {
+                    let meta = DocumentMeta {
+                        document_id: document_id(&root, &file),
+                        source: Some(source_of(&root, &file)),
+                        ..Default::default()
+                    };
+                    kb.ingest(tenant, &meta, &doc)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            (file, outcome)
+        })
+        .buffered(in_flight.max(1));
+    while let Some((file, outcome)) = outcomes.next().await {
         bar.set_message(file.display().to_string());
-        let outcome = match parse_file(&file) {
-            Ok(doc) => {
-                let meta = DocumentMeta {
-                    document_id: document_id(&root, &file),
-                    source: Some(source_of(&root, &file)),
-                    ..Default::default()
-                };
-                kb.ingest(tenant, &meta, &doc)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
-        };
         match outcome {
             Ok(IngestOutcome::Added { chunks }) => {
                 summary.added += 1;

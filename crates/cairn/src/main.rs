@@ -340,9 +340,17 @@ enum ToolsAction {
     },
 }
 
+/// The log filter when `CAIRN_LOG` is unset: Cairn's own events from INFO up,
+/// other crates' (rmcp, hyper, rdkafka, …) only from WARN, so that their
+/// routine INFO lines (a child's stdin closing at shutdown, say) are not read
+/// as faults. `CAIRN_LOG` takes `tracing` directives, e.g. `info` for all.
+const DEFAULT_LOG_FILTER: &str = "warn,cairn=info,cairn_core=info,cairn_actors=info,\
+    cairn_api=info,cairn_bus=info,cairn_store=info,cairn_redb=info,cairn_retrieval=info,\
+    cairn_tools=info,cairn_llm=info,cairn_alerts=info,cairn_insights=info,cairn_desk=info";
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -597,7 +605,8 @@ async fn ingest(common: &Common, paths: &[PathBuf], tenant: &str) -> anyhow::Res
     let config = load_config(common, None)?;
     let kb = app::open_knowledge(&config, &env_lookup).await?;
     let tenant = TenantId::parse(tenant)?;
-    let s = cairn::ingest::ingest_paths(&kb, &tenant, paths).await?;
+    let in_flight = config.knowledge.ingest_concurrency;
+    let s = cairn::ingest::ingest_paths_with(&kb, &tenant, paths, in_flight).await?;
     Ok(ingest_report(&s))
 }
 

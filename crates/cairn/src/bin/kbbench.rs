@@ -11,6 +11,8 @@
 //! # the same against a Qdrant server (gRPC URL; a fresh collection, dropped after)
 //! cairn-kbbench ingest --documents 2000 --qdrant-url http://127.0.0.1:6334
 //! cairn-kbbench query --chunks 100000 --qdrant-url http://127.0.0.1:6334 --minilm-dir …
+//! # the MiniLM encoder alone: chunks/s, tokens/s and GFLOP/s at a chunk size
+//! cairn-kbbench embed --chunk-tokens 60 --minilm-dir "$(scripts/minilm-dir.sh)"
 //! ```
 //!
 //! Documents are built from the paragraphs of the sample knowledge base (`kb/`),
@@ -75,6 +77,29 @@ enum Mode {
         /// A Qdrant server's gRPC URL; without it, the embedded Qdrant Edge.
         #[arg(long)]
         qdrant_url: Option<String>,
+    },
+    /// The MiniLM encoder alone (no parsing, no store): chunks/s, WordPiece
+    /// tokens/s and the dense layers' GFLOP/s.
+    Embed {
+        /// MiniLM folder.
+        #[arg(long)]
+        minilm_dir: PathBuf,
+        /// Chunks to embed.
+        #[arg(long, default_value_t = 600)]
+        chunks: usize,
+        /// Chunk size in the chunker's estimated tokens (words × 4/3); chunks
+        /// are consecutive words of the sample knowledge base.
+        #[arg(long, default_value_t = 60)]
+        chunk_tokens: usize,
+        /// Threads embedding at once, each taking the next batch.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Chunks per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// The sample knowledge base.
+        #[arg(long, default_value = "kb")]
+        kb: PathBuf,
     },
     /// Hybrid (and dense, sparse) query latency over N chunks.
     Query {
@@ -150,6 +175,66 @@ fn percentiles(h: &Histogram<u64>) -> String {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     )
+}
+
+/// Multiply-adds of MiniLM-L6's dense layers per token, ×2 for FLOPs: six
+/// layers of Q, K, V and output projections (4·384²) and the feed-forward pair
+/// (2·384·1536). Attention scores add 4·384·L per token; not counted.
+const DENSE_FLOP_PER_TOKEN: f64 = 2.0 * 6.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0);
+
+fn embed(
+    minilm_dir: &std::path::Path,
+    chunks: usize,
+    chunk_tokens: usize,
+    workers: usize,
+    batch: usize,
+    kb: &PathBuf,
+) -> anyhow::Result<()> {
+    let words: Vec<String> = paragraphs(kb)?
+        .iter()
+        .flat_map(|p| p.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let per_chunk = (chunk_tokens * 3 / 4).max(1);
+    let texts: Vec<String> = (0..chunks)
+        .map(|i| {
+            let start = (i * per_chunk) % words.len().saturating_sub(per_chunk).max(1);
+            words[start..(start + per_chunk).min(words.len())].join(" ")
+        })
+        .collect();
+    let model = MiniLmEmbedder::load(minilm_dir)?;
+    let tokens = model.count_tokens(&texts)?;
+    // Warm-up (page in the weights, start the threads).
+    model.embed_blocking(&texts[..batch.min(texts.len())])?;
+    let batches: Vec<Vec<String>> = texts.chunks(batch.max(1)).map(<[String]>::to_vec).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(b) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        model.embed_blocking(b)?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?)
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "embed chunks={chunks} chunk_tokens={chunk_tokens} wordpiece_tokens={tokens} ({:.1}/chunk) workers={workers} batch={batch} seconds={secs:.2} chunks_per_s={:.1} tokens_per_s={:.0} dense_gflops={:.1}",
+        tokens as f64 / chunks as f64,
+        chunks as f64 / secs,
+        tokens as f64 / secs,
+        tokens as f64 * DENSE_FLOP_PER_TOKEN / secs / 1e9,
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -477,6 +562,14 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Mode::Embed {
+            minilm_dir,
+            chunks,
+            chunk_tokens,
+            workers,
+            batch,
+            kb,
+        } => embed(&minilm_dir, chunks, chunk_tokens, workers, batch, &kb),
         Mode::Query {
             chunks,
             queries,

@@ -9,7 +9,16 @@
 //! cairn-loadgen turns  --redis URL --kafka 127.0.0.1:9092 --replicas 2  # through Kafka
 //! cairn-loadgen steps  --turns 500                      # per-step orchestration overhead
 //! cairn-loadgen idle   --conversations 10000            # memory of idle conversations
+//! cairn-loadgen tools  --concurrency 16 --turns 4000    # server CPU per turn, real model wire
 //! ```
+//!
+//! `tools` is the end-to-end one-tool-call workload: a `cairn serve` child
+//! process (the binary next to this one, or `--cairn`), an OpenAI-wire model
+//! server in this process that answers a turn's first call with a
+//! `calculator_evaluate` tool call and its second with the result, and the
+//! `mcp-calculator` server over stdio. It reports turns/s, latency and the CPU
+//! the Cairn process spent per turn (from `/proc`), apart from the model server
+//! and the load generator, which run in this process.
 //!
 //! `CAIRN_LOADGEN_APPROVAL_RULES=N` adds N `[approvals]` rules on the turn's tool
 //! whose predicates never hold: the cost of the approval check on every call.
@@ -28,6 +37,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "loadgen/tools.rs"]
+mod tools;
 
 #[derive(Parser)]
 #[command(about = "Load generator for Cairn's HTTP API")]
@@ -70,6 +82,25 @@ enum Mode {
         conversations: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// One-tool-call turns against a `cairn serve` child process with an
+    /// OpenAI-wire model and the calculator MCP server over stdio; reports the
+    /// server's CPU per turn.
+    Tools {
+        /// Conversations posting turns back to back (`?wait=true`).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Measured turns in all (after one warm-up turn per conversation).
+        #[arg(long, default_value_t = 4000)]
+        turns: usize,
+        #[arg(long)]
+        redis: Option<String>,
+        /// The `cairn` binary (default: next to this one).
+        #[arg(long)]
+        cairn: Option<std::path::PathBuf>,
+        /// The `mcp-calculator` binary (default: next to this one).
+        #[arg(long)]
+        calculator: Option<std::path::PathBuf>,
     },
 }
 
@@ -349,6 +380,22 @@ async fn main() -> anyhow::Result<()> {
                 gaps.max() as f64 / 1000.0
             );
             t.stop().await?;
+        }
+        Mode::Tools {
+            concurrency,
+            turns,
+            redis,
+            cairn,
+            calculator,
+        } => {
+            tools::run(tools::Options {
+                concurrency,
+                turns,
+                redis,
+                cairn,
+                calculator,
+            })
+            .await?
         }
         Mode::Idle {
             conversations,
