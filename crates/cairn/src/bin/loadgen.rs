@@ -215,32 +215,18 @@ async fn start_replica(
 
 impl Target {
     async fn conversation(&self) -> anyhow::Result<String> {
-        let r: Value = self
-            .http
-            .post(format!("{}/v1/conversations", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(r["id"].as_str().context("no id")?.to_owned())
+        create_conversation(&self.http, &self.base, &self.token).await
     }
 
     async fn turn(&self, conv: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .post(format!(
-                "{}/v1/conversations/{conv}/messages?wait=true",
-                self.base
-            ))
-            .bearer_auth(&self.token)
-            .json(&json!({"content": "/tool current_time"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
-        let body: Value = r.json().await?;
-        anyhow::ensure!(body["status"] == "completed", "turn failed: {body}");
+        let body = ask(
+            &self.http,
+            &self.base,
+            &self.token,
+            conv,
+            "/tool current_time",
+        )
+        .await?;
         anyhow::ensure!(
             body["steps"].as_array().map_or(0, Vec::len) == 2,
             "expected one tool call"
@@ -253,6 +239,43 @@ impl Target {
         self.task.await??;
         Ok(())
     }
+}
+
+/// A new conversation of the token's user; its id.
+async fn create_conversation(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let r: Value = http
+        .post(format!("{base}/v1/conversations"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(r["id"].as_str().context("no id")?.to_owned())
+}
+
+/// Posts `content` with `?wait=true`; the turn, which must have completed.
+async fn ask(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    conv: &str,
+    content: &str,
+) -> anyhow::Result<Value> {
+    let r = http
+        .post(format!("{base}/v1/conversations/{conv}/messages?wait=true"))
+        .bearer_auth(token)
+        .json(&json!({ "content": content }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+    let body: Value = r.json().await?;
+    anyhow::ensure!(body["status"] == "completed", "turn failed: {body}");
+    Ok(body)
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {

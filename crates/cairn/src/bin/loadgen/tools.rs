@@ -298,32 +298,12 @@ struct Client {
 
 impl Client {
     async fn conversation(&self) -> anyhow::Result<String> {
-        let r: Value = self
-            .http
-            .post(format!("{}/v1/conversations", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(r["id"].as_str().context("no id")?.to_owned())
+        super::create_conversation(&self.http, &self.base, &self.token).await
     }
 
     async fn turn(&self, conv: &str) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .post(format!(
-                "{}/v1/conversations/{conv}/messages?wait=true",
-                self.base
-            ))
-            .bearer_auth(&self.token)
-            .json(&json!({"content": "What is 17.5 times 3, divided by 4?"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
-        let body: Value = r.json().await?;
-        anyhow::ensure!(body["status"] == "completed", "turn failed: {body}");
+        let question = "What is 17.5 times 3, divided by 4?";
+        let body = super::ask(&self.http, &self.base, &self.token, conv, question).await?;
         anyhow::ensure!(
             body["answer"]["content"] == "The result is 13.125.",
             "unexpected answer: {body}"
