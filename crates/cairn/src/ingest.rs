@@ -136,6 +136,17 @@ pub async fn ingest_paths_with(
 ) -> std::io::Result<IngestSummary> {
     use futures::StreamExt;
     let files = collect_files(paths)?;
+    // Two files with one document id (the same folder given twice) must not be
+    // written at once: each would find no stored version and both would add it.
+    let mut ids = std::collections::HashSet::new();
+    let in_flight = if files
+        .iter()
+        .all(|(root, file)| ids.insert(document_id(root, file)))
+    {
+        in_flight
+    } else {
+        1
+    };
     let bar = progress_bar(files.len());
     let mut summary = IngestSummary::default();
     let mut outcomes = futures::stream::iter(files)

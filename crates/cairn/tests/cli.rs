@@ -157,6 +157,31 @@ async fn ask_against_a_running_server() {
     s.stop().await;
 }
 
+/// `cairn ingest` works on several documents at once; the same folder given
+/// twice (each document id twice) must still store every document once.
+#[test]
+fn the_same_folder_given_twice_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb");
+    let kb = kb.to_str().unwrap();
+    let out = cairn()
+        .args(["ingest", kb, kb, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("added 30, replaced 0, unchanged 30, failed 0"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn ingest_the_sample_knowledge_base_and_get_an_answer_that_cites_it() {
     let dir = tempfile::tempdir().unwrap();
