@@ -12,10 +12,6 @@ use cairn_retrieval::formats::parse_bytes;
 use cairn_retrieval::knowledge::{DocumentMeta, IngestOutcome, KnowledgeBase, document_id_from};
 use std::path::{Path, PathBuf};
 
-/// Documents [`ingest_paths`] parses, embeds and stores at once (the default
-/// of `knowledge.ingest_concurrency`).
-const DOCUMENTS_IN_FLIGHT: usize = 4;
-
 /// Largest file ingested.
 pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
 
@@ -121,7 +117,8 @@ pub async fn ingest_paths(
     tenant: &TenantId,
     paths: &[PathBuf],
 ) -> std::io::Result<IngestSummary> {
-    ingest_paths_with(kb, tenant, paths, DOCUMENTS_IN_FLIGHT).await
+    let in_flight = cairn_core::config::KnowledgeConfig::default().ingest_concurrency;
+    ingest_paths_with(kb, tenant, paths, in_flight).await
 }
 
 /// [`ingest_paths`] with `in_flight` documents parsed, embedded and stored at
