@@ -12,12 +12,33 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// (topic, offset) → record JSON.
-const RECORDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("records");
-/// topic → next offset to assign.
-const NEXT_OFFSET: TableDefinition<&str, u64> = TableDefinition::new("next_offset");
-/// `topic \0 group` → next offset the group will read.
-const COMMITTED: TableDefinition<&str, u64> = TableDefinition::new("committed");
+/// The bus's tables, under the names of one file layout.
+struct Tables {
+    /// (topic, offset) → record JSON.
+    records: TableDefinition<'static, (&'static str, u64), &'static [u8]>,
+    /// topic → next offset to assign.
+    next_offset: TableDefinition<'static, &'static str, u64>,
+    /// `topic \0 group` → next offset the group will read.
+    committed: TableDefinition<'static, &'static str, u64>,
+}
+
+/// A bus alone in its file ([`EmbeddedBus::open`]; `bus.redb` in data dirs written
+/// before the bus moved into the memory store's file).
+const OWN_FILE: Tables = Tables {
+    records: TableDefinition::new("records"),
+    next_offset: TableDefinition::new("next_offset"),
+    committed: TableDefinition::new("committed"),
+};
+
+/// A bus in a file it shares with other tables ([`EmbeddedBus::sharing`]).
+const SHARED: Tables = Tables {
+    records: TableDefinition::new("bus_records"),
+    next_offset: TableDefinition::new("bus_next_offset"),
+    committed: TableDefinition::new("bus_committed"),
+};
+
+/// Records copied per transaction by [`EmbeddedBus::adopt_file`].
+const ADOPT_PAGE: usize = 4096;
 
 /// Records read per round trip.
 const PAGE: usize = 256;
@@ -32,6 +53,7 @@ struct StoredRecord {
 #[derive(Clone)]
 pub struct EmbeddedBus {
     db: Db,
+    tables: &'static Tables,
     /// Per-topic "next offset" signals that wake idle consumers.
     heads: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     /// Keep consumed records instead of trimming them (`bus.keep_consumed`).
@@ -55,19 +77,142 @@ impl EmbeddedBus {
     /// Like [`open`](Self::open), with a page cache of `cache_bytes`.
     pub async fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, BusError> {
         let db = Db::open_with_cache(path, cache_bytes).map_err(unavailable)?;
-        db.write(|txn| {
-            txn.open_table(RECORDS).map_err(r)?;
-            txn.open_table(NEXT_OFFSET).map_err(r)?;
-            txn.open_table(COMMITTED).map_err(r)?;
+        Self::on(db, &OWN_FILE).await
+    }
+
+    /// Keeps the bus log in `db`, beside other tables (the memory store's): its
+    /// writes then join the same group commits, one fsync for both. The bus's
+    /// tables are named `bus_*`.
+    pub async fn sharing(db: Db) -> Result<Self, BusError> {
+        Self::on(db, &SHARED).await
+    }
+
+    async fn on(db: Db, tables: &'static Tables) -> Result<Self, BusError> {
+        db.write(move |txn| {
+            txn.open_table(tables.records).map_err(r)?;
+            txn.open_table(tables.next_offset).map_err(r)?;
+            txn.open_table(tables.committed).map_err(r)?;
             Ok(())
         })
         .await
         .map_err(unavailable)?;
         Ok(Self {
             db,
+            tables,
             heads: Arc::default(),
             keep_consumed: false,
         })
+    }
+
+    /// Moves the log of a bus kept alone in the file `old` (see [`open`](Self::open))
+    /// into this bus, then deletes `old`; returns the records moved (0 when there is
+    /// no such file). Offsets and every group's committed position are kept, so
+    /// nothing accepted is lost or delivered twice. Call it before anything
+    /// publishes or subscribes. A move cut short (a crash) is repeated whole at the
+    /// next call: copying the same record again is a no-op, and a record already
+    /// here with other content stops the move with an error instead of overwriting.
+    pub async fn adopt_file(&self, old: &Path) -> Result<u64, BusError> {
+        if !old.exists() {
+            return Ok(0);
+        }
+        let source = EmbeddedBus::open(old).await?;
+        let mut moved = 0u64;
+        let mut from: Option<(String, u64)> = None;
+        loop {
+            let start = from.clone();
+            let page: Vec<(String, u64, Vec<u8>)> = source
+                .db
+                .read(move |txn| {
+                    let t = txn.open_table(OWN_FILE.records).map_err(r)?;
+                    let range = match &start {
+                        Some((topic, offset)) => t.range((topic.as_str(), *offset)..),
+                        None => t.range::<(&str, u64)>(..),
+                    }
+                    .map_err(r)?;
+                    let mut out = Vec::new();
+                    for item in range.take(ADOPT_PAGE) {
+                        let (k, v) = item.map_err(r)?;
+                        let (topic, offset) = k.value();
+                        out.push((topic.to_owned(), offset, v.value().to_vec()));
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(unavailable)?;
+            let Some((topic, offset, _)) = page.last() else {
+                break;
+            };
+            from = Some((topic.clone(), offset + 1));
+            moved += page.len() as u64;
+            let tables = self.tables;
+            self.db
+                .write(move |txn| {
+                    let mut t = txn.open_table(tables.records).map_err(r)?;
+                    for (topic, offset, bytes) in &page {
+                        let key = (topic.as_str(), *offset);
+                        if let Some(here) = t.get(key).map_err(r)? {
+                            if here.value() != bytes.as_slice() {
+                                return Ok(Err(topic.clone()));
+                            }
+                            continue;
+                        }
+                        t.insert(key, bytes.as_slice()).map_err(r)?;
+                    }
+                    Ok(Ok(()))
+                })
+                .await
+                .map_err(unavailable)?
+                .map_err(|topic| {
+                    BusError::Unavailable(format!(
+                        "cannot move the bus log of {} (topic {topic}): this data dir already \
+                         holds other records at the same offsets",
+                        old.display()
+                    ))
+                })?;
+        }
+        let positions = source
+            .db
+            .read(|txn| {
+                let mut out = Vec::new();
+                for (which, table) in [(0, OWN_FILE.next_offset), (1, OWN_FILE.committed)] {
+                    for item in txn.open_table(table).map_err(r)?.iter().map_err(r)? {
+                        let (k, v) = item.map_err(r)?;
+                        out.push((which, k.value().to_owned(), v.value()));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)?;
+        let tables = self.tables;
+        self.db
+            .write(move |txn| {
+                let mut next = txn.open_table(tables.next_offset).map_err(r)?;
+                let mut committed = txn.open_table(tables.committed).map_err(r)?;
+                for (which, key, value) in &positions {
+                    let t = if *which == 0 {
+                        &mut next
+                    } else {
+                        &mut committed
+                    };
+                    let here = t.get(key.as_str()).map_err(r)?.map_or(0, |v| v.value());
+                    t.insert(key.as_str(), here.max(*value)).map_err(r)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)?;
+        drop(source);
+        std::fs::remove_file(old)
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", old.display())))?;
+        if let Some(dir) = old.parent() {
+            // Make the removal durable, so a crash does not bring the file back
+            // (a second move would then find the same records and skip them).
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(moved)
     }
 
     /// Keeps records every group consumed (`bus.keep_consumed`), for audits
@@ -99,9 +244,10 @@ impl EmbeddedBus {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, BusError> {
         let topic = topic.to_owned();
+        let tables = self.tables;
         self.db
             .read(move |txn| {
-                let t = txn.open_table(RECORDS).map_err(r)?;
+                let t = txn.open_table(tables.records).map_err(r)?;
                 let mut out = Vec::new();
                 for item in t
                     .range((topic.as_str(), from)..=(topic.as_str(), u64::MAX))
@@ -137,9 +283,10 @@ impl EmbeddedBus {
     /// Records in `topic` not yet trimmed (for tests and `/health`).
     pub async fn retained(&self, topic: &str) -> Result<u64, BusError> {
         let topic = topic.to_owned();
+        let tables = self.tables;
         self.db
             .read(move |txn| {
-                let t = txn.open_table(RECORDS).map_err(r)?;
+                let t = txn.open_table(tables.records).map_err(r)?;
                 let n = t
                     .range((topic.as_str(), 0)..=(topic.as_str(), u64::MAX))
                     .map_err(r)?
@@ -165,13 +312,14 @@ impl EventBus for EmbeddedBus {
         })
         .map_err(|e| BusError::Unavailable(format!("encode: {e}")))?;
         let t = topic.to_owned();
+        let tables = self.tables;
         let next = self
             .db
             .write(move |txn| {
-                let mut next = txn.open_table(NEXT_OFFSET).map_err(r)?;
+                let mut next = txn.open_table(tables.next_offset).map_err(r)?;
                 let offset = next.get(t.as_str()).map_err(r)?.map_or(0, |v| v.value());
                 next.insert(t.as_str(), offset + 1).map_err(r)?;
-                txn.open_table(RECORDS)
+                txn.open_table(tables.records)
                     .map_err(r)?
                     .insert((t.as_str(), offset), bytes.as_slice())
                     .map_err(r)?;
@@ -190,9 +338,10 @@ impl EventBus for EmbeddedBus {
         // from being trimmed on behalf of other groups.
         let start = {
             let ck = ck.clone();
+            let tables = self.tables;
             self.db
                 .write(move |txn| {
-                    let mut t = txn.open_table(COMMITTED).map_err(r)?;
+                    let mut t = txn.open_table(tables.committed).map_err(r)?;
                     let current = t.get(ck.as_str()).map_err(r)?.map(|v| v.value());
                     match current {
                         Some(v) => Ok(v),
@@ -306,10 +455,11 @@ impl BusConsumer for EmbeddedConsumer {
         let ck = self.committed_key.clone();
         let topic = self.topic.clone();
         let keep = self.bus.keep_consumed;
+        let tables = self.bus.tables;
         self.bus
             .db
             .write(move |txn| {
-                let mut committed = txn.open_table(COMMITTED).map_err(r)?;
+                let mut committed = txn.open_table(tables.committed).map_err(r)?;
                 let current = committed
                     .get(ck.as_str())
                     .map_err(r)?
@@ -328,7 +478,7 @@ impl BusConsumer for EmbeddedConsumer {
                     }
                 }
                 if min > 0 && min != u64::MAX && !keep {
-                    txn.open_table(RECORDS)
+                    txn.open_table(tables.records)
                         .map_err(r)?
                         .retain_in((topic.as_str(), 0)..(topic.as_str(), min), |_, _| false)
                         .map_err(r)?;
@@ -395,6 +545,124 @@ mod tests {
         assert_eq!(next(&mut c).await.offset, 2);
         // Consumed records are trimmed; the rest stay.
         assert_eq!(bus.retained("t").await.unwrap(), 3);
+    }
+
+    /// Opens `path` once the writer thread of an earlier handle has let it go.
+    fn reopen_db(path: &Path) -> Db {
+        for _ in 0..100 {
+            if let Ok(db) = Db::open(path) {
+                return db;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} does not reopen", path.display());
+    }
+
+    /// [`EmbeddedBus::adopt_file`] once the writer thread of the bus that wrote
+    /// `old` has let the file go.
+    async fn adopt(bus: &EmbeddedBus, old: &Path) -> Result<u64, BusError> {
+        for _ in 0..100 {
+            match bus.adopt_file(old).await {
+                Err(e) if e.to_string().contains("already open") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
+        panic!("{} stays open", old.display());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bus_file_of_the_old_layout_moves_into_the_shared_file_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("bus.redb");
+        {
+            let bus = EmbeddedBus::open(&old).await.unwrap();
+            for n in 0..6 {
+                bus.publish("t", "k", &env(n)).await.unwrap();
+            }
+            bus.publish("u", "k", &env(100)).await.unwrap();
+            let mut c = bus.subscribe("t", "g").await.unwrap();
+            for _ in 0..3 {
+                next(&mut c).await;
+            }
+            c.commit(0, 1).await.unwrap(); // 0 and 1 consumed (and trimmed), 2 read only
+            bus.subscribe("u", "g").await.unwrap();
+        }
+        let shared = dir.path().join("memory.redb");
+        let db = Db::open(&shared).unwrap();
+        let bus = EmbeddedBus::sharing(db).await.unwrap();
+        // Records 2..6 of "t" and the one of "u".
+        assert_eq!(adopt(&bus, &old).await.unwrap(), 5);
+        assert!(!old.exists(), "the old file is deleted once moved");
+        assert_eq!(adopt(&bus, &old).await.unwrap(), 0);
+
+        // The group resumes where it committed; new records follow the old offsets.
+        let mut c = bus.subscribe("t", "g").await.unwrap();
+        let rec = next(&mut c).await;
+        assert_eq!((rec.offset, rec.envelope.data["id"].as_u64()), (2, Some(3)));
+        bus.publish("t", "k", &env(6)).await.unwrap();
+        for want in 3..7 {
+            assert_eq!(next(&mut c).await.offset, want);
+        }
+        let mut u = bus.subscribe("u", "g").await.unwrap();
+        assert_eq!(next(&mut u).await.envelope.data["id"], 101);
+        drop((c, u, bus));
+
+        // The moved log is durable in the shared file.
+        let bus = EmbeddedBus::sharing(reopen_db(&shared)).await.unwrap();
+        assert_eq!(bus.retained("t").await.unwrap(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_repeated_after_a_crash_copies_nothing_twice_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("bus.redb");
+        let shared = dir.path().join("memory.redb");
+        {
+            let bus = EmbeddedBus::open(&old).await.unwrap();
+            for n in 0..3 {
+                bus.publish("t", "k", &env(n)).await.unwrap();
+            }
+        }
+        // A crash after the copy committed but before the old file was deleted:
+        // the shared file already holds the same records.
+        let copy = std::fs::read(&old).unwrap();
+        {
+            let bus = EmbeddedBus::sharing(Db::open(&shared).unwrap())
+                .await
+                .unwrap();
+            adopt(&bus, &old).await.unwrap();
+        }
+        std::fs::write(&old, &copy).unwrap();
+        {
+            let bus = EmbeddedBus::sharing(reopen_db(&shared)).await.unwrap();
+            assert_eq!(adopt(&bus, &old).await.unwrap(), 3);
+            assert_eq!(bus.retained("t").await.unwrap(), 3);
+            let mut c = bus.subscribe("t", "g").await.unwrap();
+            for want in 0..3 {
+                assert_eq!(next(&mut c).await.offset, want);
+            }
+            // The shared log moves on: offset 3 now holds a record the old file lacks.
+            bus.publish("t", "k", &env(50)).await.unwrap();
+        }
+        // An old file whose offset 3 holds something else is refused, and kept.
+        {
+            let bus = EmbeddedBus::open(&old).await.unwrap();
+            for n in 10..14 {
+                bus.publish("t", "k", &env(n)).await.unwrap();
+            }
+        }
+        let bus = EmbeddedBus::sharing(reopen_db(&shared)).await.unwrap();
+        let refused = adopt(&bus, &old).await.unwrap_err().to_string();
+        assert!(
+            refused.contains("other records at the same offsets"),
+            "{refused}"
+        );
+        assert!(old.exists());
+        let kept = bus.read_from("t", 3, 10).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].1.as_ref().unwrap().envelope.data["id"], 51);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,7 +333,8 @@ pub struct ServerConfig {
     /// Interval of SSE keep-alive comments.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
-    /// Page cache of each embedded database file (memory store, bus), in MiB.
+    /// Page cache of the embedded database file (`memory.redb`: the memory store
+    /// and the bus log), in MiB.
     pub embedded_cache_mb: usize,
     /// What this process runs: `all` (API and actors), `api` (the HTTP API only;
     /// needs Kafka and Redis) or `worker` (the actors and bus bridges, with only
@@ -387,7 +388,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(120),
             sse_keepalive: Duration::from_secs(15),
-            embedded_cache_mb: 64,
+            embedded_cache_mb: 128,
             role: ServerRole::All,
             max_streams_per_user: 16,
             max_streams: 10_000,

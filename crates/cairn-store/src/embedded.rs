@@ -135,11 +135,24 @@ impl EmbeddedStore {
         cache_bytes: usize,
     ) -> Result<Self, StoreError> {
         let db = Db::open_with_cache(path, cache_bytes).map_err(unavailable)?;
-        Ok(Self {
+        Ok(Self::on(db, event_retention))
+    }
+
+    fn on(db: Db, event_retention: u64) -> Self {
+        Self {
             db,
             event_retention: event_retention.max(1),
             watchers: Arc::default(),
-        })
+        }
+    }
+
+    /// Keeps the store in `db`, which other tables may share (the embedded bus's:
+    /// `cairn serve` keeps both in one file, so a turn's writes to both join one
+    /// group commit), and creates its tables.
+    pub async fn on_db(db: Db, event_retention: u64) -> Result<Self, StoreError> {
+        let s = Self::on(db, event_retention);
+        s.init().await?;
+        Ok(s)
     }
 
     /// Creates every table so that read transactions never meet a missing one.

@@ -83,10 +83,35 @@ pub struct App {
     maintainer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// File names in the data dir.
+/// The embedded database in the data dir: the memory store's tables and the
+/// embedded bus log.
 pub const MEMORY_FILE: &str = "memory.redb";
-/// The embedded bus log.
+/// Where data dirs written before the bus moved into [`MEMORY_FILE`] keep the bus
+/// log; [`open_embedded_bus`] moves it and deletes the file.
 pub const BUS_FILE: &str = "bus.redb";
+
+/// The embedded bus in `db` (the data dir's [`MEMORY_FILE`]), after moving in the
+/// log of an older data dir's [`BUS_FILE`], so the messages it holds are answered.
+pub async fn open_embedded_bus(
+    dir: &std::path::Path,
+    db: cairn_redb::Db,
+) -> anyhow::Result<EmbeddedBus> {
+    let bus = EmbeddedBus::sharing(db)
+        .await
+        .with_context(|| format!("cannot use {}", dir.join(MEMORY_FILE).display()))?;
+    let old = dir.join(BUS_FILE);
+    let moved = bus
+        .adopt_file(&old)
+        .await
+        .with_context(|| format!("cannot move the bus log of {}", old.display()))?;
+    if moved > 0 {
+        tracing::info!(
+            records = moved,
+            "moved the bus log from bus.redb into memory.redb"
+        );
+    }
+    Ok(bus)
+}
 
 /// The part of `server.shutdown_timeout` kept for what follows the turn drain
 /// (stopping the actors, committing offsets, flushing exporters).
@@ -342,6 +367,22 @@ pub async fn build(
     crate::datadir::create_private(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let cache_bytes = config.server.embedded_cache_mb.max(1) * 1024 * 1024;
+    let kafka = !config.kafka.brokers.is_empty();
+    // The embedded store and the embedded bus share one file, so a turn's writes to
+    // both join one group commit (one fsync) instead of two.
+    let embedded_db = if config.redis.url.is_none() || !kafka {
+        let path = dir.join(MEMORY_FILE);
+        Some(
+            cairn_redb::Db::open_with_cache(&path, cache_bytes).with_context(|| {
+                format!(
+                    "cannot open {} (is another cairn process using this data dir?)",
+                    path.display()
+                )
+            })?,
+        )
+    } else {
+        None
+    };
     type Stores = (
         Arc<dyn MemoryStore>,
         Arc<dyn EventStream>,
@@ -372,18 +413,12 @@ pub async fn build(
                 )
             }
             None => {
-                let s = EmbeddedStore::open_and_init_with_cache(
-                    &dir.join(MEMORY_FILE),
-                    config.memory.event_retention,
-                    cache_bytes,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open {} (is another cairn process using this data dir?)",
-                        dir.join(MEMORY_FILE).display()
-                    )
-                })?;
+                let db = embedded_db
+                    .clone()
+                    .context("the embedded database is open")?;
+                let s = EmbeddedStore::on_db(db, config.memory.event_retention)
+                    .await
+                    .with_context(|| format!("cannot use {}", dir.join(MEMORY_FILE).display()))?;
                 let local = cairn_store::limits::LocalRateLimiter::new();
                 let sweep = local.clone();
                 tokio::spawn(async move {
@@ -413,7 +448,6 @@ pub async fn build(
         .clone()
         .unwrap_or_else(|| config.bus.topic_prefix.clone());
     let topics = Topics::with_prefix(&prefix);
-    let kafka = !config.kafka.brokers.is_empty();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -442,10 +476,10 @@ pub async fn build(
                 .with_context(|| format!("cannot use kafka.brokers = {}", config.kafka.brokers))?,
         )
     } else {
+        let db = embedded_db.context("the embedded database is open")?;
         Arc::new(
-            EmbeddedBus::open_with_cache(&dir.join(BUS_FILE), cache_bytes)
-                .await
-                .with_context(|| format!("cannot open {}", dir.join(BUS_FILE).display()))?
+            open_embedded_bus(dir, db)
+                .await?
                 .keeping_consumed(config.bus.keep_consumed),
         )
     };

@@ -826,9 +826,10 @@ async fn analytics_recount(
     let to = parse(to)?.unwrap_or_else(chrono::Utc::now);
     let from = parse(from)?.unwrap_or(to - chrono::Duration::days(7));
     let tenant = TenantId::parse(tenant)?;
-    let bus = cairn_bus::EmbeddedBus::open(&config.server.data_dir.join(app::BUS_FILE))
-        .await
+    let dir = &config.server.data_dir;
+    let db = cairn_redb::Db::open(&dir.join(app::MEMORY_FILE))
         .map_err(|e| anyhow::anyhow!("{e} (is a server running on this data dir?)"))?;
+    let bus = app::open_embedded_bus(dir, db).await?;
     let topics = cairn_core::ports::Topics::with_prefix(&config.bus.topic_prefix);
     let mut counters = MemoryCounters::default();
     let mut events = 0usize;
