@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The bus's tables, under the names of one file layout.
@@ -246,7 +247,7 @@ impl EmbeddedBus {
         let topic = topic.to_owned();
         let tables = self.tables;
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(tables.records).map_err(r)?;
                 let mut out = Vec::new();
                 for item in t
@@ -259,7 +260,6 @@ impl EmbeddedBus {
                 }
                 Ok(out)
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -361,6 +361,8 @@ impl EventBus for EmbeddedBus {
             position: start,
             buffer: std::collections::VecDeque::new(),
             head,
+            unstored: None,
+            stored_at: None,
         }))
     }
 }
@@ -373,9 +375,81 @@ struct EmbeddedConsumer {
     position: u64,
     buffer: std::collections::VecDeque<(u64, Vec<u8>)>,
     head: watch::Receiver<u64>,
+    /// The last offset committed but not yet stored (see [`COMMIT_INTERVAL`]).
+    unstored: Option<u64>,
+    /// When the group's position was last stored; `None` before the first time.
+    stored_at: Option<Instant>,
+}
+
+/// How long a committed offset may wait before it is stored. Storing each commit
+/// would cost a write (and a share of an fsync) per record per group; like
+/// Kafka's auto-commit, commits within this interval are stored together. A
+/// crash redelivers at most this interval's records, which every consumer skips
+/// by their event ids (at-least-once holds); an idle consumer stores its
+/// position when the interval ends, and a dropped one at once.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The write that stores `offset` as done for the group `ck` of `topic`, and
+/// trims what every group of the topic has consumed.
+fn store_position(
+    tables: &'static Tables,
+    topic: String,
+    ck: String,
+    offset: u64,
+    keep: bool,
+) -> impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError> + Send + 'static {
+    move |txn| {
+        let mut committed = txn.open_table(tables.committed).map_err(r)?;
+        let current = committed
+            .get(ck.as_str())
+            .map_err(r)?
+            .map_or(0, |v| v.value());
+        if offset < current {
+            return Ok(());
+        }
+        committed.insert(ck.as_str(), offset + 1).map_err(r)?;
+        // Trim what every group of this topic has consumed.
+        let prefix = format!("{topic}\0");
+        let mut min = u64::MAX;
+        for item in committed.iter().map_err(r)? {
+            let (k, v) = item.map_err(r)?;
+            if k.value().starts_with(&prefix) {
+                min = min.min(v.value());
+            }
+        }
+        if min > 0 && min != u64::MAX && !keep {
+            txn.open_table(tables.records)
+                .map_err(r)?
+                .retain_in((topic.as_str(), 0)..(topic.as_str(), min), |_, _| false)
+                .map_err(r)?;
+        }
+        Ok(())
+    }
 }
 
 impl EmbeddedConsumer {
+    /// Stores the last committed offset, if one waits.
+    async fn flush(&mut self) -> Result<(), BusError> {
+        let Some(offset) = self.unstored else {
+            return Ok(());
+        };
+        let op = store_position(
+            self.bus.tables,
+            self.topic.clone(),
+            self.committed_key.clone(),
+            offset,
+            self.bus.keep_consumed,
+        );
+        self.bus.db.write(op).await.map_err(unavailable)?;
+        // Cleared only once stored: a flush cut short (the caller dropped the
+        // future) is repeated, and storing the same position twice is harmless.
+        if self.unstored == Some(offset) {
+            self.unstored = None;
+        }
+        self.stored_at = Some(Instant::now());
+        Ok(())
+    }
+
     async fn fetch(&mut self) -> Result<(), BusError> {
         let page = self.bus.read_page(&self.topic, self.position, PAGE).await?;
         if let Some((last, _)) = page.last() {
@@ -440,8 +514,19 @@ impl BusConsumer for EmbeddedConsumer {
             // read wakes us.
             self.head.borrow_and_update();
             self.fetch().await?;
-            if self.buffer.is_empty() {
-                self.head.changed().await.map_err(|_| BusError::Closed)?;
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            match (self.unstored, self.stored_at) {
+                (Some(_), Some(at)) => {
+                    let due = tokio::time::Instant::from_std(at + COMMIT_INTERVAL);
+                    tokio::select! {
+                        changed = self.head.changed() => changed.map_err(|_| BusError::Closed)?,
+                        () = tokio::time::sleep_until(due) => self.flush().await?,
+                    }
+                }
+                (Some(_), None) => self.flush().await?,
+                (None, _) => self.head.changed().await.map_err(|_| BusError::Closed)?,
             }
         }
     }
@@ -452,41 +537,30 @@ impl BusConsumer for EmbeddedConsumer {
                 "the embedded bus has one partition, not {partition}"
             )));
         }
-        let ck = self.committed_key.clone();
-        let topic = self.topic.clone();
-        let keep = self.bus.keep_consumed;
-        let tables = self.bus.tables;
-        self.bus
-            .db
-            .write(move |txn| {
-                let mut committed = txn.open_table(tables.committed).map_err(r)?;
-                let current = committed
-                    .get(ck.as_str())
-                    .map_err(r)?
-                    .map_or(0, |v| v.value());
-                if offset < current {
-                    return Ok(());
-                }
-                committed.insert(ck.as_str(), offset + 1).map_err(r)?;
-                // Trim what every group of this topic has consumed.
-                let prefix = format!("{topic}\0");
-                let mut min = u64::MAX;
-                for item in committed.iter().map_err(r)? {
-                    let (k, v) = item.map_err(r)?;
-                    if k.value().starts_with(&prefix) {
-                        min = min.min(v.value());
-                    }
-                }
-                if min > 0 && min != u64::MAX && !keep {
-                    txn.open_table(tables.records)
-                        .map_err(r)?
-                        .retain_in((topic.as_str(), 0)..(topic.as_str(), min), |_, _| false)
-                        .map_err(r)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(unavailable)
+        self.unstored = Some(self.unstored.map_or(offset, |o| o.max(offset)));
+        match self.stored_at {
+            Some(at) if at.elapsed() < COMMIT_INTERVAL => Ok(()),
+            _ => self.flush().await,
+        }
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        if let Some(offset) = self.unstored.take() {
+            let op = store_position(
+                self.bus.tables,
+                std::mem::take(&mut self.topic),
+                std::mem::take(&mut self.committed_key),
+                offset,
+                self.bus.keep_consumed,
+            );
+            if !self.bus.db.write_detached(op) {
+                tracing::warn!(
+                    "a consumer's last position was not stored; its records may be redelivered"
+                );
+            }
+        }
     }
 }
 
@@ -663,6 +737,49 @@ mod tests {
         let kept = bus.read_from("t", 3, 10).await.unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].1.as_ref().unwrap().envelope.data["id"], 51);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_within_the_interval_are_stored_together_when_idle_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("bus.redb"))
+            .await
+            .unwrap();
+        for n in 0..5 {
+            bus.publish("t", "k", &env(n)).await.unwrap();
+        }
+        let mut c = bus.subscribe("t", "g").await.unwrap();
+        next(&mut c).await;
+        c.commit(0, 0).await.unwrap(); // the first commit is stored at once
+        assert_eq!(bus.retained("t").await.unwrap(), 4);
+        for offset in 1..5 {
+            assert_eq!(next(&mut c).await.offset, offset);
+            c.commit(0, offset).await.unwrap();
+        }
+        // Within the interval: not stored yet, so a crash now would redeliver 1..5.
+        assert_eq!(bus.retained("t").await.unwrap(), 4);
+        // Idle, the consumer stores its position once the interval ends.
+        let idle =
+            tokio::time::timeout(COMMIT_INTERVAL + Duration::from_millis(300), c.next()).await;
+        assert!(idle.is_err(), "no record to read");
+        assert_eq!(bus.retained("t").await.unwrap(), 0);
+
+        bus.publish("t", "k", &env(5)).await.unwrap();
+        assert_eq!(next(&mut c).await.offset, 5);
+        c.commit(0, 5).await.unwrap();
+        assert_eq!(bus.retained("t").await.unwrap(), 1);
+        drop(c); // a dropped consumer stores its last position
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bus.retained("t").await.unwrap() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the last position was not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut again = bus.subscribe("t", "g").await.unwrap();
+        bus.publish("t", "k", &env(6)).await.unwrap();
+        assert_eq!(next(&mut again).await.offset, 6);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

