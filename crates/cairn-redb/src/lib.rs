@@ -8,8 +8,10 @@
 //! only then answers each caller. A caller's write is durable when its future
 //! resolves, and writes are applied in the order they were submitted.
 //!
-//! Reads open a read transaction on a blocking thread ([`Db::read`]), so async
-//! workers never wait on the disk.
+//! Reads that may touch many pages open their read transaction on a blocking
+//! thread ([`Db::read`]), so async workers never wait on a long read; point
+//! lookups and small bounded ranges on the hot path run where they are called
+//! ([`Db::read_now`]), because the hop would cost more than the read.
 //!
 //! After an I/O error (a full disk, most often) redb refuses every later read and
 //! write until the database is closed and opened again. The writer thread does that
@@ -142,31 +144,76 @@ impl Db {
             .map_err(|_| DbError("writer thread stopped before commit".into()))?
     }
 
-    /// Runs `f` on a blocking thread with a read transaction.
+    /// Queues `op` for the next batch without waiting for it (it is durable once
+    /// that batch commits, unless the process dies first). Returns false when the
+    /// queue is full or the writer stopped: the write was dropped.
+    pub fn write_detached<F>(&self, op: F) -> bool
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), DbError> + Send + 'static,
+    {
+        let boxed: WriteOp = Box::new(move |txn| {
+            txn.map_err(DbError::clone)
+                .and_then(op)
+                .ok()
+                .map(|()| Box::new(|_| {}) as Finish)
+        });
+        self.jobs.try_send(Job::Write(boxed)).is_ok()
+    }
+
+    /// Runs `f` on a blocking thread with a read transaction: for reads that may
+    /// touch many pages (listings, scans, counts).
     pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, DbError> + Send + 'static,
     {
-        let db = self
-            .current
-            .read()
-            .map_err(|_| DbError("database handle lock poisoned".into()))?
-            .clone()
-            .ok_or_else(reopening)?;
+        let db = self.handle()?;
         let result = tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(DbError::from_redb)?;
             f(&txn)
         })
         .await
         .map_err(|e| DbError(format!("read task failed: {e}")))?;
+        self.probe_after(&result);
+        result
+    }
+
+    /// Runs `f` with a read transaction on the calling thread: for reads of a few
+    /// pages (a point lookup, a range bounded by a small limit) on the hot path.
+    /// Such a read takes microseconds from the page cache, where a hop to the
+    /// blocking pool and back costs two thread switches — more CPU than the read
+    /// (it was a third of the server's CPU per turn; BENCHMARKS.md, "Speed").
+    /// A page in neither redb's cache nor the OS's holds the caller for one disk
+    /// read.
+    pub fn read_now<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&ReadTransaction) -> Result<T, DbError>,
+    {
+        let db = self.handle()?;
+        let result = db
+            .begin_read()
+            .map_err(DbError::from_redb)
+            .and_then(|txn| f(&txn));
+        self.probe_after(&result);
+        result
+    }
+
+    /// The handle in use, or the error that it is being reopened.
+    fn handle(&self) -> Result<Arc<Database>, DbError> {
+        self.current
+            .read()
+            .map_err(|_| DbError("database handle lock poisoned".into()))?
+            .clone()
+            .ok_or_else(reopening)
+    }
+
+    fn probe_after<T>(&self, result: &Result<T, DbError>) {
         if result.is_err() {
             // Most read errors are I/O errors that left the handle unusable; the
             // writer checks, and reopens it if so. A full queue already has work
             // that will find out.
             let _ = self.jobs.try_send(Job::Probe);
         }
-        result
     }
 }
 

@@ -424,8 +424,7 @@ impl MemoryStore for EmbeddedStore {
     ) -> Result<Option<ConversationMeta>, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| read_meta(txn, &k))
-            .await
+            .read_now(move |txn| read_meta(txn, &k))
             .map_err(unavailable)
     }
 
@@ -523,26 +522,24 @@ impl MemoryStore for EmbeddedStore {
     ) -> Result<Vec<Message>, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(MESSAGES).map_err(r)?;
                 let range = t.range((k.as_str(), from_seq)..=(k.as_str(), u64::MAX));
                 dec_range(range.map_err(r)?, limit)
             })
-            .await
             .map_err(unavailable)
     }
 
     async fn summary(&self, tenant: &TenantId, id: &ConversationId) -> Result<Summary, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(SUMMARY).map_err(r)?;
                 match t.get(k.as_str()).map_err(r)? {
                     Some(v) => dec(v.value()),
                     None => Ok(Summary::default()),
                 }
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -610,12 +607,11 @@ impl MemoryStore for EmbeddedStore {
     ) -> Result<Vec<TurnRequest>, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(PENDING).map_err(r)?;
                 let range = t.range((k.as_str(), 0)..=(k.as_str(), u64::MAX));
                 dec_range(range.map_err(r)?, usize::MAX)
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -692,14 +688,13 @@ impl MemoryStore for EmbeddedStore {
     ) -> Result<Option<TurnCheckpoint>, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(CHECKPOINT).map_err(r)?;
                 match t.get(k.as_str()).map_err(r)? {
                     Some(v) => Ok(Some(dec(v.value())?)),
                     None => Ok(None),
                 }
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -912,11 +907,10 @@ impl MemoryStore for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let seen_key = format!("{}\0{message_id}", key(tenant, id));
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(SEEN).map_err(r)?;
                 Ok(t.get(seen_key.as_str()).map_err(r)?.is_some())
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -951,12 +945,11 @@ impl MemoryStore for EmbeddedStore {
     async fn event_done(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
         let k = done_key(group, event_id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(DONE_EVENTS).map_err(r)?;
                 let expires = t.get(k.as_str()).map_err(r)?.map(|v| v.value());
                 Ok(expires.is_some_and(|e| i64::try_from(e).unwrap_or(i64::MAX) > now_ms()))
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -1031,11 +1024,10 @@ impl EmbeddedStore {
     ) -> Result<u64, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(table).map_err(r)?;
                 Ok(t.get(k.as_str()).map_err(r)?.map_or(0, |v| v.value()))
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -1147,12 +1139,11 @@ impl DocumentStore for EmbeddedStore {
     ) -> Result<Option<DocumentRecord>, StoreError> {
         let k = doc_key(tenant, document_id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(DOCUMENTS).map_err(r)?;
                 let v = t.get(k.as_str()).map_err(r)?;
                 v.map(|v| dec(v.value())).transpose()
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -1231,7 +1222,7 @@ impl EventStream for EmbeddedStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let k = key(tenant, id);
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(EVENTS).map_err(r)?;
                 if after == u64::MAX {
                     return Ok(Vec::new());
@@ -1239,7 +1230,6 @@ impl EventStream for EmbeddedStore {
                 let range = t.range((k.as_str(), after + 1)..=(k.as_str(), u64::MAX));
                 dec_range(range.map_err(r)?, limit)
             })
-            .await
             .map_err(unavailable)
     }
 
@@ -1358,12 +1348,11 @@ impl RecordStore for EmbeddedStore {
         let (collection, key) = (collection.to_owned(), key.to_owned());
         let v = self
             .db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(RECORDS).map_err(r)?;
                 let v = t.get((collection.as_str(), key.as_str())).map_err(r)?;
                 Ok(v.map(|v| v.value().to_vec()))
             })
-            .await
             .map_err(unavailable)?;
         v.map(|b| String::from_utf8(b).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()

@@ -91,14 +91,13 @@ impl TicketStore for EmbeddedStore {
     async fn get_ticket(&self, tenant: &TenantId, id: &str) -> Result<Option<Ticket>, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_owned());
         self.db
-            .read(move |txn| {
+            .read_now(move |txn| {
                 let t = txn.open_table(TICKETS).map_err(r)?;
                 t.get((tenant.as_str(), id.as_str()))
                     .map_err(r)?
                     .map(|v| dec(v.value()))
                     .transpose()
             })
-            .await
             .map_err(unavailable)
     }
 
