@@ -182,9 +182,9 @@ impl Db {
     /// pages (a point lookup, a range bounded by a small limit) on the hot path.
     /// Such a read takes microseconds from the page cache, where a hop to the
     /// blocking pool and back costs two thread switches — more CPU than the read
-    /// (it was a third of the server's CPU per turn; BENCHMARKS.md, "Speed").
-    /// A page in neither redb's cache nor the OS's holds the caller for one disk
-    /// read.
+    /// (moving the hot reads here cut the server's CPU per turn by a fifth to a
+    /// third; BENCHMARKS.md, "Speed"). A page in neither redb's cache nor the
+    /// OS's holds the caller for one disk read.
     pub fn read_now<T, F>(&self, f: F) -> Result<T, DbError>
     where
         F: FnOnce(&ReadTransaction) -> Result<T, DbError>,
