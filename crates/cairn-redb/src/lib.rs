@@ -626,6 +626,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_read_in_place_gets_the_handle_reopened_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let db = faulty_db(&dir.path().join("db.redb"), &faults);
+        put(&db, 7).await.unwrap();
+        let count = |db: &Db| {
+            db.read_now(|txn| {
+                let t = txn.open_table(T).map_err(DbError::from_redb)?;
+                t.len().map_err(DbError::from_redb)
+            })
+        };
+        assert_eq!(count(&db).unwrap(), 1);
+        faults.unreadable.store(true, Ordering::SeqCst);
+        assert!(count(&db).is_err());
+        faults.unreadable.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match count(&db) {
+                Ok(n) => {
+                    assert_eq!(n, 1);
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "reads still fail: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_read_alone_gets_the_handle_reopened() {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(Faults::default());
