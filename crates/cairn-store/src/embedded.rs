@@ -191,9 +191,7 @@ impl EmbeddedStore {
 
     /// Opens the store and creates its tables.
     pub async fn open_and_init(path: &Path, event_retention: u64) -> Result<Self, StoreError> {
-        let s = Self::open(path, event_retention)?;
-        s.init().await?;
-        Ok(s)
+        Self::open_and_init_with_cache(path, event_retention, cairn_redb::DEFAULT_CACHE_BYTES).await
     }
 
     /// Opens the store with a page cache of `cache_bytes` and creates its tables.
@@ -202,9 +200,8 @@ impl EmbeddedStore {
         event_retention: u64,
         cache_bytes: usize,
     ) -> Result<Self, StoreError> {
-        let s = Self::open_with_cache(path, event_retention, cache_bytes)?;
-        s.init().await?;
-        Ok(s)
+        let db = Db::open_with_cache(path, cache_bytes).map_err(unavailable)?;
+        Self::on_db(db, event_retention).await
     }
 
     fn notify(&self, k: &str, events: Vec<StoredEvent>) {

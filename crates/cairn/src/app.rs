@@ -415,7 +415,7 @@ pub async fn build(
             None => {
                 let db = embedded_db
                     .clone()
-                    .context("the embedded database is open")?;
+                    .context("internal: the embedded database was not opened")?;
                 let s = EmbeddedStore::on_db(db, config.memory.event_retention)
                     .await
                     .with_context(|| format!("cannot use {}", dir.join(MEMORY_FILE).display()))?;
@@ -476,7 +476,7 @@ pub async fn build(
                 .with_context(|| format!("cannot use kafka.brokers = {}", config.kafka.brokers))?,
         )
     } else {
-        let db = embedded_db.context("the embedded database is open")?;
+        let db = embedded_db.context("internal: the embedded database was not opened")?;
         Arc::new(
             open_embedded_bus(dir, db)
                 .await?
