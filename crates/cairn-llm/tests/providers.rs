@@ -454,17 +454,20 @@ async fn embeddings_are_batched_ordered_and_retried() {
     assert_eq!(reqs[3].2["input"], json!(["c"]));
 }
 
-/// A provider that answers 429 (`Retry-After: 1`) to everything in its first
-/// 300 ms and then succeeds, recording when each request arrived.
+/// A provider that answers 429 (`Retry-After: 1`) to everything in the first
+/// 300 ms after its first request and then succeeds, recording when each
+/// request arrived. Times count from the first request, not from the server's
+/// start, so a slow start of the client on a loaded machine cannot move every
+/// call past the 429 window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_slows_every_caller_of_the_provider_at_once() {
     #[derive(Clone)]
     struct Limited {
-        start: std::time::Instant,
+        first: Arc<std::sync::OnceLock<std::time::Instant>>,
         arrivals: Arc<Mutex<Vec<Duration>>>,
     }
     async fn limited(State(s): State<Limited>) -> Response {
-        let at = s.start.elapsed();
+        let at = s.first.get_or_init(std::time::Instant::now).elapsed();
         s.arrivals.lock().unwrap().push(at);
         if at < Duration::from_millis(300) {
             return Response::builder()
@@ -481,7 +484,7 @@ async fn a_429_slows_every_caller_of_the_provider_at_once() {
             .unwrap()
     }
     let s = Limited {
-        start: std::time::Instant::now(),
+        first: Arc::default(),
         arrivals: Arc::default(),
     };
     let app = Router::new().fallback(post(limited)).with_state(s.clone());

@@ -144,8 +144,11 @@ async fn followers_share_a_bounded_number_of_redis_connections() {
     .await;
     let events = reader.await.unwrap();
     assert!(events.iter().any(|e| is_terminal(&e.1)), "{events:?}");
+    // Alone this takes ~50 ms; the bound leaves room for a loaded 2-core CI
+    // machine (a full suite once took 4.1 s) while still catching events that
+    // only arrive by some slow fallback instead of at once.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
