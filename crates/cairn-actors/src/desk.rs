@@ -8,6 +8,9 @@
 //!   `ticket.enriched`, raises the high-risk alert (once per ticket), and stores
 //!   the result with a compare-and-set. A revision superseded by an edit is
 //!   dropped; a revision that keeps failing is stored `failed` with the reason.
+//!   An edit's revision reaches the bus before the store (`PATCH` publishes
+//!   first), so a revision newer than the stored ticket is retried until the
+//!   store catches up, and stored from the event after `tickets.edit_wait`.
 //! - The analytics consumer (group `cairn-analytics` on `user_events`,
 //!   `conversation_events` and `tickets`): folds events into counter updates
 //!   ([`cairn_desk::analytics::fold`]) and applies each batch at once, once per
@@ -64,6 +67,9 @@ enum Problem {
     Retry(String),
     /// This revision cannot be enriched (the reason is stored).
     Fail(String),
+    /// The stored ticket is at an older revision: the edit that made this one
+    /// is on the bus but not (yet) in the store.
+    Behind,
 }
 
 impl From<StoreError> for Problem {
@@ -117,9 +123,25 @@ async fn handle_submission(ctx: &Consuming, deps: &TicketDeps, mut sub: TicketSu
     }
     let mut attempts = 0;
     let mut delay = Duration::from_millis(100);
+    let mut behind_since: Option<std::time::Instant> = None;
     loop {
         match enrich_revision(ctx, deps, &sub).await {
             Ok(()) => return,
+            Err(Problem::Behind) => {
+                let since = *behind_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= deps.config.edit_wait {
+                    // The request that published this edit died before storing it.
+                    match store_revision(deps, &sub).await {
+                        Ok(()) => {
+                            tracing::warn!(ticket = %sub.ticket_id, revision = sub.revision, "an edit was not stored within tickets.edit_wait; stored it from the event");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(ticket = %sub.ticket_id, error = %e, "ticket edit not stored yet; retrying");
+                        }
+                    }
+                }
+            }
             Err(Problem::Retry(e)) => {
                 tracing::warn!(ticket = %sub.ticket_id, error = %e, "ticket not enriched yet; retrying");
             }
@@ -148,7 +170,10 @@ async fn enrich_revision(
         None => Ticket::from_submission(sub),
         Some(existing) => existing,
     };
-    if ticket.revision != sub.revision
+    if ticket.revision < sub.revision {
+        return Err(Problem::Behind);
+    }
+    if ticket.revision > sub.revision
         || (ticket.enriched_revision >= sub.revision
             && ticket.enrichment != EnrichmentState::Pending)
     {
@@ -241,6 +266,34 @@ async fn enrich_revision(
                 }
                 current = *now;
             }
+        }
+    }
+}
+
+/// Stores the edit `sub` carries over an older stored revision, as the `PATCH`
+/// that published it would have (compare-and-set; a newer revision wins).
+async fn store_revision(deps: &TicketDeps, sub: &TicketSubmission) -> Result<(), StoreError> {
+    let store = &deps.tickets;
+    loop {
+        let Some(current) = store.get_ticket(&sub.tenant_id, &sub.ticket_id).await? else {
+            // Deleted meanwhile, or never stored: the next attempt creates it.
+            return Ok(());
+        };
+        if current.revision >= sub.revision {
+            return Ok(());
+        }
+        let mut next = current.clone();
+        next.subject = sub.subject.clone();
+        next.body = sub.body.clone();
+        next.priority = sub.priority;
+        next.revision = sub.revision;
+        next.enrichment = EnrichmentState::Pending;
+        next.failure_reason = None;
+        next.version = current.version + 1;
+        next.updated_at = Utc::now();
+        match store.update_ticket(&next, current.version).await? {
+            TicketUpdate::Updated | TicketUpdate::NotFound => return Ok(()),
+            TicketUpdate::Conflict(_) => continue,
         }
     }
 }

@@ -66,6 +66,13 @@ pub struct TicketsConfig {
     pub max_scan: usize,
     /// Attempts at enriching one revision before it is marked failed.
     pub max_attempts: u32,
+    /// How long the enricher waits for an edit's new revision to be stored. A
+    /// `PATCH` puts the revision on the bus before it stores it, so the enricher
+    /// may read it first; after this wait (the request died in between) the
+    /// enricher stores the revision itself from the event, so no edit on the bus
+    /// is left unenriched.
+    #[serde(with = "humantime_serde")]
+    pub edit_wait: Duration,
 }
 
 impl Default for TicketsConfig {
@@ -90,6 +97,7 @@ impl Default for TicketsConfig {
             max_page_size: 200,
             max_scan: 5_000,
             max_attempts: 3,
+            edit_wait: Duration::from_secs(30),
         }
     }
 }
@@ -230,6 +238,9 @@ pub fn validate(
     }
     if !(1..=100).contains(&tickets.max_attempts) {
         return bad("tickets.max_attempts", "must be between 1 and 100".into());
+    }
+    if tickets.edit_wait.is_zero() || tickets.edit_wait > Duration::from_secs(3600) {
+        return bad("tickets.edit_wait", "must be between 1ms and 1h".into());
     }
     if !is_token(&tickets.risk_alert_severity) {
         return bad(

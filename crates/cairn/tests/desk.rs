@@ -348,6 +348,81 @@ async fn tickets_are_enriched_filtered_paged_edited_and_alert_once() {
     s.stop().await;
 }
 
+/// A `PATCH` puts an edit's revision on the bus before it stores it. When the
+/// process dies in between, the next one still stores and enriches the
+/// revision from the bus (after `tickets.edit_wait`): it is not dropped as
+/// stale because the store still holds the older revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_on_the_bus_is_stored_and_enriched_when_its_request_died_before_storing_it() {
+    use cairn_core::envelope::{Envelope, TICKET_SUBMITTED};
+    use cairn_core::ports::{EventBus, TicketStore, Topics};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.tickets.edit_wait = Duration::from_millis(300);
+    let mut s = Server::start(&cfg).await;
+    let c = s.client(&s.token_with_scopes("acme", "desk", &["desk"]));
+    let r = c
+        .post(
+            "/v1/tickets",
+            json!({"ticket_id": "E-1", "subject": "Login fails",
+                   "body": "I cannot log in to the app since the update, it says invalid password.",
+                   "channel": "web", "customer_id": "cust-5"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let t = settled(&c, "E-1").await;
+    assert_eq!(t["enriched_revision"], 1, "{t}");
+    assert_eq!(t["category"], "account_access", "{t}");
+    s.stop().await;
+
+    // What the PATCH leaves when it dies after publishing: revision 2 on the
+    // bus (with the event id the API gives it), revision 1 in the store.
+    let edited = "Please refund my subscription, I was charged but cannot use the app.";
+    {
+        let path = dir.path().join(cairn::app::MEMORY_FILE);
+        let mut db = None;
+        for _ in 0..200 {
+            if let Ok(d) = cairn_redb::Db::open(&path) {
+                db = Some(d);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let db = db.expect("the data dir reopens");
+        let store = cairn_store::EmbeddedStore::on_db(db.clone(), 100)
+            .await
+            .unwrap();
+        let tenant = cairn_core::TenantId::parse("acme").unwrap();
+        let stored = store.get_ticket(&tenant, "E-1").await.unwrap().unwrap();
+        assert_eq!(stored.revision, 1);
+        let mut sub = stored.submission();
+        sub.body = edited.into();
+        sub.revision = 2;
+        let env = Envelope::with_id(
+            cairn_core::envelope::derived_event_id("ticket.submitted/acme/E-1/2"),
+            TICKET_SUBMITTED,
+            tenant,
+            serde_json::to_value(&sub).unwrap(),
+        );
+        let bus = cairn_bus::EmbeddedBus::sharing(db).await.unwrap();
+        bus.publish(
+            &Topics::with_prefix(&cfg.bus.topic_prefix).tickets,
+            "E-1",
+            &env,
+        )
+        .await
+        .unwrap();
+    }
+    let mut s = Server::start(&cfg).await;
+    let c = s.client(&s.token_with_scopes("acme", "desk", &["desk"]));
+    let t = eventually(&c, "/v1/tickets/E-1", |t| t["enriched_revision"] == 2).await;
+    assert_eq!(t["revision"], 2, "{t}");
+    assert_eq!(t["enrichment"], "enriched", "{t}");
+    assert_eq!(t["body"], edited, "{t}");
+    assert_eq!(t["category"], "refund_request", "{t}");
+    s.stop().await;
+}
+
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

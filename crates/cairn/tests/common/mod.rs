@@ -43,6 +43,17 @@ pub fn config(dir: &Path, redis: Option<String>) -> Config {
     Config::load(Some(&example), env).expect("example config loads")
 }
 
+/// Cairn's warnings (or `RUST_LOG`'s choice) go to the test's captured output,
+/// so a failing test shows what the server said.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cairn=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn redis_url() -> String {
     std::env::var("CAIRN_TEST_REDIS_URL").expect(
         "CAIRN_TEST_REDIS_URL is not set: run the tests with scripts/test.sh, which starts redis-server",
@@ -59,6 +70,7 @@ impl Server {
         tools: ToolCatalog,
         model: Option<Arc<dyn ChatModel>>,
     ) -> Server {
+        init_logs();
         // A previous server on the same data dir may still be releasing its files.
         let mut built = None;
         for _ in 0..200 {
