@@ -948,19 +948,59 @@ async fn check_documents(
     stuck.len() + no_reason
 }
 
+/// Attempts at subscribing to (and transient failures reading) the DLQ in its check.
+const DLQ_CHECK_ATTEMPTS: usize = 15;
+
 /// Reads the DLQ from the start: every record names where it came from and
 /// why (`dlq.record` data: topic, partition, offset, group, error_class,
 /// reason), and every poison record published is among them.
 async fn check_dlq(
-    bus: &cairn_bus::kafka::KafkaBus,
+    settings: &cairn_bus::kafka::KafkaSettings,
     topics: &cairn_core::ports::Topics,
     poison: &BTreeSet<String>,
 ) -> anyhow::Result<usize> {
     use cairn_core::ports::EventBus;
-    let mut consumer = bus.subscribe(&topics.dlq, "chaos-dlq-check").await?;
-    let (mut records, mut without) = (0usize, 0usize);
+    // A new client, as a process reading the DLQ would be: the injector's own
+    // client lived through the broker restarts, and librdkafka's metadata
+    // requests on it were seen to time out after them (twice in three 90 s
+    // runs) while the replicas' clients served. Retried for a while, so that a
+    // slow cluster does not end the run without its counts.
+    let mut consumer = None;
+    for attempt in 1..=DLQ_CHECK_ATTEMPTS {
+        let subscribed = match cairn_bus::kafka::KafkaBus::connect(settings.clone(), topics).await {
+            Ok(bus) => bus.subscribe(&topics.dlq, "chaos-dlq-check").await,
+            Err(e) => Err(e),
+        };
+        match subscribed {
+            Ok(c) => {
+                consumer = Some(c);
+                break;
+            }
+            Err(e) => {
+                eprintln!("DLQ check: cannot subscribe yet (attempt {attempt}): {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    let mut consumer = consumer.context("DLQ check: the mock cluster did not answer")?;
+    let (mut records, mut without, mut errors) = (0usize, 0usize, 0usize);
     let mut found: BTreeSet<String> = BTreeSet::new();
-    while let Ok(Ok(rec)) = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
+    loop {
+        // The DLQ has been read to its end once nothing arrives for 10 s.
+        let rec = match tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
+            Err(_) => break,
+            Ok(Ok(rec)) => rec,
+            Ok(Err(e)) => {
+                errors += 1;
+                anyhow::ensure!(
+                    errors <= DLQ_CHECK_ATTEMPTS,
+                    "DLQ check: reading the DLQ keeps failing: {e}"
+                );
+                eprintln!("DLQ check: read failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         records += 1;
         let d = &rec.envelope.data;
         let named = |k: &str| d[k].as_str().is_some_and(|v| !v.is_empty());
@@ -1277,11 +1317,14 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
 
     // On Kafka: a client of the bus, to publish poison records and read the DLQ.
     let topics = cairn_core::ports::Topics::with_prefix(prefix);
-    let bus = match &broker {
-        Some(b) => {
-            let mut settings = cairn_bus::kafka::KafkaSettings::new(&b.bootstrap_servers());
-            settings.group_prefix = prefix.to_owned();
-            Some(cairn_bus::kafka::KafkaBus::connect(settings, &topics).await?)
+    let kafka = broker.as_ref().map(|b| {
+        let mut settings = cairn_bus::kafka::KafkaSettings::new(&b.bootstrap_servers());
+        settings.group_prefix = prefix.to_owned();
+        settings
+    });
+    let bus = match &kafka {
+        Some(settings) => {
+            Some(cairn_bus::kafka::KafkaBus::connect(settings.clone(), &topics).await?)
         }
         None => None,
     };
@@ -1588,8 +1631,8 @@ async fn main() -> anyhow::Result<ExitCodeOk> {
     );
     println!("model requests: {}", model.requests.load(Ordering::Relaxed));
     violations += check_documents(&http, &base, &token, &ledger, deadline).await;
-    if let Some(bus) = &bus {
-        violations += check_dlq(bus, &topics, &poison).await?;
+    if let Some(settings) = &kafka {
+        violations += check_dlq(settings, &topics, &poison).await?;
     }
     for r in &mut replicas {
         r.kill();
