@@ -286,9 +286,7 @@ async fn store_revision(deps: &TicketDeps, sub: &TicketSubmission) -> Result<(),
         next.subject = sub.subject.clone();
         next.body = sub.body.clone();
         next.priority = sub.priority;
-        next.revision = sub.revision;
-        next.enrichment = EnrichmentState::Pending;
-        next.failure_reason = None;
+        next.start_revision(sub.revision);
         next.version = current.version + 1;
         next.updated_at = Utc::now();
         match store.update_ticket(&next, current.version).await? {

@@ -572,9 +572,7 @@ pub async fn patch_ticket(
             };
             next.subject = body.subject.clone().map(stored).unwrap_or(next.subject);
             next.body = body.body.clone().map(stored).unwrap_or(next.body);
-            next.revision = current.revision + 1;
-            next.enrichment = EnrichmentState::Pending;
-            next.failure_reason = None;
+            next.start_revision(current.revision + 1);
         }
         next.version = current.version + 1;
         next.updated_at = Utc::now();

@@ -278,6 +278,14 @@ impl Ticket {
         }
     }
 
+    /// Makes this ticket `revision` (an edit of its text): pending enrichment
+    /// again, without the last failure's reason.
+    pub fn start_revision(&mut self, revision: u64) {
+        self.revision = revision;
+        self.enrichment = EnrichmentState::Pending;
+        self.failure_reason = None;
+    }
+
     /// The submission that (re-)enriches this ticket's current revision.
     pub fn submission(&self) -> TicketSubmission {
         TicketSubmission {
