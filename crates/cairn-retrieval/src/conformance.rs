@@ -259,6 +259,84 @@ pub async fn replace_document_swaps_versions_and_reports_them<S: VectorStore>(s:
     assert_eq!(s.count(&t, None).await.unwrap(), 3);
 }
 
+/// Searches beside a run of replacements always find `limit` chunks of one
+/// version: never none, never a mix, never an older version after a newer one —
+/// even when every chunk scores the same, so that an older version can fill the
+/// top of a result while its delete runs.
+pub async fn searches_beside_replacements_find_one_whole_version<S: VectorStore>(s: S) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LAST: usize = 9;
+    let s = Arc::new(s);
+    let t = tenant("acme");
+    let version = |v: usize| -> Vec<VectorPoint> {
+        let n = if v % 2 == 1 { 40 } else { 60 };
+        (0..n)
+            .map(|i| {
+                let mut p = point("manual", i, [1.0, 0.0, 0.0, 0.0], &[1, 2]);
+                p.chunk.version = format!("v{v:02}");
+                p
+            })
+            .collect()
+    };
+    let request = |mode| SearchRequest {
+        tenant: tenant("acme"),
+        dense: Some(vec![1.0, 0.0, 0.0, 0.0]),
+        sparse: Some(sparse(&[1, 2])),
+        mode,
+        filter: SearchFilter::default(),
+        limit: 10,
+    };
+    s.upsert(&t, version(1)).await.unwrap();
+    let modes = [SearchMode::Hybrid, SearchMode::Dense, SearchMode::Sparse];
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = modes
+        .into_iter()
+        .map(|mode| {
+            let (s, stop, request) = (s.clone(), stop.clone(), request(mode));
+            tokio::spawn(async move {
+                let (mut searches, mut last) = (0, String::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let hits = s.search(request.clone()).await.unwrap();
+                    searches += 1;
+                    let versions: Vec<&str> =
+                        hits.iter().map(|h| h.chunk.version.as_str()).collect();
+                    assert_eq!(hits.len(), 10, "{mode:?} search {searches}: {versions:?}");
+                    assert!(
+                        versions.iter().all(|v| *v == versions[0]),
+                        "{mode:?} search {searches} mixes versions: {versions:?}"
+                    );
+                    assert!(
+                        versions[0] >= last.as_str(),
+                        "{mode:?} search {searches} went back from {last} to {}",
+                        versions[0]
+                    );
+                    last = versions[0].to_owned();
+                }
+                searches
+            })
+        })
+        .collect();
+    for v in 2..=LAST {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.replace_document(&t, "manual", version(v)).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() >= 3, "each reader searched a few times");
+    }
+    for mode in modes {
+        let hits = s.search(request(mode)).await.unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(
+            hits.iter()
+                .all(|h| h.chunk.version == format!("v{LAST:02}"))
+        );
+    }
+    assert_eq!(s.count(&t, Some("manual")).await.unwrap(), 40);
+}
+
 /// One `#[tokio::test]` per case; `$make` yields a fresh store with `DIM`-sized
 /// dense vectors.
 #[macro_export]
@@ -269,6 +347,7 @@ macro_rules! vector_store_conformance {
         $crate::vector_store_conformance!(@case $make; filters_restrict_results);
         $crate::vector_store_conformance!(@case $make; replacing_a_document_keeps_only_the_new_version);
         $crate::vector_store_conformance!(@case $make; replace_document_swaps_versions_and_reports_them);
+        $crate::vector_store_conformance!(@case $make; searches_beside_replacements_find_one_whole_version);
     };
     (@case $make:expr; $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,17 @@
 //! fused server-side by weighted RRF.
 //!
 //! A Qdrant server has no transactions, so replacing a document is done so that
-//! readers still never see a mix: the new version's points get new ids (the
-//! version is part of the id) and a `written_at` stamp, the old version is
-//! deleted afterwards, and until then a search keeps, per document, only the
-//! chunks of the most recently written version.
+//! readers still never see a mix, nor an older version once a newer one is
+//! stored: the new version's points get new ids (the version is part of the
+//! id) and a `written_at` stamp, the old version is deleted afterwards, and a
+//! search keeps, per document, only the chunks of the most recently written
+//! version — checking, in one facet call, that no document it found has points
+//! written later (a newer version that scored lower). A search reads ids and
+//! scores first and payloads in a second call: Qdrant drops points deleted
+//! between its scoring and its payload read, so a replacement's delete could
+//! otherwise empty a result silently. A search that comes back short because
+//! it met a replacement (older versions dropped, or points gone) runs again
+//! without those older versions, a bounded number of times.
 
 use async_trait::async_trait;
 use cairn_core::ids::TenantId;
@@ -18,10 +25,11 @@ use cairn_core::ports::*;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, KeywordIndexParamsBuilder, Modifier,
-    NamedVectors, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range, RrfBuilder,
-    ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
-    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    DeletePointsBuilder, Distance, FacetCountsBuilder, FieldType, Filter, GetPointsBuilder,
+    KeywordIndexParamsBuilder, Modifier, NamedVectors, PointId, PointStruct, PrefetchQueryBuilder,
+    Query, QueryPointsBuilder, Range, RrfBuilder, ScrollPointsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
+    VectorsConfigBuilder,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -34,9 +42,22 @@ use crate::payload::{
 const WRITTEN_KEY: &str = "written_at";
 /// Candidates taken from each side before fusion, per hit wanted.
 const PREFETCH_FACTOR: u64 = 4;
+/// How many times a search that met a document being replaced, and so came
+/// back short, is run again without the older versions it saw.
+const REPLACEMENT_RETRIES: usize = 5;
 /// Namespace of point ids (UUIDv5 of tenant, document, version and chunk index).
 const POINT_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6361_6972_6e2d_7164_7261_6e74_2d73_7276);
+
+/// What one query found: the hits (newest version per document), the older
+/// versions it dropped, and how many scored points were deleted before their
+/// payloads could be read.
+#[derive(Default)]
+struct Found {
+    hits: Vec<SearchHit>,
+    superseded: Vec<(String, String)>,
+    vanished: usize,
+}
 
 /// The Qdrant server store. Cheap to clone.
 #[derive(Clone)]
@@ -248,6 +269,134 @@ impl QdrantServerStore {
         Ok(())
     }
 
+    /// Runs a query for ids and scores, then reads those points' payloads, and
+    /// keeps per document only its most recently written version.
+    ///
+    /// Qdrant reads payloads after scoring and silently drops points deleted in
+    /// between: when the end of a replacement deletes the old version's points
+    /// while they fill the top of a result, a query with payloads comes back
+    /// short or empty although the new version is there. Reading payloads
+    /// apart makes that visible (`vanished`), so `search` can search again.
+    async fn query_then_fetch(
+        &self,
+        tenant: &TenantId,
+        q: QueryPointsBuilder,
+    ) -> Result<Found, VectorError> {
+        let scored = self.client.query(q).await.map_err(unavailable)?.result;
+        let ids: Vec<PointId> = scored.iter().filter_map(|p| p.id.clone()).collect();
+        if ids.is_empty() {
+            return Ok(Found::default());
+        }
+        let read = self
+            .client
+            .get_points(
+                GetPointsBuilder::new(&self.collection, ids.clone())
+                    .with_payload(true)
+                    .with_vectors(false),
+            )
+            .await
+            .map_err(unavailable)?
+            .result;
+        let vanished = ids.len().saturating_sub(read.len());
+        let mut payloads: HashMap<PointId, HashMap<String, qdrant_client::qdrant::Value>> = read
+            .into_iter()
+            .filter_map(|p| Some((p.id?, p.payload)))
+            .collect();
+        let hits: Vec<(ChunkRecord, i64, f32)> = scored
+            .into_iter()
+            .filter_map(|p| {
+                let payload = payloads.remove(p.id.as_ref()?)?;
+                chunk_of(payload).map(|(c, w)| (c, w, p.score))
+            })
+            .collect();
+        // Per document, only the most recently written version among the hits,
+        // and only if no newer version is stored (one that scored lower).
+        let mut newest: HashMap<String, (i64, String)> = HashMap::new();
+        for (c, w, _) in &hits {
+            match newest.get_mut(&c.document_id) {
+                Some(e) if *w <= e.0 => {}
+                Some(e) => *e = (*w, c.version.clone()),
+                None => {
+                    newest.insert(c.document_id.clone(), (*w, c.version.clone()));
+                }
+            }
+        }
+        let outdated = self.written_since(tenant, &newest).await?;
+        let mut found = Found {
+            vanished,
+            ..Found::default()
+        };
+        for (chunk, _, score) in hits {
+            let current = newest
+                .get(&chunk.document_id)
+                .is_some_and(|(_, v)| *v == chunk.version)
+                && !outdated.contains(&chunk.document_id);
+            if current {
+                found.hits.push(SearchHit { chunk, score });
+            } else if !found
+                .superseded
+                .iter()
+                .any(|(d, v)| *d == chunk.document_id && *v == chunk.version)
+            {
+                found.superseded.push((chunk.document_id, chunk.version));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The documents of `newest` (document → the newest written stamp and
+    /// version among a search's hits) that have a point written later: a
+    /// version stored after the one the search found, which it must not show.
+    /// One facet call over the document ids, whatever their number.
+    async fn written_since(
+        &self,
+        tenant: &TenantId,
+        newest: &HashMap<String, (i64, String)>,
+    ) -> Result<Vec<String>, VectorError> {
+        if newest.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Another version written later; the same version written again (a
+        // repeated upload of the same content) is not a newer one.
+        let later = newest.iter().map(|(document, (written, version))| {
+            let mut f = Filter::must([
+                Condition::matches("document_id", document.clone()),
+                Condition::range(
+                    WRITTEN_KEY,
+                    Range {
+                        gt: Some(*written as f64),
+                        ..Default::default()
+                    },
+                ),
+            ]);
+            f.must_not = vec![Condition::matches("version", version.clone())];
+            Condition::from(f)
+        });
+        let filter = Filter {
+            must: vec![tenant_condition(tenant)],
+            should: later.collect(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .facet(
+                FacetCountsBuilder::new(&self.collection, "document_id")
+                    .filter(filter)
+                    .limit(newest.len() as u64)
+                    .exact(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.hits
+            .into_iter()
+            .filter(|h| h.count > 0)
+            .filter_map(|h| match h.value?.variant? {
+                qdrant_client::qdrant::facet_value::Variant::StringValue(d) => Some(d),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn delete_by(&self, filter: Filter) -> Result<(), VectorError> {
         self.client
             .delete_points(
@@ -331,7 +480,7 @@ impl VectorStore for QdrantServerStore {
     }
 
     async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, VectorError> {
-        let f = search_filter(&request.tenant, &request.filter);
+        let mut f = search_filter(&request.tenant, &request.filter);
         let limit = request.limit.max(1) as u64;
         let dense = || -> Result<VectorInput, VectorError> {
             if self.dense_dim.is_none() {
@@ -353,54 +502,66 @@ impl VectorStore for QdrantServerStore {
                 .ok_or_else(|| VectorError::Invalid("no sparse query vector".into()))
         };
         // Fetch a little more than asked, so that dropping an older version's
-        // chunks during a replacement still leaves `limit` hits.
+        // chunks during a replacement usually still leaves `limit` hits.
         let fetch = limit * 2;
-        let mut q = QueryPointsBuilder::new(&self.collection)
-            .filter(f.clone())
-            .limit(fetch)
-            .with_payload(true);
-        q = match request.mode {
-            SearchMode::Dense => q.query(Query::new_nearest(dense()?)).using(DENSE),
-            SearchMode::Sparse => q.query(Query::new_nearest(sparse()?)).using(SPARSE),
-            SearchMode::Hybrid => {
-                let side = |input: VectorInput, using: &str| {
-                    PrefetchQueryBuilder::default()
-                        .query(Query::new_nearest(input))
-                        .using(using)
-                        .filter(f.clone())
-                        .limit(fetch * PREFETCH_FACTOR)
-                };
-                q.add_prefetch(side(dense()?, DENSE))
-                    .add_prefetch(side(sparse()?, SPARSE))
-                    .query(Query::new_rrf(
-                        RrfBuilder::with_k(self.rrf_k as u32).weights(vec![self.dense_weight, 1.0]),
-                    ))
-            }
+        let query = |f: &Filter| -> Result<QueryPointsBuilder, VectorError> {
+            // Scores and ids only: payloads are read in a second call (see
+            // `query_then_fetch`), so that points deleted in between are seen.
+            let q = QueryPointsBuilder::new(&self.collection)
+                .filter(f.clone())
+                .limit(fetch)
+                .with_payload(false);
+            Ok(match request.mode {
+                SearchMode::Dense => q.query(Query::new_nearest(dense()?)).using(DENSE),
+                SearchMode::Sparse => q.query(Query::new_nearest(sparse()?)).using(SPARSE),
+                SearchMode::Hybrid => {
+                    let side = |input: VectorInput, using: &str| {
+                        PrefetchQueryBuilder::default()
+                            .query(Query::new_nearest(input))
+                            .using(using)
+                            .filter(f.clone())
+                            .limit(fetch * PREFETCH_FACTOR)
+                    };
+                    q.add_prefetch(side(dense()?, DENSE))
+                        .add_prefetch(side(sparse()?, SPARSE))
+                        .query(Query::new_rrf(
+                            RrfBuilder::with_k(self.rrf_k as u32)
+                                .weights(vec![self.dense_weight, 1.0]),
+                        ))
+                }
+            })
         };
-        let r = self.client.query(q).await.map_err(unavailable)?;
-        let hits: Vec<(ChunkRecord, i64, f32)> = r
-            .result
-            .into_iter()
-            .filter_map(|p| chunk_of(p.payload).map(|(c, w)| (c, w, p.score)))
-            .collect();
-        // Per document, only the most recently written version.
-        let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
-        for (c, w, _) in &hits {
-            let e = newest.entry(&c.document_id).or_insert((*w, &c.version));
-            if *w > e.0 {
-                *e = (*w, &c.version);
+        let mut retried = 0;
+        loop {
+            let found = self.query_then_fetch(&request.tenant, query(&f)?).await?;
+            let mut hits = found.hits;
+            let short = hits.len() < limit as usize;
+            let raced = found.vanished > 0 || !found.superseded.is_empty();
+            if !short || !raced || retried == REPLACEMENT_RETRIES {
+                hits.truncate(limit as usize);
+                return Ok(hits);
+            }
+            // A replacement is under way: older versions took places in the
+            // result, or its delete took points between scoring and reading.
+            // Search again without the older versions seen.
+            retried += 1;
+            tracing::debug!(
+                collection = %self.collection,
+                vanished = found.vanished,
+                superseded = found.superseded.len(),
+                retried,
+                "a search met a document being replaced; searching again"
+            );
+            for (document, version) in found.superseded {
+                f.must_not.push(
+                    Filter::must([
+                        Condition::matches("document_id", document),
+                        Condition::matches("version", version),
+                    ])
+                    .into(),
+                );
             }
         }
-        let keep: HashMap<String, String> = newest
-            .into_iter()
-            .map(|(d, (_, v))| (d.to_owned(), v.to_owned()))
-            .collect();
-        Ok(hits
-            .into_iter()
-            .filter(|(c, _, _)| keep.get(&c.document_id) == Some(&c.version))
-            .take(limit as usize)
-            .map(|(chunk, _, score)| SearchHit { chunk, score })
-            .collect())
     }
 
     async fn count(
