@@ -32,7 +32,7 @@ use qdrant_client::qdrant::{
     VectorsConfigBuilder,
 };
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::edge::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K};
 use crate::payload::{
@@ -55,7 +55,7 @@ const POINT_NAMESPACE: uuid::Uuid =
 #[derive(Default)]
 struct Found {
     hits: Vec<SearchHit>,
-    superseded: Vec<(String, String)>,
+    superseded: HashSet<(String, String)>,
     vanished: usize,
 }
 
@@ -284,20 +284,21 @@ impl QdrantServerStore {
     ) -> Result<Found, VectorError> {
         let scored = self.client.query(q).await.map_err(unavailable)?.result;
         let ids: Vec<PointId> = scored.iter().filter_map(|p| p.id.clone()).collect();
-        if ids.is_empty() {
+        let asked = ids.len();
+        if asked == 0 {
             return Ok(Found::default());
         }
         let read = self
             .client
             .get_points(
-                GetPointsBuilder::new(&self.collection, ids.clone())
+                GetPointsBuilder::new(&self.collection, ids)
                     .with_payload(true)
                     .with_vectors(false),
             )
             .await
             .map_err(unavailable)?
             .result;
-        let vanished = ids.len().saturating_sub(read.len());
+        let vanished = asked.saturating_sub(read.len());
         let mut payloads: HashMap<PointId, HashMap<String, qdrant_client::qdrant::Value>> = read
             .into_iter()
             .filter_map(|p| Some((p.id?, p.payload)))
@@ -321,7 +322,9 @@ impl QdrantServerStore {
                 }
             }
         }
-        let outdated = self.written_since(tenant, &newest).await?;
+        for document in self.written_since(tenant, &newest).await? {
+            newest.remove(&document);
+        }
         let mut found = Found {
             vanished,
             ..Found::default()
@@ -329,16 +332,11 @@ impl QdrantServerStore {
         for (chunk, _, score) in hits {
             let current = newest
                 .get(&chunk.document_id)
-                .is_some_and(|(_, v)| *v == chunk.version)
-                && !outdated.contains(&chunk.document_id);
+                .is_some_and(|(_, v)| *v == chunk.version);
             if current {
                 found.hits.push(SearchHit { chunk, score });
-            } else if !found
-                .superseded
-                .iter()
-                .any(|(d, v)| *d == chunk.document_id && *v == chunk.version)
-            {
-                found.superseded.push((chunk.document_id, chunk.version));
+            } else {
+                found.superseded.insert((chunk.document_id, chunk.version));
             }
         }
         Ok(found)
